@@ -1,0 +1,51 @@
+# The verbs a newcomer needs. `make run` and `make test` are the two Quick-start commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APPRAISER := $(BIN)/appraiser
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run train lint typecheck pytest notebooks test benchmark mlflow-ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install the pinned, hash-checked dependencies
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: install  ## train on the default data if there is no champion yet, then show the champion
+	$(APPRAISER) train --if-no-champion
+	$(APPRAISER) models
+
+train: install  ## train on DATA (default: the public table), e.g. make train DATA=../shared/data/diamonds.csv
+	$(APPRAISER) train $(if $(DATA),--data $(DATA))
+
+lint: install  ## ruff
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install  ## mypy
+	$(BIN)/mypy
+
+pytest: install  ## the test suite
+	$(BIN)/pytest
+
+notebooks: install  ## execute the notebooks (they must run clean)
+	$(BIN)/pytest --nbmake notebooks -p no:cacheprovider
+
+test: lint typecheck pytest notebooks  ## everything CI runs
+
+benchmark: install  ## print accuracy, timing and throughput figures
+	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/predict_throughput.py
+
+mlflow-ui: install  ## browse runs and models at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .appraiser)/mlflow.db --port 5000
+
+clean:  ## remove the virtualenv and local state
+	rm -rf $(VENV) .appraiser .mypy_cache .ruff_cache .pytest_cache

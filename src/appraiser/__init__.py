@@ -1,0 +1,1 @@
+"""Diamond Appraiser: prices a diamond from its characteristics and says why."""

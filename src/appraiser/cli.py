@@ -1,0 +1,233 @@
+"""The `appraiser` command: thin Typer commands over the same functions the API calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from appraiser import data, evaluate, schema
+
+app = typer.Typer(
+    help="Diamond Appraiser: prices diamonds, says why, and keeps its model sharp.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Model versions, their metrics, and which one is champion.")
+app.add_typer(models_app, name="models")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in rows:
+        table.add_column(name, justify="right")
+    keys = [k for k in evaluate.METRIC_LABELS if any(k in r for r in rows.values())]
+    for key in keys:
+        cells = []
+        for r in rows.values():
+            v = r.get(key)
+            cells.append("" if v is None else f"{v:,.0f}" if key in ("mae", "rmse") else f"{v:.3f}" if key == "r2" else f"{v:.2f}")
+        table.add_row(evaluate.METRIC_LABELS[key], *cells)
+    return table
+
+
+def _report_table(validation: data.ValidationResult) -> Table:
+    table = Table(title=f"Data quality: {validation.summary()}")
+    table.add_column("reason rows were rejected")
+    table.add_column("rows", justify="right")
+    for row in validation.report.itertuples():
+        table.add_row(str(row.reason), f"{row.rows:,}")
+    if validation.report.empty:
+        table.add_row("(none: every row is valid)", "0")
+    return table
+
+
+def _slices_table(slices: pd.DataFrame) -> Table:
+    table = Table(title="By slice (holdout)")
+    for col in ("slice", "value", "stones", "MAPE %", "within ±10% %", "in range %"):
+        table.add_column(col, justify="left" if col in ("slice", "value") else "right")
+    for row in slices.itertuples():
+        table.add_row(str(row.slice), str(row.value), f"{row.stones:,}", f"{row.mape:.2f}",
+                      f"{row.within_10:.1f}", f"{getattr(row, 'coverage', float('nan')):.1f}")
+    return table
+
+
+@app.command()
+def train(
+    data_path: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet of priced stones; default: the public diamonds table")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per tuned candidate")] = 30,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds of tuning in all")] = 90.0,
+    candidate: Annotated[list[str] | None, typer.Option("--candidate", "-c", help="train only these candidates (repeatable)")] = None,
+    if_no_champion: Annotated[bool, typer.Option(help="do nothing when a champion exists")] = False,
+) -> None:
+    """Validate -> tune and train the candidates -> evaluate -> register; promote if better."""
+    from appraiser import registry
+    from appraiser.train import TrainingError
+    from appraiser.train import train as run_training
+
+    if if_no_champion and (version := registry.champion_version()) is not None:
+        console.print(f"Champion v{version} exists; not training (drop --if-no-champion to retrain).")
+        return
+    console.print(f"Training on {data_path or data.PUBLIC_TABLE} ...")
+    try:
+        result = run_training(data_path, trials=trials, timeout=timeout, candidates=candidate)
+    except (data.DataError, TrainingError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(_report_table(result.validation))
+    if len(result.validation.rejected):
+        console.print(f"Rejected rows with their reasons: {result.run_dir / 'rejected_rows.csv'}")
+    cand = Table(title="Candidates (5-fold CV on 80% of the stones)")
+    for col in ("candidate", "CV MAPE %", "within ±10% %", "trials", "seconds"):
+        cand.add_column(col, justify="left" if col == "candidate" else "right")
+    for row in result.candidates.itertuples():
+        cand.add_row(str(row.candidate), f"{row.cv_mape:.2f}", f"{row.cv_within_10:.1f}", str(row.trials), f"{row.seconds:.0f}")
+    console.print(cand)
+    console.print(_metrics_table(f"{result.model_name} on the 20% holdout", {"holdout": result.holdout}))
+    verdict = "[bold green]is now champion[/]" if result.champion else "[yellow]is not champion[/]"
+    console.print(f"Model version {result.version} {verdict}: {result.decision}.")
+    console.print(f"Run {result.run_id} in {result.seconds:.0f} s; artifacts in {result.run_dir}")
+
+
+@app.command()
+def predict(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet of stones")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write")],
+) -> None:
+    """Price every stone of a file; bad rows get a message in an `error` column."""
+    from appraiser.predict import Appraiser
+    from appraiser.registry import RegistryError
+
+    try:
+        appraiser = Appraiser.champion()
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    total = None
+    if input_path.suffix.lower() == ".csv" and input_path.exists():
+        with input_path.open("rb") as fh:
+            total = max(sum(1 for _ in fh) - 1, 0)
+    with Progress(TextColumn("scoring"), BarColumn(), TextColumn("{task.completed:,} rows"),
+                  TimeRemainingColumn(), console=err) as progress:
+        task = progress.add_task("scoring", total=total)
+        try:
+            summary = appraiser.score_file(input_path, output, lambda n: progress.advance(task, n))
+        except data.DataError as exc:
+            raise fail(str(exc)) from exc
+    console.print(f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
+                  f"error (see the `error` column) -> {output} (model v{appraiser.version})")
+
+
+@app.command(name="evaluate")
+def evaluate_cmd(
+    data_path: Annotated[Path | None, typer.Option("--data", help="labelled CSV or Parquet; default: the public table")] = None,
+) -> None:
+    """Measure the champion on a labelled file: metrics and slices."""
+    from appraiser.predict import Appraiser
+    from appraiser.registry import RegistryError
+
+    try:
+        appraiser = Appraiser.champion()
+        checked = data.load(data_path)
+    except (RegistryError, data.DataError) as exc:
+        raise fail(str(exc)) from exc
+    predictions = appraiser.price(checked.clean)
+    metrics = evaluate.metrics(checked.clean[schema.TARGET], predictions["price"],
+                               predictions["price_low"], predictions["price_high"])
+    console.print(_report_table(checked))
+    console.print(_metrics_table(f"Champion v{appraiser.version} on {data_path or data.PUBLIC_TABLE}", {"value": metrics}))
+    console.print(_slices_table(evaluate.slice_metrics(checked.clean, predictions)))
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context) -> None:
+    """List the model versions with their holdout metrics; the champion is starred."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from appraiser import registry
+
+    infos = registry.versions()
+    if not infos:
+        console.print("No model yet: run `appraiser train`.")
+        return
+    table = Table(title="Registered models (metrics on each run's 20% holdout)")
+    for col in ("version", "champion", "created", "model", "MAPE %", "within ±10% %", "in range %"):
+        table.add_column(col)
+    for v in infos:
+        m = v.metrics
+        table.add_row(v.version, "*" if v.champion else "", f"{v.created:%Y-%m-%d %H:%M}", v.model,
+                      f"{m.get('mape', float('nan')):.2f}", f"{m.get('within_10', float('nan')):.1f}",
+                      f"{m.get('coverage', float('nan')):.1f}")
+    console.print(table)
+
+
+@app.command(name="explain")
+def explain_cmd(
+    carat: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["carat"])],
+    cut: Annotated[str, typer.Option(help=schema.DESCRIPTIONS["cut"])],
+    color: Annotated[str, typer.Option(help=schema.DESCRIPTIONS["color"])],
+    clarity: Annotated[str, typer.Option(help=schema.DESCRIPTIONS["clarity"])],
+    depth: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["depth"])],
+    table: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["table"])],
+    x: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["x"])],
+    y: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["y"])],
+    z: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["z"])],
+    comparables: Annotated[int, typer.Option(min=0, max=50, help="how many comparable stones")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Price one stone and say why: range, dollar contributions, comparable stones."""
+    from appraiser.predict import Appraiser
+    from appraiser.registry import RegistryError
+
+    try:
+        stone = schema.Diamond(carat=carat, cut=cut, color=color, clarity=clarity, depth=depth,
+                               table=table, x=x, y=y, z=z)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'stone'}: {e['msg']}" for e in exc.errors())
+        raise fail(problems, code=2) from exc
+    try:
+        appraiser = Appraiser.champion()
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    result = appraiser.explain(stone, comparables)
+    if as_json:
+        console.print_json(json.dumps({**result.as_dict(), "model_version": appraiser.version}, default=str))
+        return
+    console.print(f"[bold]${result.price:,.0f}[/]  (90% range ${result.price_low:,.0f} to "
+                  f"${result.price_high:,.0f}; model v{appraiser.version})")
+    why = Table(title="Why: dollars each characteristic adds to the average stone's price")
+    why.add_column("")
+    why.add_column("value")
+    why.add_column("$", justify="right")
+    why.add_row("average stone", "", f"{result.baseline:,.0f}")
+    for name, dollars in sorted(result.contributions.items(), key=lambda kv: -abs(kv[1])):
+        why.add_row(name, str(result.stone[name]), f"{dollars:+,.0f}")
+    why.add_row("[bold]price[/]", "", f"[bold]{result.price:,.0f}[/]")
+    console.print(why)
+    if not result.comparables.empty:
+        comp = Table(title="Comparable stones from the collection")
+        cols = [*schema.COLUMNS]
+        for col in cols:
+            comp.add_column(col, justify="right")
+        for row in result.comparables[cols].itertuples(index=False):
+            comp.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in row])
+        console.print(comp)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,53 @@
+"""Settings from the environment, read in one place."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REGISTERED_MODEL = "diamond-pricer"
+EXPERIMENT = "diamond-appraiser"
+
+
+class Settings(BaseSettings):
+    """Where the appraiser keeps its state and finds its data; every field has a working default."""
+
+    model_config = SettingsConfigDict(env_prefix="APPRAISER_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".appraiser"),
+        description="folder for the MLflow store, model artifacts and run outputs",
+    )
+    data: Path | None = Field(
+        default=Path("../shared/data/diamonds.csv"),
+        description="Francesco's collection, used by notebooks and benchmarks when present",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="a tracking server; by default a SQLite file under `home`",
+    )
+    seed: int = 42
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.home / "mlartifacts").resolve()
+
+    @property
+    def runs_dir(self) -> Path:
+        return (self.home / "runs").resolve()
+
+
+@cache
+def settings() -> Settings:
+    """The process's settings (cached; tests clear the cache after changing the environment)."""
+    return Settings()

@@ -1,0 +1,219 @@
+"""Load diamond tables and validate them: every rejected row is kept with its reasons.
+
+Numbers are coerced first (a value that is present but not a number is a reason of its own), then a
+pandera schema built from `schema.py` checks grades, bounds, the depth identity and duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from appraiser import schema
+
+PUBLIC_TABLE = "public ggplot2 diamonds table (plotnine)"
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+
+# Reasons, as stored with rejected rows and counted in quality reports.
+MISSING = "missing value"
+DUPLICATE = "exact duplicate of an earlier row"
+
+
+class DataError(ValueError):
+    """A table that cannot be used at all (missing file, wrong format, missing columns)."""
+
+
+def public_table_path() -> Path:
+    """The public diamonds table shipped inside the installed plotnine package."""
+    resource = importlib.resources.files("plotnine") / "data" / "diamonds.csv"
+    return Path(str(resource))
+
+
+def read_table(path: str | Path | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet table as it is on disk (all columns kept, nothing validated).
+
+    With no path, the public diamonds table from the installed plotnine package is read.
+    Raises DataError with a message naming the problem when the file cannot be used.
+    """
+    if path is None:
+        return pd.read_csv(public_table_path(), dtype=str, keep_default_na=False, na_values=[""])
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{suffix}', expected .csv or .parquet")
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            frame = pd.read_parquet(path)
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: not a readable {suffix[1:].upper()} file ({exc})") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: the file is empty") from exc
+    except Exception as exc:  # pyarrow raises several types for a broken Parquet file
+        raise DataError(f"{path}: not a readable {suffix[1:].upper()} file ({exc})") from exc
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -> None:
+    """Raise DataError naming every required column the table lacks."""
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns[:12])) or "none"
+        raise DataError(
+            f"{source}: missing required column(s) {', '.join(missing)} (found: {found}); "
+            f"expected {', '.join(required)} with a comma as separator"
+        )
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable hash of a table's contents, logged with each run to tie a model to its data."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def _frame_schema(labelled: bool, dedupe: bool) -> pa.DataFrameSchema:
+    """The pandera schema for a diamonds frame whose numeric columns are already floats."""
+    columns: dict[str, pa.Column] = {}
+    numeric = schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES
+    for name in numeric:
+        bound = schema.BOUNDS[name]
+        columns[name] = pa.Column(
+            float,
+            pa.Check(
+                lambda v, b=bound: ~b.violated(v),
+                error=f"{name} {bound.describe()}",
+            ),
+            nullable=False,
+        )
+    for name in schema.GRADE_COLUMNS:
+        columns[name] = pa.Column(
+            checks=pa.Check(lambda v, g=schema.GRADES[name]: v.isin(g), error=schema.grade_rule(name)),
+            nullable=False,
+        )
+    depth_rule = pa.Check(
+        lambda df: ~schema.depth_inconsistent(df["depth"], df["x"], df["y"], df["z"]),
+        error=schema.DEPTH_RULE,
+    )
+    return pa.DataFrameSchema(
+        columns,
+        checks=[depth_rule],
+        unique=list(schema.COLUMNS if labelled else schema.FEATURES) if dedupe else None,
+        report_duplicates="exclude_first",
+    )
+
+
+def _reason(check: str, column: object) -> str:
+    if check == "not_nullable":
+        return f"{column}: {MISSING}"
+    if check == "multiple_fields_uniqueness":
+        return DUPLICATE
+    return str(check)
+
+
+@dataclass
+class ValidationResult:
+    """The outcome of validating a table: the good rows, the bad ones with reasons, the counts."""
+
+    clean: pd.DataFrame
+    rejected: pd.DataFrame
+    total: int
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def report(self) -> pd.DataFrame:
+        """Rows rejected per reason (a row with two faults counts under both)."""
+        rows = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        return pd.DataFrame(rows, columns=["reason", "rows"])
+
+    def summary(self) -> str:
+        return (
+            f"{self.total:,} rows read, {len(self.clean):,} accepted, "
+            f"{len(self.rejected):,} rejected"
+        )
+
+
+def validate(
+    raw: pd.DataFrame,
+    *,
+    labelled: bool = True,
+    dedupe: bool = True,
+    source: str = "table",
+    first_line: int = 2,
+) -> ValidationResult:
+    """Split a raw table into accepted stones and rejected rows with their reasons.
+
+    `labelled` tables must carry a price; `dedupe` rejects exact repeats of an earlier row.
+    Rejected rows keep their raw values, a `line` (the file line, header being line 1) and
+    `reasons` ("; "-separated). Raises DataError when a required column is missing.
+    """
+    required = schema.COLUMNS if labelled else schema.FEATURES
+    check_columns(raw, required, source)
+    raw = raw.reset_index(drop=True)
+    frame = pd.DataFrame(index=raw.index)
+    problems: dict[int, list[str]] = {}
+
+    numeric = schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES
+    for name in numeric:
+        values = pd.to_numeric(raw[name], errors="coerce").astype(float)
+        not_a_number = values.isna() & raw[name].notna()
+        for i in np.flatnonzero(not_a_number.to_numpy()):
+            problems.setdefault(int(i), []).append(f"{name}: not a number ({raw[name].iat[i]!r})")
+        frame[name] = values
+    for name in schema.GRADE_COLUMNS:
+        frame[name] = raw[name].astype(object).where(raw[name].notna(), None)
+
+    try:
+        _frame_schema(labelled, dedupe).validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        cases = cases[cases["index"].notna()]
+        for check, column, index in zip(cases["check"], cases["column"], cases["index"], strict=True):
+            reason = _reason(str(check), column)
+            row = problems.setdefault(int(index), [])
+            if reason not in row:
+                row.append(reason)
+
+    # a non-numeric value shows up again as "missing" after coercion: say it once
+    for reasons in problems.values():
+        stated = {r.split(":")[0] for r in reasons if "not a number" in r}
+        reasons[:] = [r for r in reasons if not (r.endswith(MISSING) and r.split(":")[0] in stated)]
+
+    bad = np.zeros(len(raw), dtype=bool)
+    bad[list(problems)] = True
+    columns = list(required)
+    clean = frame.loc[~bad, columns].reset_index(drop=True)
+    rejected = raw.loc[bad].copy()
+    rejected.insert(0, "line", rejected.index + first_line)
+    rejected["reasons"] = ["; ".join(problems[i]) for i in rejected.index]
+    rejected = rejected.reset_index(drop=True)
+    counts: Counter[str] = Counter(r for i in problems for r in problems[i])
+    return ValidationResult(clean=clean, rejected=rejected, total=len(raw), reasons=counts)
+
+
+def load(path: str | Path | None = None, *, labelled: bool = True) -> ValidationResult:
+    """Read and validate a table (the public table when no path is given)."""
+    source = str(path) if path is not None else PUBLIC_TABLE
+    return validate(read_table(path), labelled=labelled, source=source)
+
+
+def francesco_path() -> Path | None:
+    """Francesco's collection: `APPRAISER_DATA`, else ../shared/data/diamonds.csv if present."""
+    from appraiser.config import settings
+
+    candidate = settings().data
+    return candidate if candidate is not None and candidate.exists() else None

@@ -1,0 +1,68 @@
+"""From a table of stones to the numbers a model sees.
+
+Encodings are fixed by the schema (grade orders), not learned, so the saved model applies exactly the
+same function at serving time as at training time: there is nothing to drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from appraiser import schema
+
+# Columns of the encoded matrix, in order. Grades become ordinal codes (0 = worst).
+ENCODED: tuple[str, ...] = ("carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z")
+
+# +1: all else equal, a larger value never lowers the price. The property the champion must obey.
+MONOTONE_INCREASING: frozenset[str] = frozenset({"carat", "cut", "color", "clarity"})
+
+# Which input characteristic each encoded column explains (for per-feature dollar contributions).
+SOURCE_FEATURE: dict[str, str] = {name: name for name in ENCODED}
+
+
+def encode(frame: pd.DataFrame) -> pd.DataFrame:
+    """The model matrix for validated stones: numeric columns as floats, grades as ordinal codes."""
+    out = pd.DataFrame(index=frame.index)
+    for name in ENCODED:
+        if name in schema.GRADES:
+            out[name] = schema.grade_code(name, frame[name]).astype(float)
+        else:
+            out[name] = frame[name].astype(float)
+    return out
+
+
+def monotone_constraints(columns: tuple[str, ...] = ENCODED) -> list[int]:
+    """The boosters' monotone-constraint vector for the encoded columns."""
+    return [1 if c in MONOTONE_INCREASING else 0 for c in columns]
+
+
+def log_price(prices: pd.Series | np.ndarray) -> np.ndarray:
+    """The training target: prices are log-normal-ish and errors are relative, so model log price."""
+    return np.log(np.asarray(prices, dtype=float))
+
+
+# --- the hedonic model's design: log carat plus one step per grade ------------------------------
+
+
+def hedonic_columns() -> list[str]:
+    cols = ["log_carat"]
+    for grade, order in schema.GRADES.items():
+        cols += [f"{grade}>={g}" for g in order[1:]]
+    return cols
+
+
+def hedonic_design(frame: pd.DataFrame) -> pd.DataFrame:
+    """log carat and cumulative grade steps ("color at least F"): with non-negative coefficients,
+    each coefficient is the log-price premium of one grade step, so better grades never cost less."""
+    out = pd.DataFrame({"log_carat": np.log(frame["carat"].astype(float))}, index=frame.index)
+    for grade, order in schema.GRADES.items():
+        codes = schema.grade_code(grade, frame[grade]).to_numpy(dtype=float)
+        for k, g in enumerate(order[1:], start=1):
+            out[f"{grade}>={g}"] = (codes >= k).astype(float)
+    return out
+
+
+def hedonic_source(column: str) -> str:
+    """The input characteristic a hedonic design column belongs to."""
+    return "carat" if column == "log_carat" else column.split(">=")[0]

@@ -1,0 +1,397 @@
+"""Candidate models, their search spaces, and the saved price model.
+
+Every member learns log price from validated stones and encodes them itself (features.encode), so
+the saved model takes the same raw columns at serving time as at training time. Boosters are saved
+in their own native formats and the hedonic model as JSON coefficients: no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pandas as pd
+import xgboost as xgb
+from sklearn.linear_model import LinearRegression
+
+from appraiser import features, schema
+
+BASELINE = "baseline"  # the contribution column holding the model's average log price
+THREADS = 2
+
+
+class Member(ABC):
+    """One fitted model of log price."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params: dict[str, Any] = dict(params or {})
+
+    @abstractmethod
+    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> Member: ...
+
+    @abstractmethod
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray: ...
+
+    @abstractmethod
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        """Log-price contributions per input feature plus BASELINE; each row sums to predict_log."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> str:
+        """Write the fitted model into folder; returns the file name."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, params: dict[str, Any]) -> Member: ...
+
+
+def _by_feature(contribs: np.ndarray, columns: list[str], source: Callable[[str], str]) -> pd.DataFrame:
+    """Sum encoded-column contributions into one column per input feature, plus the baseline."""
+    out = pd.DataFrame(0.0, index=range(len(contribs)), columns=[*schema.FEATURES, BASELINE])
+    for j, column in enumerate(columns):
+        out[source(column)] += contribs[:, j]
+    out[BASELINE] = contribs[:, len(columns)]
+    return out
+
+
+class Hedonic(Member):
+    """The interpretable baseline: log price = a + b log carat + one premium per grade step."""
+
+    kind = "hedonic"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.intercept = 0.0
+        self.coef: dict[str, float] = {}
+        self.means: dict[str, float] = {}
+
+    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> Hedonic:
+        design = features.hedonic_design(stones)
+        # positive=True keeps every grade step a premium, never a discount: monotone by design
+        model = LinearRegression(positive=True).fit(design.to_numpy(), log_price)
+        self.intercept = float(model.intercept_)
+        self.coef = dict(zip(design.columns, map(float, model.coef_), strict=True))
+        self.means = {c: float(v) for c, v in design.mean().items()}
+        return self
+
+    def _design(self, stones: pd.DataFrame) -> np.ndarray:
+        return features.hedonic_design(stones)[list(self.coef)].to_numpy()
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        coef = np.array(list(self.coef.values()))
+        return np.asarray(self._design(stones) @ coef + self.intercept)
+
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        coef = np.array(list(self.coef.values()))
+        means = np.array([self.means[c] for c in self.coef])
+        centred = (self._design(stones) - means) * coef
+        baseline = self.intercept + float(means @ coef)
+        full = np.column_stack([centred, np.full(len(centred), baseline)])
+        return _by_feature(full, list(self.coef), features.hedonic_source)
+
+    def save(self, folder: Path) -> str:
+        name = "hedonic.json"
+        state = {"intercept": self.intercept, "coef": self.coef, "means": self.means}
+        (folder / name).write_text(json.dumps(state, indent=2))
+        return name
+
+    @classmethod
+    def load(cls, path: Path, params: dict[str, Any]) -> Hedonic:
+        state = json.loads(path.read_text())
+        member = cls(params)
+        member.intercept, member.coef, member.means = state["intercept"], state["coef"], state["means"]
+        return member
+
+
+def _matrix(stones: pd.DataFrame) -> np.ndarray:
+    return features.encode(stones).to_numpy(dtype=np.float64)
+
+
+class XGBoostMember(Member):
+    """Gradient-boosted trees (XGBoost) with monotone constraints."""
+
+    kind = "xgboost"
+    file = "xgboost.ubj"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.booster: xgb.Booster | None = None
+
+    def _estimator(self) -> xgb.XGBModel:
+        return xgb.XGBRegressor(
+            **self.params,
+            monotone_constraints=tuple(features.monotone_constraints()),
+            n_jobs=THREADS,
+            tree_method="hist",
+        )
+
+    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> XGBoostMember:
+        model = self._estimator().fit(_matrix(stones), log_price)
+        self.booster = model.get_booster()
+        return self
+
+    def _fitted(self) -> xgb.Booster:
+        if self.booster is None:
+            raise RuntimeError(f"{self.kind} model is not fitted")
+        return self.booster
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self._fitted().inplace_predict(_matrix(stones)), dtype=float)
+
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        matrix = xgb.DMatrix(_matrix(stones))
+        contribs = self._fitted().predict(matrix, pred_contribs=True)
+        return _by_feature(np.asarray(contribs, dtype=float), list(features.ENCODED),
+                           features.SOURCE_FEATURE.__getitem__)
+
+    def save(self, folder: Path) -> str:
+        self._fitted().save_model(folder / self.file)
+        return self.file
+
+    @classmethod
+    def load(cls, path: Path, params: dict[str, Any]) -> XGBoostMember:
+        member = cls(params)
+        member.booster = xgb.Booster(model_file=str(path))
+        member.booster.set_param({"nthread": THREADS})
+        return member
+
+
+class RandomForestMember(XGBoostMember):
+    """A random forest (XGBoost's RF mode): bagged deep trees, monotone, explained by TreeSHAP."""
+
+    kind = "random_forest"
+    file = "random_forest.ubj"
+
+    def _estimator(self) -> xgb.XGBModel:
+        return xgb.XGBRFRegressor(
+            **self.params,
+            monotone_constraints=tuple(features.monotone_constraints()),
+            n_jobs=THREADS,
+            tree_method="hist",
+        )
+
+
+class LightGBMMember(Member):
+    """Gradient-boosted trees (LightGBM) with monotone constraints."""
+
+    kind = "lightgbm"
+    file = "lightgbm.txt"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.booster: lgb.Booster | None = None
+
+    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> LightGBMMember:
+        model = lgb.LGBMRegressor(
+            **self.params,
+            monotone_constraints=features.monotone_constraints(),
+            monotone_constraints_method="advanced",
+            n_jobs=THREADS,
+            verbose=-1,
+        )
+        model.fit(_matrix(stones), log_price)
+        self.booster = model.booster_
+        return self
+
+    def _fitted(self) -> lgb.Booster:
+        if self.booster is None:
+            raise RuntimeError("lightgbm model is not fitted")
+        return self.booster
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self._fitted().predict(_matrix(stones), num_threads=THREADS), dtype=float)
+
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        contribs = self._fitted().predict(_matrix(stones), pred_contrib=True)
+        return _by_feature(np.asarray(contribs, dtype=float), list(features.ENCODED),
+                           features.SOURCE_FEATURE.__getitem__)
+
+    def save(self, folder: Path) -> str:
+        self._fitted().save_model(str(folder / self.file))
+        return self.file
+
+    @classmethod
+    def load(cls, path: Path, params: dict[str, Any]) -> LightGBMMember:
+        member = cls(params)
+        member.booster = lgb.Booster(model_file=str(path))
+        return member
+
+
+MEMBER_TYPES: dict[str, type[Member]] = {
+    m.kind: m for m in (Hedonic, XGBoostMember, RandomForestMember, LightGBMMember)
+}
+
+
+# --- candidates: what `train` compares, with their Optuna search spaces -------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    space: Callable[[optuna.Trial], dict[str, Any]] | None = None
+
+    def build(self, params: dict[str, Any] | None = None) -> Member:
+        return MEMBER_TYPES[self.name]({**self.defaults, **(params or {})})
+
+
+def _xgboost_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
+        "max_depth": trial.suggest_int("max_depth", 3, 8),
+        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10, log=True),
+    }
+
+
+def _lightgbm_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 3, 40, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "subsample_freq": 1,
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10, log=True),
+    }
+
+
+def _forest_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "max_depth": trial.suggest_int("max_depth", 6, 16),
+        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 10, log=True),
+        "colsample_bynode": trial.suggest_float("colsample_bynode", 0.4, 1.0),
+    }
+
+
+CANDIDATES: dict[str, Candidate] = {
+    c.name: c
+    for c in (
+        Candidate(
+            "hedonic",
+            "linear model of log price on log carat and grade steps (interpretable baseline)",
+            {},
+        ),
+        Candidate(
+            "random_forest",
+            "random forest, 300 monotone trees",
+            {"n_estimators": 300, "subsample": 0.8, "max_depth": 12, "colsample_bynode": 0.8},
+            _forest_space,
+        ),
+        Candidate(
+            "xgboost",
+            "gradient-boosted trees (XGBoost)",
+            {"n_estimators": 1500, "learning_rate": 0.02, "max_depth": 6, "subsample": 0.7,
+             "colsample_bytree": 0.7, "min_child_weight": 2.0},
+            _xgboost_space,
+        ),
+        Candidate(
+            "lightgbm",
+            "gradient-boosted trees (LightGBM)",
+            {"n_estimators": 1500, "learning_rate": 0.02, "num_leaves": 15, "min_child_samples": 5,
+             "subsample": 0.7, "subsample_freq": 1, "colsample_bytree": 0.7, "reg_lambda": 1.0},
+            _lightgbm_space,
+        ),
+    )
+}
+
+
+# --- the saved price model -----------------------------------------------------------------------
+
+
+@dataclass
+class PriceModel:
+    """A weighted blend of members in log space, a conformal price range, and the stones it saw.
+
+    `interval` is the half-width, in log price, of the range that covered `coverage` of out-of-fold
+    stones in training (split conformal): the range is price x exp(-interval) .. price x exp(interval).
+    `reference` is the training collection, used for comparable stones and out-of-range warnings.
+    """
+
+    members: list[Member]
+    weights: list[float]
+    interval: float
+    coverage: float
+    reference: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+    FILE: ClassVar[str] = "price_model.json"
+    REFERENCE: ClassVar[str] = "reference.parquet"
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.kind for m in self.members)
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        total = np.zeros(len(stones))
+        for member, weight in zip(self.members, self.weights, strict=True):
+            total += weight * member.predict_log(stones)
+        return total
+
+    def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
+        """price, price_low and price_high in dollars for validated stones."""
+        log_price = self.predict_log(stones)
+        return pd.DataFrame(
+            {
+                "price": np.exp(log_price),
+                "price_low": np.exp(log_price - self.interval),
+                "price_high": np.exp(log_price + self.interval),
+            },
+            index=stones.index,
+        )
+
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        """Log-price contributions per feature plus BASELINE (rows sum to predict_log)."""
+        total: pd.DataFrame | None = None
+        for member, weight in zip(self.members, self.weights, strict=True):
+            part = member.contributions(stones) * weight
+            total = part if total is None else total + part
+        assert total is not None
+        total.index = stones.index
+        return total
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        members = [
+            {"kind": m.kind, "weight": w, "params": m.params, "file": m.save(folder)}
+            for m, w in zip(self.members, self.weights, strict=True)
+        ]
+        state = {
+            "members": members,
+            "interval": self.interval,
+            "coverage": self.coverage,
+            "features": list(schema.FEATURES),
+            "info": self.info,
+        }
+        (folder / self.FILE).write_text(json.dumps(state, indent=2, default=str))
+        self.reference.to_parquet(folder / self.REFERENCE, index=False)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> PriceModel:
+        state = json.loads((folder / cls.FILE).read_text())
+        members = [
+            MEMBER_TYPES[m["kind"]].load(folder / m["file"], m["params"]) for m in state["members"]
+        ]
+        return cls(
+            members=members,
+            weights=[m["weight"] for m in state["members"]],
+            interval=state["interval"],
+            coverage=state["coverage"],
+            reference=pd.read_parquet(folder / cls.REFERENCE),
+            info=state.get("info", {}),
+        )

@@ -1,0 +1,179 @@
+"""MLflow tracking and model registry: every run, every model version, and the `champion` alias.
+
+By default a SQLite file and local artifacts under APPRAISER_HOME; a tracking server when
+MLFLOW_TRACKING_URI is set. The registered model is an MLflow pyfunc whose artifacts are the
+native model files (see models.PriceModel), so `mlflow models serve` and Spark can load it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
+from appraiser.models import PriceModel
+
+CHAMPION = "champion"
+PRICER_ARTIFACT = "pricer"
+
+# MLflow is chatty about things a user can do nothing about (git not found, pip inference).
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+logging.getLogger("mlflow").setLevel(logging.ERROR)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class RegistryError(RuntimeError):
+    """Something the user can fix about the registry (no champion yet, unknown version...)."""
+
+
+def client() -> MlflowClient:
+    """Point MLflow at our store (creating it and the experiment on first use)."""
+    cfg = settings()
+    if not cfg.mlflow_tracking_uri:
+        cfg.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        location = None if cfg.mlflow_tracking_uri else cfg.artifact_root.as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient()
+
+
+class PricerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """The price model as an MLflow pyfunc: raw stone columns in, price and range out."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = PriceModel.load(Path(context.artifacts[PRICER_ARTIFACT]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        from appraiser.predict import score_frame
+
+        return score_frame(self.model, model_input)[["price", "price_low", "price_high", "error"]]
+
+
+def _requirements() -> list[str]:
+    names = ["lightgbm", "xgboost", "scikit-learn", "pandas", "numpy", "pyarrow", "pandera",
+             "pydantic", "pydantic-settings", "mlflow"]
+    return [f"{n}=={package_version(n)}" for n in names]
+
+
+def log_model(model_dir: Path, example: pd.DataFrame) -> str:
+    """Log a saved PriceModel folder as a pyfunc in the active run; returns its model URI."""
+    from mlflow.models import infer_signature
+
+    output = pd.DataFrame({"price": [1.0], "price_low": [1.0], "price_high": [1.0], "error": [""]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PricerPyfunc(),
+            artifacts={PRICER_ARTIFACT: str(model_dir)},
+            signature=infer_signature(example, output),
+            pip_requirements=_requirements(),
+        )
+    return str(info.model_uri)
+
+
+def register(model_uri: str, run_id: str, description: str) -> str:
+    """Register a logged model as a new version; returns the version number."""
+    cl = client()
+    try:
+        cl.get_registered_model(REGISTERED_MODEL)
+    except MlflowException:
+        cl.create_registered_model(
+            REGISTERED_MODEL, description="Prices a diamond from carat, cut, color, clarity, "
+            "depth, table and measurements, with a 90% range and reasons."
+        )
+    mv = cl.create_model_version(REGISTERED_MODEL, model_uri, run_id=run_id, description=description)
+    return str(mv.version)
+
+
+def champion_version() -> str | None:
+    """The version the `champion` alias points to, or None when there is no champion yet."""
+    cl = client()
+    try:
+        return str(cl.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def promote(version: str, reason: str) -> None:
+    """Point the `champion` alias at a version (one atomic update) and record why."""
+    cl = client()
+    try:
+        cl.get_model_version(REGISTERED_MODEL, version)
+    except MlflowException as exc:
+        raise RegistryError(f"model version {version} does not exist (see `appraiser models`)") from exc
+    cl.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    cl.set_model_version_tag(REGISTERED_MODEL, version, "promoted_because", reason)
+
+
+def load_version(version: str | None = None) -> tuple[str, PriceModel]:
+    """Load a version (default: the champion) as a PriceModel, caching its files locally."""
+    version = version or champion_version()
+    if version is None:
+        raise RegistryError("no champion model yet: train one with `appraiser train`")
+    cache = settings().home.resolve() / "cache" / f"v{version}"
+    pricer = cache / "artifacts" / PRICER_ARTIFACT
+    if not (pricer / PriceModel.FILE).exists():
+        client()
+        staging = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(staging)
+        )
+        shutil.rmtree(cache, ignore_errors=True)
+        staging.rename(cache)  # whole or absent: a reader never sees half a download
+    return version, PriceModel.load(pricer)
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    champion: bool
+    created: pd.Timestamp
+    run_id: str
+    model: str
+    metrics: dict[str, float]
+    description: str
+
+
+def versions() -> list[VersionInfo]:
+    """All registered versions, newest first, with the holdout metrics of the run that made them."""
+    cl = client()
+    champion = champion_version()
+    out = []
+    for mv in cl.search_model_versions(f"name='{REGISTERED_MODEL}'"):
+        mv_: ModelVersion = mv
+        run = cl.get_run(mv_.run_id) if mv_.run_id else None
+        metrics = {
+            k.removeprefix("holdout_"): v
+            for k, v in (run.data.metrics.items() if run else [])
+            if k.startswith("holdout_")
+        }
+        out.append(
+            VersionInfo(
+                version=str(mv_.version),
+                champion=str(mv_.version) == champion,
+                created=pd.Timestamp(mv_.creation_timestamp, unit="ms"),
+                run_id=mv_.run_id or "",
+                model=(run.data.params.get("model", "") if run else ""),
+                metrics=metrics,
+                description=mv_.description or "",
+            )
+        )
+    return sorted(out, key=lambda v: int(v.version), reverse=True)

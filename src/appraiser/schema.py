@@ -1,0 +1,179 @@
+"""The diamond, defined once: columns, grade orders, physical bounds and the rules a stone obeys.
+
+Validation (frames and single stones), encodings, API models and the web form all read this module,
+so no grade list or bound is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# Grade orders, worst first: the position of a grade is its ordinal code.
+GRADES: dict[str, tuple[str, ...]] = {
+    "cut": ("Fair", "Good", "Very Good", "Premium", "Ideal"),
+    "color": ("J", "I", "H", "G", "F", "E", "D"),
+    "clarity": ("I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"),
+}
+GRADE_COLUMNS: tuple[str, ...] = tuple(GRADES)
+NUMERIC_FEATURES: tuple[str, ...] = ("carat", "depth", "table", "x", "y", "z")
+FEATURES: tuple[str, ...] = ("carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z")
+TARGET = "price"
+COLUMNS: tuple[str, ...] = (*FEATURES, TARGET)
+NUMERIC_COLUMNS: tuple[str, ...] = (*NUMERIC_FEATURES, TARGET)
+
+UNITS = {
+    "carat": "ct",
+    "depth": "%",
+    "table": "%",
+    "x": "mm",
+    "y": "mm",
+    "z": "mm",
+    "price": "USD",
+}
+DESCRIPTIONS = {
+    "carat": "mass in carats (1 ct = 200 mg)",
+    "cut": "quality of the cut, " + " < ".join(GRADES["cut"]),
+    "color": "body colour, " + " < ".join(GRADES["color"]) + " (D is colourless, the best)",
+    "clarity": "inclusions, " + " < ".join(GRADES["clarity"]) + " (IF is flawless)",
+    "depth": "total depth percentage = 2 z / (x + y) x 100",
+    "table": "width of the top facet relative to the widest point, %",
+    "x": "length in mm",
+    "y": "width in mm",
+    "z": "depth in mm",
+    "price": "appraised price in 2008 US dollars",
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Physically plausible range of a numeric column: low < value <= high (or low <= value)."""
+
+    low: float
+    high: float
+    low_inclusive: bool = False
+
+    def violated(self, values: Any) -> Any:
+        """True where a value (scalar or array) breaks the bound; NaN never violates a bound."""
+        below = values < self.low if self.low_inclusive else values <= self.low
+        return below | (values > self.high)
+
+    def describe(self) -> str:
+        op = ">=" if self.low_inclusive else ">"
+        return f"must be {op} {self.low:g} and <= {self.high:g}"
+
+
+# Wide enough for any real cut diamond, narrow enough to catch typos (a 58.9 mm width, a 0 mm depth).
+BOUNDS: dict[str, Bound] = {
+    "carat": Bound(0.0, 10.0),
+    "depth": Bound(40.0, 80.0, low_inclusive=True),
+    "table": Bound(40.0, 100.0, low_inclusive=True),
+    "x": Bound(0.0, 20.0),
+    "y": Bound(0.0, 20.0),
+    "z": Bound(0.0, 15.0),
+    "price": Bound(0.0, 1_000_000.0),
+}
+
+# depth is defined as 2 z / (x + y) x 100; the public table agrees with itself to within a point for
+# 99.7% of stones, so a larger gap means one of the four numbers is wrong.
+DEPTH_TOLERANCE = 1.5
+
+
+def depth_from_measurements(x: Any, y: Any, z: Any) -> Any:
+    """Total depth percentage implied by the measurements (scalars or arrays)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 200.0 * z / (x + y)
+
+
+def depth_inconsistent(depth: Any, x: Any, y: Any, z: Any) -> Any:
+    """True where the stated depth disagrees with 2 z / (x + y) beyond DEPTH_TOLERANCE."""
+    return np.abs(depth - depth_from_measurements(x, y, z)) > DEPTH_TOLERANCE
+
+
+DEPTH_RULE = (
+    f"depth must agree with 2 z / (x + y) x 100 to within {DEPTH_TOLERANCE:g} points"
+)
+
+
+def grade_rule(column: str) -> str:
+    return f"{column} must be one of: " + ", ".join(GRADES[column])
+
+
+def grade_code(column: str, values: pd.Series) -> pd.Series:
+    """Ordinal codes (0 = worst) for a grade column; unknown grades become NaN."""
+    order = GRADES[column]
+    return values.map({g: i for i, g in enumerate(order)})
+
+
+# --- single stones (API requests, the CLI's explain) ----------------------------------------
+
+
+def _check_grade(column: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in GRADES[column]:
+            raise ValueError(grade_rule(column))
+        return value
+
+    return check
+
+
+def _grade_field(column: str) -> Any:
+    return Field(description=DESCRIPTIONS[column], json_schema_extra={"enum": list(GRADES[column])})
+
+
+def _bounded_field(column: str, example: float) -> Any:
+    b = BOUNDS[column]
+    limits: dict[str, float] = {"le": b.high, ("ge" if b.low_inclusive else "gt"): b.low}
+    return Field(description=f"{DESCRIPTIONS[column]} ({UNITS[column]})", examples=[example], **limits)
+
+
+class Diamond(BaseModel):
+    """One stone's characteristics: what a price is asked for."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "carat": 1.1,
+                    "cut": "Ideal",
+                    "color": "H",
+                    "clarity": "SI2",
+                    "depth": 62.0,
+                    "table": 55.0,
+                    "x": 6.61,
+                    "y": 6.65,
+                    "z": 4.11,
+                }
+            ]
+        },
+    )
+
+    carat: float = _bounded_field("carat", 1.1)
+    cut: Annotated[str, AfterValidator(_check_grade("cut"))] = _grade_field("cut")
+    color: Annotated[str, AfterValidator(_check_grade("color"))] = _grade_field("color")
+    clarity: Annotated[str, AfterValidator(_check_grade("clarity"))] = _grade_field("clarity")
+    depth: float = _bounded_field("depth", 62.0)
+    table: float = _bounded_field("table", 55.0)
+    x: float = _bounded_field("x", 6.61)
+    y: float = _bounded_field("y", 6.65)
+    z: float = _bounded_field("z", 4.11)
+
+    @model_validator(mode="after")
+    def _measurements_agree(self) -> Diamond:
+        if depth_inconsistent(self.depth, self.x, self.y, self.z):
+            implied = depth_from_measurements(self.x, self.y, self.z)
+            raise ValueError(f"{DEPTH_RULE} (x, y, z imply {implied:.1f}, depth is {self.depth:g})")
+        return self
+
+
+def example_stone() -> dict[str, Any]:
+    """The documented example stone, as a plain dict."""
+    examples = Diamond.model_config.get("json_schema_extra", {})
+    assert isinstance(examples, dict)
+    return dict(examples["examples"][0])
