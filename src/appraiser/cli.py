@@ -31,6 +31,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def validation_message(exc: ValidationError) -> str:
+    """One line per problem, each naming the field and the rule it breaks."""
+    lines = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"])) or "stone"
+        message = str(e["msg"]).removeprefix("Value error, ")
+        lines.append(message if message.startswith(field) else f"{field}: {message}")
+    return "; ".join(lines)
+
+
 def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
@@ -196,8 +206,7 @@ def explain_cmd(
         stone = schema.Diamond(carat=carat, cut=cut, color=color, clarity=clarity, depth=depth,
                                table=table, x=x, y=y, z=z)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'stone'}: {e['msg']}" for e in exc.errors())
-        raise fail(problems, code=2) from exc
+        raise fail(validation_message(exc), code=2) from exc
     try:
         appraiser = Appraiser.champion()
     except RegistryError as exc:

@@ -165,26 +165,11 @@ class XGBoostMember(Member):
         return member
 
 
-class RandomForestMember(XGBoostMember):
-    """A random forest (XGBoost's RF mode): bagged deep trees, monotone, explained by TreeSHAP."""
-
-    kind = "random_forest"
-    file = "random_forest.ubj"
-
-    def _estimator(self) -> xgb.XGBModel:
-        return xgb.XGBRFRegressor(
-            **self.params,
-            monotone_constraints=tuple(features.monotone_constraints()),
-            n_jobs=THREADS,
-            tree_method="hist",
-        )
-
-
 class LightGBMMember(Member):
     """Gradient-boosted trees (LightGBM) with monotone constraints."""
 
-    kind = "lightgbm"
-    file = "lightgbm.txt"
+    kind: ClassVar[str] = "lightgbm"
+    file: ClassVar[str] = "lightgbm.txt"
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -204,14 +189,17 @@ class LightGBMMember(Member):
 
     def _fitted(self) -> lgb.Booster:
         if self.booster is None:
-            raise RuntimeError("lightgbm model is not fitted")
+            raise RuntimeError(f"{self.kind} model is not fitted")
         return self.booster
 
     def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
         return np.asarray(self._fitted().predict(_matrix(stones), num_threads=THREADS), dtype=float)
 
+    def _contrib_scale(self) -> float:
+        return 1.0
+
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
-        contribs = self._fitted().predict(_matrix(stones), pred_contrib=True)
+        contribs = self._fitted().predict(_matrix(stones), pred_contrib=True) * self._contrib_scale()
         return _by_feature(np.asarray(contribs, dtype=float), list(features.ENCODED),
                            features.SOURCE_FEATURE.__getitem__)
 
@@ -224,6 +212,17 @@ class LightGBMMember(Member):
         member = cls(params)
         member.booster = lgb.Booster(model_file=str(path))
         return member
+
+
+class RandomForestMember(LightGBMMember):
+    """A random forest (LightGBM's rf mode): bagged deep trees, monotone, explained by TreeSHAP."""
+
+    kind = "random_forest"
+    file = "random_forest.txt"
+
+    def _contrib_scale(self) -> float:
+        # rf mode predicts the mean of its trees but pred_contrib returns their sum
+        return 1.0 / self._fitted().num_trees()
 
 
 MEMBER_TYPES: dict[str, type[Member]] = {
@@ -272,8 +271,9 @@ def _lightgbm_space(trial: optuna.Trial) -> dict[str, Any]:
 
 def _forest_space(trial: optuna.Trial) -> dict[str, Any]:
     return {
-        "max_depth": trial.suggest_int("max_depth", 6, 16),
-        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 10, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 63, 1023, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 1, 20, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 0.9),
         "colsample_bynode": trial.suggest_float("colsample_bynode", 0.4, 1.0),
     }
 
@@ -288,15 +288,16 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate(
             "random_forest",
-            "random forest, 300 monotone trees",
-            {"n_estimators": 300, "subsample": 0.8, "max_depth": 12, "colsample_bynode": 0.8},
+            "random forest (LightGBM rf mode), 300 monotone trees",
+            {"boosting_type": "rf", "n_estimators": 300, "num_leaves": 255, "min_child_samples": 3,
+             "subsample": 0.8, "subsample_freq": 1, "colsample_bynode": 0.8},
             _forest_space,
         ),
         Candidate(
             "xgboost",
             "gradient-boosted trees (XGBoost)",
             {"n_estimators": 1500, "learning_rate": 0.02, "max_depth": 6, "subsample": 0.7,
-             "colsample_bytree": 0.7, "min_child_weight": 2.0},
+             "colsample_bytree": 0.7, "min_child_weight": 2.0, "reg_lambda": 1.0},
             _xgboost_space,
         ),
         Candidate(

@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
@@ -30,6 +31,7 @@ PRICER_ARTIFACT = "pricer"
 
 # MLflow is chatty about things a user can do nothing about (git not found, pip inference).
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -127,8 +129,7 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
     if version is None:
         raise RegistryError("no champion model yet: train one with `appraiser train`")
     cache = settings().home.resolve() / "cache" / f"v{version}"
-    pricer = cache / "artifacts" / PRICER_ARTIFACT
-    if not (pricer / PriceModel.FILE).exists():
+    if not (cache / "MLmodel").exists():
         client()
         staging = cache.with_name(cache.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -138,7 +139,8 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
         )
         shutil.rmtree(cache, ignore_errors=True)
         staging.rename(cache)  # whole or absent: a reader never sees half a download
-    return version, PriceModel.load(pricer)
+    flavor = Model.load(str(cache)).flavors["python_function"]
+    return version, PriceModel.load(cache / flavor["artifacts"][PRICER_ARTIFACT]["path"])
 
 
 @dataclass

@@ -131,8 +131,10 @@ def tune(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     )
     if candidate.space:
-        study.enqueue_trial({k: v for k, v in candidate.defaults.items() if k != "subsample_freq"},
-                            skip_if_exists=True)
+        # the defaults are the first trial, so tuning can only improve on them
+        tuned = optuna.trial.FixedTrial(candidate.defaults)
+        candidate.space(tuned)
+        study.enqueue_trial(tuned.params, skip_if_exists=True)
 
     def advance(_: optuna.Study, __: optuna.trial.FrozenTrial) -> None:
         if progress is not None and task is not None:

@@ -1,0 +1,55 @@
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appraiser import explain, schema
+from appraiser.models import BASELINE
+
+
+@given(
+    baseline=st.floats(5, 10),
+    parts=st.lists(st.floats(-2, 2), min_size=len(schema.FEATURES), max_size=len(schema.FEATURES)),
+)
+@settings(max_examples=200, deadline=None)
+def test_dollar_contributions_add_up_to_the_price(baseline, parts):
+    log_contribs = pd.DataFrame([[*parts, baseline]], columns=[*schema.FEATURES, BASELINE])
+    dollars = explain.dollar_contributions(log_contribs)
+    price = np.exp(baseline + sum(parts))
+    assert np.isclose(dollars.sum(axis=1).iloc[0], price, rtol=1e-9)
+    for feature, phi in zip(schema.FEATURES, parts, strict=True):
+        assert np.sign(dollars[feature].iloc[0]) == np.sign(phi) or abs(phi) < 1e-12
+
+
+def test_no_change_means_baseline_price():
+    log_contribs = pd.DataFrame([[0.0] * len(schema.FEATURES) + [8.0]], columns=[*schema.FEATURES, BASELINE])
+    dollars = explain.dollar_contributions(log_contribs)
+    assert np.isclose(dollars[BASELINE].iloc[0], np.exp(8.0))
+
+
+def test_conformal_halfwidth_covers_new_draws():
+    rng = np.random.default_rng(0)
+    q = explain.conformal_halfwidth(rng.normal(0, 0.1, 2000), 0.9)
+    fresh = rng.normal(0, 0.1, 20000)
+    coverage = np.mean(np.abs(fresh) <= q)
+    assert 0.88 <= coverage <= 0.92
+    assert np.isclose(q, 0.1 * 1.645, rtol=0.08)
+
+
+def test_comparables_same_grades_nearest_carat(public):
+    stone = {**schema.example_stone()}
+    found = explain.comparables(public, stone, n=7)
+    assert len(found) == 7
+    for grade in schema.GRADE_COLUMNS:
+        assert (found[grade] == stone[grade]).all()
+    gaps = found["carat_difference"].abs().to_numpy()
+    assert (np.diff(gaps) >= 0).all()
+    same = public[(public.cut == stone["cut"]) & (public.color == stone["color"]) & (public.clarity == stone["clarity"])]
+    assert gaps.max() <= (same["carat"] - stone["carat"]).abs().nsmallest(7).max() + 1e-9
+
+
+def test_warnings_for_stones_outside_the_collection(public):
+    heavy = {**schema.example_stone(), "carat": 8.0}
+    warnings = explain.warnings_for(public, heavy)
+    assert any("carat 8" in w and "outside" in w for w in warnings)
+    assert explain.warnings_for(public, schema.example_stone()) == []

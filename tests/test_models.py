@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from appraiser import features
+from appraiser.models import BASELINE, CANDIDATES, PriceModel
+
+
+@pytest.fixture(scope="module")
+def stones(public: pd.DataFrame) -> pd.DataFrame:
+    return public.sample(800, random_state=3).reset_index(drop=True)
+
+
+def test_encoding_uses_schema_order(stones):
+    encoded = features.encode(stones.head(50))
+    assert list(encoded.columns) == list(features.ENCODED)
+    ideal = stones.head(50)["cut"] == "Ideal"
+    assert (encoded.loc[ideal, "cut"] == 4).all()
+    assert features.monotone_constraints()[:4] == [1, 1, 1, 1]
+
+
+def test_hedonic_design_is_cumulative(stones):
+    design = features.hedonic_design(stones.head(20))
+    d_color = stones.head(20)["color"] == "D"
+    steps = [c for c in design.columns if c.startswith("color>=")]
+    assert (design.loc[d_color, steps] == 1).all().all()
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_member_roundtrip_and_contributions(name, stones, tmp_path):
+    small = {"n_estimators": 60} if name != "hedonic" else {}
+    y = features.log_price(stones["price"])
+    member = CANDIDATES[name].build(small).fit(stones, y)
+    predicted = member.predict_log(stones)
+    assert np.isfinite(predicted).all()
+    contribs = member.contributions(stones)
+    np.testing.assert_allclose(contribs.sum(axis=1), predicted, rtol=1e-5, atol=1e-5)
+    assert BASELINE in contribs.columns
+    file = member.save(tmp_path)
+    loaded = type(member).load(tmp_path / file, member.params)
+    np.testing.assert_allclose(loaded.predict_log(stones), predicted, rtol=1e-6)
+
+
+def test_price_model_roundtrip(stones, tmp_path):
+    y = features.log_price(stones["price"])
+    members = [CANDIDATES[n].build({"n_estimators": 50}).fit(stones, y) for n in ("xgboost", "lightgbm")]
+    model = PriceModel(members, [0.6, 0.4], interval=0.15, coverage=0.9, reference=stones)
+    prices = model.predict(stones)
+    assert (prices["price_low"] < prices["price"]).all() and (prices["price"] < prices["price_high"]).all()
+    np.testing.assert_allclose(prices["price_high"] / prices["price"], np.exp(0.15))
+    loaded = PriceModel.load(model.save(tmp_path / "m"))
+    pd.testing.assert_frame_equal(loaded.predict(stones), prices)
+    assert loaded.weights == [0.6, 0.4] and len(loaded.reference) == len(stones)
