@@ -212,8 +212,12 @@ def load(path: str | Path | None = None, *, labelled: bool = True) -> Validation
 
 
 def francesco_path() -> Path | None:
-    """Francesco's collection: `APPRAISER_DATA`, else ../shared/data/diamonds.csv if present."""
+    """Francesco's collection, or None when it is absent (callers then use the public table).
+
+    `APPRAISER_DATA` when set, else ../shared/data/diamonds.csv from the working directory or
+    from the project folder (so notebooks, run from notebooks/, find it too).
+    """
     from appraiser.config import settings
 
-    candidate = settings().data
-    return candidate if candidate is not None and candidate.exists() else None
+    candidates = [settings().data, Path(__file__).resolve().parents[3] / "shared/data/diamonds.csv"]
+    return next((p for p in candidates if p is not None and p.exists()), None)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: training runs on servers without a display
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from appraiser import schema
 
@@ -93,7 +89,9 @@ def plot_predictions(
     """Predicted against actual (log-log) beside relative residuals against actual price."""
     y = np.asarray(actual, dtype=float)
     p = np.asarray(predicted, dtype=float)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    # Figure objects, not pyplot: no GUI backend is touched, so servers and notebooks both work
+    fig = Figure(figsize=(11, 4.5))
+    left, right = fig.subplots(1, 2)
     left.scatter(y, p, s=4, alpha=0.35)
     lims = [min(y.min(), p.min()), max(y.max(), p.max())]
     left.plot(lims, lims, color="black", lw=1, label="perfect")
@@ -112,14 +110,14 @@ def plot_predictions(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_slices(slices: pd.DataFrame, path: Path, metric: str = HEADLINE) -> Path:
     """A bar chart of one metric per slice value, a panel per slice column."""
     groups = list(dict.fromkeys(slices["slice"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), sharey=True)
+    fig = Figure(figsize=(4 * len(groups), 3.6))
+    axes = fig.subplots(1, len(groups), sharey=True)
     for ax, group in zip(np.atleast_1d(axes), groups, strict=True):
         part = slices[slices["slice"] == group]
         ax.bar(part["value"].astype(str), part[metric])
@@ -129,5 +127,4 @@ def plot_slices(slices: pd.DataFrame, path: Path, metric: str = HEADLINE) -> Pat
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -1,0 +1,86 @@
+"""End-to-end training on a small file, and the properties the trained champion must have."""
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appraiser import registry, schema
+from appraiser.predict import Appraiser
+
+
+def test_training_registers_a_champion_with_its_artifacts(trained):
+    infos = registry.versions()
+    assert [v.champion for v in infos] == [True]
+    assert infos[0].metrics["mape"] < 20
+    run_dirs = list((trained / "runs").iterdir())
+    rejected = pd.read_csv(run_dirs[0] / "rejected_rows.csv")
+    assert len(rejected) == 3 and rejected["reasons"].str.len().gt(0).all()
+    for name in ("quality_report.csv", "candidates.csv", "slice_metrics.csv",
+                 "holdout_predictions.png", "holdout_slices.png"):
+        assert (run_dirs[0] / name).exists(), name
+    run = registry.client().get_run(infos[0].run_id)
+    assert run.data.tags["data_fingerprint"]
+    assert run.data.params["data_rows_rejected"] == "3"
+    assert "holdout_coverage" in run.data.metrics
+
+
+def test_champion_loads_as_mlflow_pyfunc(trained, stone):
+    import mlflow.pyfunc
+
+    registry.client()
+    model = mlflow.pyfunc.load_model(f"models:/{registry.REGISTERED_MODEL}@champion")
+    out = model.predict(pd.DataFrame([stone]))
+    ours = Appraiser.champion().price(pd.DataFrame([stone]))
+    assert np.isclose(out["price"].iloc[0], round(ours["price"].iloc[0], 2))
+
+
+grades = {g: st.sampled_from(order) for g, order in schema.GRADES.items()}
+
+
+@st.composite
+def stones(draw):
+    carat = draw(st.floats(0.2, 3.0))
+    x = draw(st.floats(3.8, 9.5))
+    y = x * draw(st.floats(0.98, 1.02))
+    depth = draw(st.floats(56, 68))
+    return {
+        "carat": carat, **{g: draw(s) for g, s in grades.items()},
+        "depth": depth, "table": draw(st.floats(52, 66)), "x": x, "y": y,
+        "z": depth / 200 * (x + y),
+    }
+
+
+@given(stone=stones(), bump=st.floats(0.01, 1.0), feature=st.sampled_from(["carat", *schema.GRADE_COLUMNS]))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_champion_is_monotone(trained, stone, bump, feature):
+    """All else equal, a heavier stone or a better grade never gets a lower price."""
+    model = _champion()
+    better = dict(stone)
+    if feature == "carat":
+        better["carat"] = stone["carat"] + bump
+    else:
+        order = schema.GRADES[feature]
+        i = order.index(stone[feature])
+        better[feature] = order[min(i + 1 + int(bump * len(order)), len(order) - 1)]
+    prices = model.price(pd.DataFrame([stone, better]))["price"].to_numpy()
+    assert prices[1] >= prices[0] - 1e-9 * prices[0], (stone, better, prices)
+
+
+_cache: dict[str, Appraiser] = {}
+
+
+def _champion() -> Appraiser:
+    if "a" not in _cache:
+        _cache["a"] = Appraiser.champion()
+    return _cache["a"]
+
+
+def test_second_training_is_compared_with_the_champion(trained, small_csv):
+    from appraiser.train import train
+
+    result = train(small_csv, trials=1, timeout=10, candidates=["hedonic"], show_progress=False)
+    assert not result.champion  # the linear baseline cannot beat the tuned trees
+    assert "does not beat champion v1" in result.decision
+    assert registry.champion_version() == "1"
+    assert result.version == "2"
