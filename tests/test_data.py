@@ -13,7 +13,18 @@ def good_rows(n: int = 3) -> pd.DataFrame:
 def test_public_table_is_packaged():
     raw = data.read_table(None)
     assert len(raw) == 53_940
-    assert list(raw.columns) == ["carat", "cut", "color", "clarity", "depth", "table", "price", "x", "y", "z"]
+    assert list(raw.columns) == [
+        "carat",
+        "cut",
+        "color",
+        "clarity",
+        "depth",
+        "table",
+        "price",
+        "x",
+        "y",
+        "z",
+    ]
 
 
 def test_every_defect_kind_gets_a_reason():
@@ -64,7 +75,7 @@ def test_unusable_files_are_refused(tmp_path):
         data.read_table(text)
     garbage = tmp_path / "garbage.csv"
     garbage.write_bytes(bytes(range(256)) * 20)
-    with pytest.raises(data.DataError, match="not a readable CSV|missing required"):
+    with pytest.raises(data.DataError, match=r"not a readable CSV|missing required"):
         data.load(garbage)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
@@ -89,7 +100,9 @@ def test_fingerprint_tracks_content():
     assert data.fingerprint(a) != data.fingerprint(b)
 
 
-@pytest.mark.skipif(not FRANCESCO.exists(), reason="Francesco's collection is not beside the project")
+@pytest.mark.skipif(
+    not FRANCESCO.exists(), reason="Francesco's collection is not beside the project"
+)
 def test_francescos_planted_defects_are_all_found():
     result = data.load(FRANCESCO)
     reasons = result.rejected["reasons"]

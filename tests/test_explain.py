@@ -22,7 +22,9 @@ def test_dollar_contributions_add_up_to_the_price(baseline, parts):
 
 
 def test_no_change_means_baseline_price():
-    log_contribs = pd.DataFrame([[0.0] * len(schema.FEATURES) + [8.0]], columns=[*schema.FEATURES, BASELINE])
+    log_contribs = pd.DataFrame(
+        [[0.0] * len(schema.FEATURES) + [8.0]], columns=[*schema.FEATURES, BASELINE]
+    )
     dollars = explain.dollar_contributions(log_contribs)
     assert np.isclose(dollars[BASELINE].iloc[0], np.exp(8.0))
 
@@ -44,7 +46,11 @@ def test_comparables_same_grades_nearest_carat(public):
         assert (found[grade] == stone[grade]).all()
     gaps = found["carat_difference"].abs().to_numpy()
     assert (np.diff(gaps) >= 0).all()
-    same = public[(public.cut == stone["cut"]) & (public.color == stone["color"]) & (public.clarity == stone["clarity"])]
+    same = public[
+        (public.cut == stone["cut"])
+        & (public.color == stone["color"])
+        & (public.clarity == stone["clarity"])
+    ]
     assert gaps.max() <= (same["carat"] - stone["carat"]).abs().nsmallest(7).max() + 1e-9
 
 

@@ -43,10 +43,14 @@ def test_member_roundtrip_and_contributions(name, stones, tmp_path):
 
 def test_price_model_roundtrip(stones, tmp_path):
     y = features.log_price(stones["price"])
-    members = [CANDIDATES[n].build({"n_estimators": 50}).fit(stones, y) for n in ("xgboost", "lightgbm")]
+    members = [
+        CANDIDATES[n].build({"n_estimators": 50}).fit(stones, y) for n in ("xgboost", "lightgbm")
+    ]
     model = PriceModel(members, [0.6, 0.4], interval=0.15, coverage=0.9, reference=stones)
     prices = model.predict(stones)
-    assert (prices["price_low"] < prices["price"]).all() and (prices["price"] < prices["price_high"]).all()
+    assert (prices["price_low"] < prices["price"]).all() and (
+        prices["price"] < prices["price_high"]
+    ).all()
     np.testing.assert_allclose(prices["price_high"] / prices["price"], np.exp(0.15))
     loaded = PriceModel.load(model.save(tmp_path / "m"))
     pd.testing.assert_frame_equal(loaded.predict(stones), prices)

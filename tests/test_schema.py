@@ -22,7 +22,9 @@ def test_unknown_grade_lists_allowed_values(stone):
     assert "color" in message and "J, I, H, G, F, E, D" in message
 
 
-@pytest.mark.parametrize(("field", "value"), [("carat", 0), ("carat", 12), ("x", -1), ("table", 120)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("carat", 0), ("carat", 12), ("x", -1), ("table", 120)]
+)
 def test_out_of_bounds_names_field(stone, field, value):
     with pytest.raises(ValidationError) as info:
         schema.Diamond(**{**stone, field: value})
@@ -36,7 +38,7 @@ def test_inconsistent_measurements_are_refused(stone):
 
 def test_extra_fields_are_refused(stone):
     with pytest.raises(ValidationError, match="colour"):
-        schema.Diamond(**stone, colour="D")
+        schema.Diamond(**stone, colour="D")  # type: ignore[call-arg]
 
 
 def test_grade_code_and_bounds_are_vectorised():

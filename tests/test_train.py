@@ -16,8 +16,13 @@ def test_training_registers_a_champion_with_its_artifacts(trained):
     run_dirs = list((trained / "runs").iterdir())
     rejected = pd.read_csv(run_dirs[0] / "rejected_rows.csv")
     assert len(rejected) == 3 and rejected["reasons"].str.len().gt(0).all()
-    for name in ("quality_report.csv", "candidates.csv", "slice_metrics.csv",
-                 "holdout_predictions.png", "holdout_slices.png"):
+    for name in (
+        "quality_report.csv",
+        "candidates.csv",
+        "slice_metrics.csv",
+        "holdout_predictions.png",
+        "holdout_slices.png",
+    ):
         assert (run_dirs[0] / name).exists(), name
     run = registry.client().get_run(infos[0].run_id)
     assert run.data.tags["data_fingerprint"]
@@ -45,14 +50,24 @@ def stones(draw):
     y = x * draw(st.floats(0.98, 1.02))
     depth = draw(st.floats(56, 68))
     return {
-        "carat": carat, **{g: draw(s) for g, s in grades.items()},
-        "depth": depth, "table": draw(st.floats(52, 66)), "x": x, "y": y,
+        "carat": carat,
+        **{g: draw(s) for g, s in grades.items()},
+        "depth": depth,
+        "table": draw(st.floats(52, 66)),
+        "x": x,
+        "y": y,
         "z": depth / 200 * (x + y),
     }
 
 
-@given(stone=stones(), bump=st.floats(0.01, 1.0), feature=st.sampled_from(["carat", *schema.GRADE_COLUMNS]))
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stone=stones(),
+    bump=st.floats(0.01, 1.0),
+    feature=st.sampled_from(["carat", *schema.GRADE_COLUMNS]),
+)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_champion_is_monotone(trained, stone, bump, feature):
     """All else equal, a heavier stone or a better grade never gets a lower price."""
     model = _champion()

@@ -51,7 +51,15 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
         cells = []
         for r in rows.values():
             v = r.get(key)
-            cells.append("" if v is None else f"{v:,.0f}" if key in ("mae", "rmse") else f"{v:.3f}" if key == "r2" else f"{v:.2f}")
+            cells.append(
+                ""
+                if v is None
+                else f"{v:,.0f}"
+                if key in ("mae", "rmse")
+                else f"{v:.3f}"
+                if key == "r2"
+                else f"{v:.2f}"
+            )
         table.add_row(evaluate.METRIC_LABELS[key], *cells)
     return table
 
@@ -72,17 +80,31 @@ def _slices_table(slices: pd.DataFrame) -> Table:
     for col in ("slice", "value", "stones", "MAPE %", "within ±10% %", "in range %"):
         table.add_column(col, justify="left" if col in ("slice", "value") else "right")
     for row in slices.itertuples():
-        table.add_row(str(row.slice), str(row.value), f"{row.stones:,}", f"{row.mape:.2f}",
-                      f"{row.within_10:.1f}", f"{getattr(row, 'coverage', float('nan')):.1f}")
+        table.add_row(
+            str(row.slice),
+            str(row.value),
+            f"{row.stones:,}",
+            f"{row.mape:.2f}",
+            f"{row.within_10:.1f}",
+            f"{getattr(row, 'coverage', float('nan')):.1f}",
+        )
     return table
 
 
 @app.command()
 def train(
-    data_path: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet of priced stones; default: the public diamonds table")] = None,
+    data_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="CSV or Parquet of priced stones; default: the public diamonds table"
+        ),
+    ] = None,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per tuned candidate")] = 30,
     timeout: Annotated[float, typer.Option(min=1, help="seconds of tuning in all")] = 90.0,
-    candidate: Annotated[list[str] | None, typer.Option("--candidate", "-c", help="train only these candidates (repeatable)")] = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option("--candidate", "-c", help="train only these candidates (repeatable)"),
+    ] = None,
     if_no_champion: Annotated[bool, typer.Option(help="do nothing when a champion exists")] = False,
 ) -> None:
     """Validate -> tune and train the candidates -> evaluate -> register; promote if better."""
@@ -91,7 +113,9 @@ def train(
     from appraiser.train import train as run_training
 
     if if_no_champion and (version := registry.champion_version()) is not None:
-        console.print(f"Champion v{version} exists; not training (drop --if-no-champion to retrain).")
+        console.print(
+            f"Champion v{version} exists; not training (drop --if-no-champion to retrain)."
+        )
         return
     console.print(f"Training on {data_path or data.PUBLIC_TABLE} ...")
     try:
@@ -105,9 +129,17 @@ def train(
     for col in ("candidate", "CV MAPE %", "within ±10% %", "trials", "seconds"):
         cand.add_column(col, justify="left" if col == "candidate" else "right")
     for row in result.candidates.itertuples():
-        cand.add_row(str(row.candidate), f"{row.cv_mape:.2f}", f"{row.cv_within_10:.1f}", str(row.trials), f"{row.seconds:.0f}")
+        cand.add_row(
+            str(row.candidate),
+            f"{row.cv_mape:.2f}",
+            f"{row.cv_within_10:.1f}",
+            str(row.trials),
+            f"{row.seconds:.0f}",
+        )
     console.print(cand)
-    console.print(_metrics_table(f"{result.model_name} on the 20% holdout", {"holdout": result.holdout}))
+    console.print(
+        _metrics_table(f"{result.model_name} on the 20% holdout", {"holdout": result.holdout})
+    )
     verdict = "[bold green]is now champion[/]" if result.champion else "[yellow]is not champion[/]"
     console.print(f"Model version {result.version} {verdict}: {result.decision}.")
     console.print(f"Run {result.run_id} in {result.seconds:.0f} s; artifacts in {result.run_dir}")
@@ -130,20 +162,30 @@ def predict(
     if input_path.suffix.lower() == ".csv" and input_path.exists():
         with input_path.open("rb") as fh:
             total = max(sum(1 for _ in fh) - 1, 0)
-    with Progress(TextColumn("scoring"), BarColumn(), TextColumn("{task.completed:,} rows"),
-                  TimeRemainingColumn(), console=err) as progress:
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
         task = progress.add_task("scoring", total=total)
         try:
             summary = appraiser.score_file(input_path, output, lambda n: progress.advance(task, n))
         except data.DataError as exc:
             raise fail(str(exc)) from exc
-    console.print(f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
-                  f"error (see the `error` column) -> {output} (model v{appraiser.version})")
+    console.print(
+        f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
+        f"error (see the `error` column) -> {output} (model v{appraiser.version})"
+    )
 
 
 @app.command(name="evaluate")
 def evaluate_cmd(
-    data_path: Annotated[Path | None, typer.Option("--data", help="labelled CSV or Parquet; default: the public table")] = None,
+    data_path: Annotated[
+        Path | None,
+        typer.Option("--data", help="labelled CSV or Parquet; default: the public table"),
+    ] = None,
 ) -> None:
     """Measure the champion on a labelled file: metrics and slices."""
     from appraiser.predict import Appraiser
@@ -155,10 +197,18 @@ def evaluate_cmd(
     except (RegistryError, data.DataError) as exc:
         raise fail(str(exc)) from exc
     predictions = appraiser.price(checked.clean)
-    metrics = evaluate.metrics(checked.clean[schema.TARGET], predictions["price"],
-                               predictions["price_low"], predictions["price_high"])
+    metrics = evaluate.metrics(
+        checked.clean[schema.TARGET],
+        predictions["price"],
+        predictions["price_low"],
+        predictions["price_high"],
+    )
     console.print(_report_table(checked))
-    console.print(_metrics_table(f"Champion v{appraiser.version} on {data_path or data.PUBLIC_TABLE}", {"value": metrics}))
+    console.print(
+        _metrics_table(
+            f"Champion v{appraiser.version} on {data_path or data.PUBLIC_TABLE}", {"value": metrics}
+        )
+    )
     console.print(_slices_table(evaluate.slice_metrics(checked.clean, predictions)))
 
 
@@ -178,9 +228,15 @@ def models(ctx: typer.Context) -> None:
         table.add_column(col)
     for v in infos:
         m = v.metrics
-        table.add_row(v.version, "*" if v.champion else "", f"{v.created:%Y-%m-%d %H:%M}", v.model,
-                      f"{m.get('mape', float('nan')):.2f}", f"{m.get('within_10', float('nan')):.1f}",
-                      f"{m.get('coverage', float('nan')):.1f}")
+        table.add_row(
+            v.version,
+            "*" if v.champion else "",
+            f"{v.created:%Y-%m-%d %H:%M}",
+            v.model,
+            f"{m.get('mape', float('nan')):.2f}",
+            f"{m.get('within_10', float('nan')):.1f}",
+            f"{m.get('coverage', float('nan')):.1f}",
+        )
     console.print(table)
 
 
@@ -203,8 +259,17 @@ def explain_cmd(
     from appraiser.registry import RegistryError
 
     try:
-        stone = schema.Diamond(carat=carat, cut=cut, color=color, clarity=clarity, depth=depth,
-                               table=table, x=x, y=y, z=z)
+        stone = schema.Diamond(
+            carat=carat,
+            cut=cut,
+            color=color,
+            clarity=clarity,
+            depth=depth,
+            table=table,
+            x=x,
+            y=y,
+            z=z,
+        )
     except ValidationError as exc:
         raise fail(validation_message(exc), code=2) from exc
     try:
@@ -213,10 +278,14 @@ def explain_cmd(
         raise fail(str(exc)) from exc
     result = appraiser.explain(stone, comparables)
     if as_json:
-        console.print_json(json.dumps({**result.as_dict(), "model_version": appraiser.version}, default=str))
+        console.print_json(
+            json.dumps({**result.as_dict(), "model_version": appraiser.version}, default=str)
+        )
         return
-    console.print(f"[bold]${result.price:,.0f}[/]  (90% range ${result.price_low:,.0f} to "
-                  f"${result.price_high:,.0f}; model v{appraiser.version})")
+    console.print(
+        f"[bold]${result.price:,.0f}[/]  (90% range ${result.price_low:,.0f} to "
+        f"${result.price_high:,.0f}; model v{appraiser.version})"
+    )
     why = Table(title="Why: dollars each characteristic adds to the average stone's price")
     why.add_column("")
     why.add_column("value")

@@ -102,7 +102,9 @@ def _frame_schema(labelled: bool, dedupe: bool) -> pa.DataFrameSchema:
         )
     for name in schema.GRADE_COLUMNS:
         columns[name] = pa.Column(
-            checks=pa.Check(lambda v, g=schema.GRADES[name]: v.isin(g), error=schema.grade_rule(name)),
+            checks=pa.Check(
+                lambda v, g=schema.GRADES[name]: v.isin(g), error=schema.grade_rule(name)
+            ),
             nullable=False,
         )
     depth_rule = pa.Check(
@@ -182,7 +184,9 @@ def validate(
     except SchemaErrors as exc:
         cases = exc.failure_cases
         cases = cases[cases["index"].notna()]
-        for check, column, index in zip(cases["check"], cases["column"], cases["index"], strict=True):
+        for check, column, index in zip(
+            cases["check"], cases["column"], cases["index"], strict=True
+        ):
             reason = _reason(str(check), column)
             row = problems.setdefault(int(index), [])
             if reason not in row:

@@ -95,16 +95,26 @@ def plot_predictions(
     left.scatter(y, p, s=4, alpha=0.35)
     lims = [min(y.min(), p.min()), max(y.max(), p.max())]
     left.plot(lims, lims, color="black", lw=1, label="perfect")
-    left.set(xscale="log", yscale="log", xlabel="actual price ($)", ylabel="predicted price ($)",
-             title="Predicted vs actual")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="actual price ($)",
+        ylabel="predicted price ($)",
+        title="Predicted vs actual",
+    )
     left.legend(loc="upper left")
     rel = 100 * (p - y) / y
     right.scatter(y, rel, s=4, alpha=0.35)
     right.axhline(0, color="black", lw=1)
     for band in (-10, 10):
         right.axhline(band, color="grey", lw=0.8, ls="--")
-    right.set(xscale="log", xlabel="actual price ($)", ylabel="error (%)", ylim=(-60, 60),
-              title="Relative error (dashed: ±10%)")
+    right.set(
+        xscale="log",
+        xlabel="actual price ($)",
+        ylabel="error (%)",
+        ylim=(-60, 60),
+        title="Relative error (dashed: ±10%)",
+    )
     if title:
         fig.suptitle(title)
     fig.tight_layout()

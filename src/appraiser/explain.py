@@ -83,9 +83,7 @@ def warnings_for(reference: pd.DataFrame, stone: pd.Series | dict) -> list[str]:
     for grade in schema.GRADE_COLUMNS:
         grades = grades[grades[grade] == stone[grade]]
     if grades.empty:
-        out.append(
-            "no stone of the training collection has this cut, color and clarity together"
-        )
+        out.append("no stone of the training collection has this cut, color and clarity together")
     return out
 
 

@@ -1,7 +1,7 @@
 """From a table of stones to the numbers a model sees.
 
-Encodings are fixed by the schema (grade orders), not learned, so the saved model applies exactly the
-same function at serving time as at training time: there is nothing to drift.
+Encodings are fixed by the schema (grade orders), not learned, so the saved model applies exactly
+the same function at serving time as at training time: there is nothing to drift.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def monotone_constraints(columns: tuple[str, ...] = ENCODED) -> list[int]:
 
 
 def log_price(prices: pd.Series | np.ndarray) -> np.ndarray:
-    """The training target: prices are log-normal-ish and errors are relative, so model log price."""
+    """The training target: prices are log-normal-ish and errors relative, so model log price."""
     return np.log(np.asarray(prices, dtype=float))
 
 
@@ -54,7 +54,7 @@ def hedonic_columns() -> list[str]:
 
 def hedonic_design(frame: pd.DataFrame) -> pd.DataFrame:
     """log carat and cumulative grade steps ("color at least F"): with non-negative coefficients,
-    each coefficient is the log-price premium of one grade step, so better grades never cost less."""
+    each coefficient is the log-price premium of one grade step: better grades never cost less."""
     out = pd.DataFrame({"log_carat": np.log(frame["carat"].astype(float))}, index=frame.index)
     for grade, order in schema.GRADES.items():
         codes = schema.grade_code(grade, frame[grade]).to_numpy(dtype=float)

@@ -54,7 +54,9 @@ class Member(ABC):
     def load(cls, path: Path, params: dict[str, Any]) -> Member: ...
 
 
-def _by_feature(contribs: np.ndarray, columns: list[str], source: Callable[[str], str]) -> pd.DataFrame:
+def _by_feature(
+    contribs: np.ndarray, columns: list[str], source: Callable[[str], str]
+) -> pd.DataFrame:
     """Sum encoded-column contributions into one column per input feature, plus the baseline."""
     out = pd.DataFrame(0.0, index=range(len(contribs)), columns=[*schema.FEATURES, BASELINE])
     for j, column in enumerate(columns):
@@ -108,7 +110,11 @@ class Hedonic(Member):
     def load(cls, path: Path, params: dict[str, Any]) -> Hedonic:
         state = json.loads(path.read_text())
         member = cls(params)
-        member.intercept, member.coef, member.means = state["intercept"], state["coef"], state["means"]
+        member.intercept, member.coef, member.means = (
+            state["intercept"],
+            state["coef"],
+            state["means"],
+        )
         return member
 
 
@@ -150,8 +156,11 @@ class XGBoostMember(Member):
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
         matrix = xgb.DMatrix(_matrix(stones))
         contribs = self._fitted().predict(matrix, pred_contribs=True)
-        return _by_feature(np.asarray(contribs, dtype=float), list(features.ENCODED),
-                           features.SOURCE_FEATURE.__getitem__)
+        return _by_feature(
+            np.asarray(contribs, dtype=float),
+            list(features.ENCODED),
+            features.SOURCE_FEATURE.__getitem__,
+        )
 
     def save(self, folder: Path) -> str:
         self._fitted().save_model(folder / self.file)
@@ -199,9 +208,13 @@ class LightGBMMember(Member):
         return 1.0
 
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
-        contribs = self._fitted().predict(_matrix(stones), pred_contrib=True) * self._contrib_scale()
-        return _by_feature(np.asarray(contribs, dtype=float), list(features.ENCODED),
-                           features.SOURCE_FEATURE.__getitem__)
+        raw = self._fitted().predict(_matrix(stones), pred_contrib=True)
+        contribs = np.asarray(raw, dtype=float) * self._contrib_scale()
+        return _by_feature(
+            np.asarray(contribs, dtype=float),
+            list(features.ENCODED),
+            features.SOURCE_FEATURE.__getitem__,
+        )
 
     def save(self, folder: Path) -> str:
         self._fitted().save_model(str(folder / self.file))
@@ -238,13 +251,13 @@ class Candidate:
     name: str
     description: str
     defaults: dict[str, Any]
-    space: Callable[[optuna.Trial], dict[str, Any]] | None = None
+    space: Callable[[optuna.trial.BaseTrial], dict[str, Any]] | None = None
 
     def build(self, params: dict[str, Any] | None = None) -> Member:
         return MEMBER_TYPES[self.name]({**self.defaults, **(params or {})})
 
 
-def _xgboost_space(trial: optuna.Trial) -> dict[str, Any]:
+def _xgboost_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
         "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
@@ -256,7 +269,7 @@ def _xgboost_space(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-def _lightgbm_space(trial: optuna.Trial) -> dict[str, Any]:
+def _lightgbm_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
         "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
@@ -269,7 +282,7 @@ def _lightgbm_space(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-def _forest_space(trial: optuna.Trial) -> dict[str, Any]:
+def _forest_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
         "num_leaves": trial.suggest_int("num_leaves", 63, 1023, log=True),
         "min_child_samples": trial.suggest_int("min_child_samples", 1, 20, log=True),
@@ -289,22 +302,44 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "random_forest",
             "random forest (LightGBM rf mode), 300 monotone trees",
-            {"boosting_type": "rf", "n_estimators": 300, "num_leaves": 255, "min_child_samples": 3,
-             "subsample": 0.8, "subsample_freq": 1, "colsample_bynode": 0.8},
+            {
+                "boosting_type": "rf",
+                "n_estimators": 300,
+                "num_leaves": 255,
+                "min_child_samples": 3,
+                "subsample": 0.8,
+                "subsample_freq": 1,
+                "colsample_bynode": 0.8,
+            },
             _forest_space,
         ),
         Candidate(
             "xgboost",
             "gradient-boosted trees (XGBoost)",
-            {"n_estimators": 1500, "learning_rate": 0.02, "max_depth": 6, "subsample": 0.7,
-             "colsample_bytree": 0.7, "min_child_weight": 2.0, "reg_lambda": 1.0},
+            {
+                "n_estimators": 1500,
+                "learning_rate": 0.02,
+                "max_depth": 6,
+                "subsample": 0.7,
+                "colsample_bytree": 0.7,
+                "min_child_weight": 2.0,
+                "reg_lambda": 1.0,
+            },
             _xgboost_space,
         ),
         Candidate(
             "lightgbm",
             "gradient-boosted trees (LightGBM)",
-            {"n_estimators": 1500, "learning_rate": 0.02, "num_leaves": 15, "min_child_samples": 5,
-             "subsample": 0.7, "subsample_freq": 1, "colsample_bytree": 0.7, "reg_lambda": 1.0},
+            {
+                "n_estimators": 1500,
+                "learning_rate": 0.02,
+                "num_leaves": 15,
+                "min_child_samples": 5,
+                "subsample": 0.7,
+                "subsample_freq": 1,
+                "colsample_bytree": 0.7,
+                "reg_lambda": 1.0,
+            },
             _lightgbm_space,
         ),
     )
@@ -319,7 +354,7 @@ class PriceModel:
     """A weighted blend of members in log space, a conformal price range, and the stones it saw.
 
     `interval` is the half-width, in log price, of the range that covered `coverage` of out-of-fold
-    stones in training (split conformal): the range is price x exp(-interval) .. price x exp(interval).
+    stones in training (split conformal): the range is price x exp(+-interval).
     `reference` is the training collection, used for comparable stones and out-of-range warnings.
     """
 

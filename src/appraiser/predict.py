@@ -47,8 +47,9 @@ class BatchSummary:
 def _chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     if path.suffix.lower() == ".csv":
         try:
-            yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                                   chunksize=rows)
+            yield from pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[""], chunksize=rows
+            )
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
             raise data.DataError(f"{path}: not a readable CSV file ({exc})") from exc
         except pd.errors.EmptyDataError as exc:
@@ -70,7 +71,9 @@ def score_file(
     if not source.exists():
         raise data.DataError(f"{source}: no such file")
     if source.suffix.lower() not in data.SUPPORTED_SUFFIXES:
-        raise data.DataError(f"{source}: unsupported file type '{source.suffix}', expected .csv or .parquet")
+        raise data.DataError(
+            f"{source}: unsupported file type '{source.suffix}', expected .csv or .parquet"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = priced = 0
     partial = target.with_name(target.name + ".partial")

@@ -21,6 +21,8 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import log_model as log_pyfunc_model
 from mlflow.tracking import MlflowClient
 
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
@@ -54,7 +56,7 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
-class PricerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class PricerPyfunc(PythonModel):
     """The price model as an MLflow pyfunc: raw stone columns in, price and range out."""
 
     def load_context(self, context: Any) -> None:
@@ -67,8 +69,18 @@ class PricerPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
 
 def _requirements() -> list[str]:
-    names = ["lightgbm", "xgboost", "scikit-learn", "pandas", "numpy", "pyarrow", "pandera",
-             "pydantic", "pydantic-settings", "mlflow"]
+    names = [
+        "lightgbm",
+        "xgboost",
+        "scikit-learn",
+        "pandas",
+        "numpy",
+        "pyarrow",
+        "pandera",
+        "pydantic",
+        "pydantic-settings",
+        "mlflow",
+    ]
     return [f"{n}=={package_version(n)}" for n in names]
 
 
@@ -79,7 +91,7 @@ def log_model(model_dir: Path, example: pd.DataFrame) -> str:
     output = pd.DataFrame({"price": [1.0], "price_low": [1.0], "price_high": [1.0], "error": [""]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = mlflow.pyfunc.log_model(
+        info = log_pyfunc_model(
             name="model",
             python_model=PricerPyfunc(),
             artifacts={PRICER_ARTIFACT: str(model_dir)},
@@ -96,10 +108,13 @@ def register(model_uri: str, run_id: str, description: str) -> str:
         cl.get_registered_model(REGISTERED_MODEL)
     except MlflowException:
         cl.create_registered_model(
-            REGISTERED_MODEL, description="Prices a diamond from carat, cut, color, clarity, "
-            "depth, table and measurements, with a 90% range and reasons."
+            REGISTERED_MODEL,
+            description="Prices a diamond from carat, cut, color, clarity, "
+            "depth, table and measurements, with a 90% range and reasons.",
         )
-    mv = cl.create_model_version(REGISTERED_MODEL, model_uri, run_id=run_id, description=description)
+    mv = cl.create_model_version(
+        REGISTERED_MODEL, model_uri, run_id=run_id, description=description
+    )
     return str(mv.version)
 
 
@@ -118,7 +133,9 @@ def promote(version: str, reason: str) -> None:
     try:
         cl.get_model_version(REGISTERED_MODEL, version)
     except MlflowException as exc:
-        raise RegistryError(f"model version {version} does not exist (see `appraiser models`)") from exc
+        raise RegistryError(
+            f"model version {version} does not exist (see `appraiser models`)"
+        ) from exc
     cl.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
     cl.set_model_version_tag(REGISTERED_MODEL, version, "promoted_because", reason)
 

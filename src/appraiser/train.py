@@ -158,7 +158,7 @@ def tune(
 
 
 def blend(results: list[CandidateResult], y_log: np.ndarray) -> dict[str, float]:
-    """Weights for the two best candidates that minimise out-of-fold MAPE (a weight of 1 = no blend).
+    """Weights of the two best candidates that minimise out-of-fold MAPE (weight 1 = no blend).
 
     Averaging monotone models in log space keeps them monotone, and TreeSHAP values average too.
     """
@@ -203,7 +203,8 @@ def _flat(prefix: str, values: dict[str, float]) -> dict[str, float]:
 def _slice_metric_names(slices: pd.DataFrame) -> dict[str, float]:
     out = {}
     for row in slices.itertuples():
-        key = f"slice_{row.slice}_{str(row.value).replace(' ', '_').replace('<', 'lt').replace('>=', 'ge')}"
+        value = str(row.value).replace(" ", "_").replace("<", "lt").replace(">=", "ge")
+        key = f"slice_{row.slice}_{value}"
         key = key.replace("-", "to").replace(".", "p")
         out[f"{key}_mape"] = float(row.mape)
     return out
@@ -246,35 +247,60 @@ def train(
     per_candidate = timeout / max(len(tuned), 1)
     results: dict[str, CandidateResult] = {}
     with Progress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), disable=not show_progress, transient=False,
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=False,
     ) as progress:
         for name in names:
-            results[name] = tune(CANDIDATES[name], fit_part, y_log, trials, per_candidate, seed,
-                                 progress)
+            results[name] = tune(
+                CANDIDATES[name], fit_part, y_log, trials, per_candidate, seed, progress
+            )
 
     weights = blend(list(results.values()), y_log)
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
     assert isinstance(oof_blend, np.ndarray)
     interval = explain.conformal_halfwidth(y_log - oof_blend, COVERAGE)
-    model_name = " + ".join(f"{w:g} {n}" for n, w in weights.items()) if len(weights) > 1 else next(iter(weights))
+    model_name = (
+        " + ".join(f"{w:g} {n}" for n, w in weights.items())
+        if len(weights) > 1
+        else next(iter(weights))
+    )
     cv = evaluate.metrics(np.exp(y_log), np.exp(oof_blend))
 
     table = pd.DataFrame(
-        [{"candidate": r.name, **{f"cv_{k}": v for k, v in r.cv.items()}, "trials": r.trials,
-          "seconds": round(r.seconds, 1), "params": json.dumps(r.params)} for r in results.values()]
+        [
+            {
+                "candidate": r.name,
+                **{f"cv_{k}": v for k, v in r.cv.items()},
+                "trials": r.trials,
+                "seconds": round(r.seconds, 1),
+                "params": json.dumps(r.params),
+            }
+            for r in results.values()
+        ]
     )
     if len(weights) > 1:
-        table.loc[len(table)] = {"candidate": f"blend ({model_name})",
-                                 **{f"cv_{k}": v for k, v in cv.items()}, "trials": 0,
-                                 "seconds": 0.0, "params": json.dumps(weights)}
+        table.loc[len(table)] = {
+            "candidate": f"blend ({model_name})",
+            **{f"cv_{k}": v for k, v in cv.items()},
+            "trials": 0,
+            "seconds": 0.0,
+            "params": json.dumps(weights),
+        }
     table = table.sort_values("cv_mape").reset_index(drop=True)
 
     info = {"source": source, "fingerprint": fingerprint, "rows": len(stones), "seed": seed}
     evaluated = _fit_model(results, weights, fit_part, interval, info)
     holdout_pred = evaluated.predict(holdout)
-    holdout_metrics = evaluate.metrics(holdout[schema.TARGET], holdout_pred["price"],
-                                       holdout_pred["price_low"], holdout_pred["price_high"])
+    holdout_metrics = evaluate.metrics(
+        holdout[schema.TARGET],
+        holdout_pred["price"],
+        holdout_pred["price_low"],
+        holdout_pred["price_high"],
+    )
     slices = evaluate.slice_metrics(holdout, holdout_pred)
 
     current = registry.champion_version()
@@ -282,11 +308,15 @@ def train(
         should_promote, decision = True, "no champion yet"
     else:
         _, champion = registry.load_version(current)
-        champion_mape = evaluate.metrics(holdout[schema.TARGET], champion.predict(holdout)["price"])["mape"]
+        champion_mape = evaluate.metrics(
+            holdout[schema.TARGET], champion.predict(holdout)["price"]
+        )["mape"]
         should_promote = holdout_metrics["mape"] < champion_mape
         verb = "beats" if should_promote else "does not beat"
-        decision = (f"holdout MAPE {holdout_metrics['mape']:.2f}% {verb} champion v{current}'s "
-                    f"{champion_mape:.2f}% on the same {len(holdout):,} stones")
+        decision = (
+            f"holdout MAPE {holdout_metrics['mape']:.2f}% {verb} champion v{current}'s "
+            f"{champion_mape:.2f}% on the same {len(holdout):,} stones"
+        )
     should_promote = should_promote and promote_if_better
 
     final = _fit_model(results, weights, stones, interval, info)
@@ -297,38 +327,67 @@ def train(
     checked.report.to_csv(run_dir / "quality_report.csv", index=False)
     table.to_csv(run_dir / "candidates.csv", index=False)
     slices.to_csv(run_dir / "slice_metrics.csv", index=False)
-    evaluate.plot_predictions(holdout[schema.TARGET], holdout_pred["price"],
-                              run_dir / "holdout_predictions.png", f"{model_name} on the holdout")
+    evaluate.plot_predictions(
+        holdout[schema.TARGET],
+        holdout_pred["price"],
+        run_dir / "holdout_predictions.png",
+        f"{model_name} on the holdout",
+    )
     evaluate.plot_slices(slices, run_dir / "holdout_slices.png")
 
     registry.client()
     with mlflow.start_run(run_name=f"train {model_name}") as run:
         mlflow.set_tags({"data_source": source, "data_fingerprint": fingerprint, "kind": "train"})
-        mlflow.log_params({
-            "model": model_name, "weights": json.dumps(weights), "trials": trials,
-            "timeout": timeout, "folds": FOLDS, "holdout_share": HOLDOUT, "seed": seed,
-            "data_rows_read": checked.total, "data_rows_accepted": len(stones),
-            "data_rows_rejected": len(checked.rejected), "interval_log_halfwidth": interval,
-            **{f"{n}_params": json.dumps(results[n].params)[:6000] for n in weights},
-        })
-        mlflow.log_metrics({**_flat("holdout", holdout_metrics), **_flat("cv", cv),
-                            **_slice_metric_names(slices),
-                            **{f"candidate_{r.name}_cv_mape": r.cv["mape"] for r in results.values()}})
+        mlflow.log_params(
+            {
+                "model": model_name,
+                "weights": json.dumps(weights),
+                "trials": trials,
+                "timeout": timeout,
+                "folds": FOLDS,
+                "holdout_share": HOLDOUT,
+                "seed": seed,
+                "data_rows_read": checked.total,
+                "data_rows_accepted": len(stones),
+                "data_rows_rejected": len(checked.rejected),
+                "interval_log_halfwidth": interval,
+                **{f"{n}_params": json.dumps(results[n].params)[:6000] for n in weights},
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **_flat("holdout", holdout_metrics),
+                **_flat("cv", cv),
+                **_slice_metric_names(slices),
+                **{f"candidate_{r.name}_cv_mape": r.cv["mape"] for r in results.values()},
+            }
+        )
         for file in sorted(run_dir.glob("*.*")):
             mlflow.log_artifact(str(file))
         model_uri = registry.log_model(model_dir, holdout[list(schema.FEATURES)].head(5))
-        version = registry.register(model_uri, run.info.run_id,
-                                    f"{model_name}; holdout MAPE {holdout_metrics['mape']:.2f}%")
+        version = registry.register(
+            model_uri, run.info.run_id, f"{model_name}; holdout MAPE {holdout_metrics['mape']:.2f}%"
+        )
         mlflow.set_tag("decision", decision)
         mlflow.set_tag("promoted", str(should_promote))
         if should_promote:
             registry.promote(version, decision)
 
     return TrainResult(
-        version=version, champion=should_promote, decision=decision, model_name=model_name,
-        holdout=holdout_metrics, cv=cv, candidates=table, slices=slices, validation=checked,
-        run_id=run.info.run_id, run_dir=run_dir, seconds=time.perf_counter() - started,
-        fingerprint=fingerprint, weights=weights,
+        version=version,
+        champion=should_promote,
+        decision=decision,
+        model_name=model_name,
+        holdout=holdout_metrics,
+        cv=cv,
+        candidates=table,
+        slices=slices,
+        validation=checked,
+        run_id=run.info.run_id,
+        run_dir=run_dir,
+        seconds=time.perf_counter() - started,
+        fingerprint=fingerprint,
+        weights=weights,
     )
 
 
