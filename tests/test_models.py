@@ -16,7 +16,7 @@ def test_encoding_uses_schema_order(stones):
     assert list(encoded.columns) == list(features.ENCODED)
     ideal = stones.head(50)["cut"] == "Ideal"
     assert (encoded.loc[ideal, "cut"] == 4).all()
-    assert features.monotone_constraints()[:4] == [1, 1, 1, 1]
+    assert features.monotone_constraints() == [1, 0, 0, 0, 1, 1, 1]
 
 
 def test_hedonic_design_is_cumulative(stones):
@@ -37,7 +37,7 @@ def test_member_roundtrip_and_contributions(name, stones, tmp_path):
     np.testing.assert_allclose(contribs.sum(axis=1), predicted, rtol=1e-5, atol=1e-5)
     assert BASELINE in contribs.columns
     file = member.save(tmp_path)
-    loaded = type(member).load(tmp_path / file, member.params)
+    loaded = type(member).load(tmp_path / file, member.params, member.state())
     np.testing.assert_allclose(loaded.predict_log(stones), predicted, rtol=1e-6)
 
 

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from appraiser import data, evaluate, schema
+from appraiser.train import DEFAULT_TIMEOUT, DEFAULT_TRIALS
 
 app = typer.Typer(
     help="Diamond Appraiser: prices diamonds, says why, and keeps its model sharp.",
@@ -99,8 +100,12 @@ def train(
             "--data", help="CSV or Parquet of priced stones; default: the public diamonds table"
         ),
     ] = None,
-    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per tuned candidate")] = 30,
-    timeout: Annotated[float, typer.Option(min=1, help="seconds of tuning in all")] = 90.0,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Optuna trials per tuned candidate")
+    ] = DEFAULT_TRIALS,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="seconds of tuning in all")
+    ] = DEFAULT_TIMEOUT,
     candidate: Annotated[
         list[str] | None,
         typer.Option("--candidate", "-c", help="train only these candidates (repeatable)"),

@@ -24,7 +24,9 @@ from sklearn.linear_model import LinearRegression
 from appraiser import features, schema
 
 BASELINE = "baseline"  # the contribution column holding the model's average log price
-THREADS = 2
+# One thread per booster: on a small machine OpenMP threads that wait for a busy core spin for
+# minutes; a single thread is predictable, and 5,000 stones gain little from more.
+THREADS = 1
 
 
 class Member(ABC):
@@ -49,9 +51,15 @@ class Member(ABC):
     def save(self, folder: Path) -> str:
         """Write the fitted model into folder; returns the file name."""
 
+    def state(self) -> dict[str, float]:
+        """Fitted numbers saved beside the model file (none by default)."""
+        return {}
+
     @classmethod
     @abstractmethod
-    def load(cls, path: Path, params: dict[str, Any]) -> Member: ...
+    def load(
+        cls, path: Path, params: dict[str, Any], state: dict[str, Any] | None = None
+    ) -> Member: ...
 
 
 def _by_feature(
@@ -107,7 +115,9 @@ class Hedonic(Member):
         return name
 
     @classmethod
-    def load(cls, path: Path, params: dict[str, Any]) -> Hedonic:
+    def load(
+        cls, path: Path, params: dict[str, Any], state: dict[str, Any] | None = None
+    ) -> Hedonic:
         state = json.loads(path.read_text())
         member = cls(params)
         member.intercept, member.coef, member.means = (
@@ -122,109 +132,180 @@ def _matrix(stones: pd.DataFrame) -> np.ndarray:
     return features.encode(stones).to_numpy(dtype=np.float64)
 
 
-class XGBoostMember(Member):
+def near_l1(delta: float) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A loss that is quadratic within `delta` of the target and absolute beyond it.
+
+    MAPE rewards the median, not the mean; with gradient r delta / max(|r|, delta) and hessian
+    delta / max(|r|, delta), each leaf takes a reweighted-median step through the ordinary
+    gradient/hessian path, so the boosters still enforce the monotone constraints (their built-in
+    L1 objectives recompute leaf values afterwards and break them). It lowered the CV MAPE by
+    about 0.15 points on Francesco's collection.
+    """
+
+    def objective(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual = y_pred - y_true
+        scale = delta / np.maximum(np.abs(residual), delta)
+        return residual * scale, scale
+
+    return objective
+
+
+class BoosterMember(Member):
+    """Trees that learn log price per carat: log price = log carat + centre + trees(features).
+
+    Taking log carat out of the target leaves the trees a flatter function to learn (about 0.1
+    points of CV MAPE) and keeps the price increasing in carat. The `centre` (median of the
+    target) and the mean log carat are saved beside the booster file, so contributions stay exact.
+    """
+
+    file: ClassVar[str]
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.centre = 0.0
+        self.mean_log_carat = 0.0
+
+    @abstractmethod
+    def _fit_trees(self, matrix: np.ndarray, target: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _trees(self, matrix: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """TreeSHAP values per encoded column, then the trees' own bias, as (n, columns + 1)."""
+
+    @abstractmethod
+    def _save_trees(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def _load_trees(self, path: Path) -> None: ...
+
+    def _loss(self) -> Any:
+        delta = self.params.get("loss_delta")
+        return near_l1(float(delta)) if delta else None
+
+    def _booster_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if k != "loss_delta"}
+
+    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> BoosterMember:
+        log_carat = np.log(stones["carat"].to_numpy(dtype=float))
+        target = log_price - log_carat
+        self.centre = float(np.median(target))
+        self.mean_log_carat = float(log_carat.mean())
+        self._fit_trees(_matrix(stones), target - self.centre)
+        return self
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        log_carat = np.log(stones["carat"].to_numpy(dtype=float))
+        return self._trees(_matrix(stones)) + self.centre + log_carat
+
+    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+        out = _by_feature(
+            self._tree_contributions(_matrix(stones)),
+            list(features.ENCODED),
+            features.SOURCE_FEATURE.__getitem__,
+        )
+        # the log-carat term belongs to carat; its average and the centre to the baseline
+        out["carat"] += np.log(stones["carat"].to_numpy(dtype=float)) - self.mean_log_carat
+        out[BASELINE] += self.centre + self.mean_log_carat
+        return out
+
+    def state(self) -> dict[str, float]:
+        return {"centre": self.centre, "mean_log_carat": self.mean_log_carat}
+
+    def save(self, folder: Path) -> str:
+        self._save_trees(folder / self.file)
+        return self.file
+
+    @classmethod
+    def load(
+        cls, path: Path, params: dict[str, Any], state: dict[str, Any] | None = None
+    ) -> Member:
+        member = cls(params)
+        member._load_trees(path)
+        member.centre = float((state or {}).get("centre", 0.0))
+        member.mean_log_carat = float((state or {}).get("mean_log_carat", 0.0))
+        return member
+
+
+class XGBoostMember(BoosterMember):
     """Gradient-boosted trees (XGBoost) with monotone constraints."""
 
     kind = "xgboost"
     file = "xgboost.ubj"
+    booster: xgb.Booster | None = None
 
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(params)
-        self.booster: xgb.Booster | None = None
-
-    def _estimator(self) -> xgb.XGBModel:
-        return xgb.XGBRegressor(
-            **self.params,
+    def _fit_trees(self, matrix: np.ndarray, target: np.ndarray) -> None:
+        loss = self._loss()
+        model = xgb.XGBRegressor(
+            **self._booster_params(),
+            **({"objective": loss} if loss else {}),
+            base_score=0.0,
             monotone_constraints=tuple(features.monotone_constraints()),
             n_jobs=THREADS,
             tree_method="hist",
         )
-
-    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> XGBoostMember:
-        model = self._estimator().fit(_matrix(stones), log_price)
-        self.booster = model.get_booster()
-        return self
+        self.booster = model.fit(matrix, target).get_booster()
 
     def _fitted(self) -> xgb.Booster:
         if self.booster is None:
             raise RuntimeError(f"{self.kind} model is not fitted")
         return self.booster
 
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self._fitted().inplace_predict(_matrix(stones)), dtype=float)
+    def _trees(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fitted().inplace_predict(matrix), dtype=float)
 
-    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
-        matrix = xgb.DMatrix(_matrix(stones))
-        contribs = self._fitted().predict(matrix, pred_contribs=True)
-        return _by_feature(
-            np.asarray(contribs, dtype=float),
-            list(features.ENCODED),
-            features.SOURCE_FEATURE.__getitem__,
-        )
+    def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
+        contribs = self._fitted().predict(xgb.DMatrix(matrix), pred_contribs=True)
+        return np.asarray(contribs, dtype=float)
 
-    def save(self, folder: Path) -> str:
-        self._fitted().save_model(folder / self.file)
-        return self.file
+    def _save_trees(self, path: Path) -> None:
+        self._fitted().save_model(path)
 
-    @classmethod
-    def load(cls, path: Path, params: dict[str, Any]) -> XGBoostMember:
-        member = cls(params)
-        member.booster = xgb.Booster(model_file=str(path))
-        member.booster.set_param({"nthread": THREADS})
-        return member
+    def _load_trees(self, path: Path) -> None:
+        self.booster = xgb.Booster(model_file=str(path))
+        self.booster.set_param({"nthread": THREADS})
 
 
-class LightGBMMember(Member):
+class LightGBMMember(BoosterMember):
     """Gradient-boosted trees (LightGBM) with monotone constraints."""
 
-    kind: ClassVar[str] = "lightgbm"
-    file: ClassVar[str] = "lightgbm.txt"
+    kind = "lightgbm"
+    file = "lightgbm.txt"
+    booster: lgb.Booster | None = None
+    # "advanced" constrains less than "basic" (about 0.05 points of CV MAPE), at 1.6x the time
+    monotone_method: ClassVar[str] = "advanced"
 
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(params)
-        self.booster: lgb.Booster | None = None
-
-    def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> LightGBMMember:
+    def _fit_trees(self, matrix: np.ndarray, target: np.ndarray) -> None:
+        loss = self._loss()
         model = lgb.LGBMRegressor(
-            **self.params,
+            **self._booster_params(),
+            **({"objective": loss} if loss else {}),
             monotone_constraints=features.monotone_constraints(),
-            monotone_constraints_method="advanced",
+            monotone_constraints_method=self.monotone_method,
             n_jobs=THREADS,
             verbose=-1,
         )
-        model.fit(_matrix(stones), log_price)
-        self.booster = model.booster_
-        return self
+        self.booster = model.fit(matrix, target).booster_
 
     def _fitted(self) -> lgb.Booster:
         if self.booster is None:
             raise RuntimeError(f"{self.kind} model is not fitted")
         return self.booster
 
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self._fitted().predict(_matrix(stones), num_threads=THREADS), dtype=float)
+    def _trees(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fitted().predict(matrix, num_threads=THREADS), dtype=float)
 
-    def _contrib_scale(self) -> float:
-        return 1.0
+    def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
+        raw = self._fitted().predict(matrix, pred_contrib=True, num_threads=THREADS)
+        return np.asarray(raw, dtype=float)
 
-    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
-        raw = self._fitted().predict(_matrix(stones), pred_contrib=True)
-        contribs = np.asarray(raw, dtype=float) * self._contrib_scale()
-        return _by_feature(
-            np.asarray(contribs, dtype=float),
-            list(features.ENCODED),
-            features.SOURCE_FEATURE.__getitem__,
-        )
+    def _save_trees(self, path: Path) -> None:
+        self._fitted().save_model(str(path))
 
-    def save(self, folder: Path) -> str:
-        self._fitted().save_model(str(folder / self.file))
-        return self.file
-
-    @classmethod
-    def load(cls, path: Path, params: dict[str, Any]) -> LightGBMMember:
-        member = cls(params)
-        member.booster = lgb.Booster(model_file=str(path))
-        return member
+    def _load_trees(self, path: Path) -> None:
+        self.booster = lgb.Booster(model_file=str(path))
 
 
 class RandomForestMember(LightGBMMember):
@@ -232,10 +313,11 @@ class RandomForestMember(LightGBMMember):
 
     kind = "random_forest"
     file = "random_forest.txt"
+    monotone_method = "basic"  # deep trees: "advanced" costs minutes here
 
-    def _contrib_scale(self) -> float:
+    def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
         # rf mode predicts the mean of its trees but pred_contrib returns their sum
-        return 1.0 / self._fitted().num_trees()
+        return super()._tree_contributions(matrix) / self._fitted().num_trees()
 
 
 MEMBER_TYPES: dict[str, type[Member]] = {
@@ -259,38 +341,42 @@ class Candidate:
 
 def _xgboost_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
-        "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
-        "max_depth": trial.suggest_int("max_depth", 3, 8),
-        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20, log=True),
-        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
-        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10, log=True),
+        "n_estimators": trial.suggest_int("n_estimators", 600, 2500, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.05, log=True),
+        "max_depth": trial.suggest_int("max_depth", 4, 8),
+        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 8, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 0.9),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.7, 1.0),
+        "reg_lambda": trial.suggest_float("reg_lambda", 0.1, 10, log=True),
+        "loss_delta": trial.suggest_float("loss_delta", 0.02, 0.2, log=True),
     }
 
 
 def _lightgbm_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
-        "n_estimators": trial.suggest_int("n_estimators", 300, 2000, log=True),
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
-        "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
-        "min_child_samples": trial.suggest_int("min_child_samples", 3, 40, log=True),
-        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-        "subsample_freq": 1,
-        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
-        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10, log=True),
+        "n_estimators": trial.suggest_int("n_estimators", 600, 2500, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.05, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 7, 48, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 2, 30, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 0.9),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.7, 1.0),
+        "reg_lambda": trial.suggest_float("reg_lambda", 0.1, 10, log=True),
+        "loss_delta": trial.suggest_float("loss_delta", 0.02, 0.2, log=True),
     }
 
 
 def _forest_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {
-        "num_leaves": trial.suggest_int("num_leaves", 63, 1023, log=True),
-        "min_child_samples": trial.suggest_int("min_child_samples", 1, 20, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 31, 255, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 3, 20, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 0.9),
-        "colsample_bynode": trial.suggest_float("colsample_bynode", 0.4, 1.0),
+        "colsample_bynode": trial.suggest_float("colsample_bynode", 0.5, 1.0),
     }
 
 
+# Defaults are the first trial of every search. The boosters' were chosen by 5-fold CV on
+# Francesco's collection (XGBoost 6.72%, LightGBM 6.79% CV MAPE; 300 s of Optuna did not beat
+# XGBoost's and improved LightGBM's by 0.05 points).
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
@@ -315,30 +401,33 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate(
             "xgboost",
-            "gradient-boosted trees (XGBoost)",
+            "gradient-boosted trees (XGBoost), near-L1 loss",
             {
                 "n_estimators": 1500,
                 "learning_rate": 0.02,
                 "max_depth": 6,
                 "subsample": 0.7,
-                "colsample_bytree": 0.7,
+                "colsample_bytree": 1.0,
                 "min_child_weight": 2.0,
                 "reg_lambda": 1.0,
+                "loss_delta": 0.05,
             },
             _xgboost_space,
         ),
         Candidate(
             "lightgbm",
-            "gradient-boosted trees (LightGBM)",
+            "gradient-boosted trees (LightGBM), near-L1 loss",
             {
                 "n_estimators": 1500,
                 "learning_rate": 0.02,
                 "num_leaves": 15,
                 "min_child_samples": 5,
+                "min_child_weight": 1e-3,
                 "subsample": 0.7,
                 "subsample_freq": 1,
-                "colsample_bytree": 0.7,
+                "colsample_bytree": 1.0,
                 "reg_lambda": 1.0,
+                "loss_delta": 0.05,
             },
             _lightgbm_space,
         ),
@@ -403,7 +492,13 @@ class PriceModel:
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         members = [
-            {"kind": m.kind, "weight": w, "params": m.params, "file": m.save(folder)}
+            {
+                "kind": m.kind,
+                "weight": w,
+                "params": m.params,
+                "state": m.state(),
+                "file": m.save(folder),
+            }
             for m, w in zip(self.members, self.weights, strict=True)
         ]
         state = {
@@ -421,7 +516,8 @@ class PriceModel:
     def load(cls, folder: Path) -> PriceModel:
         state = json.loads((folder / cls.FILE).read_text())
         members = [
-            MEMBER_TYPES[m["kind"]].load(folder / m["file"], m["params"]) for m in state["members"]
+            MEMBER_TYPES[m["kind"]].load(folder / m["file"], m["params"], m.get("state"))
+            for m in state["members"]
         ]
         return cls(
             members=members,

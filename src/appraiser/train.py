@@ -32,8 +32,8 @@ from appraiser import data, evaluate, explain, features, registry, schema
 from appraiser.config import settings
 from appraiser.models import CANDIDATES, Candidate, PriceModel
 
-DEFAULT_TRIALS = 30
-DEFAULT_TIMEOUT = 90.0  # seconds of tuning in all, shared by the tuned candidates
+DEFAULT_TRIALS = 12
+DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
 FOLDS = 5
 HOLDOUT = 0.2
 COVERAGE = 0.9
@@ -243,8 +243,8 @@ def train(
     y_log = features.log_price(fit_part[schema.TARGET])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tuned = [n for n in names if CANDIDATES[n].space]
-    per_candidate = timeout / max(len(tuned), 1)
+    to_tune = [n for n in names if CANDIDATES[n].space]
+    deadline = time.perf_counter() + timeout
     results: dict[str, CandidateResult] = {}
     with Progress(
         TextColumn("{task.description:<24}"),
@@ -255,9 +255,10 @@ def train(
         transient=False,
     ) as progress:
         for name in names:
-            results[name] = tune(
-                CANDIDATES[name], fit_part, y_log, trials, per_candidate, seed, progress
-            )
+            # what one candidate leaves of its share goes to the ones after it
+            left = [n for n in to_tune if n not in results]
+            share = max(deadline - time.perf_counter(), 0.0) / max(len(left), 1)
+            results[name] = tune(CANDIDATES[name], fit_part, y_log, trials, share, seed, progress)
 
     weights = blend(list(results.values()), y_log)
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
