@@ -38,6 +38,17 @@ def test_conformal_halfwidth_covers_new_draws():
     assert np.isclose(q, 0.1 * 1.645, rtol=0.08)
 
 
+def test_banded_halfwidths_follow_each_band():
+    rng = np.random.default_rng(1)
+    carats = np.concatenate([np.full(3000, 0.4), np.full(500, 2.5), np.full(10, 1.2)])
+    residuals = np.concatenate([rng.normal(0, 0.05, 3000), rng.normal(0, 0.3, 500), np.zeros(10)])
+    widths = explain.banded_halfwidths(residuals, carats, 0.9)
+    assert np.isclose(widths[0], 0.05 * 1.645, rtol=0.1)
+    assert np.isclose(widths[4], 0.3 * 1.645, rtol=0.15)
+    # too few stones in the 1-1.5 ct band: it falls back to the overall width
+    assert widths[2] == explain.conformal_halfwidth(residuals, 0.9)
+
+
 def test_comparables_same_grades_nearest_carat(public):
     stone = {**schema.example_stone()}
     found = explain.comparables(public, stone, n=7)

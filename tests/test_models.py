@@ -46,12 +46,16 @@ def test_price_model_roundtrip(stones, tmp_path):
     members = [
         CANDIDATES[n].build({"n_estimators": 50}).fit(stones, y) for n in ("xgboost", "lightgbm")
     ]
-    model = PriceModel(members, [0.6, 0.4], interval=0.15, coverage=0.9, reference=stones)
+    widths = [0.1, 0.12, 0.15, 0.2, 0.25]
+    model = PriceModel(members, [0.6, 0.4], intervals=widths, coverage=0.9, reference=stones)
     prices = model.predict(stones)
     assert (prices["price_low"] < prices["price"]).all() and (
         prices["price"] < prices["price_high"]
     ).all()
-    np.testing.assert_allclose(prices["price_high"] / prices["price"], np.exp(0.15))
+    band = np.searchsorted([0.5, 1.0, 1.5, 2.0], stones["carat"], side="right")
+    np.testing.assert_allclose(
+        prices["price_high"] / prices["price"], np.exp(np.take(widths, band))
+    )
     loaded = PriceModel.load(model.save(tmp_path / "m"))
     pd.testing.assert_frame_equal(loaded.predict(stones), prices)
     assert loaded.weights == [0.6, 0.4] and len(loaded.reference) == len(stones)

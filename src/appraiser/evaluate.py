@@ -10,8 +10,6 @@ from matplotlib.figure import Figure
 
 from appraiser import schema
 
-CARAT_BANDS = (0.0, 0.5, 1.0, 1.5, 2.0, np.inf)
-CARAT_LABELS = ("<0.5 ct", "0.5-1 ct", "1-1.5 ct", "1.5-2 ct", ">=2 ct")
 HEADLINE = "mape"  # lower is better; the metric champions are compared on
 
 METRIC_LABELS = {
@@ -57,7 +55,8 @@ def metrics(
 
 
 def carat_band(carat: pd.Series) -> pd.Series:
-    return pd.cut(carat, bins=list(CARAT_BANDS), labels=list(CARAT_LABELS), right=False)
+    labels = np.asarray(schema.CARAT_LABELS, dtype=object)[schema.carat_band_index(carat)]
+    return pd.Series(pd.Categorical(labels, categories=schema.CARAT_LABELS), index=carat.index)
 
 
 def slice_metrics(stones: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +71,7 @@ def slice_metrics(stones: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFra
         _high=predictions["price_high"].to_numpy(),
     )
     rows = []
-    slices = {"carat_band": list(CARAT_LABELS), **schema.GRADES}
+    slices = {"carat_band": list(schema.CARAT_LABELS), **schema.GRADES}
     for column, order in slices.items():
         for value in order:
             part = frame[frame[column] == value]

@@ -34,6 +34,30 @@ def conformal_halfwidth(log_residuals: np.ndarray, coverage: float = 0.9) -> flo
     return float(scores[min(rank, n) - 1])
 
 
+MIN_BAND_STONES = 30
+
+
+def banded_halfwidths(
+    log_residuals: np.ndarray, carats: np.ndarray, coverage: float
+) -> list[float]:
+    """Mondrian split conformal: one half-width per carat band (schema.CARAT_EDGES).
+
+    A single width over-covers the common small stones and under-covers the rare heavy ones;
+    calibrating within each band gives every band its own coverage guarantee. A band with fewer
+    than MIN_BAND_STONES residuals takes the width of all stones together.
+    """
+    residuals = np.asarray(log_residuals, dtype=float)
+    bands = schema.carat_band_index(np.asarray(carats, dtype=float))
+    overall = conformal_halfwidth(residuals, coverage)
+    widths = []
+    for band in range(len(schema.CARAT_LABELS)):
+        mine = residuals[bands == band]
+        widths.append(
+            conformal_halfwidth(mine, coverage) if len(mine) >= MIN_BAND_STONES else overall
+        )
+    return widths
+
+
 def dollar_contributions(log_contribs: pd.DataFrame) -> pd.DataFrame:
     """Map log-price contributions (per feature + BASELINE) to dollars that add up to the price."""
     baseline = log_contribs[BASELINE].to_numpy()

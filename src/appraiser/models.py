@@ -442,14 +442,15 @@ CANDIDATES: dict[str, Candidate] = {
 class PriceModel:
     """A weighted blend of members in log space, a conformal price range, and the stones it saw.
 
-    `interval` is the half-width, in log price, of the range that covered `coverage` of out-of-fold
-    stones in training (split conformal): the range is price x exp(+-interval).
+    `intervals` holds, per carat band (schema.CARAT_EDGES), the half-width in log price of the range
+    that covered `coverage` of out-of-fold stones of that band in training (Mondrian split
+    conformal): a stone's range is price x exp(+-its band's width).
     `reference` is the training collection, used for comparable stones and out-of-range warnings.
     """
 
     members: list[Member]
     weights: list[float]
-    interval: float
+    intervals: list[float]
     coverage: float
     reference: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
@@ -470,11 +471,12 @@ class PriceModel:
     def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
         """price, price_low and price_high in dollars for validated stones."""
         log_price = self.predict_log(stones)
+        width = np.asarray(self.intervals)[schema.carat_band_index(stones["carat"].to_numpy())]
         return pd.DataFrame(
             {
                 "price": np.exp(log_price),
-                "price_low": np.exp(log_price - self.interval),
-                "price_high": np.exp(log_price + self.interval),
+                "price_low": np.exp(log_price - width),
+                "price_high": np.exp(log_price + width),
             },
             index=stones.index,
         )
@@ -503,7 +505,8 @@ class PriceModel:
         ]
         state = {
             "members": members,
-            "interval": self.interval,
+            "intervals": self.intervals,
+            "carat_edges": list(schema.CARAT_EDGES),
             "coverage": self.coverage,
             "features": list(schema.FEATURES),
             "info": self.info,
@@ -522,7 +525,7 @@ class PriceModel:
         return cls(
             members=members,
             weights=[m["weight"] for m in state["members"]],
-            interval=state["interval"],
+            intervals=state["intervals"],
             coverage=state["coverage"],
             reference=pd.read_parquet(folder / cls.REFERENCE),
             info=state.get("info", {}),

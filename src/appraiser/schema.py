@@ -95,6 +95,17 @@ def depth_inconsistent(depth: Any, x: Any, y: Any, z: Any) -> Any:
     return np.abs(depth - depth_from_measurements(x, y, z)) > DEPTH_TOLERANCE
 
 
+# Carat bands: the slices errors are reported by, and the groups price ranges are calibrated in
+# (heavy stones are rarer and harder to price, so they get their own, wider range).
+CARAT_EDGES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+CARAT_LABELS: tuple[str, ...] = ("<0.5 ct", "0.5-1 ct", "1-1.5 ct", "1.5-2 ct", ">=2 ct")
+
+
+def carat_band_index(carat: Any) -> Any:
+    """The carat band (0 = lightest) of each carat, per CARAT_EDGES."""
+    return np.searchsorted(CARAT_EDGES, carat, side="right")
+
+
 DEPTH_RULE = f"depth must agree with 2 z / (x + y) x 100 to within {DEPTH_TOLERANCE:g} points"
 
 

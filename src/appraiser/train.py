@@ -181,7 +181,7 @@ def _fit_model(
     results: dict[str, CandidateResult],
     weights: dict[str, float],
     stones: pd.DataFrame,
-    interval: float,
+    intervals: list[float],
     info: dict[str, Any],
 ) -> PriceModel:
     y_log = features.log_price(stones[schema.TARGET])
@@ -189,7 +189,7 @@ def _fit_model(
     return PriceModel(
         members=members,
         weights=list(weights.values()),
-        interval=interval,
+        intervals=intervals,
         coverage=COVERAGE,
         reference=stones.reset_index(drop=True),
         info=info,
@@ -263,7 +263,7 @@ def train(
     weights = blend(list(results.values()), y_log)
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
     assert isinstance(oof_blend, np.ndarray)
-    interval = explain.conformal_halfwidth(y_log - oof_blend, COVERAGE)
+    intervals = explain.banded_halfwidths(y_log - oof_blend, fit_part["carat"].to_numpy(), COVERAGE)
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
@@ -294,7 +294,7 @@ def train(
     table = table.sort_values("cv_mape").reset_index(drop=True)
 
     info = {"source": source, "fingerprint": fingerprint, "rows": len(stones), "seed": seed}
-    evaluated = _fit_model(results, weights, fit_part, interval, info)
+    evaluated = _fit_model(results, weights, fit_part, intervals, info)
     holdout_pred = evaluated.predict(holdout)
     holdout_metrics = evaluate.metrics(
         holdout[schema.TARGET],
@@ -320,7 +320,7 @@ def train(
         )
     should_promote = should_promote and promote_if_better
 
-    final = _fit_model(results, weights, stones, interval, info)
+    final = _fit_model(results, weights, stones, intervals, info)
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_runs_dir()))
     model_dir = final.save(run_dir / "model")
@@ -351,7 +351,7 @@ def train(
                 "data_rows_read": checked.total,
                 "data_rows_accepted": len(stones),
                 "data_rows_rejected": len(checked.rejected),
-                "interval_log_halfwidth": interval,
+                "interval_log_halfwidths": json.dumps([round(w, 4) for w in intervals]),
                 **{f"{n}_params": json.dumps(results[n].params)[:6000] for n in weights},
             }
         )
