@@ -29,6 +29,10 @@ BASELINE = "baseline"  # the contribution column holding the model's average log
 THREADS = 1
 
 
+class ModelFormatError(RuntimeError):
+    """A saved model this version of the code cannot read."""
+
+
 class Member(ABC):
     """One fitted model of log price."""
 
@@ -456,6 +460,8 @@ class PriceModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     FILE: ClassVar[str] = "price_model.json"
+    # bump when the saved layout or the feature encoding changes: old files then fail loudly
+    FORMAT: ClassVar[int] = 1
     REFERENCE: ClassVar[str] = "reference.parquet"
 
     @property
@@ -504,11 +510,13 @@ class PriceModel:
             for m, w in zip(self.members, self.weights, strict=True)
         ]
         state = {
+            "format": self.FORMAT,
             "members": members,
             "intervals": self.intervals,
             "carat_edges": list(schema.CARAT_EDGES),
             "coverage": self.coverage,
             "features": list(schema.FEATURES),
+            "encoded": list(features.ENCODED),
             "info": self.info,
         }
         (folder / self.FILE).write_text(json.dumps(state, indent=2, default=str))
@@ -518,6 +526,11 @@ class PriceModel:
     @classmethod
     def load(cls, folder: Path) -> PriceModel:
         state = json.loads((folder / cls.FILE).read_text())
+        if state.get("format") != cls.FORMAT or state.get("encoded") != list(features.ENCODED):
+            raise ModelFormatError(
+                f"{folder} holds a model saved in another format (format {state.get('format')}, "
+                f"this version reads {cls.FORMAT}): retrain with `appraiser train`"
+            )
         members = [
             MEMBER_TYPES[m["kind"]].load(folder / m["file"], m["params"], m.get("state"))
             for m in state["members"]

@@ -140,7 +140,11 @@ def tune(
         if progress is not None and task is not None:
             progress.advance(task)
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[advance])
+    # the first trial (the defaults) always runs, so every candidate is scored whatever the budget
+    study.optimize(objective, n_trials=1, callbacks=[advance])
+    remaining = timeout - (time.perf_counter() - start)
+    if n_trials > 1 and remaining > 0:
+        study.optimize(objective, n_trials=n_trials - 1, timeout=remaining, callbacks=[advance])
     if progress is not None and task is not None:
         progress.update(task, total=len(study.trials), completed=len(study.trials))
     if not best:
