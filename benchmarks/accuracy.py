@@ -27,7 +27,8 @@ import pandas as pd
 from _bench import Goal, environment, format_table, goals_table, resolve_data, use_home, write_json
 
 from appraiser import data, evaluate, registry, schema
-from appraiser.train import DEFAULT_TIMEOUT, DEFAULT_TRIALS, TrainResult, train
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
+from appraiser.train import TrainResult, train
 
 GOAL_MAPE = 6.6  # % at most
 GOAL_WITHIN_10 = 78.0  # % at least

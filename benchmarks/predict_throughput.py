@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -128,29 +129,65 @@ class ChildRun:
     returncode: int
     seconds: float
     peak_mib: float
+    rss_tool: str
     stdout: str
     stderr: str
 
 
-def _maxrss_mib(ru_maxrss: int) -> float:
-    """ru_maxrss is in KiB on Linux, in bytes on macOS."""
-    return ru_maxrss / 2**20 if sys.platform == "darwin" else ru_maxrss / 2**10
+# A child's ru_maxrss is not its own peak alone: when the child is spawned (vfork + exec), Linux
+# carries the parent's high-water RSS over into it, so wait4() on a child of this large benchmark
+# process reports at least this process's own RSS. The child is therefore started by a small
+# process that waits for it: GNU time when present, else this minimal Python runner.
+GNU_TIME = Path("/usr/bin/time")
+RUNNER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = 0
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@cache
+def _gnu_time_works() -> bool:
+    if not GNU_TIME.exists():
+        return False
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        probe = [str(GNU_TIME), "-f", "%M", "-o", report.name, sys.executable, "-c", "pass"]
+        done = subprocess.run(probe, capture_output=True, check=False)
+        return done.returncode == 0 and report.read().strip().isdigit()
+
+
+def rss_wrapper(report: Path) -> tuple[str, list[str]]:
+    """The tool measuring the child's peak RSS, and the prefix that writes it (KiB) to report."""
+    if _gnu_time_works():
+        return "GNU time", [str(GNU_TIME), "-f", "%M", "-o", str(report)]
+    return "wait4 in a small runner", [sys.executable, "-c", RUNNER, str(report)]
 
 
 def run_child(command: list[str], env: dict[str, str], logs: Path) -> ChildRun:
-    """Run a command to completion; its own wall time and peak RSS (wait4 rusage of that pid)."""
+    """Run a command to completion: its wall time and its own peak resident set size."""
     out_path, err_path = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
+    report = logs.with_suffix(".rss")
+    report.unlink(missing_ok=True)
+    tool, prefix = rss_wrapper(report)
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
+        done = subprocess.run(
+            [*prefix, *command], env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        )
         seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
+    lines = report.read_text().split() if report.exists() else []
+    # GNU time writes a "Command exited with non-zero status" line before the figure
+    peak_kib = int(lines[-1]) if lines and lines[-1].isdigit() else -1
     return ChildRun(
         command=command,
-        returncode=proc.returncode,
+        returncode=done.returncode,
         seconds=seconds,
-        peak_mib=_maxrss_mib(usage.ru_maxrss),
+        peak_mib=peak_kib / 2**10 if peak_kib >= 0 else float("nan"),
+        rss_tool=tool,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )
@@ -285,7 +322,8 @@ def breakdown_table(steps: dict[str, float]) -> str:
     for key, label in labels:
         seconds = steps[key]
         share = "" if key == "total" else f"{100 * seconds / total:.0f}%"
-        rows.append((label, f"{1000 * seconds:,.0f}", share, f"{rows_in_chunk / seconds:,.0f}"))
+        alone = f"{rows_in_chunk / seconds:,.0f}" if seconds >= 1e-3 else ""
+        rows.append((label, f"{1000 * seconds:,.0f}", share, alone))
     title = f"Where the time goes: one {int(rows_in_chunk):,}-row chunk in process (median)"
     return format_table(("step", "ms", "share", "rows/s alone"), rows, title)
 
@@ -366,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 ("rows/s, whole command", f"{rows_per_second:,.0f}"),
                 ("rows/s, minus fixed cost", "n/a" if np.isnan(steady) else f"{steady:,.0f}"),
-                ("peak RSS of the command", f"{run.peak_mib:,.0f} MiB"),
+                ("peak RSS of the command", f"{run.peak_mib:,.0f} MiB ({run.rss_tool})"),
                 ("output check", "ok" if not problems else "; ".join(problems)),
             ],
             f"`appraiser predict` on {args.rows:,} rows (model v{version}, {model.name})",
@@ -404,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows_per_second": rows_per_second,
         "rows_per_second_minus_fixed_cost": steady,
         "peak_rss_mib": run.peak_mib,
+        "peak_rss_measured_with": run.rss_tool,
         "fixed_cost_seconds": startup.seconds,
         "fixed_cost_peak_rss_mib": startup.peak_mib,
         "chunk_breakdown_seconds": steps,

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from appraiser import data, evaluate, schema
-from appraiser.train import DEFAULT_TIMEOUT, DEFAULT_TRIALS
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
 
 app = typer.Typer(
     help="Diamond Appraiser: prices diamonds, says why, and keeps its model sharp.",

@@ -9,6 +9,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REGISTERED_MODEL = "diamond-pricer"
+DEFAULT_TRIALS = 12  # Optuna trials per tuned candidate
+DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
 EXPERIMENT = "diamond-appraiser"
 
 

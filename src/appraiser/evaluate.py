@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from appraiser import schema
 
@@ -89,6 +88,8 @@ def plot_predictions(
     y = np.asarray(actual, dtype=float)
     p = np.asarray(predicted, dtype=float)
     # Figure objects, not pyplot: no GUI backend is touched, so servers and notebooks both work
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 4.5))
     left, right = fig.subplots(1, 2)
     left.scatter(y, p, s=4, alpha=0.35)
@@ -125,6 +126,8 @@ def plot_predictions(
 def plot_slices(slices: pd.DataFrame, path: Path, metric: str = HEADLINE) -> Path:
     """A bar chart of one metric per slice value, a panel per slice column."""
     groups = list(dict.fromkeys(slices["slice"]))
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(4 * len(groups), 3.6))
     axes = fig.subplots(1, len(groups), sharey=True)
     for ax, group in zip(np.atleast_1d(axes), groups, strict=True):

@@ -43,17 +43,23 @@ class RegistryError(RuntimeError):
 
 
 def client() -> MlflowClient:
-    """Point MLflow at our store (creating it and the experiment on first use)."""
+    """Point MLflow at our store (a SQLite file under APPRAISER_HOME unless a server is set)."""
     cfg = settings()
     if not cfg.mlflow_tracking_uri:
         cfg.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
+    return MlflowClient()
+
+
+def use_experiment() -> None:
+    """Make our experiment the active one (creating it, with local artifacts, on first use)."""
+    client()
+    cfg = settings()
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         location = None if cfg.mlflow_tracking_uri else cfg.artifact_root.as_uri()
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
-    return MlflowClient()
 
 
 class PricerPyfunc(PythonModel):

@@ -29,15 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.model_selection import KFold, train_test_split
 
 from appraiser import data, evaluate, explain, features, registry, schema
-from appraiser.config import settings
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.models import CANDIDATES, Candidate, PriceModel
 
-DEFAULT_TRIALS = 12
-DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
 FOLDS = 5
 HOLDOUT = 0.2
 COVERAGE = 0.9
 MIN_STONES = 50
+BLEND_MARGIN = 0.05  # points of CV MAPE a blend must gain over the best single candidate
 
 
 class TrainingError(RuntimeError):
@@ -170,11 +169,14 @@ def blend(results: list[CandidateResult], y_log: np.ndarray) -> dict[str, float]
     if len(ranked) < 2:
         return {ranked[0].name: 1.0}
     first, second = ranked[0], ranked[1]
-    best_w, best_score = 1.0, _cv_mape(y_log, first.oof_log)
+    single = _cv_mape(y_log, first.oof_log)
+    best_w, best_score = 1.0, single
     for w in np.arange(0.5, 1.0, 0.05):
         score = _cv_mape(y_log, w * first.oof_log + (1 - w) * second.oof_log)
         if score < best_score - 1e-9:
             best_w, best_score = float(w), score
+    if single - best_score < BLEND_MARGIN:
+        best_w = 1.0  # a blend doubles the cost of every price: it must earn its keep
     weights = {first.name: round(best_w, 2)}
     if best_w < 1.0:
         weights[second.name] = round(1 - best_w, 2)
@@ -340,7 +342,7 @@ def train(
     )
     evaluate.plot_slices(slices, run_dir / "holdout_slices.png")
 
-    registry.client()
+    registry.use_experiment()
     with mlflow.start_run(run_name=f"train {model_name}") as run:
         mlflow.set_tags({"data_source": source, "data_fingerprint": fingerprint, "kind": "train"})
         mlflow.log_params(
