@@ -47,20 +47,11 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     table.add_column("metric")
     for name in rows:
         table.add_column(name, justify="right")
+    formats = {"mae": "{:,.0f}", "rmse": "{:,.0f}", "r2": "{:.3f}"}
     keys = [k for k in evaluate.METRIC_LABELS if any(k in r for r in rows.values())]
     for key in keys:
-        cells = []
-        for r in rows.values():
-            v = r.get(key)
-            cells.append(
-                ""
-                if v is None
-                else f"{v:,.0f}"
-                if key in ("mae", "rmse")
-                else f"{v:.3f}"
-                if key == "r2"
-                else f"{v:.2f}"
-            )
+        shape = formats.get(key, "{:.2f}")
+        cells = [shape.format(r[key]) if key in r else "" for r in rows.values()]
         table.add_row(evaluate.METRIC_LABELS[key], *cells)
     return table
 

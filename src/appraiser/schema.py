@@ -65,7 +65,7 @@ class Bound:
 
     def describe(self) -> str:
         op = ">=" if self.low_inclusive else ">"
-        return f"must be {op} {self.low:g} and <= {self.high:g}"
+        return f"must be {op} {self.low:,.10g} and <= {self.high:,.10g}"
 
 
 # Wide enough for any real cut diamond, narrow enough to catch typos (a 58.9 mm width, 0 mm depth).
