@@ -42,15 +42,22 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory, public: pd.DataFrame) ->
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, small_csv: Path) -> Iterator[Path]:
-    """An APPRAISER_HOME holding one champion trained (quickly) on `small_csv`."""
+def trained_home(tmp_path_factory: pytest.TempPathFactory, small_csv: Path) -> Path:
+    """An APPRAISER_HOME holding one champion trained (quickly, once) on `small_csv`."""
     from appraiser.train import train
 
     home = tmp_path_factory.mktemp("home")
     use_home(home)
     result = train(small_csv, trials=2, timeout=20, show_progress=False)
     assert result.champion
-    yield home
+    return home
+
+
+@pytest.fixture
+def trained(trained_home: Path) -> Iterator[Path]:
+    """The trained home, made this test's APPRAISER_HOME (other tests point elsewhere)."""
+    use_home(trained_home)
+    yield trained_home
 
 
 @pytest.fixture

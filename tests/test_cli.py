@@ -112,3 +112,24 @@ def test_evaluate_reports_metrics_and_slices(trained, small_csv):
     assert result.exit_code == 0, result.output
     assert "MAPE" in result.output and "carat_band" in result.output
     assert "3 rejected" in result.output
+
+
+def test_ingest_reports_and_is_idempotent(empty_home, small_csv, tmp_path):
+    first = invoke("ingest", str(small_csv), "--source", "new expert")
+    assert first.exit_code == 0, first.output
+    assert "1,500 accepted, 3 rejected" in " ".join(first.output.split())
+    again = invoke("ingest", str(small_csv))
+    assert "already ingested" in again.output
+    export = tmp_path / "rejected.csv"
+    assert invoke("rejected", "--output", str(export)).exit_code == 0
+    rows = pd.read_csv(export)
+    assert len(rows) == 3 and rows["reasons"].str.len().gt(0).all()
+
+
+def test_ingest_refuses_an_unusable_file_and_exits_non_zero(empty_home):
+    bad = empty_home / "semicolons.csv"
+    bad.write_text("carat;cut\n1;Ideal\n")
+    result = invoke("ingest", str(bad))
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert "missing required column" in said and "nothing stored" in said

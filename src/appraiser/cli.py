@@ -208,6 +208,58 @@ def evaluate_cmd(
     console.print(_slices_table(evaluate.slice_metrics(checked.clean, predictions)))
 
 
+@app.command()
+def ingest(
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="CSV or Parquet files of priced stones")
+    ],
+    source: Annotated[
+        str, typer.Option(help="where the files come from, kept with each batch")
+    ] = "file",
+) -> None:
+    """Validate files of priced stones and keep them in the store (each file once, atomically)."""
+    from appraiser.ingest import ingest_file
+
+    failed = 0
+    for path in files:
+        try:
+            report = ingest_file(path, source=source)
+        except data.DataError as exc:
+            err.print(f"[bold red]refused:[/] {exc} (nothing stored)")
+            failed += 1
+            continue
+        console.print(report.summary())
+        for reason, rows in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
+            console.print(f"  {rows:>7,}  {reason}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rejected(
+    batch: Annotated[int | None, typer.Option(help="only this batch")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write them to this CSV")
+    ] = None,
+) -> None:
+    """List (or export) the rejected rows kept in the store, with their file lines and reasons."""
+    from appraiser.ingest import rejected as rejected_rows
+
+    rows = rejected_rows(batch)
+    if output is not None:
+        rows.to_csv(output, index=False)
+        console.print(f"{len(rows):,} rejected rows -> {output}")
+        return
+    table = Table(title=f"{len(rows):,} rejected rows" + (f" of batch {batch}" if batch else ""))
+    for col in ("batch_id", "line", "reasons"):
+        table.add_column(col)
+    for row in rows.head(200).itertuples():
+        table.add_row(str(row.batch_id), str(row.line), str(row.reasons))
+    console.print(table)
+    if len(rows) > 200:
+        console.print("(first 200 shown; use --output FILE for all of them)")
+
+
 @models_app.callback(invoke_without_command=True)
 def models(ctx: typer.Context) -> None:
     """List the model versions with their holdout metrics; the champion is starred."""

@@ -49,7 +49,12 @@ def client() -> MlflowClient:
         cfg.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-    return MlflowClient()
+    if not cfg.mlflow_tracking_uri:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, our default would read as
+        # a user's server and pin every later APPRAISER_HOME of this process to this one
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
 
 def use_experiment() -> None:

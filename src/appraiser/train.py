@@ -216,6 +216,23 @@ def _slice_metric_names(slices: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def compare_with_champion(stones: pd.DataFrame, challenger_mape: float) -> tuple[bool, str]:
+    """Whether a challenger with this MAPE on `stones` beats the champion there, and why."""
+    current = registry.champion_version()
+    if current is None:
+        return True, "no champion yet"
+    _, champion = registry.load_version(current)
+    champion_mape = evaluate.metrics(stones[schema.TARGET], champion.predict(stones)["price"])[
+        "mape"
+    ]
+    better = challenger_mape < champion_mape
+    verb = "beats" if better else "does not beat"
+    return better, (
+        f"holdout MAPE {challenger_mape:.2f}% {verb} champion v{current}'s "
+        f"{champion_mape:.2f}% on the same {len(stones):,} stones"
+    )
+
+
 def train(
     path: str | Path | None = None,
     *,
@@ -310,20 +327,7 @@ def train(
     )
     slices = evaluate.slice_metrics(holdout, holdout_pred)
 
-    current = registry.champion_version()
-    if current is None:
-        should_promote, decision = True, "no champion yet"
-    else:
-        _, champion = registry.load_version(current)
-        champion_mape = evaluate.metrics(
-            holdout[schema.TARGET], champion.predict(holdout)["price"]
-        )["mape"]
-        should_promote = holdout_metrics["mape"] < champion_mape
-        verb = "beats" if should_promote else "does not beat"
-        decision = (
-            f"holdout MAPE {holdout_metrics['mape']:.2f}% {verb} champion v{current}'s "
-            f"{champion_mape:.2f}% on the same {len(holdout):,} stones"
-        )
+    should_promote, decision = compare_with_champion(holdout, holdout_metrics["mape"])
     should_promote = should_promote and promote_if_better
 
     final = _fit_model(results, weights, stones, intervals, info)
