@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APPRAISER := $(BIN)/appraiser
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run train lint typecheck pytest notebooks test benchmark mlflow-ui clean
+.PHONY: help install run train lint typecheck pytest notebooks notebooks-refresh test benchmark mlflow-ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ pytest: install  ## the test suite
 
 notebooks: install  ## execute the notebooks (they must run clean)
 	$(BIN)/pytest --nbmake notebooks -p no:cacheprovider
+
+notebooks-refresh: install  ## re-execute the notebooks in place, so their committed outputs are current
+	cd notebooks && ../$(BIN)/jupyter execute --inplace 01-eda.ipynb 02-modeling.ipynb
 
 test: lint typecheck pytest notebooks  ## everything CI runs
 
