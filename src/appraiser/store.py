@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +52,31 @@ def database_url() -> str:
     """APPRAISER_DATABASE_URL when set, else a SQLite file under APPRAISER_HOME (folder created).
 
     Read on every call (not cached) so tests and long-running processes see the current setting.
-    A bare postgresql:// URL is pointed at psycopg 3 when that driver is the one installed.
+    A bare postgresql:// URL is pointed at psycopg 3 (see `driver_url`).
     """
     url = StoreSettings().database_url
     if not url:
         home = settings().home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{home / 'appraiser.db'}"
-    if (
-        url.startswith("postgresql://")
-        and importlib.util.find_spec("psycopg2") is None
-        and importlib.util.find_spec("psycopg") is not None
-    ):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return driver_url(url)
+
+
+def driver_url(url: str) -> str:
+    """`url` with a bare postgresql:// (or postgres://) scheme mapped to postgresql+psycopg://.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2; this project ships psycopg 3, so a plain
+    URL would otherwise fail to load its driver. Only when psycopg2 is the one installed (and
+    psycopg is not) is the URL left alone. Other URLs, and explicit drivers, are unchanged.
+    """
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            if (
+                importlib.util.find_spec("psycopg") is None
+                and importlib.util.find_spec("psycopg2") is not None
+            ):
+                return "postgresql://" + url.removeprefix(scheme)
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
     return url
 
 
@@ -164,17 +176,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@cache
-def _engine_for(url: str) -> Engine:
-    eng = create_engine(url)
-    if eng.dialect.name == "sqlite":
-        event.listen(eng, "connect", _sqlite_pragmas)
-    return eng
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+_ready: set[str] = set()
 
 
 def engine(url: str | None = None) -> Engine:
     """The engine for `url` (default: `database_url()`), one per URL per process."""
-    return _engine_for(url or database_url())
+    url = driver_url(url or database_url())
+    with _engines_lock:
+        eng = _engines.get(url)
+        if eng is None:
+            eng = create_engine(url)
+            if eng.dialect.name == "sqlite":
+                event.listen(eng, "connect", _sqlite_pragmas)
+            _engines[url] = eng
+    return eng
+
+
+def dispose(url: str | None = None) -> None:
+    """Close the pooled connections of `url`'s engine (every engine when None) and forget it and
+    its migrations, so the next use starts afresh (e.g. after the database was dropped)."""
+    with _engines_lock:
+        if url is None:
+            engines = list(_engines.values())
+            _engines.clear()
+            _ready.clear()
+        else:
+            url = driver_url(url)
+            engines = [e for e in [_engines.pop(url, None)] if e is not None]
+            _ready.discard(url)
+    for eng in engines:
+        eng.dispose()
 
 
 def session(url: str | None = None) -> Session:
@@ -205,12 +238,9 @@ def upgrade(url: str | None = None, revision: str = "head") -> Engine:
     return eng
 
 
-_ready: set[str] = set()
-
-
 def ready(url: str | None = None) -> Engine:
     """The engine with its schema up to date; migrations run once per URL per process."""
-    url = url or database_url()
+    url = driver_url(url or database_url())
     if url not in _ready:
         upgrade(url)
         _ready.add(url)

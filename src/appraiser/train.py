@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,16 @@ def compare_with_champion(stones: pd.DataFrame, challenger_mape: float) -> tuple
     )
 
 
+Gate = Callable[[PriceModel, pd.DataFrame, dict[str, float], pd.DataFrame], tuple[bool, str]]
+
+
+def beats_champion(
+    model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], slices: pd.DataFrame
+) -> tuple[bool, str]:
+    """The default gate: promote when the new model's holdout MAPE beats the champion's there."""
+    return compare_with_champion(holdout, metrics["mape"])
+
+
 def train(
     path: str | Path | None = None,
     *,
@@ -244,13 +255,7 @@ def train(
     promote_if_better: bool = True,
 ) -> TrainResult:
     """Train, evaluate and register a model on a table (the public table when no path is given)."""
-    started = time.perf_counter()
     seed = settings().seed if seed is None else seed
-    names = candidates or list(CANDIDATES)
-    unknown = [n for n in names if n not in CANDIDATES]
-    if unknown:
-        raise TrainingError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
-
     checked = data.load(path)
     stones = checked.clean
     if len(stones) < MIN_STONES:
@@ -258,10 +263,55 @@ def train(
             f"only {len(stones)} valid stones (need at least {MIN_STONES}); "
             f"{len(checked.rejected)} rows were rejected, see the quality report"
         )
-    source = str(path) if path is not None else data.PUBLIC_TABLE
-    fingerprint = data.fingerprint(stones)
-
     fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
+    return fit_and_register(
+        checked,
+        fit_part,
+        holdout,
+        final_stones=stones,
+        source=str(path) if path is not None else data.PUBLIC_TABLE,
+        trials=trials,
+        timeout=timeout,
+        candidates=candidates,
+        seed=seed,
+        show_progress=show_progress,
+        gate=beats_champion if promote_if_better else _never,
+    )
+
+
+def _never(
+    model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], slices: pd.DataFrame
+) -> tuple[bool, str]:
+    return False, "promotion not asked for"
+
+
+def fit_and_register(
+    validation: data.ValidationResult,
+    fit_part: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    final_stones: pd.DataFrame,
+    source: str,
+    trials: int = DEFAULT_TRIALS,
+    timeout: float = DEFAULT_TIMEOUT,
+    candidates: list[str] | None = None,
+    seed: int = 42,
+    show_progress: bool = True,
+    gate: Gate = beats_champion,
+    tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Tune on `fit_part`, measure on `holdout`, refit on `final_stones`, register, maybe promote.
+
+    `gate` decides promotion from the model fitted on `fit_part` and its holdout results.
+    """
+    started = time.perf_counter()
+    checked = validation
+    stones = final_stones
+    names = candidates or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise TrainingError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
+    fingerprint = data.fingerprint(stones)
     fit_part, holdout = fit_part.reset_index(drop=True), holdout.reset_index(drop=True)
     y_log = features.log_price(fit_part[schema.TARGET])
 
@@ -327,8 +377,7 @@ def train(
     )
     slices = evaluate.slice_metrics(holdout, holdout_pred)
 
-    should_promote, decision = compare_with_champion(holdout, holdout_metrics["mape"])
-    should_promote = should_promote and promote_if_better
+    should_promote, decision = gate(evaluated, holdout, holdout_metrics, slices)
 
     final = _fit_model(results, weights, stones, intervals, info)
 
@@ -348,7 +397,14 @@ def train(
 
     registry.use_experiment()
     with mlflow.start_run(run_name=f"train {model_name}") as run:
-        mlflow.set_tags({"data_source": source, "data_fingerprint": fingerprint, "kind": "train"})
+        mlflow.set_tags(
+            {
+                "data_source": source,
+                "data_fingerprint": fingerprint,
+                "kind": "train",
+                **(tags or {}),
+            }
+        )
         mlflow.log_params(
             {
                 "model": model_name,
@@ -356,7 +412,7 @@ def train(
                 "trials": trials,
                 "timeout": timeout,
                 "folds": FOLDS,
-                "holdout_share": HOLDOUT,
+                "holdout_rows": len(holdout),
                 "seed": seed,
                 "data_rows_read": checked.total,
                 "data_rows_accepted": len(stones),
