@@ -260,6 +260,66 @@ def rejected(
         console.print("(first 200 shown; use --output FILE for all of them)")
 
 
+@app.command()
+def retrain(
+    trials: Annotated[
+        int, typer.Option(min=1, help="Optuna trials per tuned candidate")
+    ] = DEFAULT_TRIALS,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="seconds of tuning in all")
+    ] = DEFAULT_TIMEOUT,
+    margin: Annotated[
+        float, typer.Option(min=0, help="points of holdout MAPE the challenger must gain")
+    ] = 0.0,
+    slice_tolerance: Annotated[
+        float, typer.Option(min=0, help="points of MAPE any slice may lose")
+    ] = 1.0,
+) -> None:
+    """Train a challenger on every stone in the store; it replaces the champion only if better."""
+    from appraiser.pipeline import GatePolicy
+    from appraiser.pipeline import retrain as run_retrain
+    from appraiser.train import TrainingError
+
+    policy = GatePolicy(margin=margin, slice_tolerance=slice_tolerance)
+    try:
+        result = run_retrain(trials=trials, timeout=timeout, policy=policy)
+    except TrainingError as exc:
+        raise fail(str(exc)) from exc
+    console.print(
+        _metrics_table(
+            f"{result.model_name} on the reference holdout", {"challenger": result.holdout}
+        )
+    )
+    verdict = (
+        "[bold green]promoted to champion[/]" if result.champion else "[yellow]not promoted[/]"
+    )
+    console.print(f"Challenger v{result.version} {verdict}: {result.decision}.")
+
+
+@models_app.command("promote")
+def promote_cmd(version: Annotated[str, typer.Argument(help="the version to serve")]) -> None:
+    """Make a version the champion (a person's decision, recorded as such)."""
+    from appraiser import registry
+
+    try:
+        registry.promote(version, "promoted by hand")
+    except registry.RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"v{version} is now champion.")
+
+
+@models_app.command("rollback")
+def rollback_cmd() -> None:
+    """Give the champion alias back to the previous champion."""
+    from appraiser import registry
+
+    try:
+        version = registry.rollback()
+    except registry.RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"Rolled back: v{version} is champion again.")
+
+
 @models_app.callback(invoke_without_command=True)
 def models(ctx: typer.Context) -> None:
     """List the model versions with their holdout metrics; the champion is starred."""

@@ -151,6 +151,23 @@ def promote(version: str, reason: str) -> None:
     cl.set_model_version_tag(REGISTERED_MODEL, version, "promoted_because", reason)
 
 
+def rollback() -> str:
+    """Give the `champion` alias back to the champion before the current one; returns it."""
+    current = champion_version()
+    if current is None:
+        raise RegistryError("no champion yet: nothing to roll back")
+    earlier = [
+        int(mv.version)
+        for mv in client().search_model_versions(f"name='{REGISTERED_MODEL}'")
+        if int(mv.version) < int(current) and "promoted_because" in (mv.tags or {})
+    ]
+    if not earlier:
+        raise RegistryError(f"v{current} is the first champion: there is none to roll back to")
+    target = str(max(earlier))
+    promote(target, f"rollback from v{current}")
+    return target
+
+
 def load_version(version: str | None = None) -> tuple[str, PriceModel]:
     """Load a version (default: the champion) as a PriceModel, caching its files locally."""
     version = version or champion_version()
