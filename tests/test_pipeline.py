@@ -86,3 +86,47 @@ def test_sanity_checks_catch_a_broken_range(trained, public):
     problems = sanity_problems(narrow, holdout, metrics, GatePolicy())
     assert any("90% range covers" in problem for problem in problems)
     assert sanity_problems(model, holdout, {**metrics, "coverage": 90.0}, GatePolicy()) == []
+
+
+def test_pipeline_pass_sorts_the_inbox_and_retrains_when_due(tmp_path, public):
+    from appraiser.pipeline import run_pass
+
+    use_home(tmp_path / "home")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    public.sample(1200, random_state=21).to_csv(inbox / "batch1.csv", index=False)
+    (inbox / "garbage.csv").write_bytes(b"\x00\x01\x02 not a table")
+    report = run_pass(inbox, threshold=500, trials=1, timeout=1, show_progress=False)
+    assert [r.rows_accepted for r in report.ingested] == [1200]
+    assert report.failed and report.failed[0][0] == "garbage.csv"
+    assert (inbox / "processed" / "batch1.csv").exists()
+    assert (inbox / "failed" / "garbage.csv.reason.txt").read_text().strip()
+    assert report.result is not None and report.result.champion
+    assert registry.champion_version() == "1"
+
+    # a pass with nothing new does not retrain
+    quiet = run_pass(inbox, threshold=500, trials=1, timeout=1, show_progress=False)
+    assert quiet.result is None and quiet.new_stones == 0
+
+
+def test_a_second_pass_waits_for_the_lock(tmp_path):
+    import fcntl
+
+    from appraiser.pipeline import PipelineBusy, _lock_path, run_pass
+
+    use_home(tmp_path)
+    with _lock_path().open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PipelineBusy, match="another pipeline pass"):
+            run_pass(None, show_progress=False)
+
+
+def test_drift_report_flags_a_shifted_batch(public):
+    from appraiser.pipeline import drift_report
+
+    reference = public.sample(3000, random_state=1)
+    same = drift_report(public.sample(800, random_state=2), reference)
+    assert not same["drift"].any()
+    heavy = public[public["carat"] > 1.5].sample(800, random_state=3)
+    shifted = drift_report(heavy, reference).set_index("feature")
+    assert shifted.loc["carat", "drift"] and shifted.loc["x", "drift"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
@@ -16,6 +16,9 @@ from rich.table import Table
 from appraiser import data, evaluate, schema
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
 
+if TYPE_CHECKING:
+    from appraiser.pipeline import PassReport
+
 app = typer.Typer(
     help="Diamond Appraiser: prices diamonds, says why, and keeps its model sharp.",
     no_args_is_help=True,
@@ -23,6 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Model versions, their metrics, and which one is champion.")
 app.add_typer(models_app, name="models")
+pipeline_app = typer.Typer(help="The automated pipeline: ingest, check drift, retrain when due.")
+app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 err = Console(stderr=True)
 
@@ -318,6 +323,64 @@ def rollback_cmd() -> None:
     except registry.RegistryError as exc:
         raise fail(str(exc)) from exc
     console.print(f"Rolled back: v{version} is champion again.")
+
+
+def _print_pass(report: PassReport) -> None:
+    for done in report.ingested:
+        console.print(done.summary())
+    for name, why in report.failed:
+        err.print(f"[bold red]refused:[/] {name}: {why} (moved to failed/)")
+    if report.drift is not None and report.drift["drift"].any():
+        drifted = ", ".join(report.drift.loc[report.drift["drift"], "feature"])
+        err.print(f"[yellow]warning:[/] the new stones drift from the training data in {drifted}")
+    if report.result is None:
+        console.print(
+            f"{report.new_stones:,} new stones since the champion's training: no retrain."
+        )
+        return
+    verdict = "promoted" if report.result.champion else "not promoted"
+    console.print(
+        f"Retrained ({report.retrain_reason}): v{report.result.version} {verdict}: "
+        f"{report.result.decision}."
+    )
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    inbox: Annotated[Path | None, typer.Option(help="folder of new files to ingest first")] = None,
+    threshold: Annotated[int, typer.Option(min=1, help="new stones that call for a retrain")] = 500,
+    trials: Annotated[int, typer.Option(min=1)] = DEFAULT_TRIALS,
+    timeout: Annotated[float, typer.Option(min=1)] = DEFAULT_TIMEOUT,
+) -> None:
+    """One pass, for cron, systemd or Cloud Run: ingest, check drift, retrain if due."""
+    from appraiser.pipeline import PipelineBusy, run_pass
+    from appraiser.train import TrainingError
+
+    try:
+        report = run_pass(inbox, threshold=threshold, trials=trials, timeout=timeout)
+    except (PipelineBusy, TrainingError) as exc:
+        raise fail(str(exc)) from exc
+    _print_pass(report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def watch(
+    inbox: Annotated[Path, typer.Argument(help="the folder new appraisal files are dropped into")],
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between looks")] = 5.0,
+    threshold: Annotated[int, typer.Option(min=1, help="new stones that call for a retrain")] = 500,
+) -> None:
+    """Watch a folder: each new file is ingested and moved to processed/ or failed/."""
+    from appraiser.pipeline import watch as watch_folder
+
+    if not inbox.is_dir():
+        raise fail(f"{inbox}: no such folder")
+    console.print(f"Watching {inbox} (Ctrl-C to stop) ...")
+    try:
+        watch_folder(inbox, interval=interval, on_pass=_print_pass, threshold=threshold)
+    except KeyboardInterrupt:
+        console.print("Stopped.")
 
 
 @models_app.callback(invoke_without_command=True)

@@ -7,7 +7,13 @@ trains on it), which also holds the newest stones no champion has seen.
 
 from __future__ import annotations
 
+import fcntl
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,3 +145,163 @@ def retrain(
         gate=make_gate(policy or GatePolicy()),
         tags={"kind": "retrain", "store_max_batch": str(int(stones["batch_id"].max()))},
     )
+
+
+# --- one pass of the automated pipeline, and the folder watcher ----------------------------------
+
+RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that call for a retrain
+DRIFT_KS = 0.1  # a numeric feature drifts when the KS statistic passes this (and p < 0.01)
+DRIFT_PSI = 0.2  # a grade drifts when its population stability index passes this
+INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class PipelineBusy(RuntimeError):
+    """Another pipeline pass holds the lock."""
+
+
+def drift_report(new: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Each feature of new stones against the training stones: KS for numbers, PSI for grades."""
+    from scipy.stats import ks_2samp
+
+    rows = []
+    for column in schema.NUMERIC_FEATURES:
+        test = ks_2samp(new[column], reference[column])
+        drifted = bool(test.statistic > DRIFT_KS and test.pvalue < 0.01)
+        rows.append(
+            {
+                "feature": column,
+                "test": "KS",
+                "statistic": float(test.statistic),
+                "p_value": float(test.pvalue),
+                "drift": drifted,
+            }
+        )
+    for column, order in schema.GRADES.items():
+        expected = reference[column].value_counts(normalize=True).reindex(order, fill_value=0)
+        actual = new[column].value_counts(normalize=True).reindex(order, fill_value=0)
+        e, a = expected.clip(lower=1e-4), actual.clip(lower=1e-4)
+        psi = float(((a - e) * np.log(a / e)).sum())
+        rows.append(
+            {
+                "feature": column,
+                "test": "PSI",
+                "statistic": psi,
+                "p_value": float("nan"),
+                "drift": psi > DRIFT_PSI,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _champion_max_batch() -> int:
+    """The newest store batch the champion was trained with (0 when it did not come from it)."""
+    version = registry.champion_version()
+    if version is None:
+        return 0
+    mv = registry.client().get_model_version(registry.REGISTERED_MODEL, version)
+    run = registry.client().get_run(mv.run_id) if mv.run_id else None
+    return int(run.data.tags.get("store_max_batch", 0)) if run else 0
+
+
+@dataclass
+class PassReport:
+    """What one pipeline pass did, for people and for logs."""
+
+    ingested: list[ingest.IngestReport]
+    failed: list[tuple[str, str]]
+    new_stones: int
+    drift: pd.DataFrame | None
+    retrain_reason: str | None
+    result: TrainResult | None
+
+
+def _lock_path() -> Path:
+    home = settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "pipeline.lock"
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():  # never overwrite an earlier file of the same name
+        target = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+    return Path(shutil.move(str(path), target))
+
+
+def ingest_inbox(
+    inbox: Path, source: str = "inbox"
+) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
+    """Ingest every file in the inbox; move each to processed/ or failed/ (with a .reason.txt)."""
+    reports, failed = [], []
+    for path in sorted(p for p in inbox.iterdir() if p.suffix.lower() in INBOX_SUFFIXES):
+        try:
+            reports.append(ingest.ingest_file(path, source=source))
+            _move(path, inbox / "processed")
+        except data.DataError as exc:
+            moved = _move(path, inbox / "failed")
+            moved.with_name(moved.name + ".reason.txt").write_text(
+                f"{exc}\nNothing of this file was stored: fix it and drop it in the inbox again.\n"
+            )
+            failed.append((path.name, str(exc)))
+    return reports, failed
+
+
+def run_pass(
+    inbox: Path | None = None,
+    *,
+    threshold: int = RETRAIN_THRESHOLD,
+    trials: int = DEFAULT_TRIALS,
+    timeout: float = DEFAULT_TIMEOUT,
+    policy: GatePolicy | None = None,
+    show_progress: bool = True,
+) -> PassReport:
+    """Ingest the inbox, check drift, retrain when enough new stones arrived or drift is strong.
+
+    A lock file under APPRAISER_HOME keeps two passes (and so two retrains) from running at once.
+    """
+    with _lock_path().open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PipelineBusy("another pipeline pass is running; try again when it ends") from exc
+        reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
+        stones = ingest.accepted_stones()
+        new = stones[stones["batch_id"] > _champion_max_batch()]
+        drift, reason = None, None
+        if registry.champion_version() is None:
+            reason = "no champion yet"
+        else:
+            _, champion = registry.load_version()
+            if len(new):
+                drift = drift_report(new, champion.reference)
+            if len(new) >= threshold:
+                reason = f"{len(new):,} new stones since the champion's training (>= {threshold:,})"
+            elif drift is not None and drift["drift"].any() and len(new) >= MIN_STONES:
+                reason = "drift in " + ", ".join(drift.loc[drift["drift"], "feature"])
+        result = None
+        if reason is not None and len(stones) >= MIN_STONES:
+            result = retrain(
+                trials=trials, timeout=timeout, policy=policy, show_progress=show_progress
+            )
+        return PassReport(reports, failed, len(new), drift, reason, result)
+
+
+def watch(
+    inbox: Path,
+    *,
+    interval: float = 5.0,
+    passes: int | None = None,
+    on_pass: Callable[[PassReport], None] | None = None,
+    **options: Any,
+) -> None:
+    """Run a pass whenever files appear in the inbox (polling every `interval` seconds)."""
+    done = 0
+    while passes is None or done < passes:
+        if any(p.suffix.lower() in INBOX_SUFFIXES for p in inbox.iterdir()):
+            report = run_pass(inbox, **options)
+            if on_pass is not None:
+                on_pass(report)
+            done += 1
+        else:
+            time.sleep(interval)
