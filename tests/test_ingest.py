@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from appraiser import data, ingest, schema, store
+from tests import pg
 from tests.conftest import use_home
 
 GOOD = [
@@ -34,13 +36,14 @@ def _counts(url: str) -> dict[str, int]:
         }
 
 
-@pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)
-    use_home(tmp_path / "home")
-    url = store.database_url()
-    store.upgrade(url)
-    return url
+@pytest.fixture(params=pg.BACKENDS)
+def url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The default store, migrated and empty, on each backend (tests/pg.py)."""
+    for url in pg.backend_url(request.param, tmp_path, monkeypatch):
+        store.upgrade(url)
+        yield url
 
 
 def test_good_and_bad_rows(url: str, tmp_path: Path) -> None:

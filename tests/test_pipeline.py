@@ -130,3 +130,24 @@ def test_drift_report_flags_a_shifted_batch(public):
     heavy = public[public["carat"] > 1.5].sample(800, random_state=3)
     shifted = drift_report(heavy, reference).set_index("feature")
     assert shifted.loc["carat", "drift"] and shifted.loc["x", "drift"]
+
+
+def test_feedback_becomes_a_training_stone(trained, stone):
+    from appraiser.pipeline import feedback_stones
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["explain", *[f"--{k}={v}" for k, v in stone.items()], "--json"])
+    assert shown.exit_code == 0, shown.output
+    import json
+
+    appraisal_id = json.loads(shown.output)["id"]
+    before = len(feedback_stones())
+    given = runner.invoke(app, ["feedback", str(appraisal_id), "5100"])
+    assert given.exit_code == 0, given.output
+    stones = feedback_stones()
+    assert len(stones) == before + 1
+    assert stones.iloc[-1]["price"] == 5100 and stones.iloc[-1]["cut"] == stone["cut"]
+    refused = runner.invoke(app, ["feedback", str(appraisal_id), "--", "-5"])
+    assert refused.exit_code == 2 and "price must be > 0" in refused.output
+    unknown = runner.invoke(app, ["feedback", "999999", "5100"])
+    assert unknown.exit_code == 1 and "no appraisal with id 999999" in unknown.output

@@ -1,7 +1,11 @@
-"""The store: migrations create the schema the models describe, on SQLite (PostgreSQL in CI)."""
+"""The store: migrations create the schema the models describe, on SQLite and PostgreSQL.
+
+The `url` tests run on both backends (tests/pg.py: PostgreSQL needs APPRAISER_TEST_POSTGRES_URL).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,18 +15,25 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from appraiser import store
-from tests.conftest import use_home
+from tests import pg
+
+
+@pytest.fixture(params=pg.BACKENDS)
+def url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """An empty store on each backend (schema not yet migrated)."""
+    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)
-    use_home(tmp_path / "home")
-    return store.database_url()
+def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty default (SQLite) store, for the SQLite-only tests."""
+    yield from pg.backend_url("sqlite", tmp_path, monkeypatch)
 
 
-def test_default_url_is_sqlite_under_home(url: str, tmp_path: Path) -> None:
-    assert url == f"sqlite:///{(tmp_path / 'home').resolve() / 'appraiser.db'}"
+def test_default_url_is_sqlite_under_home(sqlite_url: str, tmp_path: Path) -> None:
+    assert sqlite_url == f"sqlite:///{(tmp_path / 'home').resolve() / 'appraiser.db'}"
     assert (tmp_path / "home").is_dir()
 
 
@@ -30,6 +41,40 @@ def test_database_url_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     target = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     monkeypatch.setenv("APPRAISER_DATABASE_URL", target)
     assert store.database_url() == target
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:p@db:5432/x", "postgresql+psycopg://u:p@db:5432/x"),
+        ("postgres://u:p@db/x", "postgresql+psycopg://u:p@db/x"),
+        ("postgresql+psycopg://u@db/x", "postgresql+psycopg://u@db/x"),
+        ("postgresql+psycopg2://u@db/x", "postgresql+psycopg2://u@db/x"),
+        ("sqlite:///a.db", "sqlite:///a.db"),
+    ],
+)
+def test_postgresql_url_uses_psycopg3(
+    given: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store.driver_url(given) == expected
+    monkeypatch.setenv("APPRAISER_DATABASE_URL", given)
+    assert store.database_url() == expected
+    if "psycopg2" not in given:  # not installed: that driver only when asked for by name
+        engine = store.engine(given)  # no connection is made
+        assert engine.dialect.driver == ("pysqlite" if given.startswith("sqlite") else "psycopg")
+        store.dispose(given)
+
+
+def test_backend_is_the_one_asked_for(url: str, request: pytest.FixtureRequest) -> None:
+    backend = request.node.callspec.params["url"]
+    engine = store.upgrade(url)
+    assert engine.dialect.name == backend
+    assert store.database_url() == url  # the default store is this test's store
+    if backend == "postgresql":
+        assert engine.dialect.driver == "psycopg"
+        with engine.connect() as conn:
+            name = conn.exec_driver_sql("SELECT current_database()").scalar()
+        assert isinstance(name, str) and url.endswith("/" + name)
 
 
 def test_upgrade_creates_tables_matching_the_models(url: str) -> None:
@@ -41,8 +86,8 @@ def test_upgrade_creates_tables_matching_the_models(url: str) -> None:
     store.upgrade(url)  # a second upgrade is a no-op, not an error
 
 
-def test_sqlite_pragmas(url: str) -> None:
-    with store.upgrade(url).connect() as conn:
+def test_sqlite_pragmas(sqlite_url: str) -> None:
+    with store.upgrade(sqlite_url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 

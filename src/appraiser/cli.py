@@ -345,6 +345,24 @@ def _print_pass(report: PassReport) -> None:
     )
 
 
+@app.command()
+def feedback(
+    appraisal_id: Annotated[int, typer.Argument(metavar="APPRAISAL_ID", help="from `explain`")],
+    price: Annotated[float, typer.Argument(help="the expert's price, USD")],
+) -> None:
+    """Give an expert's price for a past appraisal: the next retrain learns from it."""
+    from appraiser import store
+
+    bound = schema.BOUNDS[schema.TARGET]
+    if bound.violated(price):
+        raise fail(f"price {bound.describe()}", code=2)
+    try:
+        feedback_id = store.add_feedback(appraisal_id, price)
+    except KeyError as exc:
+        raise fail(f"no appraisal with id {appraisal_id} (ids are printed by `explain`)") from exc
+    console.print(f"Feedback {feedback_id} kept: ${price:,.0f} for appraisal {appraisal_id}.")
+
+
 @pipeline_app.command("run")
 def pipeline_run(
     inbox: Annotated[Path | None, typer.Option(help="folder of new files to ingest first")] = None,
@@ -448,14 +466,26 @@ def explain_cmd(
     except RegistryError as exc:
         raise fail(str(exc)) from exc
     result = appraiser.explain(stone, comparables)
+    from appraiser import store
+
+    appraisal_id = store.record_appraisal(
+        stone.model_dump(),
+        result.price,
+        price_low=result.price_low,
+        price_high=result.price_high,
+        model_version=appraiser.version,
+    )
     if as_json:
-        console.print_json(
-            json.dumps({**result.as_dict(), "model_version": appraiser.version}, default=str)
-        )
+        payload = {**result.as_dict(), "model_version": appraiser.version, "id": appraisal_id}
+        console.print_json(json.dumps(payload, default=str))
         return
     console.print(
         f"[bold]${result.price:,.0f}[/]  (90% range ${result.price_low:,.0f} to "
         f"${result.price_high:,.0f}; model v{appraiser.version})"
+    )
+    console.print(
+        f"Appraisal {appraisal_id}: an expert's price for it can be given with "
+        f"`appraiser feedback {appraisal_id} PRICE`."
     )
     why = Table(title="Why: dollars each characteristic adds to the average stone's price")
     why.add_column("")

@@ -111,6 +111,34 @@ def make_gate(policy: GatePolicy) -> Gate:
     return decide
 
 
+def feedback_stones() -> pd.DataFrame:
+    """Stones priced by an expert after an appraisal (the latest price per appraisal), validated.
+
+    They join the training stones of the next retrain, never the reference holdout.
+    """
+    import json
+
+    from sqlalchemy import select
+
+    from appraiser import store
+
+    engine = store.ready()
+    query = (
+        select(store.Appraisal.id, store.Appraisal.input, store.Feedback.price)
+        .join(store.Feedback, store.Feedback.appraisal_id == store.Appraisal.id)
+        .order_by(store.Feedback.id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        return pd.DataFrame(columns=list(schema.COLUMNS))
+    latest = {appraisal: (text, price) for appraisal, text, price in rows}
+    frame = pd.DataFrame(
+        [{**json.loads(text), schema.TARGET: price} for text, price in latest.values()]
+    )
+    return data.validate(frame.astype(str), dedupe=False, source="feedback").clean
+
+
 def retrain(
     *,
     trials: int = DEFAULT_TRIALS,
@@ -127,7 +155,7 @@ def retrain(
         )
     held = in_reference_holdout(stones)
     columns = list(schema.COLUMNS)
-    fit_part = stones.loc[~held, columns].reset_index(drop=True)
+    fit_part = pd.concat([stones.loc[~held, columns], feedback_stones()], ignore_index=True)
     holdout = stones.loc[held, columns].reset_index(drop=True)
     validation = data.ValidationResult(
         clean=stones[columns], rejected=pd.DataFrame(), total=len(stones)
