@@ -133,3 +133,28 @@ def test_ingest_refuses_an_unusable_file_and_exits_non_zero(empty_home):
     assert result.exit_code == 1
     said = " ".join(result.output.split())
     assert "missing required column" in said and "nothing stored" in said
+
+
+def test_ingest_reads_fsspec_urls_and_sql_queries(empty_home, public):
+    import fsspec
+    import sqlalchemy
+
+    stones = public.sample(200, random_state=8)
+    with fsspec.open("memory://inbox/batch.csv", "w") as remote:
+        stones.head(100).to_csv(remote, index=False)
+    by_url = invoke("ingest", "memory://inbox/batch.csv", "--source", "bucket")
+    assert by_url.exit_code == 0, by_url.output
+    assert "100 accepted" in " ".join(by_url.output.split())
+
+    database = f"sqlite:///{empty_home / 'warehouse.db'}"
+    with sqlalchemy.create_engine(database).begin() as conn:
+        stones.tail(100).to_sql("appraisals", conn, index=False)
+    query = "SELECT * FROM appraisals WHERE price > 0"
+    by_sql = invoke("ingest", "--sql", query, "--database", database)
+    assert by_sql.exit_code == 0, by_sql.output
+    assert "100 accepted" in " ".join(by_sql.output.split())
+    assert "already ingested" in invoke("ingest", "--sql", query, "--database", database).output
+
+    missing = invoke("ingest", "memory://inbox/absent.csv")
+    assert missing.exit_code == 1 and "cannot be read" in missing.output
+    assert invoke("ingest").exit_code == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -216,21 +218,38 @@ def evaluate_cmd(
 @app.command()
 def ingest(
     files: Annotated[
-        list[Path], typer.Argument(metavar="FILE...", help="CSV or Parquet files of priced stones")
-    ],
+        list[str] | None,
+        typer.Argument(metavar="FILE...", help="CSV/Parquet paths or URLs (gs://, s3://, ...)"),
+    ] = None,
     source: Annotated[
-        str, typer.Option(help="where the files come from, kept with each batch")
+        str, typer.Option(help="where the data comes from, kept with each batch")
     ] = "file",
+    sql: Annotated[
+        str | None, typer.Option(help="a SQL query whose rows are priced stones")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL the --sql query runs on")
+    ] = None,
 ) -> None:
-    """Validate files of priced stones and keep them in the store (each file once, atomically)."""
-    from appraiser.ingest import ingest_file
+    """Validate priced stones and keep them in the store (each file once, atomically)."""
+    from appraiser.ingest import IngestReport, ingest_query
+    from appraiser.ingest import ingest as ingest_location
 
+    if not files and not sql:
+        raise fail("name at least one FILE, or a --sql query with its --database", code=2)
+    if sql and not database:
+        raise fail("--sql needs --database (a SQLAlchemy URL)", code=2)
+    jobs: list[tuple[str, Callable[[], IngestReport]]] = [
+        (f, functools.partial(ingest_location, f, source=source)) for f in files or []
+    ]
+    if sql and database:
+        jobs.append((sql, functools.partial(ingest_query, sql, database, source=source)))
     failed = 0
-    for path in files:
+    for name, job in jobs:
         try:
-            report = ingest_file(path, source=source)
+            report = job()
         except data.DataError as exc:
-            err.print(f"[bold red]refused:[/] {exc} (nothing stored)")
+            err.print(f"[bold red]refused:[/] {exc} (nothing stored from {name})")
             failed += 1
             continue
         console.print(report.summary())

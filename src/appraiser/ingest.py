@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -139,7 +141,53 @@ def _insert_rejected(session: Session, rows: list[dict[str, Any]]) -> None:
         session.connection().execute(insert(store.Base.metadata.tables["rejected_rows"]), rows)
 
 
-def ingest_file(path: str | Path, source: str = "file", *, url: str | None = None) -> IngestReport:
+def is_url(location: str | Path) -> bool:
+    """An fsspec URL (gs://, s3://, memory://...) rather than a local path."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
+def ingest(location: str | Path, source: str = "file", *, url: str | None = None) -> IngestReport:
+    """Ingest a local file or any fsspec URL (gs:// and s3:// need the `gcs`/`s3` extras)."""
+    if not is_url(location):
+        return ingest_file(str(location).removeprefix("file://"), source, url=url)
+    import fsspec
+
+    name = str(location)
+    suffix = Path(name.split("?")[0]).suffix
+    with tempfile.TemporaryDirectory(prefix="appraiser-ingest-") as folder:
+        local = Path(folder) / f"download{suffix}"
+        try:
+            with fsspec.open(name, "rb") as remote, local.open("wb") as copy:
+                shutil.copyfileobj(remote, copy)
+        except (FileNotFoundError, ValueError, ImportError) as exc:
+            raise data.DataError(f"{name}: cannot be read ({exc})") from exc
+        return ingest_file(local, source, url=url, name=name)
+
+
+def ingest_query(
+    query: str, database: str, source: str = "sql", *, url: str | None = None
+) -> IngestReport:
+    """Ingest the result of a SQL query on any SQLAlchemy URL (BigQuery through its dialect)."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        with create_engine(database).connect() as conn:
+            frame = pd.read_sql(text(query), conn)
+    except Exception as exc:  # drivers raise their own types; the message names the problem
+        raise data.DataError(f"query on {database.split('@')[-1]} failed: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="appraiser-ingest-") as folder:
+        local = Path(folder) / "query.parquet"
+        frame.astype(str).where(frame.notna(), None).to_parquet(local, index=False)
+        return ingest_file(local, source, url=url, name=f"{database.split('@')[-1]}: {query}")
+
+
+def ingest_file(
+    path: str | Path,
+    source: str = "file",
+    *,
+    url: str | None = None,
+    name: str | None = None,
+) -> IngestReport:
     """Validate a CSV/Parquet file of priced stones and store it as one batch, atomically.
 
     Returns `already_ingested=True` (adding nothing) when a file with the same bytes was ingested
@@ -152,7 +200,8 @@ def ingest_file(path: str | Path, source: str = "file", *, url: str | None = Non
         raise data.DataError(f"{path}: no such file")
     engine = store.ready(url)
     digest = file_hash(path)
-    report = IngestReport(path=str(path), file_hash=digest)
+    shown = name or str(path)
+    report = IngestReport(path=shown, file_hash=digest)
 
     existing = _batch_with_hash(engine, digest)
     if existing is not None:
@@ -160,7 +209,7 @@ def ingest_file(path: str | Path, source: str = "file", *, url: str | None = Non
         return report
 
     raw = data.read_table(path)
-    result = data.validate(raw, labelled=True, source=str(path))
+    result = data.validate(raw, labelled=True, source=shown)
     raw = raw.reset_index(drop=True)
     bad_positions = result.rejected["line"].to_numpy(dtype=np.int64) - 2
     keep = np.ones(len(raw), dtype=bool)
@@ -192,7 +241,7 @@ def ingest_file(path: str | Path, source: str = "file", *, url: str | None = Non
         with Session(engine) as s, s.begin():
             batch = Batch(
                 source=source,
-                file_name=str(path.resolve()),
+                file_name=name or str(path.resolve()),
                 file_hash=digest,
                 rows_read=report.rows_read,
                 rows_accepted=report.rows_accepted,
@@ -222,7 +271,7 @@ def ingest_file(path: str | Path, source: str = "file", *, url: str | None = Non
         if existing is None:
             raise
         report = IngestReport(
-            path=str(path), file_hash=digest, batch_id=existing, already_ingested=True
+            path=shown, file_hash=digest, batch_id=existing, already_ingested=True
         )
     report.seconds = time.perf_counter() - started
     return report
