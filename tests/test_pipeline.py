@@ -151,3 +151,30 @@ def test_feedback_becomes_a_training_stone(trained, stone):
     assert refused.exit_code == 2 and "price must be > 0" in refused.output
     unknown = runner.invoke(app, ["feedback", "999999", "5100"])
     assert unknown.exit_code == 1 and "no appraisal with id 999999" in unknown.output
+
+
+def test_a_crash_in_training_changes_nothing_and_shows(tmp_path, public, monkeypatch):
+    from appraiser import ingest, models
+
+    use_home(tmp_path / "home")
+    first = tmp_path / "first.csv"
+    public.sample(800, random_state=31).to_csv(first, index=False)
+    ingest_file(first)
+    v1 = retrain(trials=1, timeout=1, show_progress=False)
+    stored = len(ingest.accepted_stones())
+
+    def boom(self, matrix, target):
+        raise RuntimeError("the machine ran out of luck")
+
+    monkeypatch.setattr(models.XGBoostMember, "_fit_trees", boom)
+    with pytest.raises(TrainingError, match="champion is unchanged"):
+        retrain(trials=1, timeout=1, show_progress=False)
+    assert registry.champion_version() == v1.version
+    assert len(ingest.accepted_stones()) == stored
+    runs = registry.client().search_runs(
+        [registry.client().get_experiment_by_name("diamond-appraiser").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].info.status == "FAILED"
+    assert "ran out of luck" in runs[0].data.tags["error"]

@@ -289,6 +289,31 @@ def fit_and_register(
     validation: data.ValidationResult,
     fit_part: pd.DataFrame,
     holdout: pd.DataFrame,
+    **options: Any,
+) -> TrainResult:
+    """Tune on `fit_part`, measure on `holdout`, refit on `final_stones`, register, maybe promote.
+
+    A failure anywhere leaves the champion as it was and shows as a FAILED run in MLflow, tagged
+    with the error, so nobody mistakes a crashed retrain for one that found nothing better.
+    """
+    try:
+        return _fit_and_register(validation, fit_part, holdout, **options)
+    except Exception as exc:
+        registry.use_experiment()
+        kind = (options.get("tags") or {}).get("kind", "train")
+        with mlflow.start_run(run_name=f"{kind} failed") as run:
+            mlflow.set_tags({"kind": kind, "error": f"{type(exc).__name__}: {exc}"[:5000]})
+        registry.client().set_terminated(run.info.run_id, status="FAILED")
+        raise TrainingError(
+            f"{kind} failed ({type(exc).__name__}: {exc}); the champion is unchanged. "
+            f"MLflow run {run.info.run_id} is marked FAILED; fix the cause and run it again."
+        ) from exc
+
+
+def _fit_and_register(
+    validation: data.ValidationResult,
+    fit_part: pd.DataFrame,
+    holdout: pd.DataFrame,
     *,
     final_stones: pd.DataFrame,
     source: str,
@@ -300,10 +325,7 @@ def fit_and_register(
     gate: Gate = beats_champion,
     tags: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Tune on `fit_part`, measure on `holdout`, refit on `final_stones`, register, maybe promote.
-
-    `gate` decides promotion from the model fitted on `fit_part` and its holdout results.
-    """
+    """The work of fit_and_register; `gate` decides promotion from the holdout results."""
     started = time.perf_counter()
     checked = validation
     stones = final_stones
