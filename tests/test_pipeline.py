@@ -108,6 +108,16 @@ def test_pipeline_pass_sorts_the_inbox_and_retrains_when_due(tmp_path, public):
     quiet = run_pass(inbox, threshold=500, trials=1, timeout=1, show_progress=False)
     assert quiet.result is None and quiet.new_stones == 0
 
+    # a few heavy stones: under the threshold, but their drift is measured and logged
+    public[public["carat"] > 1.5].sample(40, random_state=5).to_csv(inbox / "b2.csv", index=False)
+    drifted = run_pass(inbox, threshold=500, trials=1, timeout=1, show_progress=False)
+    assert drifted.new_stones == drifted.ingested[0].rows_accepted >= 35
+    assert drifted.result is None  # too few stones to retrain on
+    assert drifted.drift is not None and drifted.drift.set_index("feature").loc["carat", "drift"]
+    runs = registry.client().search_runs([_experiment_id()], filter_string="tags.kind = 'drift'")
+    assert runs and runs[0].data.tags["drift"] == "True"
+    assert runs[0].data.metrics["drift_carat_ks"] > 0.1
+
 
 def test_a_second_pass_waits_for_the_lock(tmp_path):
     import fcntl
@@ -172,9 +182,15 @@ def test_a_crash_in_training_changes_nothing_and_shows(tmp_path, public, monkeyp
     assert registry.champion_version() == v1.version
     assert len(ingest.accepted_stones()) == stored
     runs = registry.client().search_runs(
-        [registry.client().get_experiment_by_name("diamond-appraiser").experiment_id],
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        [_experiment_id()], order_by=["attributes.start_time DESC"], max_results=1
     )
     assert runs[0].info.status == "FAILED"
     assert "ran out of luck" in runs[0].data.tags["error"]
+
+
+def _experiment_id() -> str:
+    from appraiser.config import EXPERIMENT
+
+    experiment = registry.client().get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    return str(experiment.experiment_id)

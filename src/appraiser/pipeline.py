@@ -221,6 +221,21 @@ def drift_report(new: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def log_drift(drift: pd.DataFrame, new_stones: int) -> str:
+    """Record a drift report as an MLflow run (kind=drift): one metric per feature, the table."""
+    import mlflow
+
+    registry.use_experiment()
+    with mlflow.start_run(run_name="drift check") as run:
+        mlflow.set_tags({"kind": "drift", "drift": str(bool(drift["drift"].any()))})
+        mlflow.log_param("new_stones", new_stones)
+        mlflow.log_metrics(
+            {f"drift_{r.feature}_{r.test.lower()}": r.statistic for r in drift.itertuples()}
+        )
+        mlflow.log_text(drift.to_csv(index=False), "drift.csv")
+    return str(run.info.run_id)
+
+
 def _champion_max_batch() -> int:
     """The newest store batch the champion was trained with (0 when it did not come from it)."""
     version = registry.champion_version()
@@ -303,6 +318,7 @@ def run_pass(
             _, champion = registry.load_version()
             if len(new):
                 drift = drift_report(new, champion.reference)
+                log_drift(drift, len(new))
             if len(new) >= threshold:
                 reason = f"{len(new):,} new stones since the champion's training (>= {threshold:,})"
             elif drift is not None and drift["drift"].any() and len(new) >= MIN_STONES:
