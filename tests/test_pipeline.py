@@ -194,3 +194,59 @@ def _experiment_id() -> str:
     experiment = registry.client().get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
     return str(experiment.experiment_id)
+
+
+def test_watch_picks_up_a_dropped_file(tmp_path, public):
+    from appraiser.pipeline import PassReport, watch
+
+    use_home(tmp_path / "home")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    public.sample(300, random_state=41).to_csv(inbox / "dropped.csv", index=False)
+    seen: list[PassReport] = []
+    watch(
+        inbox,
+        interval=0.05,
+        passes=1,
+        on_pass=seen.append,
+        threshold=10_000,
+        trials=1,
+        timeout=1,
+        show_progress=False,
+    )
+    assert seen[0].ingested[0].rows_accepted == 300
+    assert (inbox / "processed" / "dropped.csv").exists()
+
+
+def test_a_killed_retrain_changes_nothing(tmp_path, public):
+    """SIGKILL in the middle of a retrain: the champion and every stored row survive."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from appraiser import ingest
+
+    home = tmp_path / "home"
+    use_home(home)
+    batch = tmp_path / "batch.csv"
+    public.sample(900, random_state=51).to_csv(batch, index=False)
+    ingest_file(batch)
+    v1 = retrain(trials=1, timeout=1, show_progress=False)
+    stones, rejected = len(ingest.accepted_stones()), len(ingest.rejected())
+
+    env = {**os.environ, "APPRAISER_HOME": str(home)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "appraiser.cli", "retrain", "--trials", "50", "--timeout", "300"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(8)  # imports done, tuning under way
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert registry.champion_version() == v1.version
+    assert len(ingest.accepted_stones()) == stones and len(ingest.rejected()) == rejected
+    assert Appraiser.champion().price(public.head(3))["price"].notna().all()
