@@ -10,6 +10,7 @@ import hashlib
 import importlib.resources
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +46,8 @@ def read_table(path: str | Path | None = None) -> pd.DataFrame:
     """
     if path is None:
         return pd.read_csv(public_table_path(), dtype=str, keep_default_na=False, na_values=[""])
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
+    path = usable_file(path)
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type '{suffix}', expected .csv or .parquet")
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
@@ -67,6 +62,19 @@ def read_table(path: str | Path | None = None) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: the file has a header but no rows")
     return frame
+
+
+def usable_file(path: str | Path) -> Path:
+    """The path, if it names an existing CSV or Parquet file; else DataError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{suffix}', expected .csv or .parquet")
+    return path
 
 
 def check_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -> None:
@@ -86,6 +94,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
+@cache  # built once per kind: batch scoring validates every chunk with it
 def _frame_schema(labelled: bool, dedupe: bool) -> pa.DataFrameSchema:
     """The pandera schema for a diamonds frame whose numeric columns are already floats."""
     columns: dict[str, pa.Column] = {}

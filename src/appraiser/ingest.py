@@ -195,9 +195,7 @@ def ingest_file(
     required column missing, wrong delimiter, not a table at all).
     """
     started = time.perf_counter()
-    path = Path(path)
-    if not path.is_file():
-        raise data.DataError(f"{path}: no such file")
+    path = data.usable_file(path)
     engine = store.ready(url)
     digest = file_hash(path)
     shown = name or str(path)

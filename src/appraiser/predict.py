@@ -71,12 +71,7 @@ def score_file(
     progress: Callable[[int], None] | None = None,
 ) -> BatchSummary:
     """Score a CSV/Parquet file into a CSV, chunk by chunk so memory stays flat on large files."""
-    if not source.exists():
-        raise data.DataError(f"{source}: no such file")
-    if source.suffix.lower() not in data.SUPPORTED_SUFFIXES:
-        raise data.DataError(
-            f"{source}: unsupported file type '{source.suffix}', expected .csv or .parquet"
-        )
+    source = data.usable_file(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = priced = 0
     partial = target.with_name(target.name + ".partial")
