@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from appraiser import data, evaluate, schema
-from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 
 if TYPE_CHECKING:
     from appraiser.pipeline import PassReport
@@ -32,6 +32,11 @@ pipeline_app = typer.Typer(help="The automated pipeline: ingest, check drift, re
 app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 err = Console(stderr=True)
+
+# options several commands share
+Trials = Annotated[int, typer.Option(min=1, help="Optuna trials per tuned candidate")]
+Timeout = Annotated[float, typer.Option(min=1, help="seconds of tuning in all")]
+Threshold = Annotated[int, typer.Option(min=1, help="new stones that call for a retrain")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -98,12 +103,8 @@ def train(
             "--data", help="CSV or Parquet of priced stones; default: the public diamonds table"
         ),
     ] = None,
-    trials: Annotated[
-        int, typer.Option(min=1, help="Optuna trials per tuned candidate")
-    ] = DEFAULT_TRIALS,
-    timeout: Annotated[
-        float, typer.Option(min=1, help="seconds of tuning in all")
-    ] = DEFAULT_TIMEOUT,
+    trials: Trials = DEFAULT_TRIALS,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     candidate: Annotated[
         list[str] | None,
         typer.Option("--candidate", "-c", help="train only these candidates (repeatable)"),
@@ -286,12 +287,8 @@ def rejected(
 
 @app.command()
 def retrain(
-    trials: Annotated[
-        int, typer.Option(min=1, help="Optuna trials per tuned candidate")
-    ] = DEFAULT_TRIALS,
-    timeout: Annotated[
-        float, typer.Option(min=1, help="seconds of tuning in all")
-    ] = DEFAULT_TIMEOUT,
+    trials: Trials = DEFAULT_TRIALS,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     margin: Annotated[
         float, typer.Option(min=0, help="points of holdout MAPE the challenger must gain")
     ] = 0.0,
@@ -385,9 +382,9 @@ def feedback(
 @pipeline_app.command("run")
 def pipeline_run(
     inbox: Annotated[Path | None, typer.Option(help="folder of new files to ingest first")] = None,
-    threshold: Annotated[int, typer.Option(min=1, help="new stones that call for a retrain")] = 500,
-    trials: Annotated[int, typer.Option(min=1)] = DEFAULT_TRIALS,
-    timeout: Annotated[float, typer.Option(min=1)] = DEFAULT_TIMEOUT,
+    threshold: Threshold = RETRAIN_THRESHOLD,
+    trials: Trials = DEFAULT_TRIALS,
+    timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     """One pass, for cron, systemd or Cloud Run: ingest, check drift, retrain if due."""
     from appraiser.pipeline import PipelineBusy, run_pass
@@ -406,7 +403,7 @@ def pipeline_run(
 def watch(
     inbox: Annotated[Path, typer.Argument(help="the folder new appraisal files are dropped into")],
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between looks")] = 5.0,
-    threshold: Annotated[int, typer.Option(min=1, help="new stones that call for a retrain")] = 500,
+    threshold: Threshold = RETRAIN_THRESHOLD,
 ) -> None:
     """Watch a folder: each new file is ingested and moved to processed/ or failed/."""
     from appraiser.pipeline import watch as watch_folder

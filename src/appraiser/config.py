@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REGISTERED_MODEL = "diamond-pricer"
 DEFAULT_TRIALS = 12  # Optuna trials per tuned candidate
 DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
+RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that call for a retrain
 EXPERIMENT = "diamond-appraiser"
 
 

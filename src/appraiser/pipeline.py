@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from appraiser import data, evaluate, ingest, registry, schema
-from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD, settings
 from appraiser.models import PriceModel
 from appraiser.train import MIN_STONES, Gate, TrainingError, TrainResult, fit_and_register
 
@@ -177,7 +177,6 @@ def retrain(
 
 # --- one pass of the automated pipeline, and the folder watcher ----------------------------------
 
-RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that call for a retrain
 DRIFT_KS = 0.1  # a numeric feature drifts when the KS statistic passes this (and p < 0.01)
 DRIFT_PSI = 0.2  # a grade drifts when its population stability index passes this
 INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
