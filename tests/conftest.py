@@ -63,3 +63,70 @@ def trained(trained_home: Path) -> Iterator[Path]:
 @pytest.fixture
 def stone() -> dict:
     return schema.example_stone()
+
+
+class LiveServer:
+    """An `appraiser.api` app served by uvicorn in a thread of the test process."""
+
+    def __init__(self, app: object, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+API_KEY = "test-admin-key"
+
+
+@pytest.fixture
+def home_copy(trained_home: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained home (its registry and model cache, an empty store), made
+    this test's APPRAISER_HOME: a test may promote, ingest and appraise without touching others."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(
+        trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
+    )
+    use_home(home)
+    return home
+
+
+@pytest.fixture
+def live_server(home_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The API and web page on a free loopback port, serving the trained champion, with admin
+    endpoints enabled by API_KEY. Yields the base URL (http://127.0.0.1:PORT)."""
+    from appraiser.api import create_app
+
+    monkeypatch.setenv("APPRAISER_API_KEY", API_KEY)
+    settings.cache_clear()
+    with LiveServer(create_app(), free_port()) as server:
+        yield server.url
+    settings.cache_clear()

@@ -46,12 +46,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def validation_message(exc: ValidationError) -> str:
     """One line per problem, each naming the field and the rule it breaks."""
-    lines = []
-    for e in exc.errors():
-        field = ".".join(map(str, e["loc"])) or "stone"
-        message = str(e["msg"]).removeprefix("Value error, ")
-        lines.append(message if message.startswith(field) else f"{field}: {message}")
-    return "; ".join(lines)
+    return schema.error_message(list(exc.errors()))
 
 
 def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -363,7 +358,9 @@ def _print_pass(report: PassReport) -> None:
 
 @app.command()
 def feedback(
-    appraisal_id: Annotated[int, typer.Argument(metavar="APPRAISAL_ID", help="from `explain`")],
+    appraisal_id: Annotated[
+        str, typer.Argument(metavar="APPRAISAL_ID", help="printed by `explain` or the API")
+    ],
     price: Annotated[float, typer.Argument(help="the expert's price, USD")],
 ) -> None:
     """Give an expert's price for a past appraisal: the next retrain learns from it."""
@@ -522,6 +519,45 @@ def explain_cmd(
         console.print(comp)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: all)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes")] = 1,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = True,
+) -> None:
+    """Serve the REST API (/docs) and the web page (/) with the champion model.
+
+    Each process follows the registry: a newly promoted champion is served within
+    APPRAISER_RELOAD_SECONDS, without a restart. Admin endpoints need APPRAISER_API_KEY.
+    """
+    import uvicorn
+
+    from appraiser import registry, store
+    from appraiser.config import settings
+
+    store.ready()  # migrate once here, not in every worker at the same moment
+    champion = registry.champion_version()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(
+        f"Serving model v{champion} on http://{shown}:{port}/ (API docs: /docs)"
+        if champion
+        else "[yellow]No champion yet[/]: appraisals answer 503 until one is trained "
+        "(`appraiser train`); the server picks it up by itself."
+    )
+    if settings().api_key is None:
+        console.print("Admin endpoints are disabled: set APPRAISER_API_KEY to enable them.")
+    uvicorn.run(
+        "appraiser.api:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REGISTERED_MODEL = "diamond-pricer"
@@ -13,6 +13,7 @@ DEFAULT_TRIALS = 12  # Optuna trials per tuned candidate
 DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
 RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that call for a retrain
 EXPERIMENT = "diamond-appraiser"
+MAX_BATCH = 10_000  # stones per POST /v1/appraisals/batch
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,25 @@ class Settings(BaseSettings):
         description="a tracking server; by default a SQLite file under `home`",
     )
     seed: int = 42
+    # the API (appraiser serve)
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="bearer token for the admin endpoints; unset, they are disabled (403)",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins allowed to call the API from a browser ('*': any)",
+    )
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024, description="larger request bodies are refused with 413"
+    )
+    reload_seconds: float = Field(
+        default=2.0, description="how often a server checks the registry for a new champion"
+    )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def tracking_uri(self) -> str:

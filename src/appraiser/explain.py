@@ -13,13 +13,15 @@ price equally get equal dollars. When p = B the factor is B itself (the limit).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from appraiser import schema
-from appraiser.models import BASELINE, PriceModel
+from appraiser import features, schema
+from appraiser.models import BASELINE, CONTRIBUTION_COLUMNS, PriceModel
 
 
 def conformal_halfwidth(log_residuals: np.ndarray, coverage: float = 0.9) -> float:
@@ -58,57 +60,99 @@ def banded_halfwidths(
     return widths
 
 
-def dollar_contributions(log_contribs: pd.DataFrame) -> pd.DataFrame:
-    """Map log-price contributions (per feature + BASELINE) to dollars that add up to the price."""
-    baseline = log_contribs[BASELINE].to_numpy()
-    parts = log_contribs.drop(columns=[BASELINE])
-    delta = parts.sum(axis=1).to_numpy()
+def dollars_from_log(log_contribs: np.ndarray) -> np.ndarray:
+    """Log-price contributions (models.CONTRIBUTION_COLUMNS, baseline last) to dollars that add
+    up to the price, by the logarithmic-mean scaling above; the baseline becomes exp(b)."""
+    baseline = log_contribs[:, -1]
+    parts = log_contribs[:, :-1]
+    delta = parts.sum(axis=1)
     base_price = np.exp(baseline)
     # (exp(b + delta) - exp(b)) / delta, computed stably; -> exp(b) as delta -> 0
-    safe = np.where(np.abs(delta) < 1e-12, 1.0, delta)
-    scale = np.where(np.abs(delta) < 1e-12, base_price, base_price * np.expm1(delta) / safe)
-    dollars = parts.mul(scale, axis=0)
-    dollars.insert(0, BASELINE, base_price)
-    return dollars
+    small = np.abs(delta) < 1e-12
+    scale = np.where(small, base_price, base_price * np.expm1(delta) / np.where(small, 1.0, delta))
+    return np.column_stack([parts * scale[:, None], base_price])
 
 
-def comparables(reference: pd.DataFrame, stone: pd.Series | dict, n: int = 5) -> pd.DataFrame:
-    """The n stones of the collection most like this one.
+def dollar_contributions(log_contribs: pd.DataFrame) -> pd.DataFrame:
+    """Map log-price contributions (per feature + BASELINE) to dollars that add up to the price."""
+    ordered = log_contribs[list(CONTRIBUTION_COLUMNS)].to_numpy(dtype=float)
+    dollars = pd.DataFrame(
+        dollars_from_log(ordered), columns=list(CONTRIBUTION_COLUMNS), index=log_contribs.index
+    )
+    return dollars[[BASELINE, *schema.FEATURES]]
 
-    Same cut, color and clarity; the nearest carat first, ties broken by the nearest measurements.
-    Fewer than n come back when the collection has fewer stones of those grades.
+
+GradeKey = tuple[str, str, str]
+
+
+class ReferenceIndex:
+    """The training collection indexed once per loaded model, for per-request lookups.
+
+    Comparable stones and out-of-range warnings are asked for on every explained appraisal;
+    filtering a 50,000-row DataFrame three times per request would cost more than the model.
     """
-    stone = pd.Series(stone)
-    same = reference
-    for grade in schema.GRADE_COLUMNS:
-        same = same[same[grade] == stone[grade]]
-    if same.empty or n <= 0:
-        return same.iloc[:0].assign(carat_difference=[])
-    carat_gap = (same["carat"] - float(stone["carat"])).abs()
-    size_gap = np.sqrt(sum((same[c] - float(stone[c])) ** 2 for c in ("x", "y", "z")))
-    order = np.lexsort((size_gap.to_numpy(), carat_gap.round(4).to_numpy()))[:n]
-    chosen = same.iloc[order]
-    return chosen.assign(carat_difference=(chosen["carat"] - float(stone["carat"])).round(4))
 
+    def __init__(self, reference: pd.DataFrame) -> None:
+        self.frame = reference.reset_index(drop=True)
+        self.low = {c: float(self.frame[c].min()) for c in schema.NUMERIC_FEATURES}
+        self.high = {c: float(self.frame[c].max()) for c in schema.NUMERIC_FEATURES}
+        self.carat = self.frame["carat"].to_numpy(dtype=float)
+        self.size = self.frame[["x", "y", "z"]].to_numpy(dtype=float)
+        keys = self.frame[list(schema.GRADE_COLUMNS)].astype(str)
+        self.groups: dict[GradeKey, np.ndarray] = {
+            (str(key[0]), str(key[1]), str(key[2])): np.asarray(rows, dtype=np.int64)
+            for key, rows in keys.groupby(list(schema.GRADE_COLUMNS), sort=False).indices.items()
+        }
 
-def warnings_for(reference: pd.DataFrame, stone: pd.Series | dict) -> list[str]:
-    """Plain-language warnings when a stone lies outside what the model has seen."""
-    stone = pd.Series(stone)
-    out = []
-    for column in schema.NUMERIC_FEATURES:
-        low, high = reference[column].min(), reference[column].max()
-        value = float(stone[column])
-        if value < low or value > high:
+    def _key(self, stone: Mapping[str, Any]) -> GradeKey:
+        return (str(stone["cut"]), str(stone["color"]), str(stone["clarity"]))
+
+    def comparables(self, stone: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
+        """The n stones of the collection most like this one.
+
+        Same cut, color and clarity; the nearest carat first, ties broken by the nearest
+        measurements (when x, y and z are given). Fewer than n come back when the collection
+        has fewer stones of those grades.
+        """
+        rows = self.groups.get(self._key(stone), np.empty(0, dtype=np.int64))
+        if n <= 0 or len(rows) == 0:
+            return self.frame.iloc[:0].assign(carat_difference=[])
+        carat = float(stone["carat"])
+        carat_gap = np.abs(self.carat[rows] - carat).round(4)
+        if all(stone.get(c) is not None for c in ("x", "y", "z")):
+            target = np.array([float(stone["x"]), float(stone["y"]), float(stone["z"])])
+            size_gap = np.sqrt(((self.size[rows] - target) ** 2).sum(axis=1))
+        else:  # asked by carat and grades only
+            size_gap = np.zeros(len(rows))
+        chosen = self.frame.iloc[rows[np.lexsort((size_gap, carat_gap))[:n]]]
+        return chosen.assign(carat_difference=(chosen["carat"] - carat).round(4))
+
+    def warnings(self, stone: Mapping[str, Any]) -> list[str]:
+        """Plain-language warnings when a stone lies outside what the model has seen."""
+        out = []
+        for column in schema.NUMERIC_FEATURES:
+            low, high = self.low[column], self.high[column]
+            value = float(stone[column])
+            if value < low or value > high:
+                out.append(
+                    f"{column} {value:g} is outside the training collection's range "
+                    f"({low:g} to {high:g}): the price is an extrapolation, treat it with care"
+                )
+        if self._key(stone) not in self.groups:
             out.append(
-                f"{column} {value:g} is outside the training collection's range "
-                f"({low:g} to {high:g}): the price is an extrapolation, treat it with care"
+                "no stone of the training collection has this cut, color and clarity together"
             )
-    grades = reference
-    for grade in schema.GRADE_COLUMNS:
-        grades = grades[grades[grade] == stone[grade]]
-    if grades.empty:
-        out.append("no stone of the training collection has this cut, color and clarity together")
-    return out
+        return out
+
+
+def comparables(reference: pd.DataFrame, stone: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
+    """The n stones of `reference` most like `stone` (see ReferenceIndex.comparables)."""
+    return ReferenceIndex(reference).comparables(stone, n)
+
+
+def warnings_for(reference: pd.DataFrame, stone: Mapping[str, Any]) -> list[str]:
+    """Warnings when `stone` lies outside `reference` (see ReferenceIndex.warnings)."""
+    return ReferenceIndex(reference).warnings(stone)
 
 
 @dataclass
@@ -139,27 +183,40 @@ class Explanation:
         }
 
 
-def explain(model: PriceModel, stones: pd.DataFrame, n_comparables: int = 5) -> list[Explanation]:
-    """Explain each validated stone: price, range, dollar contributions, comparables, warnings."""
-    prices = model.predict(stones)
-    dollars = dollar_contributions(model.contributions(stones))
+def explain_stones(
+    model: PriceModel,
+    stones: Sequence[Mapping[str, Any]],
+    n_comparables: int = 5,
+    index: ReferenceIndex | None = None,
+) -> list[Explanation]:
+    """Explain validated stones (mappings of schema.FEATURES): price, range, dollars, comparables,
+    warnings. Pass the model's `index` when explaining often (building it scans the collection)."""
+    index = index or ReferenceIndex(model.reference)
+    matrix = features.encode_stones(stones)
+    price, low, high = model.predict_matrix(matrix)
+    dollars = dollars_from_log(model.contributions_matrix(matrix))
     out = []
-    for i, (_, stone) in enumerate(stones.iterrows()):
-        row = dollars.iloc[i]
+    for i, stone in enumerate(stones):
         out.append(
             Explanation(
                 stone={k: stone[k] for k in schema.FEATURES},
-                price=float(prices["price"].iloc[i]),
-                price_low=float(prices["price_low"].iloc[i]),
-                price_high=float(prices["price_high"].iloc[i]),
+                price=float(price[i]),
+                price_low=float(low[i]),
+                price_high=float(high[i]),
                 coverage=model.coverage,
-                baseline=float(row[BASELINE]),
-                contributions={k: float(row[k]) for k in schema.FEATURES},
-                comparables=comparables(model.reference, stone, n_comparables),
-                warnings=warnings_for(model.reference, stone),
+                baseline=float(dollars[i, -1]),
+                contributions={k: float(dollars[i, j]) for j, k in enumerate(schema.FEATURES)},
+                comparables=index.comparables(stone, n_comparables),
+                warnings=index.warnings(stone),
             )
         )
     return out
+
+
+def explain(model: PriceModel, stones: pd.DataFrame, n_comparables: int = 5) -> list[Explanation]:
+    """Explain each validated stone of a frame (see explain_stones)."""
+    records = stones[list(schema.FEATURES)].to_dict(orient="records")
+    return explain_stones(model, records, n_comparables)
 
 
 def global_importance(model: PriceModel, stones: pd.DataFrame) -> pd.Series:

@@ -6,6 +6,9 @@ the same function at serving time as at training time: there is nothing to drift
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -21,6 +24,28 @@ MONOTONE_INCREASING: frozenset[str] = frozenset({"carat", "cut", "color", "clari
 
 # Which input characteristic each encoded column explains (for per-feature dollar contributions).
 SOURCE_FEATURE: dict[str, str] = {name: name for name in ENCODED}
+
+
+# grade -> ordinal code, per grade column (the same codes as schema.grade_code)
+_CODES: dict[str, dict[str, float]] = {
+    column: {grade: float(i) for i, grade in enumerate(order)}
+    for column, order in schema.GRADES.items()
+}
+
+
+def encode_stones(stones: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The model matrix for validated stones given as mappings (API requests), without pandas.
+
+    Row for row the same numbers as `encode`; a few microseconds per stone instead of a
+    millisecond of DataFrame overhead, which is most of a single appraisal's cost otherwise.
+    """
+    return np.array(
+        [
+            [_CODES[c][stone[c]] if c in _CODES else float(stone[c]) for c in ENCODED]
+            for stone in stones
+        ],
+        dtype=np.float64,
+    ).reshape(len(stones), len(ENCODED))
 
 
 def encode(frame: pd.DataFrame) -> pd.DataFrame:
@@ -54,15 +79,21 @@ def hedonic_columns() -> list[str]:
     return cols
 
 
+def hedonic_design_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The hedonic design (columns as `hedonic_columns`) from an encoded matrix (see ENCODED)."""
+    parts = [np.log(matrix[:, ENCODED.index("carat")])[:, None]]
+    for grade, order in schema.GRADES.items():
+        codes = matrix[:, ENCODED.index(grade)]
+        steps = np.arange(1, len(order), dtype=float)
+        parts.append((codes[:, None] >= steps[None, :]).astype(float))
+    return np.hstack(parts)
+
+
 def hedonic_design(frame: pd.DataFrame) -> pd.DataFrame:
     """log carat and cumulative grade steps ("color at least F"): with non-negative coefficients,
     each coefficient is the log-price premium of one grade step: better grades never cost less."""
-    out = pd.DataFrame({"log_carat": np.log(frame["carat"].astype(float))}, index=frame.index)
-    for grade, order in schema.GRADES.items():
-        codes = schema.grade_code(grade, frame[grade]).to_numpy(dtype=float)
-        for k, g in enumerate(order[1:], start=1):
-            out[f"{grade}>={g}"] = (codes >= k).astype(float)
-    return out
+    matrix = encode(frame).to_numpy(dtype=np.float64)
+    return pd.DataFrame(hedonic_design_matrix(matrix), columns=hedonic_columns(), index=frame.index)
 
 
 def hedonic_source(column: str) -> str:

@@ -49,11 +49,20 @@ class Member(ABC):
     def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> Member: ...
 
     @abstractmethod
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray: ...
+    def predict_log_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Log price for encoded stones (features.ENCODED columns)."""
 
     @abstractmethod
+    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Log-price contributions, one column per schema.FEATURES then the baseline, for encoded
+        stones; each row sums to predict_log_matrix."""
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        return self.predict_log_matrix(_matrix(stones))
+
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
         """Log-price contributions per input feature plus BASELINE; each row sums to predict_log."""
+        return contribution_frame(self.contributions_matrix(_matrix(stones)))
 
     @abstractmethod
     def save(self, folder: Path) -> str:
@@ -70,14 +79,22 @@ class Member(ABC):
     ) -> Member: ...
 
 
+CONTRIBUTION_COLUMNS: tuple[str, ...] = (*schema.FEATURES, BASELINE)
+
+
+def contribution_frame(contribs: np.ndarray, index: Any = None) -> pd.DataFrame:
+    """A contributions matrix (CONTRIBUTION_COLUMNS) as a DataFrame."""
+    return pd.DataFrame(contribs, columns=list(CONTRIBUTION_COLUMNS), index=index)
+
+
 def _by_feature(
     contribs: np.ndarray, columns: list[str], source: Callable[[str], str]
-) -> pd.DataFrame:
+) -> np.ndarray:
     """Sum encoded-column contributions into one column per input feature, plus the baseline."""
-    out = pd.DataFrame(0.0, index=range(len(contribs)), columns=[*schema.FEATURES, BASELINE])
+    out = np.zeros((len(contribs), len(CONTRIBUTION_COLUMNS)))
     for j, column in enumerate(columns):
-        out[source(column)] += contribs[:, j]
-    out[BASELINE] = contribs[:, len(columns)]
+        out[:, schema.FEATURES.index(source(column))] += contribs[:, j]
+    out[:, -1] = contribs[:, len(columns)]
     return out
 
 
@@ -103,17 +120,18 @@ class Hedonic(Member):
         self.means = {c: float(v) for c, v in design.mean().items()}
         return self
 
-    def _design(self, stones: pd.DataFrame) -> np.ndarray:
-        return features.hedonic_design(stones)[list(self.coef)].to_numpy()
+    def _design(self, matrix: np.ndarray) -> np.ndarray:
+        order = [features.hedonic_columns().index(c) for c in self.coef]
+        return features.hedonic_design_matrix(matrix)[:, order]
 
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+    def predict_log_matrix(self, matrix: np.ndarray) -> np.ndarray:
         coef = np.array(list(self.coef.values()))
-        return np.asarray(self._design(stones) @ coef + self.intercept)
+        return np.asarray(self._design(matrix) @ coef + self.intercept)
 
-    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
         coef = np.array(list(self.coef.values()))
         means = np.array([self.means[c] for c in self.coef])
-        centred = (self._design(stones) - means) * coef
+        centred = (self._design(matrix) - means) * coef
         baseline = self.intercept + float(means @ coef)
         full = np.column_stack([centred, np.full(len(centred), baseline)])
         return _by_feature(full, list(self.coef), features.hedonic_source)
@@ -140,6 +158,9 @@ class Hedonic(Member):
 
 def _matrix(stones: pd.DataFrame) -> np.ndarray:
     return features.encode(stones).to_numpy(dtype=np.float64)
+
+
+CARAT = features.ENCODED.index("carat")
 
 
 def near_l1(delta: float) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -206,19 +227,19 @@ class BoosterMember(Member):
         self._fit_trees(_matrix(stones), target - self.centre)
         return self
 
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
-        log_carat = np.log(stones["carat"].to_numpy(dtype=float))
-        return self._trees(_matrix(stones)) + self.centre + log_carat
+    def predict_log_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        log_carat = np.log(matrix[:, CARAT])
+        return self._trees(matrix) + self.centre + log_carat
 
-    def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
+    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
         out = _by_feature(
-            self._tree_contributions(_matrix(stones)),
+            self._tree_contributions(matrix),
             list(features.ENCODED),
             features.SOURCE_FEATURE.__getitem__,
         )
         # the log-carat term belongs to carat; its average and the centre to the baseline
-        out["carat"] += np.log(stones["carat"].to_numpy(dtype=float)) - self.mean_log_carat
-        out[BASELINE] += self.centre + self.mean_log_carat
+        out[:, schema.FEATURES.index("carat")] += np.log(matrix[:, CARAT]) - self.mean_log_carat
+        out[:, -1] += self.centre + self.mean_log_carat
         return out
 
     def state(self) -> dict[str, float]:
@@ -481,34 +502,38 @@ class PriceModel:
     def name(self) -> str:
         return "+".join(m.kind for m in self.members)
 
-    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
-        total = np.zeros(len(stones))
+    def predict_log_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(matrix))
         for member, weight in zip(self.members, self.weights, strict=True):
-            total += weight * member.predict_log(stones)
+            total += weight * member.predict_log_matrix(matrix)
         return total
+
+    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(price, price_low, price_high) in dollars for encoded stones (features.ENCODED)."""
+        log_price = self.predict_log_matrix(matrix)
+        width = np.asarray(self.intervals)[schema.carat_band_index(matrix[:, CARAT])]
+        return np.exp(log_price), np.exp(log_price - width), np.exp(log_price + width)
+
+    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Log-price contributions (CONTRIBUTION_COLUMNS); rows sum to predict_log_matrix."""
+        total = np.zeros((len(matrix), len(CONTRIBUTION_COLUMNS)))
+        for member, weight in zip(self.members, self.weights, strict=True):
+            total += weight * member.contributions_matrix(matrix)
+        return total
+
+    def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
+        return self.predict_log_matrix(_matrix(stones))
 
     def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
         """price, price_low and price_high in dollars for validated stones."""
-        log_price = self.predict_log(stones)
-        width = np.asarray(self.intervals)[schema.carat_band_index(stones["carat"].to_numpy())]
+        price, low, high = self.predict_matrix(_matrix(stones))
         return pd.DataFrame(
-            {
-                "price": np.exp(log_price),
-                "price_low": np.exp(log_price - width),
-                "price_high": np.exp(log_price + width),
-            },
-            index=stones.index,
+            {"price": price, "price_low": low, "price_high": high}, index=stones.index
         )
 
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
         """Log-price contributions per feature plus BASELINE (rows sum to predict_log)."""
-        total: pd.DataFrame | None = None
-        for member, weight in zip(self.members, self.weights, strict=True):
-            part = member.contributions(stones) * weight
-            total = part if total is None else total + part
-        assert total is not None
-        total.index = stones.index
-        return total
+        return contribution_frame(self.contributions_matrix(_matrix(stones)), stones.index)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import fcntl
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,20 @@ def ingest_inbox(
     return reports, failed
 
 
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """Hold the pipeline's lock (a file under APPRAISER_HOME) or raise PipelineBusy at once.
+
+    Passes, API retrain jobs and watchers on one host take it, so two retrains never overlap.
+    """
+    with _lock_path().open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PipelineBusy("another pipeline pass is running; try again when it ends") from exc
+        yield
+
+
 def run_pass(
     inbox: Path | None = None,
     *,
@@ -302,11 +317,7 @@ def run_pass(
 
     A lock file under APPRAISER_HOME keeps two passes (and so two retrains) from running at once.
     """
-    with _lock_path().open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PipelineBusy("another pipeline pass is running; try again when it ends") from exc
+    with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
         stones = ingest.accepted_stones()
         new = stones[stones["batch_id"] > _champion_max_batch()]

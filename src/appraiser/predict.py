@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, registry, schema
+from appraiser import data, explain, features, registry, schema
+from appraiser.explain import dollars_from_log
 from appraiser.models import PriceModel
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 100_000
 
@@ -105,6 +112,8 @@ class Appraiser:
     def __init__(self, model: PriceModel, version: str) -> None:
         self.model = model
         self.version = version
+        self.index = explain.ReferenceIndex(model.reference)
+        self.loaded_at = time.time()
 
     @classmethod
     def champion(cls) -> Appraiser:
@@ -115,11 +124,100 @@ class Appraiser:
         """Validated stones -> price, price_low, price_high."""
         return self.model.predict(stones)
 
+    def appraise(
+        self,
+        stones: Sequence[Mapping[str, Any]],
+        *,
+        explain: bool = False,
+        comparables: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Validated stones (mappings of schema.FEATURES) -> one answer each, in order.
+
+        Every answer has price, price_low, price_high (USD, to the cent) and warnings; with
+        `explain`, the baseline and the dollars each characteristic adds (baseline + contributions
+        = price, to the cent); with `comparables`, that many similar stones of the collection.
+        """
+        matrix = features.encode_stones(stones)
+        price, low, high = self.model.predict_matrix(matrix)
+        dollars = dollars_from_log(self.model.contributions_matrix(matrix)) if explain else None
+        out = []
+        for i, stone in enumerate(stones):
+            answer: dict[str, Any] = {
+                "price": round(float(price[i]), 2),
+                "price_low": round(float(low[i]), 2),
+                "price_high": round(float(high[i]), 2),
+                "warnings": self.index.warnings(stone),
+            }
+            if dollars is not None:
+                parts = {k: round(float(dollars[i, j]), 2) for j, k in enumerate(schema.FEATURES)}
+                # the baseline takes the cents lost to rounding, so the parts add up exactly
+                answer["baseline"] = round(answer["price"] - sum(parts.values()), 2)
+                answer["contributions"] = parts
+            if comparables > 0:
+                answer["comparables"] = self.index.comparables(stone, comparables).to_dict(
+                    orient="records"
+                )
+            out.append(answer)
+        return out
+
     def explain(self, stone: schema.Diamond, n_comparables: int = 5) -> explain.Explanation:
-        frame = pd.DataFrame([stone.model_dump()])
-        return explain.explain(self.model, frame, n_comparables)[0]
+        return explain.explain_stones(
+            self.model, [stone.model_dump()], n_comparables, index=self.index
+        )[0]
 
     def score_file(
         self, source: Path, target: Path, progress: Callable[[int], None] | None = None
     ) -> BatchSummary:
         return score_file(self.model, source, target, progress=progress)
+
+
+class ChampionWatcher:
+    """The champion, kept current: a thread polls the registry's `champion` alias every
+    `interval` seconds and swaps in a newly promoted model once it is fully loaded.
+
+    Requests read `current` once and use that Appraiser to the end, so a swap never fails or
+    mixes a request; the old model is dropped when its last request ends. A version that fails
+    to load is logged and tried again at the next poll, while the old champion keeps serving.
+    """
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.current: Appraiser | None = None
+        self.reloads = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Poll once: load the champion if it changed. True when a new model was swapped in."""
+        with self._lock:  # one load at a time (the poller and a promotion through the API)
+            try:
+                version = registry.champion_version()
+                if version is None or (self.current and self.current.version == version):
+                    return False
+                loaded_version, model = registry.load_version(version)
+                fresh = Appraiser(model, loaded_version)
+            except Exception as exc:  # keep serving the old champion; say why in /health
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("could not load the champion: %s", exc)
+                return False
+            self.current = fresh
+            self.reloads += 1
+            self.last_error = None
+            logger.info("serving model version %s (%s)", fresh.version, fresh.model.name)
+            return True
+
+    def start(self) -> None:
+        self.check()
+        self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()

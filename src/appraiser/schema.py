@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 # Grade orders, worst first: the position of a grade is its ordinal code.
 GRADES: dict[str, tuple[str, ...]] = {
@@ -131,8 +131,18 @@ def _check_grade(column: str) -> Callable[[str], str]:
     return check
 
 
-def _grade_field(column: str) -> Any:
-    return Field(description=DESCRIPTIONS[column], json_schema_extra={"enum": list(GRADES[column])})
+def _grade_schema(column: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {"type": "string", "enum": list(GRADES[column]), "description": DESCRIPTIONS[column]}
+    )
+
+
+# A grade as a type: the allowed values in the OpenAPI schema, the rule in the error message.
+Cut: TypeAlias = Annotated[str, AfterValidator(_check_grade("cut")), _grade_schema("cut")]
+Color: TypeAlias = Annotated[str, AfterValidator(_check_grade("color")), _grade_schema("color")]
+Clarity: TypeAlias = Annotated[
+    str, AfterValidator(_check_grade("clarity")), _grade_schema("clarity")
+]
 
 
 def _bounded_field(column: str, example: float) -> Any:
@@ -165,9 +175,9 @@ class Diamond(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_STONE]})
 
     carat: float = _bounded_field("carat", 1.1)
-    cut: Annotated[str, AfterValidator(_check_grade("cut"))] = _grade_field("cut")
-    color: Annotated[str, AfterValidator(_check_grade("color"))] = _grade_field("color")
-    clarity: Annotated[str, AfterValidator(_check_grade("clarity"))] = _grade_field("clarity")
+    cut: Cut
+    color: Color
+    clarity: Clarity
     depth: float = _bounded_field("depth", 62.0)
     table: float = _bounded_field("table", 55.0)
     x: float = _bounded_field("x", 6.61)
@@ -180,6 +190,21 @@ class Diamond(BaseModel):
             implied = depth_from_measurements(self.x, self.y, self.z)
             raise ValueError(f"{DEPTH_RULE} (x, y, z imply {implied:.1f}, depth is {self.depth:g})")
         return self
+
+
+_LOCATIONS = frozenset({"body", "query", "path", "header"})  # where FastAPI says a field came from
+
+
+def error_message(errors: list[Any], most: int = 10) -> str:
+    """One line naming each bad field and the rule it breaks, from pydantic's (or FastAPI's)
+    error list: 'carat: Input should be greater than 0; cut: cut must be one of: Fair, ...'."""
+    lines = []
+    for error in errors[:most]:
+        field = ".".join(str(p) for p in error.get("loc", ()) if p not in _LOCATIONS) or "stone"
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        lines.append(message if message.startswith(field) else f"{field}: {message}")
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(lines) + more
 
 
 def example_stone() -> dict[str, Any]:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import queue
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +30,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    insert,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -33,6 +39,7 @@ from appraiser import schema
 from appraiser.config import settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -135,11 +142,15 @@ class RejectedRow(Base):
 
 
 class Appraisal(Base):
-    """A price served: the stone asked about (JSON text), the answer, the model that gave it."""
+    """A price served: the stone asked about (JSON text), the answer, the model that gave it.
+
+    `uid` is the id clients see (made by the serving process, see new_uid); `id` is internal.
+    """
 
     __tablename__ = "appraisals"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), index=True, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     input: Mapped[str] = mapped_column(Text)
     price: Mapped[float] = mapped_column(Double)
@@ -147,6 +158,7 @@ class Appraisal(Base):
     price_high: Mapped[float | None] = mapped_column(Double)
     model_version: Mapped[str | None] = mapped_column(String(100))
     latency_ms: Mapped[float | None] = mapped_column(Double)
+    warnings: Mapped[str | None] = mapped_column(Text)  # JSON list of strings
 
 
 class Feedback(Base):
@@ -160,7 +172,31 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-TABLES: tuple[str, ...] = ("batches", "diamonds", "rejected_rows", "appraisals", "feedback")
+class Job(Base):
+    """Work started through the API (a retrain), run by another process; any API process reports
+    on it. `status`: queued, running, succeeded or failed; `result` and `params` are JSON text."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    params: Mapped[str] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+TABLES: tuple[str, ...] = (
+    "batches",
+    "diamonds",
+    "rejected_rows",
+    "appraisals",
+    "feedback",
+    "jobs",
+)
 STONE_COLUMNS: tuple[str, ...] = schema.COLUMNS
 
 
@@ -250,7 +286,12 @@ def ready(url: str | None = None) -> Engine:
 # --- appraisals and feedback --------------------------------------------------------------------
 
 
-def record_appraisal(
+def new_uid() -> str:
+    """A random public id (appraisals, jobs): unique across processes without asking the store."""
+    return uuid.uuid4().hex
+
+
+def appraisal_row(
     stone: Mapping[str, Any],
     price: float,
     *,
@@ -258,31 +299,198 @@ def record_appraisal(
     price_high: float | None = None,
     model_version: str | None = None,
     latency_ms: float | None = None,
-    url: str | None = None,
-) -> int:
-    """Keep a served price (what was asked, what was answered, by which model); returns its id."""
+    warnings: list[str] | None = None,
+    uid: str | None = None,
+) -> dict[str, Any]:
+    """The appraisals-table values for a served price (what was asked, answered, by which model)."""
+    return {
+        "uid": uid or new_uid(),
+        "created_at": utcnow(),
+        "input": json.dumps(dict(stone), default=str),
+        "price": float(price),
+        "price_low": price_low,
+        "price_high": price_high,
+        "model_version": model_version,
+        "latency_ms": latency_ms,
+        "warnings": json.dumps(warnings or []),
+    }
+
+
+def record_appraisal(
+    stone: Mapping[str, Any], price: float, *, url: str | None = None, **details: Any
+) -> str:
+    """Keep one served price now (see appraisal_row for the details); returns its uid."""
+    row = appraisal_row(stone, price, **details)
     ready(url)
     with session(url) as s, s.begin():
-        row = Appraisal(
-            input=json.dumps(dict(stone), default=str),
-            price=float(price),
-            price_low=price_low,
-            price_high=price_high,
-            model_version=model_version,
-            latency_ms=latency_ms,
-        )
-        s.add(row)
-        s.flush()
-        return row.id
+        s.execute(insert(Appraisal), [row])
+    return str(row["uid"])
 
 
-def add_feedback(appraisal_id: int, price: float, url: str | None = None) -> int:
+def get_appraisal(uid: str, url: str | None = None) -> dict[str, Any] | None:
+    """A stored appraisal as a dict (stone, prices, model, latency, feedback prices), or None."""
+    ready(url)
+    with session(url) as s:
+        row = s.scalars(select(Appraisal).where(Appraisal.uid == uid)).one_or_none()
+        if row is None:
+            return None
+        feedback = s.scalars(
+            select(Feedback).where(Feedback.appraisal_id == row.id).order_by(Feedback.id)
+        ).all()
+        return {
+            "id": row.uid,
+            "created_at": row.created_at,
+            "stone": json.loads(row.input),
+            "price": row.price,
+            "price_low": row.price_low,
+            "price_high": row.price_high,
+            "model_version": row.model_version,
+            "latency_ms": row.latency_ms,
+            "warnings": json.loads(row.warnings or "[]"),
+            "feedback": [{"price": f.price, "created_at": f.created_at} for f in feedback],
+        }
+
+
+def add_feedback(appraisal_uid: str, price: float, url: str | None = None) -> int:
     """Keep an expert's price for a past appraisal; returns its id (unknown appraisal: KeyError)."""
     ready(url)
     with session(url) as s, s.begin():
-        if s.get(Appraisal, appraisal_id) is None:
-            raise KeyError(f"no appraisal with id {appraisal_id}")
+        appraisal_id = s.scalar(select(Appraisal.id).where(Appraisal.uid == appraisal_uid))
+        if appraisal_id is None:
+            raise KeyError(f"no appraisal with id {appraisal_uid}")
         row = Feedback(appraisal_id=appraisal_id, price=float(price))
         s.add(row)
         s.flush()
         return row.id
+
+
+class AppraisalWriter:
+    """Writes appraisals in the background, in batches: a served price never waits for the disk.
+
+    `submit` only queues rows; a thread inserts whatever has queued every `interval` seconds (or at
+    `max_rows`) in one statement. When the store is unreachable the rows stay queued and are
+    retried, so none are lost while the process lives; `flush` waits until everything submitted
+    before it is written (a read of an appraisal just served calls it first).
+    """
+
+    def __init__(self, url: str | None = None, interval: float = 0.2, max_rows: int = 2000) -> None:
+        self.url = url
+        self.interval = interval
+        self.max_rows = max_rows
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._queue: queue.SimpleQueue[dict[str, Any] | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="appraisal-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._queue.put(row)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row submitted so far is written; False if that took over `timeout`."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pending: list[dict[str, Any]] = []
+        waiters: list[threading.Event] = []
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=self.interval)
+                while True:
+                    if item is None:
+                        stop = True
+                    elif isinstance(item, threading.Event):
+                        waiters.append(item)
+                    else:
+                        pending.append(item)
+                    if len(pending) >= self.max_rows:
+                        break
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if pending and not self._write(pending):
+                time.sleep(min(self.interval * 5, 2.0))  # the store is down: retry, keep the rows
+                continue
+            pending = []
+            for waiter in waiters:
+                waiter.set()
+            waiters = []
+
+    def _write(self, rows: list[dict[str, Any]]) -> bool:
+        try:
+            ready(self.url)
+            with session(self.url) as s, s.begin():
+                s.execute(insert(Appraisal), rows)
+        except Exception as exc:  # any store failure: keep the rows, count it, retry
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("could not store %d appraisals (will retry): %s", len(rows), exc)
+            return False
+        self.written += len(rows)
+        return True
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+def create_job(kind: str, params: Mapping[str, Any], url: str | None = None) -> str:
+    """A queued job; returns its id."""
+    ready(url)
+    job_id = new_uid()
+    with session(url) as s, s.begin():
+        s.add(Job(id=job_id, kind=kind, status="queued", params=json.dumps(dict(params))))
+    return job_id
+
+
+def update_job(job_id: str, url: str | None = None, **values: Any) -> None:
+    """Set a job's status, times, result (JSON-encoded here) or error."""
+    if "result" in values and values["result"] is not None:
+        values["result"] = json.dumps(values["result"], default=str)
+    ready(url)
+    with session(url) as s, s.begin():
+        job = s.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"no job with id {job_id}")
+        for key, value in values.items():
+            setattr(job, key, value)
+
+
+def get_job(job_id: str, url: str | None = None) -> dict[str, Any] | None:
+    """A job as a dict, or None."""
+    ready(url)
+    with session(url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "status": job.status,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "params": json.loads(job.params),
+            "result": json.loads(job.result) if job.result else None,
+            "error": job.error,
+        }
+
+
+def active_job(kind: str, url: str | None = None) -> str | None:
+    """The id of a queued or running job of this kind, if any."""
+    ready(url)
+    with session(url) as s:
+        return s.scalar(
+            select(Job.id).where(Job.kind == kind, Job.status.in_(("queued", "running"))).limit(1)
+        )

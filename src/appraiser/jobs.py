@@ -1,0 +1,97 @@
+"""Background jobs started through the API: a retrain runs in its own process.
+
+The API answers 202 at once with the job's id; `python -m appraiser.jobs JOB_ID` does the work and
+records its progress in the store's jobs table, which every API process can read. Training in a
+separate process keeps the server's latency steady (it needs the CPU and the GIL) and lets a crash
+in training take nothing else down.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from appraiser import store
+
+RETRAIN = "retrain"
+
+
+class JobConflict(RuntimeError):
+    """A job of the same kind is already queued or running."""
+
+
+def start_retrain(params: dict[str, Any]) -> str:
+    """Queue a retrain and start its process; returns the job id (JobConflict if one runs)."""
+    running = store.active_job(RETRAIN)
+    if running is not None:
+        raise JobConflict(f"a retrain is already under way (job {running})")
+    job_id = store.create_job(RETRAIN, params)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appraiser.jobs", job_id],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a server restart does not kill a retrain half-way
+    )
+    threading.Thread(target=_reap, args=(job_id, process), daemon=True).start()
+    return job_id
+
+
+def _reap(job_id: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait for the job's process; if it died without saying how it ended, mark the job failed."""
+    _, stderr = process.communicate()
+    job = store.get_job(job_id)
+    if job is not None and job["status"] in ("queued", "running"):
+        tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
+        store.update_job(
+            job_id,
+            status="failed",
+            finished_at=store.utcnow(),
+            error=f"the job process exited with code {process.returncode}: " + " / ".join(tail),
+        )
+
+
+def run(job_id: str) -> None:
+    """Do a queued job (in this process) and record how it ended."""
+    from appraiser import pipeline
+
+    job = store.get_job(job_id)
+    if job is None:
+        raise KeyError(f"no job with id {job_id}")
+    store.update_job(job_id, status="running", started_at=store.utcnow())
+    params = job["params"]
+    try:
+        with pipeline.exclusive():
+            result = pipeline.retrain(
+                trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
+                timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
+                show_progress=False,
+            )
+    except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
+        store.update_job(
+            job_id,
+            status="failed",
+            finished_at=store.utcnow(),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return
+    store.update_job(
+        job_id,
+        status="succeeded",
+        finished_at=store.utcnow(),
+        result={
+            "version": result.version,
+            "promoted": result.champion,
+            "decision": result.decision,
+            "model": result.model_name,
+            "holdout": result.holdout,
+            "run_id": result.run_id,
+            "seconds": round(result.seconds, 1),
+        },
+    )
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])
