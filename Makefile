@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APPRAISER := $(BIN)/appraiser
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run train lint typecheck pytest notebooks notebooks-refresh test benchmark mlflow-ui clean
+.PHONY: help install run serve train lint typecheck pytest notebooks notebooks-refresh test benchmark mlflow-ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -18,9 +18,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-run: install  ## train on the default data if there is no champion yet, then show the champion
+PORT ?= 8000
+
+run: install  ## train on the default data if there is no champion yet, then serve the API and page on PORT (8000)
 	$(APPRAISER) train --if-no-champion
 	$(APPRAISER) models
+	$(APPRAISER) serve --port $(PORT)
+
+serve: install  ## serve the API (/docs) and the web page (/) on PORT (8000) with the current champion
+	$(APPRAISER) serve --port $(PORT)
 
 train: install  ## train on DATA (default: the public table), e.g. make train DATA=../shared/data/diamonds.csv
 	$(APPRAISER) train $(if $(DATA),--data $(DATA))
@@ -46,6 +52,7 @@ test: lint typecheck pytest notebooks  ## everything CI runs
 benchmark: install  ## print accuracy, timing and throughput figures
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/predict_throughput.py
+	$(BIN)/python benchmarks/serving.py
 
 mlflow-ui: install  ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .appraiser)/mlflow.db --port 5000

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +56,14 @@ WRITE_FAILURES = Gauge("appraiser_store_write_failures", "failed appraisal write
 
 
 # --- request and response models ----------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes; every time stored is UTC, and RFC 3339 wants the offset
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 
 class Comparable(BaseModel):
@@ -129,7 +137,7 @@ class BatchOut(BaseModel):
 
 class StoredAppraisal(BaseModel):
     id: str
-    created_at: datetime
+    created_at: Timestamp
     stone: dict[str, Any]
     price: float
     price_low: float | None
@@ -176,7 +184,7 @@ class IngestOut(BaseModel):
 class ModelOut(BaseModel):
     version: str
     champion: bool
-    created: datetime
+    created: Timestamp
     model: str
     description: str
     metrics: dict[str, float] = Field(description="on the holdout stones of its training run")
@@ -203,9 +211,9 @@ class JobOut(BaseModel):
     id: str
     kind: str
     status: Literal["queued", "running", "succeeded", "failed"]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None
@@ -231,7 +239,7 @@ class ErrorOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 
 
@@ -598,8 +606,8 @@ def create_app(
         """Validated like every ingested file: bad rows are kept with their reasons (listed here
         and by `appraiser rejected`), good ones join the store for the next retrain. The same
         content sent twice is stored once."""
-        content, source = await _ingest_payload(request)
-        report = await run_in_threadpool(_ingest_bytes, content, source)
+        content, source, name = await _ingest_payload(request)
+        report = await run_in_threadpool(_ingest_bytes, content, source, name)
         return report
 
     # --- models and jobs ---
@@ -719,7 +727,13 @@ def create_app(
     WRITTEN.set_function(lambda: writer_box["writer"].written if writer_box else 0)
     WRITE_FAILURES.set_function(lambda: writer_box["writer"].failures if writer_box else 0)
 
-    @app.get("/metrics", tags=["reference"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["reference"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         """Request latency by route and status, stones priced, the model served, store writes."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -754,8 +768,8 @@ def _feedback(writer: store.AppraisalWriter, uid: str, price: float) -> int:
     return store.add_feedback(uid, price)
 
 
-async def _ingest_payload(request: Request) -> tuple[bytes, str]:
-    """The CSV bytes to ingest, from a JSON body of stones or a multipart file upload."""
+async def _ingest_payload(request: Request) -> tuple[bytes, str, str]:
+    """The CSV bytes to ingest, their source and a name for them (the uploaded file's name)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form()
@@ -763,7 +777,7 @@ async def _ingest_payload(request: Request) -> tuple[bytes, str]:
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "file: attach the CSV as the form field 'file'")
         source = str(form.get("source") or "upload")[:200]
-        return await upload.read(), source
+        return await upload.read(), source, upload.filename or "upload.csv"
     if kind == "application/json":
         try:
             body = await request.json()
@@ -778,20 +792,20 @@ async def _ingest_payload(request: Request) -> tuple[bytes, str]:
 
         frame = pd.DataFrame(stones)
         source = str(body.get("source") or "api")[:200]
-        return frame.to_csv(index=False).encode(), source
+        return frame.to_csv(index=False).encode(), source, "JSON request"
     raise HTTPException(
         415, "send application/json ({'diamonds': [...]}) or multipart/form-data with a CSV 'file'"
     )
 
 
-def _ingest_bytes(content: bytes, source: str) -> dict[str, Any]:
+def _ingest_bytes(content: bytes, source: str, name: str) -> dict[str, Any]:
     from appraiser import data, ingest
 
     with tempfile.TemporaryDirectory(prefix="appraiser-upload-") as folder:
         path = Path(folder) / "upload.csv"
         path.write_bytes(content)
         try:
-            report = ingest.ingest_file(path, source=source, name=f"upload from {source}")
+            report = ingest.ingest_file(path, source=source, name=name[:200])
         except data.DataError as exc:
             raise HTTPException(422, str(exc).replace(str(path), "the upload")) from exc
     rejected = []

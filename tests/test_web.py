@@ -1,0 +1,207 @@
+"""Browser tests of the web page and the admin page: Debian's chromium driven by Playwright.
+
+They run against the real app (`live_server`: uvicorn on a loopback port, a trained champion).
+Without /usr/bin/chromium they are skipped locally and fail under CI (CI set), where it must exist.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import API_KEY
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FEATURES = ("carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z")
+PRICE = re.compile(r"^\$\d{1,3}(,\d{3})*$")
+RANGE = re.compile(r"90% range: \$[\d,]+ \u2013 \$[\d,]+")  # an en dash between
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and {message}", pytrace=False)
+        pytest.skip(message)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Tab:
+    """A fresh browser page on the live server, recording what it requests and any JS error."""
+
+    page: Page
+    base: str
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def open(self, path: str) -> Page:
+        self.page.goto(self.base + path)
+        expect(self.page.locator("body[data-ready=true]")).to_have_count(1)
+        return self.page
+
+
+@pytest.fixture
+def tab(browser: Browser, live_server: str) -> Iterator[Tab]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    page = context.new_page()
+    tab = Tab(page, live_server)
+    page.on("request", lambda request: tab.requests.append(request.url))
+    page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not tab.errors, f"JavaScript errors on the page: {tab.errors}"
+
+
+def appraise(page: Page) -> None:
+    with page.expect_response(lambda r: "/v1/appraisals" in r.url):
+        page.get_by_role("button", name="Appraise").click()
+
+
+def test_the_form_prices_a_stone_and_explains_it(tab: Tab) -> None:
+    page = tab.open("/")
+    # built from /v1/schema, prefilled with its example, best grade last
+    cut = page.get_by_label("Cut", exact=True)
+    expect(cut).to_have_value("Ideal")
+    assert cut.locator("option").all_inner_texts()[-1] == "Ideal"
+    assert page.get_by_label("Clarity").locator("option").all_inner_texts()[-1] == "IF"
+
+    page.get_by_label("Carat").fill("1.3")
+    page.get_by_label("Color").select_option("G")
+    page.get_by_label("Clarity").select_option("VS2")
+    appraise(page)
+
+    expect(page.locator("#error")).to_be_hidden()
+    price = page.locator("#price")
+    expect(price).to_have_text(PRICE)
+    expect(page.locator("#range")).to_contain_text(RANGE)
+    expect(page.locator("#model-version")).to_contain_text("version")
+    expect(page.locator("#appraisal-id")).to_have_text(re.compile(r"^\w{8,}$"))
+
+    chart = page.locator("#chart svg")
+    bars = chart.locator("g.bar.contribution")
+    expect(bars).to_have_count(len(FEATURES))
+    assert sorted(bars.evaluate_all("gs => gs.map(g => g.dataset.feature)")) == sorted(FEATURES)
+    expect(chart.locator("g.bar.baseline")).to_have_count(1)
+    # the waterfall ends at the price shown, and each bar's label has its signed dollars
+    expect(chart.locator("g.bar.total")).to_contain_text(price.inner_text())
+    for label in bars.all_text_contents():
+        assert re.search(r"[+\u2212]\$[\d,]+$|\$0$", label), label
+
+    rows = page.locator("#comparables tbody tr")
+    expect(rows.first).to_contain_text("$")
+    assert rows.count() >= 1
+    expect(rows.first).to_contain_text("VS2")
+
+    # the expert's price is taken as feedback on this appraisal
+    page.get_by_label("Expert price").fill("5100")
+    page.get_by_role("button", name="Send expert price").click()
+    expect(page.locator("#feedback-status")).to_contain_text("kept")
+
+
+def test_bad_values_show_the_error_beside_the_field(tab: Tab) -> None:
+    page = tab.open("/")
+    carat = page.get_by_label("Carat")
+    carat.fill("0")
+    appraise(page)
+    error = page.get_by_role("alert").filter(has_text="carat")
+    expect(error).to_be_visible()
+    expect(carat).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#f-carat-error")).to_contain_text("greater than 0")
+    expect(page.locator("#result")).to_be_hidden()
+
+    # measurements that disagree with the depth: the rule is named, the depth field marked
+    page.get_by_role("button", name="Reset to example").click()
+    expect(carat).not_to_have_attribute("aria-invalid", "true")
+    page.get_by_label("Total depth").fill("70")
+    appraise(page)
+    expect(page.locator("#error")).to_contain_text("depth must agree with 2 z / (x + y)")
+    expect(page.get_by_label("Total depth")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#f-depth-error")).to_contain_text("x, y, z imply")
+
+    # corrected, it prices
+    page.get_by_label("Total depth").fill("62")
+    appraise(page)
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#price")).to_have_text(PRICE)
+
+
+def test_admin_uploads_a_csv_and_lists_the_models(tab: Tab, tmp_path: Path) -> None:
+    csv = tmp_path / "lot.csv"
+    csv.write_text(
+        "carat,cut,color,clarity,depth,table,x,y,z,price\n"
+        "1.017,Ideal,H,SI2,62.0,55.5,6.61,6.65,4.11,4873\n"
+        "0.513,Premium,G,VS1,61.9,58.5,5.10,5.14,3.17,1832\n"
+        "0.327,Very Good,E,VVS2,61.7,57.5,4.40,4.42,2.72,1021\n"
+        "0.719,Good,F,SI1,62.1,59.5,5.70,5.74,3.55,-1\n"
+    )
+    page = tab.open("/admin")
+
+    # the models, with the champion marked (no key needed to read them)
+    champion = page.locator("#models tbody tr.champion")
+    expect(champion).to_have_count(1)
+    expect(champion).to_contain_text("Champion")
+    expect(champion.locator("td.num").first).to_have_text(re.compile(r"^\d+\.\d$"))
+    expect(champion.get_by_role("button", name=re.compile("Promote"))).to_have_count(0)
+
+    # a wrong key: the server's message, the key marked invalid
+    page.get_by_label("Admin API key").fill("not-the-key")
+    page.get_by_label("CSV file").set_input_files(csv)
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-error")).to_contain_text("Wrong or missing API key")
+    expect(page.get_by_label("Admin API key")).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_label("Admin API key").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    assert page.evaluate("sessionStorage.getItem('appraiser.apiKey')") == API_KEY
+    page.get_by_label("Source").fill("browser test")
+    page.get_by_role("button", name="Upload").click()
+
+    expect(page.locator("#report")).to_be_visible()
+    expect(page.locator("#upload-error")).to_be_hidden()
+    expect(page.locator("#rows-read")).to_have_text("4")
+    expect(page.locator("#rows-accepted")).to_have_text("3")
+    expect(page.locator("#rows-rejected")).to_have_text("1")
+    reasons = page.locator("#reasons tbody tr")
+    expect(reasons).to_have_count(1)
+    expect(reasons.first).to_contain_text("price")
+    rejected = page.locator("#rejected tbody tr")
+    expect(rejected).to_have_count(1)
+    expect(rejected.first).to_contain_text("-1")
+    expect(rejected.first).to_contain_text("price")
+
+
+def test_the_pages_load_nothing_from_another_origin(tab: Tab) -> None:
+    page = tab.open("/")
+    appraise(page)
+    expect(page.locator("#price")).to_have_text(PRICE)
+    tab.open("/admin")
+    expect(page.locator("#models tbody tr.champion")).to_have_count(1)
+
+    assert any(url.endswith("/static/app.js") for url in tab.requests)
+    assert any(url.endswith("/static/admin.js") for url in tab.requests)
+    assert any(url.endswith("/static/style.css") for url in tab.requests)
+    foreign = [url for url in tab.requests if not url.startswith(tab.base + "/")]
+    assert not foreign, f"requests to other origins (the page must work offline): {foreign}"
