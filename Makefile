@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APPRAISER := $(BIN)/appraiser
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run serve train lint typecheck pytest notebooks notebooks-refresh test benchmark mlflow-ui clean
+.PHONY: help install requirements run serve train lint typecheck pytest notebooks notebooks-refresh test benchmark mlflow-ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ benchmark: install  ## print accuracy, timing and throughput figures
 
 mlflow-ui: install  ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .appraiser)/mlflow.db --port 5000
+
+requirements:  ## re-pin requirements.txt (dev) and requirements-runtime.txt (the container) from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.txt
+	echo 'setuptools>=75' | $(BIN)/uv pip compile pyproject.toml - --generate-hashes --python-version 3.11 --constraint requirements.txt -o requirements-runtime.txt
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .appraiser .mypy_cache .ruff_cache .pytest_cache

@@ -98,6 +98,11 @@ class ReferenceIndex:
         self.high = {c: float(self.frame[c].max()) for c in schema.NUMERIC_FEATURES}
         self.carat = self.frame["carat"].to_numpy(dtype=float)
         self.size = self.frame[["x", "y", "z"]].to_numpy(dtype=float)
+        # plain Python values per column, so answering a request never touches pandas
+        self.values = {
+            c: self.frame[c].astype(str if c in schema.GRADES else float).tolist()
+            for c in schema.COLUMNS
+        }
         keys = self.frame[list(schema.GRADE_COLUMNS)].astype(str)
         self.groups: dict[GradeKey, np.ndarray] = {
             (str(key[0]), str(key[1]), str(key[2])): np.asarray(rows, dtype=np.int64)
@@ -107,16 +112,10 @@ class ReferenceIndex:
     def _key(self, stone: Mapping[str, Any]) -> GradeKey:
         return (str(stone["cut"]), str(stone["color"]), str(stone["clarity"]))
 
-    def comparables(self, stone: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
-        """The n stones of the collection most like this one.
-
-        Same cut, color and clarity; the nearest carat first, ties broken by the nearest
-        measurements (when x, y and z are given). Fewer than n come back when the collection
-        has fewer stones of those grades.
-        """
+    def _nearest(self, stone: Mapping[str, Any], n: int) -> np.ndarray:
         rows = self.groups.get(self._key(stone), np.empty(0, dtype=np.int64))
         if n <= 0 or len(rows) == 0:
-            return self.frame.iloc[:0].assign(carat_difference=[])
+            return rows[:0]
         carat = float(stone["carat"])
         carat_gap = np.abs(self.carat[rows] - carat).round(4)
         if all(stone.get(c) is not None for c in ("x", "y", "z")):
@@ -124,8 +123,28 @@ class ReferenceIndex:
             size_gap = np.sqrt(((self.size[rows] - target) ** 2).sum(axis=1))
         else:  # asked by carat and grades only
             size_gap = np.zeros(len(rows))
-        chosen = self.frame.iloc[rows[np.lexsort((size_gap, carat_gap))[:n]]]
-        return chosen.assign(carat_difference=(chosen["carat"] - carat).round(4))
+        return rows[np.lexsort((size_gap, carat_gap))[:n]]
+
+    def comparables(self, stone: Mapping[str, Any], n: int = 5) -> pd.DataFrame:
+        """The n stones of the collection most like this one.
+
+        Same cut, color and clarity; the nearest carat first, ties broken by the nearest
+        measurements (when x, y and z are given). Fewer than n come back when the collection
+        has fewer stones of those grades.
+        """
+        chosen = self.frame.iloc[self._nearest(stone, n)]
+        difference = (chosen["carat"] - float(stone["carat"])).round(4)
+        return chosen.assign(carat_difference=difference)
+
+    def comparable_records(self, stone: Mapping[str, Any], n: int = 5) -> list[dict[str, Any]]:
+        """`comparables` as a list of dicts (schema.COLUMNS and carat_difference), fast."""
+        carat = float(stone["carat"])
+        out = []
+        for row in self._nearest(stone, n).tolist():
+            record = {c: self.values[c][row] for c in schema.COLUMNS}
+            record["carat_difference"] = round(record["carat"] - carat, 4)
+            out.append(record)
+        return out
 
     def warnings(self, stone: Mapping[str, Any]) -> list[str]:
         """Plain-language warnings when a stone lies outside what the model has seen."""

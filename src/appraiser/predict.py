@@ -154,9 +154,7 @@ class Appraiser:
                 answer["baseline"] = round(answer["price"] - sum(parts.values()), 2)
                 answer["contributions"] = parts
             if comparables > 0:
-                answer["comparables"] = self.index.comparables(stone, comparables).to_dict(
-                    orient="records"
-                )
+                answer["comparables"] = self.index.comparable_records(stone, comparables)
             out.append(answer)
         return out
 

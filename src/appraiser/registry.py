@@ -123,8 +123,11 @@ def register(model_uri: str, run_id: str, description: str) -> str:
             description="Prices a diamond from carat, cut, color, clarity, "
             "depth, table and measurements, with a 90% range and reasons.",
         )
+    # a logged model's URI is models:/<model id>; a tracking server accepts that source only
+    # with the id given too (the local store resolves it by itself)
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
     mv = cl.create_model_version(
-        REGISTERED_MODEL, model_uri, run_id=run_id, description=description
+        REGISTERED_MODEL, model_uri, run_id=run_id, description=description, model_id=model_id
     )
     return str(mv.version)
 
