@@ -318,6 +318,7 @@ def test_retrain_runs_as_a_job(client: TestClient, small_csv: Path) -> None:
 def test_health_and_metrics(client: TestClient, stone: dict) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["champion"] == "1"
+    assert client.get("/ready").status_code == 200
     client.post("/v1/appraisals", json=stone)
     client.post("/v1/appraisals", json={**stone, "cut": "?"})
     text = client.get("/metrics").text
@@ -332,6 +333,7 @@ def test_without_a_champion_appraisals_say_what_to_do(
     use_home(tmp_path / "empty")
     with TestClient(create_app()) as empty:
         assert empty.get("/health").json()["champion"] is None
+        assert empty.get("/ready").status_code == 503
         answer = empty.post("/v1/appraisals", json=stone)
         assert answer.status_code == 503 and "appraiser train" in answer.json()["message"]
 
@@ -353,7 +355,8 @@ def _register_copy_of_v1() -> str:
     """A second registered version (the same model files): enough to see which one is served."""
     cl = registry.client()
     first = cl.get_model_version(REGISTERED_MODEL, "1")
-    return str(cl.create_model_version(REGISTERED_MODEL, first.source, run_id=first.run_id).version)
+    source = str(first.source)
+    return str(cl.create_model_version(REGISTERED_MODEL, source, run_id=first.run_id).version)
 
 
 def test_a_promotion_in_another_process_is_served_without_a_failed_request(

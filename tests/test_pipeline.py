@@ -12,6 +12,7 @@ from appraiser.ingest import ingest_file
 from appraiser.pipeline import GatePolicy, in_reference_holdout, retrain, sanity_problems
 from appraiser.predict import Appraiser
 from appraiser.train import TrainingError
+from tests import pg
 from tests.conftest import use_home
 
 
@@ -129,6 +130,40 @@ def test_a_second_pass_waits_for_the_lock(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(PipelineBusy, match="another pipeline pass"):
             run_pass(None, show_progress=False)
+
+
+@pytest.fixture(params=pg.BACKENDS)
+def store_url(request, tmp_path, monkeypatch):
+    """An empty default store on each backend (PostgreSQL when a server is at hand)."""
+    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
+
+
+def test_one_pass_at_a_time_per_store(store_url):
+    """Two holders of the pipeline's lock cannot overlap: a file lock with SQLite, an advisory
+    lock in the database with PostgreSQL (which also holds across machines)."""
+    import threading
+
+    from appraiser.pipeline import PipelineBusy, exclusive
+
+    entered, release, outcome = threading.Event(), threading.Event(), []
+
+    def holder():
+        with exclusive():
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(30)
+    try:
+        with pytest.raises(PipelineBusy, match="another pipeline pass"), exclusive():
+            outcome.append("entered while held")
+    finally:
+        release.set()
+        thread.join()
+    with exclusive():  # free again once released
+        outcome.append("entered after release")
+    assert outcome == ["entered after release"]
 
 
 def test_drift_report_flags_a_shifted_batch(public):

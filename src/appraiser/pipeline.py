@@ -290,17 +290,40 @@ def ingest_inbox(
     return reports, failed
 
 
+BUSY = "another pipeline pass is running; try again when it ends"
+# the key of the PostgreSQL advisory lock (any 64-bit number, the same for every process)
+ADVISORY_LOCK_KEY = 0x41505052414953  # "APPRAIS"
+
+
 @contextmanager
 def exclusive() -> Iterator[None]:
-    """Hold the pipeline's lock (a file under APPRAISER_HOME) or raise PipelineBusy at once.
+    """Hold the pipeline's lock or raise PipelineBusy at once, so two retrains never overlap.
 
-    Passes, API retrain jobs and watchers on one host take it, so two retrains never overlap.
+    Passes, API retrain jobs and watchers take it. With a PostgreSQL store it is an advisory lock
+    in the database, which holds across machines (and is released if the holder dies); with
+    SQLite, a lock file under APPRAISER_HOME, which holds on one machine.
     """
+    from sqlalchemy import text
+
+    from appraiser import store
+
+    engine = store.ready()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            key = {"key": ADVISORY_LOCK_KEY}
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                raise PipelineBusy(BUSY)
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                conn.commit()
+        return
     with _lock_path().open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise PipelineBusy("another pipeline pass is running; try again when it ends") from exc
+            raise PipelineBusy(BUSY) from exc
         yield
 
 
