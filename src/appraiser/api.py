@@ -788,6 +788,20 @@ def create_app(
             "reload_error": champions.last_error,
         }
 
+    @app.get(
+        "/ready",
+        response_model=HealthOut,
+        responses={503: {"model": ErrorOut}},
+        tags=["reference"],
+        summary="Readiness: a model is loaded",
+    )
+    async def ready() -> dict[str, Any]:
+        """200 once a champion is loaded and appraisals can be served, 503 before: for load
+        balancers and start-up probes (`/health` is liveness only)."""
+        if champions.current is None:
+            raise HTTPException(503, "no model loaded yet: train one (`appraiser train`)")
+        return await health()
+
     CHAMPION.set_function(lambda: float(champions.current.version) if champions.current else 0)
     LOADS.set_function(lambda: champions.reloads)
     WRITTEN.set_function(lambda: writer_box["writer"].written if writer_box else 0)
