@@ -1,7 +1,8 @@
 """The registered model as an MLflow pyfunc in Spark: `mlflow.pyfunc.spark_udf` on a local session
 prices a CSV exactly as `appraiser predict` does, bad rows included.
 
-Slow-ish (marked `slow`): a JVM and two Python workers start, about 15-25 s on two cores.
+Slow-ish (marked `slow`): a JVM, a Spark session and two Python workers start; about 35 s on
+two busy cores, the session champion's training included.
 Without Java (or pyspark) the test is skipped locally and fails under CI (CI set), where
 `.ci/run` installs a Java runtime.
 """
@@ -24,6 +25,7 @@ from appraiser import registry, schema
 from appraiser.cli import app
 from appraiser.config import REGISTERED_MODEL
 from tests.conftest import use_home
+from tests.pg import in_ci
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,26 +38,29 @@ RESULT_TYPE = "price double, price_low double, price_high double, error string"
 TEXT_COLUMNS = ("cut", "color", "clarity")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def _unavailable(why: str) -> None:
-    if _ci():
+    if in_ci():
         pytest.fail(f"{why}; CI must run the Spark scoring test", pytrace=False)
     pytest.skip(why)
 
 
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    """A small local Spark session whose Python workers run this interpreter (this venv)."""
+@pytest.fixture(scope="session")
+def spark_available() -> None:
+    """Skip (fail under CI) without Java or pyspark, before the champion is trained."""
     java_home = os.environ.get("JAVA_HOME")
     if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
         _unavailable("no Java runtime (java not on PATH, JAVA_HOME unset)")
     try:
-        from pyspark.sql import SparkSession
+        import pyspark  # noqa: F401
     except ImportError:
         _unavailable("pyspark is not installed")
+
+
+@pytest.fixture(scope="module")
+def spark(spark_available: None) -> Iterator[Any]:
+    """A small local Spark session whose Python workers run this interpreter (this venv)."""
+    from pyspark.sql import SparkSession
+
     with pytest.MonkeyPatch.context() as mp:
         # the workers must import this venv's appraiser, mlflow and pandas
         mp.setenv("PYSPARK_PYTHON", sys.executable)
@@ -99,7 +104,9 @@ def _stop(session: Any) -> None:
     SparkContext._jvm = None
 
 
-def test_spark_udf_prices_a_file_as_appraiser_predict_does(trained, public, spark, tmp_path):
+def test_spark_udf_prices_a_file_as_appraiser_predict_does(
+    spark_available, trained, public, spark, tmp_path
+):
     from pyspark.sql import types as T
 
     use_home(trained)
@@ -118,12 +125,13 @@ def test_spark_udf_prices_a_file_as_appraiser_predict_does(trained, public, spar
 
     # In local mode spark_udf downloads the model on the driver (the models:/ URI is resolved in
     # the registry appraiser points MLflow at) and the workers load that local copy.
-    registry.client()
+    version = registry.champion_version()  # the version `appraiser predict` used (v1 here)
+    assert version is not None
     import mlflow.pyfunc
 
     pricer = mlflow.pyfunc.spark_udf(
         spark,
-        model_uri=f"models:/{REGISTERED_MODEL}/1",
+        model_uri=f"models:/{REGISTERED_MODEL}/{version}",
         result_type=RESULT_TYPE,
         env_manager="local",
         extra_env={"APPRAISER_HOME": str(trained)},
