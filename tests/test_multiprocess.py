@@ -1,5 +1,8 @@
 """Several API processes on real engines: one PostgreSQL store, one MLflow tracking server.
 
+Two short tests first pin down what processes sharing a store and a model cache must survive:
+replicas migrating a fresh store at the same moment, and workers filling one cache at once.
+
 The test starts `mlflow server` (its backend store a fresh PostgreSQL database, its artifacts
 proxied from a temporary folder) and two `appraiser serve` "machines" that share it and a second
 fresh PostgreSQL database as their store:
@@ -7,8 +10,9 @@ fresh PostgreSQL database as their store:
 - A runs `--workers 2` (two processes sharing A's APPRAISER_HOME, as on one machine);
 - B runs one process with its own APPRAISER_HOME (another machine).
 
-Both start before there is a model (they answer 503 and follow the registry); `appraiser train`
-then registers and promotes v1 through the tracking server, and a copy of it is registered as v2.
+Both start at once, before there is a model (they answer 503 and follow the registry);
+`appraiser train` then registers and promotes v1 through the tracking server, and a copy of it is
+registered as v2.
 The test shows that every worker of A and B serves v1, that every appraisal any of them answers
 lands in the PostgreSQL store with the version that priced it, and that a promotion of v2 made
 through B's API reaches every worker of A and B within seconds; their later appraisals carry v2
@@ -27,6 +31,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +51,7 @@ from appraiser.config import REGISTERED_MODEL
 from tests.conftest import API_KEY, free_port
 from tests.pg import POSTGRES_ENV, fresh_postgres_database, in_ci
 
-pytestmark = pytest.mark.skipif(
+needs_postgres = pytest.mark.skipif(
     not os.environ.get(POSTGRES_ENV, "").strip() and not in_ci(),
     reason=f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against (docs/postgres.md)",
 )
@@ -80,9 +85,6 @@ class Process:
             )
         return self
 
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
     def check_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
             pytest.fail(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")
@@ -113,9 +115,7 @@ class Process:
 
 def base_env(**extra: str) -> dict[str, str]:
     """This environment without any APPRAISER_ or MLFLOW_ setting, plus `extra`."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("APPRAISER_", "MLFLOW_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPRAISER_", "MLFLOW_"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -212,8 +212,7 @@ class Server:
             answers.append(f"{health['champion']}@{health['loaded_at']}")
             if health["champion"] == version:
                 seen[health["loaded_at"]] = health
-            else:
-                time.sleep(0.1)
+            time.sleep(0.05)
         return seen
 
 
@@ -235,7 +234,101 @@ def stored_versions(url: str, ids: list[str], deadline: float) -> dict[str, str 
         engine.dispose()
 
 
-# --- the test ------------------------------------------------------------------------------------
+# --- the tests -----------------------------------------------------------------------------------
+
+
+def run_together(script: str, env: dict[str, str], count: int = 4) -> list[tuple[int, str]]:
+    """`count` Python processes running `script` from the same instant: each prints "ready" once
+    its imports are done and waits for "go" on stdin, sent when all are ready. Their exit codes
+    and output."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.strip() == "ready", line + child.stdout.read()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        return [(child.wait(timeout=60), child.communicate()[0]) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def failures(results: list[tuple[int, str]], what: str) -> str:
+    """'' when every process succeeded, else how many failed and the first one's error."""
+    failed = [out.strip() for code, out in results if code]
+    if not failed:
+        return ""
+    lines = failed[0].splitlines()
+    error = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), lines[-1])
+    return f"{len(failed)} of {len(results)} processes {what} failed: {error}\n{failed[0][-3000:]}"
+
+
+MIGRATE = """
+import sys
+import alembic.command
+from appraiser import store
+store.engine().connect().close()  # connected and imported: all start from the same mark
+print("ready", flush=True)
+sys.stdin.readline()
+store.ready()
+"""
+
+
+@needs_postgres
+def test_processes_starting_together_on_a_fresh_store_all_migrate_it(tmp_path: Path) -> None:
+    """Replicas start at once (`appraiser serve` on several machines, a deploy): each migrates
+    the store on start (`store.ready`), and none may fail because another is migrating too."""
+    with fresh_postgres_database() as url:
+        env = base_env(APPRAISER_DATABASE_URL=url, APPRAISER_HOME=str(tmp_path / "home"))
+        results = run_together(MIGRATE, env)
+        problem = failures(results, "starting together on a fresh store")
+        assert not problem, problem
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+                appraisals = conn.execute(text("SELECT count(*) FROM appraisals")).scalar_one()
+        finally:
+            engine.dispose()
+        assert len(versions) == 1 and appraisals == 0
+
+
+LOAD = """
+import sys
+import mlflow.artifacts
+from appraiser import registry
+registry.client()  # imported and pointed at the registry: all start from the same mark
+print("ready", flush=True)
+sys.stdin.readline()
+version, model = registry.load_version("1")
+assert version == "1" and model.name
+"""
+
+
+def test_workers_loading_a_new_version_together_share_its_cache(home_copy: Path) -> None:
+    """The workers of one server (`--workers N`) share APPRAISER_HOME and so its model cache;
+    after a promotion they all load the new version within a poll of each other. Each must get
+    the whole model, the first time, whatever the others are doing to the cache meanwhile."""
+    shutil.rmtree(home_copy / "cache", ignore_errors=True)
+    results = run_together(LOAD, base_env(APPRAISER_HOME=str(home_copy)))
+    problem = failures(results, "loading v1 into one cache")
+    assert not problem, problem
 
 
 @pytest.fixture
@@ -245,6 +338,7 @@ def databases() -> Iterator[tuple[str, str]]:
         yield store_url, mlflow_url
 
 
+@needs_postgres
 def test_api_processes_share_the_store_and_follow_one_promotion(
     databases: tuple[str, str], small_csv: Path, tmp_path: Path
 ) -> None:
@@ -308,14 +402,15 @@ def test_api_processes_share_the_store_and_follow_one_promotion(
 
         registry = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
         first = registry.get_model_version_by_alias(REGISTERED_MODEL, "champion")
-        assert first.version == "1"
+        assert first.version == "1" and first.source is not None
+        source: str = first.source
         second = registry.create_model_version(  # the same files: enough to tell which is served
             REGISTERED_MODEL,
-            first.source,
+            source,
             run_id=first.run_id,
             # a server checks that a models:/m-... source is the logged model named here; the
             # registry's answer leaves model_id empty, the source names it
-            model_id=first.source.removeprefix("models:/"),
+            model_id=source.removeprefix("models:/"),
             description="copy of v1",
         )
         assert second.version == "2"
@@ -356,12 +451,20 @@ def test_api_processes_share_the_store_and_follow_one_promotion(
             versions = {version for _, version in server.appraisals}
             assert versions == {"1", "2"}, (server.name, server.appraisals)
 
+        # a load that failed and was retried (e.g. two workers filling one model cache at once)
+        # leaves only a warning in the log: shown here, not failed on
+        warnings = [
+            f"{s.name}: {line}"
+            for s in servers
+            for line in s.process.output().splitlines()
+            if "could not load the champion" in line
+        ]
         print(
             f"mlflow server up in {mlflow_up:.1f}s, v1 trained at {trained:.1f}s, every worker "
-            f"serving v1 at {serving_v1:.1f}s; v2 reached "
-            + ", ".join(f"{name} in {s:.1f}s" for name, s in reached.items())
-            + f"; {len(answered)} appraisals stored; reload errors seen: "
-            + str({s.name: sorted(s.reload_errors) for s in servers})
+            f"serving v1 at {serving_v1:.1f}s; every worker serving v2 "
+            + ", ".join(f"{name} {s:.1f}s" for name, s in reached.items())
+            + f" after the promotion; {len(answered)} appraisals stored; retried loads: "
+            + str(warnings + sorted(e for s in servers for e in s.reload_errors))
         )
         failed = False
     finally:

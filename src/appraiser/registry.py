@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -179,14 +180,21 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
     cache = settings().home.resolve() / "cache" / f"v{version}"
     if not (cache / "MLmodel").exists():
         client()
-        staging = cache.with_name(cache.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(staging)
-        )
-        shutil.rmtree(cache, ignore_errors=True)
-        staging.rename(cache)  # whole or absent: a reader never sees half a download
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # each process downloads into its own folder, then publishes it with one rename: several
+        # workers sharing a home never see (or damage) one another's half-finished download
+        staging = Path(tempfile.mkdtemp(prefix=f"{cache.name}.partial-", dir=cache.parent))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(staging)
+            )
+            try:
+                staging.rename(cache)
+            except OSError:
+                if not (cache / "MLmodel").exists():  # not another process's copy: a real error
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     flavor = Model.load(str(cache)).flavors["python_function"]
     return version, PriceModel.load(cache / flavor["artifacts"][PRICER_ARTIFACT]["path"])
 

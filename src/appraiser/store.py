@@ -14,7 +14,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,16 +264,39 @@ def alembic_config(url: str) -> Any:
     return config
 
 
+MIGRATION_LOCK_KEY = 0x4D494752415445  # "MIGRATE": the advisory lock key, same in every process
+
+
 def upgrade(url: str | None = None, revision: str = "head") -> Engine:
-    """Bring the store's schema to `revision` (creating it when new); returns the engine."""
+    """Bring the store's schema to `revision` (creating it when new); returns the engine.
+
+    Processes starting together on a new store (several servers, a pipeline job) take turns:
+    a PostgreSQL advisory lock for the transaction, a lock file beside a SQLite file. Without
+    it they all try to create the same tables, and all but one crash.
+    """
     from alembic import command
 
     eng = engine(url)
     config = alembic_config(eng.url.render_as_string(hide_password=False))
-    with eng.begin() as connection:
+    with _migration_file_lock(eng), eng.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     return eng
+
+
+@contextmanager
+def _migration_file_lock(eng: Engine) -> Iterator[None]:
+    database = eng.url.database if eng.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with Path(database + ".migrate.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the process migrating now
+        yield
 
 
 def ready(url: str | None = None) -> Engine:
