@@ -36,7 +36,7 @@ import numpy as np
 from _bench import REPO, Goal, environment, format_table, goals_table, use_home, write_json
 
 from appraiser import data, registry, schema
-from appraiser.config import REGISTERED_MODEL
+from appraiser.config import REGISTERED_MODEL, settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -160,9 +160,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(command: list[str], port: int, ready_path: str, log: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], port: int, ready_path: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = log.open("wb")
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    process = subprocess.Popen(
+        command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -322,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             mport,
             "/ping",
             home / "mlflow-serve-benchmark.log",
+            # the registry the appraiser uses (a local SQLite file unless a server is set)
+            env={"MLFLOW_TRACKING_URI": settings().tracking_uri},
         )
         records = [json.dumps({"dataframe_records": [s]}).encode() for s in stones]
 

@@ -145,6 +145,21 @@ def test_writer_keeps_rows_while_the_store_is_down(tmp_path: Path, stone: dict) 
     writer.close()
 
 
+def test_writer_drops_only_the_row_the_store_refuses(url: str, stone: dict) -> None:
+    writer = store.AppraisalWriter(url, interval=0.05)
+    first = store.appraisal_row(stone, 1.0)
+    writer.submit([first])
+    assert writer.flush(timeout=20)
+    again = dict(first)  # the same id again: refused by the unique index
+    fine = [store.appraisal_row(stone, 2.0), store.appraisal_row(stone, 3.0)]
+    writer.submit([fine[0], again, fine[1]])
+    assert writer.flush(timeout=20)  # not stuck retrying the batch forever
+    assert writer.refused == 1 and writer.written == 3
+    for row in fine:
+        assert store.get_appraisal(row["uid"], url=url) is not None
+    writer.close()
+
+
 def test_jobs_are_recorded(url: str) -> None:
     job = store.create_job("retrain", {"trials": 2}, url=url)
     assert store.active_job("retrain", url=url) == job

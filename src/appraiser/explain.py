@@ -146,6 +146,29 @@ class ReferenceIndex:
             out.append(record)
         return out
 
+    def warnings_all(
+        self, matrix: np.ndarray, stones: Sequence[Mapping[str, Any]]
+    ) -> list[list[str]]:
+        """`warnings` for many stones, given their encoded matrix too: one vectorised range
+        check; the sentences are written only for the stones that need them."""
+        columns = [features.ENCODED.index(c) for c in ("carat", "x", "y", "z")]
+        low = np.array([self.low[features.ENCODED[j]] for j in columns])
+        high = np.array([self.high[features.ENCODED[j]] for j in columns])
+        beyond = (matrix[:, columns] < low) | (matrix[:, columns] > high)
+        outside = [bool(b) for b in np.any(beyond, axis=1)]
+        depth_low, depth_high = self.low["depth"], self.high["depth"]
+        table_low, table_high = self.low["table"], self.high["table"]
+        out: list[list[str]] = []
+        for stone, out_of_range in zip(stones, outside, strict=True):
+            usual = (
+                not out_of_range
+                and depth_low <= stone["depth"] <= depth_high
+                and table_low <= stone["table"] <= table_high
+                and self._key(stone) in self.groups
+            )
+            out.append([] if usual else self.warnings(stone))
+        return out
+
     def warnings(self, stone: Mapping[str, Any]) -> list[str]:
         """Plain-language warnings when a stone lies outside what the model has seen."""
         out = []

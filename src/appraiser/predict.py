@@ -138,20 +138,25 @@ class Appraiser:
         = price, to the cent); with `comparables`, that many similar stones of the collection.
         """
         matrix = features.encode_stones(stones)
-        price, low, high = self.model.predict_matrix(matrix)
-        dollars = dollars_from_log(self.model.contributions_matrix(matrix)) if explain else None
+        price, low, high = (np.round(v, 2).tolist() for v in self.model.predict_matrix(matrix))
+        dollars = (
+            np.round(dollars_from_log(self.model.contributions_matrix(matrix)), 2).tolist()
+            if explain
+            else None
+        )
+        warnings = self.index.warnings_all(matrix, stones)
         out = []
         for i, stone in enumerate(stones):
             answer: dict[str, Any] = {
-                "price": round(float(price[i]), 2),
-                "price_low": round(float(low[i]), 2),
-                "price_high": round(float(high[i]), 2),
-                "warnings": self.index.warnings(stone),
+                "price": price[i],
+                "price_low": low[i],
+                "price_high": high[i],
+                "warnings": warnings[i],
             }
             if dollars is not None:
-                parts = {k: round(float(dollars[i, j]), 2) for j, k in enumerate(schema.FEATURES)}
+                parts = dict(zip(schema.FEATURES, dollars[i][:-1], strict=True))
                 # the baseline takes the cents lost to rounding, so the parts add up exactly
-                answer["baseline"] = round(answer["price"] - sum(parts.values()), 2)
+                answer["baseline"] = round(price[i] - sum(parts.values()), 2)
                 answer["contributions"] = parts
             if comparables > 0:
                 answer["comparables"] = self.index.comparable_records(stone, comparables)

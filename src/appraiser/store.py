@@ -35,6 +35,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from appraiser import schema
@@ -408,7 +409,8 @@ class AppraisalWriter:
         self.interval = interval
         self.max_rows = max_rows
         self.written = 0
-        self.failures = 0
+        self.failures = 0  # attempts that failed because the store was unreachable
+        self.refused = 0  # rows the store refused (constraint violations): logged and dropped
         self.last_error: str | None = None
         self._queue: queue.SimpleQueue[dict[str, Any] | threading.Event | None] = (
             queue.SimpleQueue()
@@ -436,20 +438,26 @@ class AppraisalWriter:
         waiters: list[threading.Event] = []
         stop = False
         while not stop:
-            try:
-                item = self._queue.get(timeout=self.interval)
-                while True:
-                    if item is None:
-                        stop = True
-                    elif isinstance(item, threading.Event):
-                        waiters.append(item)
-                    else:
-                        pending.append(item)
-                    if len(pending) >= self.max_rows:
-                        break
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
+            # gather for `interval` after the first row (one insert per interval, not per
+            # request: a write per request would cost each request more than pricing it), but
+            # at once when someone waits in flush() or the batch is full
+            deadline: float | None = None
+            while not stop and not waiters and len(pending) < self.max_rows:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    pending.append(item)
+                    if deadline is None:
+                        deadline = time.monotonic() + self.interval
             if pending and not self._write(pending):
                 time.sleep(min(self.interval * 5, 2.0))  # the store is down: retry, keep the rows
                 continue
@@ -459,17 +467,39 @@ class AppraisalWriter:
             waiters = []
 
     def _write(self, rows: list[dict[str, Any]]) -> bool:
+        """Insert the rows; False when the store is unreachable (keep them and retry).
+
+        A row the store refuses for itself (say, an id already taken) must not hold back the
+        others forever: the batch is then written row by row, and refused rows are logged,
+        counted and dropped.
+        """
         try:
             ready(self.url)
             with session(self.url) as s, s.begin():
                 s.execute(insert(Appraisal), rows)
-        except Exception as exc:  # any store failure: keep the rows, count it, retry
+        except (IntegrityError, DataError):
+            self._write_one_by_one(rows)
+            return True
+        except Exception as exc:  # the store is down or unreachable: keep the rows, retry
             self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning("could not store %d appraisals (will retry): %s", len(rows), exc)
+            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            logger.warning(
+                "could not store %d appraisals (will retry): %s", len(rows), self.last_error
+            )
             return False
         self.written += len(rows)
         return True
+
+    def _write_one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                with session(self.url) as s, s.begin():
+                    s.execute(insert(Appraisal), [row])
+                self.written += 1
+            except (IntegrityError, DataError) as exc:
+                self.refused += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                logger.error("appraisal %s refused by the store, dropped: %s", row.get("uid"), exc)
 
 
 # --- jobs ---------------------------------------------------------------------------------------
