@@ -59,3 +59,17 @@ def test_price_model_roundtrip(stones, tmp_path):
     loaded = PriceModel.load(model.save(tmp_path / "m"))
     pd.testing.assert_frame_equal(loaded.predict(stones), prices)
     assert loaded.weights == [0.6, 0.4] and len(loaded.reference) == len(stones)
+
+
+def test_every_scoring_path_gives_the_same_prices(stones, tmp_path):
+    """Small calls (treelite for XGBoost, one thread), large calls (XGBoost, all threads) and the
+    per-stone encoding of API requests agree with the frame path."""
+    member = CANDIDATES["xgboost"].build({"n_estimators": 60}).fit(stones, np.log(stones["price"]))
+    member = type(member).load(tmp_path / member.save(tmp_path), member.params, member.state())
+    frame_path = member.predict_log(stones)
+    records = stones[list(features.ENCODED)].to_dict(orient="records")
+    matrix = features.encode_stones(records)
+    assert np.array_equal(matrix, features.encode(stones).to_numpy())
+    for size in (1, 2, 4, 5, 800):
+        small = member.predict_log_matrix(matrix[:size])
+        np.testing.assert_allclose(small, frame_path[:size], rtol=0, atol=1e-6)

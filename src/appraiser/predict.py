@@ -201,6 +201,10 @@ class ChampionWatcher:
                     return False
                 loaded_version, model = registry.load_version(version)
                 fresh = Appraiser(model, loaded_version)
+                # warm every path (thread settings, treelite trees) before the first request
+                example = [schema.example_stone()]
+                fresh.appraise(example)
+                fresh.appraise(example * 8, explain=True, comparables=1)
             except Exception as exc:  # keep serving the old champion; say why in /health
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("could not load the champion: %s", exc)
