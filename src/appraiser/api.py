@@ -497,8 +497,9 @@ def create_app(
         answers = current.appraise(stones, explain=explain, comparables=comparables)
         latency_ms = round((time.perf_counter() - start) * 1000 / max(len(stones), 1), 3)
         now = store.utcnow()
+        uids = store.new_uids(len(stones))
         rows = []
-        for stone, answer in zip(stones, answers, strict=True):
+        for stone, answer, uid in zip(stones, answers, uids, strict=True):
             row = store.appraisal_row(
                 stone,
                 answer["price"],
@@ -508,6 +509,7 @@ def create_app(
                 latency_ms=latency_ms,
                 warnings=answer["warnings"],
                 created_at=now,
+                uid=uid,
             )
             answer.update(
                 id=row["uid"],

@@ -29,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -162,6 +163,9 @@ class Appraisal(Base):
     model_version: Mapped[str | None] = mapped_column(String(100))
     latency_ms: Mapped[float | None] = mapped_column(Double)
     warnings: Mapped[str | None] = mapped_column(Text)  # JSON list of strings
+
+
+APPRAISALS: Table = Appraisal.__table__  # type: ignore[assignment]  # the Core table
 
 
 class Feedback(Base):
@@ -313,11 +317,16 @@ def ready(url: str | None = None) -> Engine:
 
 
 def new_uid() -> str:
-    """A random public id (appraisals, jobs): unique across processes without asking the store.
-
-    128 random bits as hex, like uuid4().hex without the version bits (and 4x faster).
-    """
+    """A random public id (appraisals, jobs): unique across processes without asking the store,
+    and unguessable (it is all a client needs to read an appraisal). 128 random bits as hex."""
     return os.urandom(16).hex()
+
+
+def new_uids(n: int) -> list[str]:
+    """n ids like new_uid, from one call to the system's random source (a batch of 1,000 spent
+    a tenth of its time in 1,000 separate calls)."""
+    pool = os.urandom(16 * n).hex()
+    return [pool[32 * i : 32 * (i + 1)] for i in range(n)]
 
 
 def appraisal_row(
@@ -475,8 +484,8 @@ class AppraisalWriter:
         """
         try:
             ready(self.url)
-            with session(self.url) as s, s.begin():
-                s.execute(insert(Appraisal), rows)
+            with engine(self.url).begin() as conn:  # Core: no ORM bookkeeping per row
+                conn.execute(insert(APPRAISALS), rows)
         except (IntegrityError, DataError):
             self._write_one_by_one(rows)
             return True
