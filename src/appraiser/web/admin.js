@@ -10,13 +10,7 @@
 
   // --- helpers ------------------------------------------------------------------------------
 
-  class ApiError extends Error {
-    constructor(status, message, detail) {
-      super(message);
-      this.status = status;
-      this.detail = detail;
-    }
-  }
+  const { ApiError, request, el } = window.AppraiserWeb;
 
   function storedKey() {
     try {
@@ -49,50 +43,18 @@
     return null;
   }
 
-  async function api(method, url, { body, form, key } = {}) {
-    const headers = { Accept: "application/json" };
-    const init = { method, headers };
-    if (key) headers.Authorization = `Bearer ${key}`;
-    if (form) init.body = form; // the browser sets the multipart boundary
-    else if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    let response;
+  /** request(), with the two admin refusals said in the admin's terms. */
+  async function api(method, url, options = {}) {
     try {
-      response = await fetch(url, init);
-    } catch (_) {
-      throw new ApiError(0, "Could not reach the server. Check the connection and try again.");
+      return await request(method, url, options);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        error.message = `Wrong or missing API key: ${error.message}`;
+      } else if (error instanceof ApiError && error.status === 403) {
+        error.message = `Admin is switched off on this server: ${error.message}`;
+      }
+      throw error;
     }
-    const text = await response.text();
-    let data = null;
-    try {
-      data = text ? JSON.parse(text) : null;
-    } catch (_) {
-      data = null;
-    }
-    if (!response.ok) {
-      let message =
-        data && typeof data.message === "string" && data.message
-          ? data.message
-          : `The server answered ${response.status} ${response.statusText || ""}`.trim();
-      if (response.status === 401) message = `Wrong or missing API key: ${message}`;
-      else if (response.status === 403) message = `Admin is switched off on this server: ${message}`;
-      throw new ApiError(response.status, message, data ? data.detail : undefined);
-    }
-    return data;
-  }
-
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs)) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "className") node.className = value;
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children) node.append(child);
-    return node;
   }
 
   function showAlert(id, message) {

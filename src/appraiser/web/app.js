@@ -38,53 +38,10 @@
 
   // --- helpers ------------------------------------------------------------------------------
 
-  class ApiError extends Error {
-    constructor(status, message, detail) {
-      super(message);
-      this.status = status;
-      this.detail = detail;
-    }
-  }
+  const { ApiError, request, el } = window.AppraiserWeb;
 
-  async function api(method, url, body) {
-    const init = { method, headers: { Accept: "application/json" } };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    let response;
-    try {
-      response = await fetch(url, init);
-    } catch (_) {
-      throw new ApiError(0, "Could not reach the appraisal server. Check the connection and try again.");
-    }
-    const text = await response.text();
-    let data = null;
-    try {
-      data = text ? JSON.parse(text) : null;
-    } catch (_) {
-      data = null;
-    }
-    if (!response.ok) {
-      const message =
-        data && typeof data.message === "string" && data.message
-          ? data.message
-          : `The server answered ${response.status} ${response.statusText || ""}`.trim();
-      throw new ApiError(response.status, message, data ? data.detail : undefined);
-    }
-    return data;
-  }
-
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs)) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "className") node.className = value;
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children) node.append(child);
-    return node;
+  function api(method, url, body) {
+    return request(method, url, { body });
   }
 
   function svg(tag, attrs = {}, text) {
