@@ -123,7 +123,11 @@ def test_malformed_or_incomplete_requests_are_client_errors(
     extra = client.post("/v1/appraisals", json={**stone, "colour": "D"})
     assert extra.status_code == 422 and "colour" in extra.json()["message"]
     assert client.post("/v1/appraisals?comparables=500", json=stone).status_code == 422
-    assert client.get("/v1/appraisals/unknown-id").status_code == 404
+    assert client.get(f"/v1/appraisals/{'0' * 32}").status_code == 404  # well formed, unknown
+    assert client.get("/v1/appraisals/unknown%00id").status_code == 422  # cannot be an id
+    as_text = client.post("/v1/appraisals", json={**stone, "carat": "1.1"})
+    assert as_text.status_code == 422 and "carat" in as_text.json()["message"]
+    assert client.post("/v1/appraisals", json={**stone, "carat": True}).status_code == 422
 
 
 def test_a_stone_heavier_than_any_seen_is_priced_with_a_warning(
@@ -199,7 +203,8 @@ def test_feedback_is_kept_for_the_next_retrain(client: TestClient, stone: dict) 
     assert [f["price"] for f in kept["feedback"]] == [5100]
     learned = pipeline.feedback_stones()
     assert (learned["price"] == 5100).sum() == 1 and (learned["carat"] == stone["carat"]).all()
-    assert client.post("/v1/appraisals/nope/feedback", json={"price": 5100}).status_code == 404
+    unknown = f"/v1/appraisals/{'f' * 32}/feedback"
+    assert client.post(unknown, json={"price": 5100}).status_code == 404
     negative = client.post(f"/v1/appraisals/{appraisal['id']}/feedback", json={"price": -5})
     assert negative.status_code == 422 and "price" in negative.json()["message"]
 
@@ -265,7 +270,15 @@ def test_ingest_json_and_csv_with_a_report(
     )
     assert junk.status_code == 422 and "column" in junk.json()["message"]
     empty = client.post("/v1/diamonds", json={"diamonds": []}, headers=ADMIN)
-    assert empty.status_code == 422
+    assert empty.status_code == 422 and isinstance(empty.json()["detail"], list)
+    # columns outside the schema are ignored, even ones named like the report's own columns
+    extra = public.sample(3, random_state=8).assign(line=1, batch_id=99, reasons="x")
+    odd = client.post(
+        "/v1/diamonds",
+        json={"diamonds": extra.to_dict(orient="records"), "source": "with\x00nul"},
+        headers=ADMIN,
+    )
+    assert odd.status_code == 200 and odd.json()["rows_accepted"] == 3
     text = client.post(
         "/v1/diamonds", content=b"hello", headers={**ADMIN, "content-type": "text/plain"}
     )
@@ -308,7 +321,7 @@ def test_retrain_runs_as_a_job(client: TestClient, small_csv: Path) -> None:
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["version"] == "2" and isinstance(job["result"]["promoted"], bool)
     assert {v.version for v in registry.versions()} == {"1", "2"}
-    assert client.get("/v1/jobs/nope").status_code == 404
+    assert client.get(f"/v1/jobs/{'0' * 32}").status_code == 404
     assert client.post("/v1/retrain", json={"trials": 0}, headers=ADMIN).status_code == 422
 
 

@@ -56,9 +56,18 @@ CHAMPION = Gauge("appraiser_champion_version", "registry version of the model be
 LOADS = Gauge("appraiser_model_loads", "champions loaded by this process (1 + hot reloads)")
 WRITTEN = Gauge("appraiser_appraisals_written", "appraisals this process wrote to the store")
 WRITE_FAILURES = Gauge("appraiser_store_write_failures", "failed appraisal writes (retried)")
+REFUSED = Gauge("appraiser_appraisals_refused", "appraisals the store refused (logged, dropped)")
 
 
 # --- request and response models ----------------------------------------------------------------
+
+# ids are 32 lowercase hex digits (store.new_uid): anything else cannot exist, and is refused
+# before it reaches the database (PostgreSQL refuses some characters with an error of its own)
+ID_PATTERN = r"^[0-9a-f]{32}$"
+AppraisalId = Annotated[
+    str, PathParam(pattern=ID_PATTERN, description="the id an appraisal was answered with")
+]
+JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="the id POST /v1/retrain gave")]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -339,14 +348,16 @@ class MicroBatcher:
         self._price = price
         self._queue: list[Pending] = []
         self._running = False
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pricer")
+        self._task: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None  # made when first needed (and again
+        # after close: an app's lifespan may run more than once)
 
     async def price(self, stone: dict[str, Any], explain: bool, comparables: int) -> dict:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((stone, explain, comparables, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())  # keep a reference
         return await future
 
     async def _drain(self) -> None:
@@ -354,6 +365,8 @@ class MicroBatcher:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
+                if self._thread is None:
+                    self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pricer")
                 try:
                     answers = await loop.run_in_executor(self._thread, self._price_all, batch)
                 except Exception as exc:  # e.g. no champion: every waiting request gets it
@@ -380,7 +393,9 @@ class MicroBatcher:
         return [a for a in answers if a is not None]
 
     def close(self) -> None:
-        self._thread.shutdown(wait=False)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -388,7 +403,17 @@ class MicroBatcher:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
+    errors = [
+        # malformed JSON: say so, and where (FastAPI reports it at a bare position)
+        {
+            **e,
+            "loc": ("body",),
+            "msg": f"not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})",
+        }
+        if e.get("type") in ("json_invalid", "json_type")
+        else e
+        for e in exc.errors()
+    ]
     # pydantic's entries may hold the raw input and exception objects: keep what serializes
     detail = [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
@@ -399,7 +424,11 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    body = {"message": str(exc.detail), "detail": exc.detail}
+    detail: Any = exc.detail
+    if exc.status_code == 422 and isinstance(detail, str):  # a 422's detail is always a list
+        field = detail.split(":")[0] if ":" in detail else "body"
+        detail = [{"loc": ["body", field], "msg": detail, "type": "value_error"}]
+    body = {"message": str(exc.detail), "detail": detail}
     return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -450,14 +479,14 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    if cfg.cors_origin_list:
+    app.add_middleware(LimitBodySize, limit=cfg.max_request_bytes)
+    if cfg.cors_origin_list:  # outside the size limit, so a 413 reaches browsers with CORS headers
         app.add_middleware(
             CORSMiddleware,
             allow_origins=cfg.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(LimitBodySize, limit=cfg.max_request_bytes)
     app.add_middleware(TimeRequests)
 
     def appraiser() -> Appraiser:
@@ -608,7 +637,7 @@ def create_app(
         summary="A stored appraisal",
     )
     async def get_appraisal(
-        appraisal_id: Annotated[str, PathParam(max_length=64)],
+        appraisal_id: AppraisalId,
     ) -> dict[str, Any]:
         """What was asked, what was answered, by which model, how fast, and any feedback."""
         found = await run_in_threadpool(_stored, writer(), appraisal_id)
@@ -624,9 +653,7 @@ def create_app(
         tags=["appraisals"],
         summary="Give the expert's price for an appraisal",
     )
-    async def give_feedback(
-        appraisal_id: Annotated[str, PathParam(max_length=64)], feedback: FeedbackIn
-    ) -> dict[str, Any]:
+    async def give_feedback(appraisal_id: AppraisalId, feedback: FeedbackIn) -> dict[str, Any]:
         """Kept in the store; the next retrain learns from it."""
         try:
             feedback_id = await run_in_threadpool(_feedback, writer(), appraisal_id, feedback.price)
@@ -741,6 +768,7 @@ def create_app(
     async def promote(version: Annotated[str, PathParam(pattern=r"^[0-9]{1,9}$")]) -> dict:
         """Every server serves it within seconds (this one at once); the previous champion can
         be restored the same way or with `appraiser models rollback`."""
+        version = str(int(version))  # "007" is version 7
         try:
             await run_in_threadpool(registry.promote, version, "promoted through the API")
         except registry.RegistryError as exc:
@@ -779,7 +807,7 @@ def create_app(
         tags=["models"],
         summary="A background job's status",
     )
-    async def job(job_id: Annotated[str, PathParam(max_length=64)]) -> dict[str, Any]:
+    async def job(job_id: JobId) -> dict[str, Any]:
         found = await run_in_threadpool(store.get_job, job_id)
         if found is None:
             raise HTTPException(404, f"no job with id {job_id}")
@@ -839,6 +867,7 @@ def create_app(
     LOADS.set_function(lambda: champions.reloads)
     WRITTEN.set_function(lambda: writer_box["writer"].written if writer_box else 0)
     WRITE_FAILURES.set_function(lambda: writer_box["writer"].failures if writer_box else 0)
+    REFUSED.set_function(lambda: writer_box["writer"].refused if writer_box else 0)
 
     @app.get(
         "/metrics",
@@ -873,12 +902,19 @@ def create_app(
 def _stored(writer: store.AppraisalWriter, uid: str) -> dict[str, Any] | None:
     writer.flush()  # an appraisal served a moment ago may still be queued
     found = store.get_appraisal(uid)
+    if found is None:  # or queued in another worker process, written within one interval
+        time.sleep(writer.interval * 1.5)
+        found = store.get_appraisal(uid)
     return found
 
 
 def _feedback(writer: store.AppraisalWriter, uid: str, price: float) -> int:
     writer.flush()
-    return store.add_feedback(uid, price)
+    try:
+        return store.add_feedback(uid, price)
+    except KeyError:  # perhaps still queued in another worker process
+        time.sleep(writer.interval * 1.5)
+        return store.add_feedback(uid, price)
 
 
 async def _ingest_payload(request: Request) -> tuple[bytes, str, str]:
@@ -889,13 +925,13 @@ async def _ingest_payload(request: Request) -> tuple[bytes, str, str]:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "file: attach the CSV as the form field 'file'")
-        source = str(form.get("source") or "upload")[:200]
-        return await upload.read(), source, upload.filename or "upload.csv"
+        source = _printable(str(form.get("source") or "upload"))
+        return await upload.read(), source, _printable(upload.filename or "upload.csv")
     if kind == "application/json":
         try:
             body = await request.json()
         except ValueError as exc:
-            raise HTTPException(400, f"the body is not valid JSON ({exc})") from exc
+            raise HTTPException(422, f"body: not valid JSON ({exc})") from exc
         stones = body.get("diamonds") if isinstance(body, dict) else None
         if not isinstance(stones, list) or not all(isinstance(s, dict) for s in stones):
             raise HTTPException(422, 'diamonds: send {"diamonds": [{...stone with price...}, ...]}')
@@ -904,11 +940,16 @@ async def _ingest_payload(request: Request) -> tuple[bytes, str, str]:
         import pandas as pd
 
         frame = pd.DataFrame(stones)
-        source = str(body.get("source") or "api")[:200]
+        source = _printable(str(body.get("source") or "api"))
         return frame.to_csv(index=False).encode(), source, "JSON request"
     raise HTTPException(
         415, "send application/json ({'diamonds': [...]}) or multipart/form-data with a CSV 'file'"
     )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A client's label as stored: printable characters only (no NUL, which PostgreSQL refuses)."""
+    return "".join(c for c in text if c.isprintable())[:limit] or "api"
 
 
 def _ingest_bytes(content: bytes, source: str, name: str) -> dict[str, Any]:

@@ -174,7 +174,9 @@ def validate(
     """
     required = schema.COLUMNS if labelled else schema.FEATURES
     check_columns(raw, required, source)
-    raw = raw.reset_index(drop=True)
+    # other columns are ignored (and could collide with the `line`, `reasons`, `batch_id` added
+    # to rejected rows): the raw values kept are those of the schema's columns
+    raw = raw[[c for c in raw.columns if c in schema.COLUMNS]].reset_index(drop=True)
     frame = pd.DataFrame(index=raw.index)
     problems: dict[int, list[str]] = {}
 

@@ -25,18 +25,52 @@ class JobConflict(RuntimeError):
 def start_retrain(params: dict[str, Any]) -> str:
     """Queue a retrain and start its process; returns the job id (JobConflict if one runs)."""
     running = store.active_job(RETRAIN)
-    if running is not None:
+    if running is not None and not _abandoned(running):
         raise JobConflict(f"a retrain is already under way (job {running})")
     job_id = store.create_job(RETRAIN, params)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appraiser.jobs", job_id],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # a server restart does not kill a retrain half-way
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appraiser.jobs", job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a server restart does not kill a retrain half-way
+        )
+    except OSError as exc:
+        _fail(job_id, f"the job process could not start: {exc}")
+        raise
     threading.Thread(target=_reap, args=(job_id, process), daemon=True).start()
     return job_id
+
+
+STARTUP_GRACE = 120.0  # seconds a new job's process may take to import and take the lock
+
+
+def _abandoned(job_id: str) -> bool:
+    """A queued/running job whose process is gone (the server that watched it restarted and the
+    process then died): no one holds the pipeline lock although the job is past its start-up.
+    Such a job is marked failed, so it cannot block retraining forever."""
+    from appraiser import pipeline
+
+    job = store.get_job(job_id)
+    if job is None:
+        return True
+    created = job["created_at"]
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=store.utcnow().tzinfo)
+    if (store.utcnow() - created).total_seconds() < STARTUP_GRACE:
+        return False
+    try:
+        with pipeline.exclusive():
+            pass
+    except pipeline.PipelineBusy:
+        return False  # a pass or this job holds the lock: it is alive
+    _fail(job_id, "the job's process was lost (found without the pipeline lock)")
+    return True
+
+
+def _fail(job_id: str, error: str) -> None:
+    store.update_job(job_id, status="failed", finished_at=store.utcnow(), error=error)
 
 
 def _reap(job_id: str, process: subprocess.Popen[bytes]) -> None:

@@ -30,7 +30,8 @@ BASELINE = "baseline"  # the contribution column holding the model's average log
 # core spin for minutes; a single thread is predictable, and 5,000 stones gain little from more.
 # Scoring a loaded model is one short call per batch, which every core can share.
 THREADS = 1
-PREDICT_THREADS = os.cpu_count() or 1
+# the cores this process may run on (a container's CPU set), not the machine's
+PREDICT_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 # Below this many rows a prediction runs on one thread: starting threads costs more than they
 # save, and a thread waiting for a core that another process holds can stall a call for tens of
 # milliseconds (measured: 27 ms for one stone with 2 threads on 2 busy cores, against 0.3 ms).

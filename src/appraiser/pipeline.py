@@ -311,13 +311,20 @@ def exclusive() -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             key = {"key": ADVISORY_LOCK_KEY}
-            if not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
+            # a session lock outlives the transaction: end it, so the connection does not sit
+            # idle in a transaction for the whole retrain (servers may kill such sessions)
+            conn.commit()
+            if not got:
                 raise PipelineBusy(BUSY)
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                    conn.commit()
+                except Exception:  # the session is gone: so is its lock
+                    pass
         return
     with _lock_path().open("w") as lock:
         try:

@@ -216,6 +216,7 @@ class ChampionWatcher:
             return True
 
     def start(self) -> None:
+        self._stop.clear()  # an app's lifespan may run more than once (tests)
         self.check()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
         self._thread.start()

@@ -188,6 +188,8 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(staging)
             )
+            if cache.exists() and not (cache / "MLmodel").exists():
+                shutil.rmtree(cache, ignore_errors=True)  # a broken copy: replace it
             try:
                 staging.rename(cache)
             except OSError:

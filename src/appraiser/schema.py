@@ -150,6 +150,8 @@ def _bounded_field(column: str, example: float) -> Any:
     return Field(
         description=f"{DESCRIPTIONS[column]} ({UNITS[column]})",
         examples=[example],
+        strict=True,  # a number: not "1.1" or true (JSON integers are fine)
+        allow_inf_nan=False,
         le=b.high,
         ge=b.low if b.low_inclusive else None,
         gt=None if b.low_inclusive else b.low,

@@ -443,6 +443,15 @@ class AppraisalWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception:  # never let the writer die: log, and go on with what is queued
+                logger.exception("the appraisal writer failed; restarting it")
+                time.sleep(1.0)
+
+    def _loop(self) -> None:
         pending: list[dict[str, Any]] = []
         waiters: list[threading.Event] = []
         stop = False
@@ -487,8 +496,7 @@ class AppraisalWriter:
             with engine(self.url).begin() as conn:  # Core: no ORM bookkeeping per row
                 conn.execute(insert(APPRAISALS), rows)
         except (IntegrityError, DataError):
-            self._write_one_by_one(rows)
-            return True
+            return self._write_one_by_one(rows)
         except Exception as exc:  # the store is down or unreachable: keep the rows, retry
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -499,16 +507,24 @@ class AppraisalWriter:
         self.written += len(rows)
         return True
 
-    def _write_one_by_one(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
+    def _write_one_by_one(self, rows: list[dict[str, Any]]) -> bool:
+        """Write rows singly, dropping those the store refuses; False if the store went away
+        (the rows not yet written stay in `rows` for the retry)."""
+        while rows:
             try:
-                with session(self.url) as s, s.begin():
-                    s.execute(insert(Appraisal), [row])
+                with engine(self.url).begin() as conn:
+                    conn.execute(insert(APPRAISALS), [rows[0]])
                 self.written += 1
             except (IntegrityError, DataError) as exc:
                 self.refused += 1
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                logger.error("appraisal %s refused by the store, dropped: %s", row.get("uid"), exc)
+                logger.error("appraisal %s refused by the store, dropped", rows[0].get("uid"))
+            except Exception as exc:  # the store went away mid-way: retry the rest later
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                return False
+            rows.pop(0)
+        return True
 
 
 # --- jobs ---------------------------------------------------------------------------------------
