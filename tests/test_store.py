@@ -145,6 +145,20 @@ def test_writer_keeps_rows_while_the_store_is_down(tmp_path: Path, stone: dict) 
     writer.close()
 
 
+def test_writer_queue_is_bounded_while_the_store_is_down(tmp_path: Path, stone: dict) -> None:
+    url = f"sqlite:///{tmp_path / 'later' / 'store.db'}"  # its folder does not exist yet
+    writer = store.AppraisalWriter(url, interval=0.05, max_queued=3)
+    kept = [store.appraisal_row(stone, 1.0), store.appraisal_row(stone, 2.0)]
+    writer.submit(kept)
+    writer.submit([store.appraisal_row(stone, 3.0), store.appraisal_row(stone, 4.0)])
+    assert writer.dropped == 2 and writer.queued == 2
+    (tmp_path / "later").mkdir()
+    assert writer.flush(timeout=20)
+    assert writer.written == 2 and writer.queued == 0
+    assert all(store.get_appraisal(r["uid"], url=url) for r in kept)
+    writer.close()
+
+
 def test_writer_drops_only_the_row_the_store_refuses(url: str, stone: dict) -> None:
     writer = store.AppraisalWriter(url, interval=0.05)
     first = store.appraisal_row(stone, 1.0)
@@ -154,7 +168,7 @@ def test_writer_drops_only_the_row_the_store_refuses(url: str, stone: dict) -> N
     fine = [store.appraisal_row(stone, 2.0), store.appraisal_row(stone, 3.0)]
     writer.submit([fine[0], again, fine[1]])
     assert writer.flush(timeout=20)  # not stuck retrying the batch forever
-    assert writer.refused == 1 and writer.written == 3
+    assert writer.refused == 1 and writer.written == 3 and writer.queued == 0
     for row in fine:
         assert store.get_appraisal(row["uid"], url=url) is not None
     writer.close()

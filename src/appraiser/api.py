@@ -57,6 +57,8 @@ LOADS = Gauge("appraiser_model_loads", "champions loaded by this process (1 + ho
 WRITTEN = Gauge("appraiser_appraisals_written", "appraisals this process wrote to the store")
 WRITE_FAILURES = Gauge("appraiser_store_write_failures", "failed appraisal writes (retried)")
 REFUSED = Gauge("appraiser_appraisals_refused", "appraisals the store refused (logged, dropped)")
+DROPPED = Gauge("appraiser_appraisals_dropped", "appraisals dropped: too many waited for the store")
+QUEUED = Gauge("appraiser_appraisals_queued", "appraisals waiting to be written")
 
 
 # --- request and response models ----------------------------------------------------------------
@@ -868,6 +870,8 @@ def create_app(
     WRITTEN.set_function(lambda: writer_box["writer"].written if writer_box else 0)
     WRITE_FAILURES.set_function(lambda: writer_box["writer"].failures if writer_box else 0)
     REFUSED.set_function(lambda: writer_box["writer"].refused if writer_box else 0)
+    DROPPED.set_function(lambda: writer_box["writer"].dropped if writer_box else 0)
+    QUEUED.set_function(lambda: writer_box["writer"].queued if writer_box else 0)
 
     @app.get(
         "/metrics",

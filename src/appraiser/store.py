@@ -413,10 +413,22 @@ class AppraisalWriter:
     before it is written (a read of an appraisal just served calls it first).
     """
 
-    def __init__(self, url: str | None = None, interval: float = 0.2, max_rows: int = 2000) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        interval: float = 0.2,
+        max_rows: int = 2000,
+        max_queued: int = 500_000,
+    ) -> None:
         self.url = url
         self.interval = interval
         self.max_rows = max_rows
+        # during a long outage the queue would grow without end: past max_queued rows (about
+        # 500 MB), new rows are dropped, counted and logged, and the process stays up
+        self.max_queued = max_queued
+        self.queued = 0
+        self.dropped = 0
+        self._count_lock = threading.Lock()
         self.written = 0
         self.failures = 0  # attempts that failed because the store was unreachable
         self.refused = 0  # rows the store refused (constraint violations): logged and dropped
@@ -428,6 +440,17 @@ class AppraisalWriter:
         self._thread.start()
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
+        with self._count_lock:
+            if self.queued + len(rows) > self.max_queued:
+                self.dropped += len(rows)
+                logger.error(
+                    "%d appraisals dropped: %d already wait for the store (%s)",
+                    len(rows),
+                    self.queued,
+                    self.last_error,
+                )
+                return
+            self.queued += len(rows)
         for row in rows:
             self._queue.put(row)
 
@@ -505,7 +528,12 @@ class AppraisalWriter:
             )
             return False
         self.written += len(rows)
+        self._handled(len(rows))
         return True
+
+    def _handled(self, rows: int) -> None:
+        with self._count_lock:
+            self.queued -= rows
 
     def _write_one_by_one(self, rows: list[dict[str, Any]]) -> bool:
         """Write rows singly, dropping those the store refuses; False if the store went away
@@ -524,6 +552,7 @@ class AppraisalWriter:
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 return False
             rows.pop(0)
+            self._handled(1)
         return True
 
 
