@@ -327,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "/ping",
             home / "mlflow-serve-benchmark.log",
             # the registry the appraiser uses (a local SQLite file unless a server is set)
-            env={"MLFLOW_TRACKING_URI": settings().tracking_uri},
+            env={
+                "MLFLOW_TRACKING_URI": settings().tracking_uri,
+                # MLflow starts `uvicorn` by name: this environment's, even when not activated
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
         )
         records = [json.dumps({"dataframe_records": [s]}).encode() for s in stones]
 

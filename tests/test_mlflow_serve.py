@@ -46,7 +46,12 @@ def test_mlflow_models_serve_prices_like_the_appraiser(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_TRACKING_URI": settings().tracking_uri},
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": settings().tracking_uri,
+            # MLflow starts `uvicorn` by name: this environment's, also when it is not activated
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         start_new_session=True,
     )
     try:
@@ -77,9 +82,10 @@ def test_mlflow_models_serve_prices_like_the_appraiser(
         assert "cut must be one of" in served.loc[3, "error"]
         assert pd.isna(served.loc[3, "price"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
         log.close()
