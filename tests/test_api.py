@@ -109,6 +109,7 @@ def test_bad_values_name_the_field_and_the_rule(
     assert answer.status_code == 422
     message = answer.json()["message"]
     assert field in message and rule in message
+    assert answer.json()["detail"][0]["loc"] == ["body", field]  # a form can mark the field
 
 
 def test_malformed_or_incomplete_requests_are_client_errors(

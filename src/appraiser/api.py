@@ -403,19 +403,20 @@ class MicroBatcher:
 # --- errors ----------------------------------------------------------------------------------
 
 
+def _located(error: dict[str, Any]) -> dict[str, Any]:
+    """Point an error at the field a client should fix: malformed JSON at the body (FastAPI puts
+    it at a bare position), the depth rule (checked on the whole stone) at `depth`."""
+    if error.get("type") in ("json_invalid", "json_type"):
+        reason = error.get("ctx", {}).get("error", error.get("msg"))
+        return {**error, "loc": ("body",), "msg": f"not valid JSON ({reason})"}
+    if schema.DEPTH_RULE in str(error.get("msg", "")):
+        return {**error, "loc": (*error.get("loc", ("body",)), "depth")}
+    return error
+
+
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        # malformed JSON: say so, and where (FastAPI reports it at a bare position)
-        {
-            **e,
-            "loc": ("body",),
-            "msg": f"not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})",
-        }
-        if e.get("type") in ("json_invalid", "json_type")
-        else e
-        for e in exc.errors()
-    ]
+    errors = [_located(e) for e in exc.errors()]
     # pydantic's entries may hold the raw input and exception objects: keep what serializes
     detail = [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
