@@ -176,7 +176,9 @@ def validate(
     check_columns(raw, required, source)
     # other columns are ignored (and could collide with the `line`, `reasons`, `batch_id` added
     # to rejected rows): the raw values kept are those of the schema's columns
-    raw = raw[[c for c in raw.columns if c in schema.COLUMNS]].reset_index(drop=True)
+    if any(c not in schema.COLUMNS for c in raw.columns):
+        raw = raw[[c for c in raw.columns if c in schema.COLUMNS]]
+    raw = raw.reset_index(drop=True)
     frame = pd.DataFrame(index=raw.index)
     problems: dict[int, list[str]] = {}
 

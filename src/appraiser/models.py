@@ -126,6 +126,7 @@ class Hedonic(Member):
         self.intercept = 0.0
         self.coef: dict[str, float] = {}
         self.means: dict[str, float] = {}
+        self._order: list[int] | None = None  # design columns in coefficient order
 
     def fit(self, stones: pd.DataFrame, log_price: np.ndarray) -> Hedonic:
         from sklearn.linear_model import LinearRegression
@@ -135,12 +136,15 @@ class Hedonic(Member):
         model = LinearRegression(positive=True).fit(design.to_numpy(), log_price)
         self.intercept = float(model.intercept_)
         self.coef = dict(zip(design.columns, map(float, model.coef_), strict=True))
+        self._order = None
         self.means = {c: float(v) for c, v in design.mean().items()}
         return self
 
     def _design(self, matrix: np.ndarray) -> np.ndarray:
-        order = [features.hedonic_columns().index(c) for c in self.coef]
-        return features.hedonic_design_matrix(matrix)[:, order]
+        # coefficients are saved by name; their order is fixed, so work it out once
+        if self._order is None:
+            self._order = [features.hedonic_columns().index(c) for c in self.coef]
+        return features.hedonic_design_matrix(matrix)[:, self._order]
 
     def predict_log_matrix(self, matrix: np.ndarray) -> np.ndarray:
         coef = np.array(list(self.coef.values()))

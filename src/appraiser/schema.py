@@ -86,13 +86,15 @@ DEPTH_TOLERANCE = 1.5
 
 def depth_from_measurements(x: Any, y: Any, z: Any) -> Any:
     """Total depth percentage implied by the measurements (scalars or arrays)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    if np.ndim(x) == 0:  # one stone (x, y > 0 by then): plain floats, no numpy overhead
+        return 200.0 * z / (x + y)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a column may hold zero widths
         return 200.0 * z / (x + y)
 
 
 def depth_inconsistent(depth: Any, x: Any, y: Any, z: Any) -> Any:
     """True where the stated depth disagrees with 2 z / (x + y) beyond DEPTH_TOLERANCE."""
-    return np.abs(depth - depth_from_measurements(x, y, z)) > DEPTH_TOLERANCE
+    return abs(depth - depth_from_measurements(x, y, z)) > DEPTH_TOLERANCE
 
 
 # Carat bands: the slices errors are reported by, and the groups price ranges are calibrated in
@@ -188,10 +190,8 @@ class Diamond(BaseModel):
 
     @model_validator(mode="after")
     def _measurements_agree(self) -> Diamond:
-        # the same rule as depth_inconsistent, in plain floats: numpy on scalars would cost
-        # microseconds per stone, and a batch validates thousands
-        implied = 200.0 * self.z / (self.x + self.y)
-        if abs(self.depth - implied) > DEPTH_TOLERANCE:
+        if depth_inconsistent(self.depth, self.x, self.y, self.z):
+            implied = depth_from_measurements(self.x, self.y, self.z)
             raise ValueError(f"{DEPTH_RULE} (x, y, z imply {implied:.1f}, depth is {self.depth:g})")
         return self
 
