@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appraiser import jobs, registry, schema, store
+from appraiser import champion, jobs, registry, schema, store
 from appraiser.config import MAX_BATCH, Settings, settings
 from appraiser.predict import Appraiser, ChampionWatcher
 
@@ -192,6 +192,14 @@ class IngestOut(BaseModel):
     rows_rejected: int
     rejected_by_reason: dict[str, int]
     rejected_rows: list[dict[str, Any]] = Field(description="the first 100 rows refused, with why")
+    held: bool = Field(
+        default=False,
+        description="true: the champion found these prices far from everything known; the batch "
+        "waits for an admin (POST /v1/batches/{id}/release or /drop) and trains nothing until then",
+    )
+    screening: dict[str, Any] | None = Field(
+        default=None, description="the champion's errors on the batch against the expected ones"
+    )
     message: str
 
 
@@ -212,6 +220,25 @@ class ModelsOut(BaseModel):
 class PromoteOut(BaseModel):
     champion: str
     message: str
+
+
+class StoredBatchOut(BaseModel):
+    id: int
+    source: str
+    file_name: str
+    received_at: datetime
+    rows_read: int
+    rows_accepted: int
+    rows_rejected: int
+    status: str
+    status_reason: str | None
+    screening: dict[str, Any] | None
+
+
+class BatchStatusOut(BaseModel):
+    batch_id: int
+    status: str
+    previous: str
 
 
 class RetrainIn(BaseModel):
@@ -772,12 +799,68 @@ def create_app(
         """Every server serves it within seconds (this one at once); the previous champion can
         be restored the same way or with `appraiser models rollback`."""
         version = str(int(version))  # "007" is version 7
-        try:
-            await run_in_threadpool(registry.promote, version, "promoted through the API")
-        except registry.RegistryError as exc:
-            raise HTTPException(404, str(exc)) from exc
+        await run_in_threadpool(_move_champion, champion.promote, version)
         await run_in_threadpool(champions.check)
         return {"champion": version, "message": f"version {version} is now the champion"}
+
+    @app.post(
+        "/v1/models/rollback",
+        response_model=PromoteOut,
+        responses=ERRORS,
+        tags=["admin"],
+        summary="Give the champion back to the one the current champion replaced",
+        dependencies=[Depends(admin)],
+    )
+    async def rollback() -> dict:
+        """Walks the promotion history back one step (a rollback of a rollback does not return
+        to the bad version). 409 while a retrain or pipeline pass runs."""
+        version = await run_in_threadpool(_move_champion, champion.rollback, None)
+        await run_in_threadpool(champions.check)
+        return {"champion": version, "message": f"rolled back: version {version} is champion"}
+
+    @app.get(
+        "/v1/batches",
+        response_model=list[StoredBatchOut],
+        responses=ERRORS,
+        tags=["admin"],
+        summary="Ingested batches (held ones wait for review)",
+        dependencies=[Depends(admin)],
+    )
+    async def list_batches(
+        status: Annotated[
+            Literal["accepted", "held", "dropped"] | None,
+            Query(description="only batches with this status"),
+        ] = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first, with the champion's screening of each: held batches train nothing
+        until released."""
+        from appraiser import ingest
+
+        return await run_in_threadpool(ingest.batches, status)
+
+    @app.post(
+        "/v1/batches/{batch_id}/{action}",
+        response_model=BatchStatusOut,
+        responses=ERRORS,
+        tags=["admin"],
+        summary="Release or drop a held batch",
+        dependencies=[Depends(admin)],
+    )
+    async def set_batch(
+        batch_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
+        action: Literal["release", "drop"],
+    ) -> dict[str, Any]:
+        """release: its stones train the next retrain; drop: kept, never used."""
+        from appraiser import ingest
+
+        status = "accepted" if action == "release" else "dropped"
+        try:
+            before = await run_in_threadpool(ingest.set_batch_status, batch_id, status)
+        except KeyError as exc:
+            raise HTTPException(404, f"no batch {batch_id}") from exc
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return {"batch_id": batch_id, "status": status, "previous": before}
 
     @app.post(
         "/v1/retrain",
@@ -957,6 +1040,25 @@ def _printable(text: str, limit: int = 200) -> str:
     return "".join(c for c in text if c.isprintable())[:limit] or "api"
 
 
+def _move_champion(move: Any, version: str | None) -> str:
+    """A champion move for the API: 409 while the pipeline is busy or the champion moved, 404 for
+    an unknown version or nothing to roll back to, 503 when the registry cannot be read."""
+    from appraiser import champion
+    from appraiser.locking import PipelineBusy
+
+    try:
+        if version is None:
+            return str(move(actor="api"))
+        move(version, actor="api")
+        return version
+    except (PipelineBusy, champion.ChampionChanged) as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except registry.RegistryUnavailable as exc:
+        raise HTTPException(503, "the model registry cannot be read; try again later") from exc
+    except registry.RegistryError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
 def _ingest_bytes(content: bytes, source: str, name: str) -> dict[str, Any]:
     from appraiser import data, ingest
 
@@ -979,5 +1081,7 @@ def _ingest_bytes(content: bytes, source: str, name: str) -> dict[str, Any]:
         "rows_rejected": report.rows_rejected,
         "rejected_by_reason": dict(report.reasons),
         "rejected_rows": rejected,
+        "held": report.held,
+        "screening": report.screening.to_dict() if report.screening else None,
         "message": report.summary(),
     }

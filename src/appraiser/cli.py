@@ -19,7 +19,9 @@ from appraiser import data, evaluate, schema
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 
 if TYPE_CHECKING:
+    from appraiser.gate import GatePolicy
     from appraiser.pipeline import PassReport
+    from appraiser.train import TrainResult
 
 app = typer.Typer(
     help="Diamond Appraiser: prices diamonds, says why, and keeps its model sharp.",
@@ -30,6 +32,8 @@ models_app = typer.Typer(help="Model versions, their metrics, and which one is c
 app.add_typer(models_app, name="models")
 pipeline_app = typer.Typer(help="The automated pipeline: ingest, check drift, retrain when due.")
 app.add_typer(pipeline_app, name="pipeline")
+batches_app = typer.Typer(help="Ingested batches; release or drop the ones held for review.")
+app.add_typer(batches_app, name="batches")
 console = Console()
 err = Console(stderr=True)
 
@@ -251,6 +255,9 @@ def ingest(
         console.print(report.summary())
         for reason, rows in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
             console.print(f"  {rows:>7,}  {reason}")
+        if report.screening is not None:
+            style = "bold yellow" if report.held else "dim"
+            console.print(f"  [{style}]{report.screening.summary()}[/]")
     if failed:
         raise typer.Exit(1)
 
@@ -280,80 +287,225 @@ def rejected(
         console.print("(first 200 shown; use --output FILE for all of them)")
 
 
-@app.command()
-def retrain(
-    trials: Trials = DEFAULT_TRIALS,
-    timeout: Timeout = DEFAULT_TIMEOUT,
-    margin: Annotated[
-        float, typer.Option(min=0, help="points of holdout MAPE the challenger must gain")
-    ] = 0.0,
-    slice_tolerance: Annotated[
-        float, typer.Option(min=0, help="points of MAPE any slice may lose")
-    ] = 1.0,
-) -> None:
-    """Train a challenger on every stone in the store; it replaces the champion only if better."""
-    from appraiser.pipeline import GatePolicy
-    from appraiser.pipeline import retrain as run_retrain
-    from appraiser.train import TrainingError
+Json = Annotated[bool, typer.Option("--json", help="print one JSON object for scripts")]
 
-    policy = GatePolicy(margin=margin, slice_tolerance=slice_tolerance)
-    try:
-        result = run_retrain(trials=trials, timeout=timeout, policy=policy)
-    except TrainingError as exc:
-        raise fail(str(exc)) from exc
-    console.print(
-        _metrics_table(
-            f"{result.model_name} on the reference holdout", {"challenger": result.holdout}
+
+def _print_json(value: object) -> None:
+    """JSON on stdout, nothing else (progress and warnings go to stderr)."""
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _policy(margin: float, slice_tolerance: float) -> GatePolicy:
+    from appraiser.gate import GatePolicy
+
+    return GatePolicy(margin=margin, slice_tolerance=slice_tolerance)
+
+
+Margin = Annotated[
+    float,
+    typer.Option(
+        min=0, help="points of MAPE the improvement's lower 95% bound must pass (default 0)"
+    ),
+]
+SliceTolerance = Annotated[
+    float,
+    typer.Option(min=0, help="points of MAPE a slice may lose before it can block promotion"),
+]
+
+
+def _print_decision(result: TrainResult) -> None:
+    decision = result.gate
+    if decision is not None and decision.checks:
+        table = Table(
+            title=f"The gate: {decision.judged_on.get('stones', 0):,} stones neither "
+            "model trained on"
         )
-    )
+        for col in ("check", "passed", "detail"):
+            table.add_column(col)
+        for check in decision.checks:
+            table.add_row(check.name, "yes" if check.passed else "[red]no[/]", check.detail)
+        console.print(table)
     verdict = (
         "[bold green]promoted to champion[/]" if result.champion else "[yellow]not promoted[/]"
     )
     console.print(f"Challenger v{result.version} {verdict}: {result.decision}.")
 
 
+@app.command()
+def retrain(
+    trials: Trials = DEFAULT_TRIALS,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    margin: Margin = 0.0,
+    slice_tolerance: SliceTolerance = 1.0,
+    as_json: Json = False,
+) -> None:
+    """Train a challenger on the store's stones; it replaces the champion only on evidence."""
+    from appraiser.locking import PipelineBusy
+    from appraiser.pipeline import retrain as run_retrain
+    from appraiser.registry import RegistryError
+    from appraiser.train import TrainingError
+
+    try:
+        result = run_retrain(
+            trials=trials,
+            timeout=timeout,
+            policy=_policy(margin, slice_tolerance),
+            show_progress=not as_json,
+            actor="cli",
+        )
+    except (TrainingError, PipelineBusy, RegistryError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    console.print(
+        _metrics_table(
+            f"{result.model_name} on the reference stones", {"challenger": result.holdout}
+        )
+    )
+    _print_decision(result)
+
+
 @models_app.command("promote")
 def promote_cmd(version: Annotated[str, typer.Argument(help="the version to serve")]) -> None:
     """Make a version the champion (a person's decision, recorded as such)."""
-    from appraiser import registry
+    from appraiser import champion
+    from appraiser.locking import PipelineBusy
+    from appraiser.registry import RegistryError
 
     try:
-        registry.promote(version, "promoted by hand")
-    except registry.RegistryError as exc:
+        before = champion.promote(version, actor="cli")
+    except (RegistryError, PipelineBusy) as exc:
         raise fail(str(exc)) from exc
-    console.print(f"v{version} is now champion.")
+    console.print(f"v{version} is now champion (was {'v' + before if before else 'none'}).")
 
 
 @models_app.command("rollback")
 def rollback_cmd() -> None:
-    """Give the champion alias back to the previous champion."""
-    from appraiser import registry
+    """Give the champion alias back to the champion the current one replaced."""
+    from appraiser import champion
+    from appraiser.locking import PipelineBusy
+    from appraiser.registry import RegistryError
 
     try:
-        version = registry.rollback()
-    except registry.RegistryError as exc:
+        version = champion.rollback(actor="cli")
+    except (RegistryError, PipelineBusy) as exc:
         raise fail(str(exc)) from exc
     console.print(f"Rolled back: v{version} is champion again.")
+
+
+@models_app.command("history")
+def history_cmd(as_json: Json = False) -> None:
+    """Every move of the champion, oldest first: who, when, from what, why."""
+    from appraiser import champion
+
+    moves = champion.history()
+    if as_json:
+        _print_json(moves)
+        return
+    table = Table(title="Champion history")
+    for col in ("when", "version", "was", "kind", "by", "why"):
+        table.add_column(col)
+    for m in moves:
+        table.add_row(
+            f"{m['at']:%Y-%m-%d %H:%M}",
+            f"v{m['version']}",
+            f"v{m['previous']}" if m["previous"] else "",
+            m["kind"],
+            m["actor"],
+            m["reason"][:200],
+        )
+    console.print(table)
 
 
 def _print_pass(report: PassReport) -> None:
     for done in report.ingested:
         console.print(done.summary())
+        if done.screening is not None:
+            console.print(f"  {done.screening.summary()}")
     for name, why in report.failed:
         err.print(f"[bold red]refused:[/] {name}: {why} (moved to failed/)")
+    for batch in report.held:
+        err.print(
+            f"[bold yellow]held:[/] batch {batch['id']} ({batch['file_name']}): "
+            f"{batch['status_reason']}; `appraiser batches release|drop {batch['id']}`"
+        )
+    for signal in report.signals:
+        err.print(f"[yellow]warning:[/] {signal}")
     if report.drift is not None and report.drift["drift"].any():
         drifted = ", ".join(report.drift.loc[report.drift["drift"], "feature"])
         err.print(f"[yellow]warning:[/] the new stones drift from the training data in {drifted}")
-    if report.result is None:
+    if report.sealed is not None:
         console.print(
-            f"{report.new_stones:,} new stones since the champion's training: no retrain."
+            f"Champion v{report.sealed['version']} on the sealed set: MAPE "
+            f"{report.sealed['mape']:.2f}% on {report.sealed['stones']:,} stones"
+        )
+    if report.result is None:
+        said = report.note or "nothing calls for a retrain"
+        console.print(
+            f"{report.new_stones:,} new stones, {report.new_feedback:,} expert prices since the "
+            f"last retrain: {said}."
         )
         return
-    verdict = "promoted" if report.result.champion else "not promoted"
-    console.print(
-        f"Retrained ({report.retrain_reason}): v{report.result.version} {verdict}: "
-        f"{report.result.decision}."
-    )
+    console.print(f"Retrained ({report.retrain_reason}).")
+    _print_decision(report.result)
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help="only batches with this status: accepted, held, dropped")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """The store's batches, newest first: status (held ones wait for review) and screening."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from appraiser.ingest import batches as list_batches
+
+    found = list_batches(status=status)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(title="Batches")
+    for col in ("batch", "received", "file", "accepted", "status", "champion's errors"):
+        table.add_column(col)
+    for b in found:
+        screened = b["screening"]
+        table.add_row(
+            str(b["id"]),
+            f"{b['received_at']:%Y-%m-%d %H:%M}",
+            str(b["file_name"])[-40:],
+            f"{b['rows_accepted']:,}",
+            b["status"],
+            screened["summary"] if screened else "(not screened: no champion then)",
+        )
+    console.print(table)
+
+
+def _set_status(batch_id: int, status: str) -> None:
+    from appraiser.ingest import set_batch_status
+
+    try:
+        before = set_batch_status(batch_id, status)
+    except (KeyError, ValueError) as exc:
+        raise fail(str(exc.args[0])) from exc
+    console.print(f"Batch {batch_id}: {before} -> {status}.")
+
+
+@batches_app.command("release")
+def release_cmd(batch_id: Annotated[int, typer.Argument(help="a held batch")]) -> None:
+    """Release a held batch: its stones train the next retrain."""
+    _set_status(batch_id, "accepted")
+
+
+@batches_app.command("drop")
+def drop_cmd(
+    batch_id: Annotated[int, typer.Argument(help="the batch to leave out for good")],
+) -> None:
+    """Drop a batch: kept in the store, never used for training or comparisons."""
+    _set_status(batch_id, "dropped")
 
 
 @app.command()
@@ -382,16 +534,31 @@ def pipeline_run(
     threshold: Threshold = RETRAIN_THRESHOLD,
     trials: Trials = DEFAULT_TRIALS,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    margin: Margin = 0.0,
+    slice_tolerance: SliceTolerance = 1.0,
+    as_json: Json = False,
 ) -> None:
-    """One pass, for cron, systemd or Cloud Run: ingest, check drift, retrain if due."""
-    from appraiser.pipeline import PipelineBusy, run_pass
+    """One pass, for cron, systemd or Cloud Run: ingest, screen, check drift, retrain if due."""
+    from appraiser.locking import PipelineBusy
+    from appraiser.pipeline import run_pass
+    from appraiser.registry import RegistryError
     from appraiser.train import TrainingError
 
     try:
-        report = run_pass(inbox, threshold=threshold, trials=trials, timeout=timeout)
-    except (PipelineBusy, TrainingError) as exc:
+        report = run_pass(
+            inbox,
+            threshold=threshold,
+            trials=trials,
+            timeout=timeout,
+            policy=_policy(margin, slice_tolerance),
+            show_progress=not as_json,
+        )
+    except (PipelineBusy, TrainingError, RegistryError) as exc:
         raise fail(str(exc)) from exc
-    _print_pass(report)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        _print_pass(report)
     if report.failed:
         raise typer.Exit(1)
 
@@ -415,29 +582,64 @@ def watch(
 
 
 @models_app.callback(invoke_without_command=True)
-def models(ctx: typer.Context) -> None:
-    """List the model versions with their holdout metrics; the champion is starred."""
+def models(ctx: typer.Context, as_json: Json = False) -> None:
+    """List the model versions with their metrics; the champion is starred."""
     if ctx.invoked_subcommand is not None:
         return
     from appraiser import registry
 
     infos = registry.versions()
+    if as_json:
+        _print_json(
+            [
+                {
+                    "version": v.version,
+                    "champion": v.champion,
+                    "created": v.created.isoformat(),
+                    "model": v.model,
+                    "run_id": v.run_id,
+                    "metrics": v.metrics,
+                    "gate": v.gate,
+                    "sealed": v.sealed,
+                    "description": v.description,
+                }
+                for v in infos
+            ]
+        )
+        return
     if not infos:
         console.print("No model yet: run `appraiser train`.")
         return
-    table = Table(title="Registered models (metrics on each run's 20% holdout)")
-    for col in ("version", "champion", "created", "model", "MAPE %", "within ±10% %", "in range %"):
+    table = Table(title="Registered models (holdout: each run's own; sealed: never decided on)")
+    columns = (
+        "version",
+        "champion",
+        "created",
+        "model",
+        "holdout MAPE %",
+        "in range %",
+        "sealed MAPE %",
+        "gate",
+    )
+    for col in columns:
         table.add_column(col)
     for v in infos:
         m = v.metrics
+        gate = v.gate or {}
         table.add_row(
             v.version,
             "*" if v.champion else "",
             f"{v.created:%Y-%m-%d %H:%M}",
             v.model,
             f"{m.get('mape', float('nan')):.2f}",
-            f"{m.get('within_10', float('nan')):.1f}",
             f"{m.get('coverage', float('nan')):.1f}",
+            f"{v.sealed['mape']:.2f}" if v.sealed else "",
+            (
+                f"{gate['improvement']:+.2f} ({gate['low']:+.2f}..{gate['high']:+.2f}) "
+                f"n={int(gate['stones']):,}"
+                if "improvement" in gate
+                else ""
+            ),
         )
     console.print(table)
 

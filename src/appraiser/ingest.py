@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from appraiser import data, schema, store
+from appraiser.screening import Screening
 from appraiser.store import Batch, RejectedRow
 
 DUPLICATE_OF_STORE = "duplicate of a stone already in the store (batch {batch})"
@@ -43,15 +44,27 @@ class IngestReport:
     already_ingested: bool = False
     duplicates_of_store: int = 0
     seconds: float = 0.0
+    screening: Screening | None = None  # the champion's errors on the batch (None: no champion)
+
+    @property
+    def held(self) -> bool:
+        """The batch waits for an admin: its prices disagree with everything known."""
+        return self.screening is not None and self.screening.is_held
 
     def summary(self) -> str:
         """One line for people: the counts, or that the file was already in the store."""
         if self.already_ingested:
             return f"{self.path}: already ingested (batch {self.batch_id}), nothing added"
-        return (
+        said = (
             f"{self.path}: batch {self.batch_id}, {self.rows_read:,} rows read, "
             f"{self.rows_accepted:,} accepted, {self.rows_rejected:,} rejected"
         )
+        if self.held:
+            said += (
+                f"; HELD for review, not used for training until an admin releases it "
+                f"(`appraiser batches release {self.batch_id}`)"
+            )
+        return said
 
 
 def file_hash(path: Path) -> str:
@@ -68,12 +81,20 @@ def _batch_with_hash(engine: Engine, digest: str) -> int | None:
         return s.scalar(select(Batch.id).where(Batch.file_hash == digest))
 
 
-def accepted_stones(engine: Engine | None = None) -> pd.DataFrame:
-    """Every accepted stone in the store: the 10 columns plus batch_id and line, by id."""
+def accepted_stones(
+    engine: Engine | None = None, statuses: tuple[str, ...] | None = ("accepted",)
+) -> pd.DataFrame:
+    """The accepted stones of the store's batches with one of `statuses` (default: batches in
+    use, not held or dropped; None: every batch): the 10 columns plus batch_id and line, by id."""
     engine = engine or store.ready()
     table = store.Base.metadata.tables["diamonds"]
     names = ("id", "batch_id", "line", *schema.COLUMNS)
     query = select(*(table.c[n] for n in names)).order_by(table.c.id)
+    if statuses is not None:
+        batches = store.Base.metadata.tables["batches"]
+        query = query.where(
+            table.c.batch_id.in_(select(batches.c.id).where(batches.c.status.in_(statuses)))
+        )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     # column-wise construction: several times faster than a frame built from Row objects
@@ -141,6 +162,70 @@ def _insert_rejected(session: Session, rows: list[dict[str, Any]]) -> None:
         session.connection().execute(insert(store.Base.metadata.tables["rejected_rows"]), rows)
 
 
+def _evaluation(screening: Screening, batch_id: int) -> store.Evaluation:
+    return store.Evaluation(
+        kind="batch",
+        model_version=screening.version,
+        batch_id=batch_id,
+        stones=screening.stones,
+        mape=screening.mape,
+        coverage=screening.coverage,
+        bias=screening.bias,
+        details=json.dumps(screening.to_dict(), default=float),
+    )
+
+
+def batches(status: str | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The store's batches (newest first), with their status and the champion's screening."""
+    engine = engine or store.ready()
+    query = select(Batch).order_by(Batch.id.desc())
+    if status is not None:
+        query = query.where(Batch.status == status)
+    with Session(engine) as s:
+        rows = s.scalars(query).all()
+        screened = {
+            e.batch_id: json.loads(e.details or "{}")
+            for e in s.scalars(
+                select(store.Evaluation).where(store.Evaluation.kind == "batch")
+            ).all()
+        }
+        return [
+            {
+                "id": b.id,
+                "source": b.source,
+                "file_name": b.file_name,
+                "received_at": b.received_at,
+                "rows_read": b.rows_read,
+                "rows_accepted": b.rows_accepted,
+                "rows_rejected": b.rows_rejected,
+                "status": b.status,
+                "status_reason": b.status_reason,
+                "screening": screened.get(b.id),
+            }
+            for b in rows
+        ]
+
+
+def set_batch_status(batch_id: int, status: str, engine: Engine | None = None) -> str:
+    """Release (accepted) or drop a held batch; returns its former status. A dropped batch is
+    kept, never used. KeyError for an unknown batch, ValueError for a move that makes no sense."""
+    if status not in ("accepted", "dropped"):
+        raise ValueError(f"a batch can be released (accepted) or dropped, not {status!r}")
+    engine = engine or store.ready()
+    with Session(engine) as s, s.begin():
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise KeyError(f"no batch {batch_id}")
+        before = batch.status
+        if before == status:
+            raise ValueError(f"batch {batch_id} is already {status}")
+        if before != "held" and status == "accepted":
+            raise ValueError(f"batch {batch_id} is {before}, not held: nothing to release")
+        batch.status = status
+        batch.status_reason = f"{status} by an admin; was {before}: {batch.status_reason or ''}"
+        return before
+
+
 def is_url(location: str | Path) -> bool:
     """An fsspec URL (gs://, s3://, memory://...) rather than a local path."""
     return "://" in str(location) and not str(location).startswith("file://")
@@ -187,8 +272,12 @@ def ingest_file(
     *,
     url: str | None = None,
     name: str | None = None,
+    screen: bool = True,
 ) -> IngestReport:
     """Validate a CSV/Parquet file of priced stones and store it as one batch, atomically.
+
+    With `screen` (the default) the champion prices the accepted stones first; a batch whose
+    prices disagree with everything known is stored `held` (see screening.py).
 
     Returns `already_ingested=True` (adding nothing) when a file with the same bytes was ingested
     before. Raises DataError, storing nothing, when the file cannot be used as a whole (empty, a
@@ -217,7 +306,7 @@ def ingest_file(
 
     rejected_frame = result.rejected
     reasons = Counter(result.reasons)
-    dup_batch = _duplicates_of_store(clean, accepted_stones(engine))
+    dup_batch = _duplicates_of_store(clean, accepted_stones(engine, statuses=None))
     is_dup = dup_batch.notna().to_numpy()
     if is_dup.any():
         dup_lines = clean.loc[is_dup, "line"].to_numpy()
@@ -234,6 +323,10 @@ def ingest_file(
     report.rows_rejected = len(rejected_frame)
     report.reasons = reasons
     report.duplicates_of_store = int(is_dup.sum())
+    if screen and len(clean):
+        from appraiser.screening import screen_with_champion
+
+        report.screening = screen_with_champion(clean)
 
     try:
         with Session(engine) as s, s.begin():
@@ -244,9 +337,13 @@ def ingest_file(
                 rows_read=report.rows_read,
                 rows_accepted=report.rows_accepted,
                 rows_rejected=report.rows_rejected,
+                status="held" if report.held else "accepted",
+                status_reason="; ".join(report.screening.held) if report.screening else None,
             )
             s.add(batch)
             s.flush()
+            if report.screening is not None:
+                s.add(_evaluation(report.screening, batch.id))
             stones = clean[["line", *schema.COLUMNS]].assign(batch_id=batch.id)
             _insert_diamonds(s, _records(stones))
             raw_columns = rejected_frame.drop(columns=["line", "reasons"])

@@ -102,6 +102,7 @@ def run(job_id: str) -> None:
                 trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
                 timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
                 show_progress=False,
+                actor=f"api job {job_id}",
             )
     except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
         store.update_job(
@@ -115,15 +116,7 @@ def run(job_id: str) -> None:
         job_id,
         status="succeeded",
         finished_at=store.utcnow(),
-        result={
-            "version": result.version,
-            "promoted": result.champion,
-            "decision": result.decision,
-            "model": result.model_name,
-            "holdout": result.holdout,
-            "run_id": result.run_id,
-            "seconds": round(result.seconds, 1),
-        },
+        result={"version": result.version, **result.to_dict()},
     )
 
 

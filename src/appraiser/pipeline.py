@@ -1,143 +1,158 @@
-"""Retraining: a challenger on every accepted stone in the store, a gate, and promotion.
+"""Retraining: a challenger on the store's stones, a gate that decides by evidence, a pass that
+remembers what it already tried.
 
-Champion and challenger are compared on the same rows: the reference holdout, a fixed fifth of
-the store chosen by a hash of each stone's values (a stone in it stays in it, so no model ever
-trains on it), which also holds the newest stones no champion has seen.
+Every stored stone has a fixed role (lineage.py): `train` stones teach challengers, `reference`
+stones judge them against the champion (only those neither model trained on), `sealed` stones are
+never trained on nor used to decide, and only report how good the champion is over time. Batches
+held by the label-shift guard (screening.py) are left out of everything until an admin releases
+them.
 """
 
 from __future__ import annotations
 
-import fcntl
+import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from appraiser import data, evaluate, ingest, registry, schema
-from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD, settings
+from appraiser import data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
+from appraiser.gate import GatePolicy
+from appraiser.locking import BUSY, PipelineBusy, exclusive
 from appraiser.models import PriceModel
-from appraiser.train import MIN_STONES, Gate, TrainingError, TrainResult, fit_and_register
+from appraiser.train import MIN_STONES, Fitted, TrainingError, TrainResult, fit_and_register
 
-REFERENCE_BUCKETS = 5  # one stone in five is in the reference holdout
+__all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
 
 
 def in_reference_holdout(stones: pd.DataFrame) -> np.ndarray:
-    """True for the stones of the reference holdout; fixed by each stone's 10 values."""
-    hashed = pd.util.hash_pandas_object(stones[list(schema.COLUMNS)], index=False).to_numpy()
-    return np.asarray(hashed % REFERENCE_BUCKETS == 0)
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """When a challenger may replace the champion."""
-
-    margin: float = 0.0  # points of MAPE the challenger must gain on the holdout
-    slice_tolerance: float = 1.0  # points of MAPE any slice may lose
-    min_slice_stones: int = 30  # smaller slices are too noisy to judge
-    coverage: tuple[float, float] = (80.0, 97.0)  # acceptable 90%-range coverage, in %
-
-
-def sanity_problems(
-    model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], policy: GatePolicy
-) -> list[str]:
-    """What is wrong with a model whatever the champion: NaN prices, bad ranges, non-monotone."""
-    problems = []
-    prices = model.predict(holdout)["price"].to_numpy()
-    if not np.isfinite(prices).all():
-        problems.append("some prices are not finite numbers")
-    low, high = policy.coverage
-    if not low <= metrics.get("coverage", 0.0) <= high:
-        problems.append(
-            f"90% range covers {metrics.get('coverage', 0):.1f}% (needs {low:g}-{high:g}%)"
-        )
-    sample = holdout.sample(min(len(holdout), 200), random_state=0)
-    base = model.predict(sample)["price"].to_numpy()
-    heavier = model.predict(sample.assign(carat=sample["carat"] * 1.05))["price"].to_numpy()
-    drops = int((heavier < base * (1 - 1e-9)).sum())
-    for grade, order in schema.GRADES.items():
-        codes = sample[grade].map({g: i for i, g in enumerate(order)})
-        better = sample.assign(**{grade: [order[min(c + 1, len(order) - 1)] for c in codes]})
-        drops += int((model.predict(better)["price"].to_numpy() < base * (1 - 1e-9)).sum())
-    if drops:
-        problems.append(f"{drops} price(s) fell when carat or a grade went up")
-    return problems
-
-
-def make_gate(policy: GatePolicy) -> Gate:
-    """A gate: sanity checks, then the headline MAPE margin, then no slice worse than tolerated."""
-
-    def decide(
-        model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], slices: pd.DataFrame
-    ) -> tuple[bool, str]:
-        problems = sanity_problems(model, holdout, metrics, policy)
-        if problems:
-            return False, "sanity checks failed: " + "; ".join(problems)
-        current = registry.champion_version()
-        if current is None:
-            return True, "no champion yet; sanity checks passed"
-        _, champion = registry.load_version(current)
-        theirs = champion.predict(holdout)
-        their_metrics = evaluate.metrics(holdout[schema.TARGET], theirs["price"])
-        gain = their_metrics["mape"] - metrics["mape"]
-        said = (
-            f"holdout MAPE {metrics['mape']:.2f}% vs champion v{current}'s "
-            f"{their_metrics['mape']:.2f}% on the same {len(holdout):,} stones"
-        )
-        if gain < policy.margin or gain <= 0:
-            return False, f"{said}: gains {gain:+.2f} points, needs more than {policy.margin:g}"
-        both = slices.merge(
-            evaluate.slice_metrics(holdout, theirs),
-            on=["slice", "value"],
-            suffixes=("", "_champion"),
-        )
-        judged = both[both["stones"] >= policy.min_slice_stones]
-        worse = judged[judged["mape"] - judged["mape_champion"] > policy.slice_tolerance]
-        if not worse.empty:
-            listed = ", ".join(
-                f"{r.slice}={r.value} ({r.mape_champion:.1f}% -> {r.mape:.1f}%)"
-                for r in worse.itertuples()
-            )
-            return (
-                False,
-                f"{said}, but slices got worse beyond {policy.slice_tolerance:g} points: {listed}",
-            )
-        return True, f"{said}: gains {gain:.2f} points, no slice worse, sanity checks passed"
-
-    return decide
+    """True for the stones no retrain trains on (reference and sealed), fixed by their features."""
+    return np.asarray(lineage.roles(stones) != "train")
 
 
 def feedback_stones() -> pd.DataFrame:
-    """Stones priced by an expert after an appraisal (the latest price per appraisal), validated.
-
-    They join the training stones of the next retrain, never the reference holdout.
-    """
-    import json
-
+    """Stones priced by an expert after an appraisal (the latest price per appraisal), validated,
+    with `feedback_id`. They take the role their features give them, like stored stones."""
     from sqlalchemy import select
-
-    from appraiser import store
 
     engine = store.ready()
     query = (
-        select(store.Appraisal.id, store.Appraisal.input, store.Feedback.price)
+        select(store.Appraisal.id, store.Appraisal.input, store.Feedback.price, store.Feedback.id)
         .join(store.Feedback, store.Feedback.appraisal_id == store.Appraisal.id)
         .order_by(store.Feedback.id)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     if not rows:
-        return pd.DataFrame(columns=list(schema.COLUMNS))
-    latest = {appraisal: (text, price) for appraisal, text, price in rows}
+        return pd.DataFrame(columns=[*schema.COLUMNS, "feedback_id"])
+    latest = {appraisal: (text, price, fid) for appraisal, text, price, fid in rows}
     frame = pd.DataFrame(
-        [{**json.loads(text), schema.TARGET: price} for text, price in latest.values()]
+        [
+            {**json.loads(text), schema.TARGET: price, "feedback_id": fid}
+            for text, price, fid in latest.values()
+        ]
     )
-    return data.validate(frame.astype(str), dedupe=False, source="feedback").clean
+    checked = data.validate(
+        frame[list(schema.COLUMNS)].astype(str), dedupe=False, source="feedback"
+    )
+    kept = frame.loc[checked.clean.index, "feedback_id"].to_numpy()
+    return checked.clean.assign(feedback_id=kept).reset_index(drop=True)
+
+
+@dataclass
+class LabelledStones:
+    """Every labelled stone the loop may use, by role."""
+
+    stones: pd.DataFrame  # store stones (batch_id) and feedback stones (feedback_id)
+    roles: np.ndarray
+
+    def part(self, role: str) -> pd.DataFrame:
+        return self.stones[self.roles == role].reset_index(drop=True)
+
+    @property
+    def newest_batch(self) -> int | None:
+        ids = self.stones["batch_id"].dropna()
+        return int(ids.max()) if len(ids) else None
+
+
+def labelled_stones() -> LabelledStones:
+    """The store's stones in use (batches not held or dropped) and the experts' prices."""
+    stored = ingest.accepted_stones()[[*schema.COLUMNS, "batch_id"]].astype({"batch_id": float})
+    feedback = feedback_stones()
+    parts = [stored.assign(feedback_id=np.nan)]
+    if len(feedback):
+        parts.append(feedback.astype({"feedback_id": float}).assign(batch_id=np.nan))
+    both = pd.concat(parts, ignore_index=True)
+    for column in schema.NUMERIC_COLUMNS:
+        both[column] = both[column].astype(float)
+    return LabelledStones(both, lineage.roles(both) if len(both) else np.empty(0, dtype=object))
+
+
+def measure_sealed(version: str, model: PriceModel, sealed: pd.DataFrame) -> dict[str, Any] | None:
+    """The model's error on sealed stones it never trained on, kept in the store (kind=sealed).
+    No decision reads it: it tells, over time, how good the champion really is."""
+    known = lineage.load(version)
+    if known is not None and len(sealed):
+        sealed = sealed[~known.trained_on(lineage.stone_keys(sealed))]
+    if len(sealed) == 0:
+        return None
+    priced = model.predict(sealed)
+    m = evaluate_metrics(sealed, priced)
+    with store.session() as s, s.begin():
+        s.add(
+            store.Evaluation(
+                kind="sealed",
+                model_version=version,
+                stones=len(sealed),
+                mape=m["mape"],
+                coverage=m["coverage"],
+                bias=float(
+                    np.median(np.log(sealed[schema.TARGET].to_numpy() / priced["price"].to_numpy()))
+                ),
+                details=json.dumps({"known_lineage": known is not None}),
+            )
+        )
+    return {"version": version, "stones": len(sealed), "mape": m["mape"], "coverage": m["coverage"]}
+
+
+def evaluate_metrics(stones: pd.DataFrame, priced: pd.DataFrame) -> dict[str, float]:
+    from appraiser import evaluate
+
+    return evaluate.metrics(
+        stones[schema.TARGET], priced["price"], priced["price_low"], priced["price_high"]
+    )
+
+
+def sealed_history() -> pd.DataFrame:
+    """The champion's (and challengers') error on the sealed set over time, oldest first."""
+    from sqlalchemy import select
+
+    store.ready()
+    with store.session() as s:
+        rows = s.scalars(
+            select(store.Evaluation)
+            .where(store.Evaluation.kind == "sealed")
+            .order_by(store.Evaluation.id)
+        ).all()
+        return pd.DataFrame(
+            [
+                {
+                    "at": r.created_at,
+                    "version": r.model_version,
+                    "stones": r.stones,
+                    "mape": r.mape,
+                    "coverage": r.coverage,
+                }
+                for r in rows
+            ],
+            columns=["at", "version", "stones", "mape", "coverage"],
+        )
 
 
 def retrain(
@@ -146,104 +161,101 @@ def retrain(
     timeout: float = DEFAULT_TIMEOUT,
     policy: GatePolicy | None = None,
     show_progress: bool = True,
+    actor: str = "gate",
 ) -> TrainResult:
-    """Train a challenger on the store's accepted stones; promote it only if the gate agrees."""
-    stones = ingest.accepted_stones()
-    if len(stones) < MIN_STONES:
-        raise TrainingError(
-            f"the store holds {len(stones)} accepted stones (need {MIN_STONES}): "
-            "ingest appraisals first with `appraiser ingest FILE`"
+    """Train a challenger on the store's training stones; promote it only if the gate agrees.
+
+    Holds the pipeline lock throughout, so no other retrain, pass or champion move interleaves.
+    """
+    with exclusive():
+        known = labelled_stones()
+        fit_part = known.part("train")
+        if len(fit_part) < MIN_STONES:
+            raise TrainingError(
+                f"the store holds {len(fit_part)} training stones (need {MIN_STONES}; "
+                f"{len(known.stones)} labelled stones in all, a quarter of them never trained "
+                "on): ingest appraisals first with `appraiser ingest FILE`"
+            )
+        reference, sealed = known.part("reference"), known.part("sealed")
+        current = registry.champion_version()
+        champion_model = registry.load_version(current)[1] if current else None
+        newest = known.newest_batch
+
+        def decide(fitted: Fitted) -> gate.Decision:
+            return gate.decide(
+                fitted.evaluated,
+                lineage.stone_keys(fitted.fit_part),
+                reference,
+                champion_version=current,
+                champion=champion_model,
+                champion_lineage=lineage.load(current) if current else None,
+                policy=policy,
+                newest_batch=newest,
+                pool_name="reference stones",
+            )
+
+        batch_ids = known.stones["batch_id"].dropna()
+        feedback_ids = known.stones["feedback_id"].dropna()
+        feedback_used = int(fit_part["feedback_id"].notna().sum())
+        validation = data.ValidationResult(
+            clean=known.stones[list(schema.COLUMNS)],
+            rejected=pd.DataFrame(),
+            total=len(known.stones),
         )
-    held = in_reference_holdout(stones)
-    columns = list(schema.COLUMNS)
-    fit_part = pd.concat([stones.loc[~held, columns], feedback_stones()], ignore_index=True)
-    holdout = stones.loc[held, columns].reset_index(drop=True)
-    validation = data.ValidationResult(
-        clean=stones[columns], rejected=pd.DataFrame(), total=len(stones)
-    )
-    return fit_and_register(
-        validation,
-        fit_part,
-        holdout,
-        final_stones=fit_part,  # the reference holdout stays unseen by every model
-        source="store",
-        trials=trials,
-        timeout=timeout,
-        seed=settings().seed,
-        show_progress=show_progress,
-        gate=make_gate(policy or GatePolicy()),
-        tags={"kind": "retrain", "store_max_batch": str(int(stones["batch_id"].max()))},
-    )
+        result = fit_and_register(
+            validation,
+            fit_part,
+            reference,
+            final_stones=None,  # the reference and sealed stones stay unseen by every model
+            source="store",
+            trials=trials,
+            timeout=timeout,
+            seed=42,
+            show_progress=show_progress,
+            decide=decide,
+            kind="retrain",
+            tags={
+                "store_max_batch": str(int(batch_ids.max()) if len(batch_ids) else 0),
+                "feedback_used": str(feedback_used),
+            },
+            lineage_extra={
+                "max_batch_id": int(batch_ids.max()) if len(batch_ids) else 0,
+                "max_feedback_id": int(feedback_ids.max()) if len(feedback_ids) else 0,
+            },
+            actor=actor,
+        )
+        result.feedback_used = feedback_used
+        _, model = registry.load_version(result.version)
+        measured = measure_sealed(result.version, model, sealed)
+        if measured is not None:
+            from appraiser import tracking
+
+            tracking.log_metrics(
+                result.run_id,
+                {"sealed_mape": measured["mape"], "sealed_stones": measured["stones"]},
+            )
+        return result
 
 
 # --- one pass of the automated pipeline, and the folder watcher ----------------------------------
 
-DRIFT_KS = 0.1  # a numeric feature drifts when the KS statistic passes this (and p < 0.01)
-DRIFT_PSI = 0.2  # a grade drifts when its population stability index passes this
 INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-class PipelineBusy(RuntimeError):
-    """Another pipeline pass holds the lock."""
-
-
-def drift_report(new: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Each feature of new stones against the training stones: KS for numbers, PSI for grades."""
-    from scipy.stats import ks_2samp
-
-    rows = []
-    for column in schema.NUMERIC_FEATURES:
-        test = ks_2samp(new[column], reference[column])
-        drifted = bool(test.statistic > DRIFT_KS and test.pvalue < 0.01)
-        rows.append(
-            {
-                "feature": column,
-                "test": "KS",
-                "statistic": float(test.statistic),
-                "p_value": float(test.pvalue),
-                "drift": drifted,
-            }
-        )
-    for column, order in schema.GRADES.items():
-        expected = reference[column].value_counts(normalize=True).reindex(order, fill_value=0)
-        actual = new[column].value_counts(normalize=True).reindex(order, fill_value=0)
-        e, a = expected.clip(lower=1e-4), actual.clip(lower=1e-4)
-        psi = float(((a - e) * np.log(a / e)).sum())
-        rows.append(
-            {
-                "feature": column,
-                "test": "PSI",
-                "statistic": psi,
-                "p_value": float("nan"),
-                "drift": psi > DRIFT_PSI,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def log_drift(drift: pd.DataFrame, new_stones: int) -> str:
+def log_drift(report: pd.DataFrame, new_stones: int) -> str:
     """Record a drift report as an MLflow run (kind=drift): one metric per feature, the table."""
     import mlflow
 
     registry.use_experiment()
     with mlflow.start_run(run_name="drift check") as run:
-        mlflow.set_tags({"kind": "drift", "drift": str(bool(drift["drift"].any()))})
+        mlflow.set_tags({"kind": "drift", "drift": str(bool(report["drift"].any()))})
         mlflow.log_param("new_stones", new_stones)
         mlflow.log_metrics(
-            {f"drift_{r.feature}_{r.test.lower()}": r.statistic for r in drift.itertuples()}
+            {f"drift_{r.feature}_{r.test.lower()}": r.statistic for r in report.itertuples()}
+            | {f"drift_{r.feature}_p": r.p_value for r in report.itertuples()}
         )
-        mlflow.log_text(drift.to_csv(index=False), "drift.csv")
+        mlflow.log_text(report.to_csv(index=False), "drift.csv")
     return str(run.info.run_id)
-
-
-def _champion_max_batch() -> int:
-    """The newest store batch the champion was trained with (0 when it did not come from it)."""
-    version = registry.champion_version()
-    if version is None:
-        return 0
-    mv = registry.client().get_model_version(registry.REGISTERED_MODEL, version)
-    run = registry.client().get_run(mv.run_id) if mv.run_id else None
-    return int(run.data.tags.get("store_max_batch", 0)) if run else 0
 
 
 @dataclass
@@ -252,16 +264,53 @@ class PassReport:
 
     ingested: list[ingest.IngestReport]
     failed: list[tuple[str, str]]
-    new_stones: int
+    new_stones: int  # stones in batches no retrain has seen yet
     drift: pd.DataFrame | None
     retrain_reason: str | None
     result: TrainResult | None
+    new_feedback: int = 0
+    held: list[dict[str, Any]] = field(default_factory=list)  # batches waiting for an admin
+    signals: list[str] = field(default_factory=list)  # the champion worse on fresh stones
+    champion: str | None = None  # after the pass
+    sealed: dict[str, Any] | None = None
+    note: str = ""
 
-
-def _lock_path() -> Path:
-    home = settings().home
-    home.mkdir(parents=True, exist_ok=True)
-    return home / "pipeline.lock"
+    def to_dict(self) -> dict[str, Any]:
+        """What scripts need (`appraiser pipeline run --json`)."""
+        result = self.result
+        return {
+            "ingested": [
+                {
+                    "file": r.path,
+                    "batch": r.batch_id,
+                    "already_ingested": r.already_ingested,
+                    "rows_read": r.rows_read,
+                    "rows_accepted": r.rows_accepted,
+                    "rows_rejected": r.rows_rejected,
+                    "held": r.held,
+                    "screening": r.screening.to_dict() if r.screening else None,
+                }
+                for r in self.ingested
+            ],
+            "failed": [{"file": name, "reason": why} for name, why in self.failed],
+            "new_stones": self.new_stones,
+            "new_feedback": self.new_feedback,
+            "drift": bool(self.drift is not None and self.drift["drift"].any()),
+            "drift_features": drift.drifted(self.drift) if self.drift is not None else [],
+            "signals": self.signals,
+            "retrained": result is not None,
+            "retrain_reason": self.retrain_reason,
+            "promoted": bool(result is not None and result.champion),
+            "champion": self.champion,
+            "challenger": result.version if result is not None else None,
+            "decision": result.to_dict() if result is not None else None,
+            "held": [
+                {"batch": b["id"], "file": b["file_name"], "reason": b["status_reason"]}
+                for b in self.held
+            ],
+            "sealed": self.sealed,
+            "note": self.note,
+        }
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -290,50 +339,6 @@ def ingest_inbox(
     return reports, failed
 
 
-BUSY = "another pipeline pass is running; try again when it ends"
-# the key of the PostgreSQL advisory lock (any 64-bit number, the same for every process)
-ADVISORY_LOCK_KEY = 0x41505052414953  # "APPRAIS"
-
-
-@contextmanager
-def exclusive() -> Iterator[None]:
-    """Hold the pipeline's lock or raise PipelineBusy at once, so two retrains never overlap.
-
-    Passes, API retrain jobs and watchers take it. With a PostgreSQL store it is an advisory lock
-    in the database, which holds across machines (and is released if the holder dies); with
-    SQLite, a lock file under APPRAISER_HOME, which holds on one machine.
-    """
-    from sqlalchemy import text
-
-    from appraiser import store
-
-    engine = store.ready()
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            key = {"key": ADVISORY_LOCK_KEY}
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
-            # a session lock outlives the transaction: end it, so the connection does not sit
-            # idle in a transaction for the whole retrain (servers may kill such sessions)
-            conn.commit()
-            if not got:
-                raise PipelineBusy(BUSY)
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-                    conn.commit()
-                except Exception:  # the session is gone: so is its lock
-                    pass
-        return
-    with _lock_path().open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PipelineBusy(BUSY) from exc
-        yield
-
-
 def run_pass(
     inbox: Path | None = None,
     *,
@@ -343,32 +348,85 @@ def run_pass(
     policy: GatePolicy | None = None,
     show_progress: bool = True,
 ) -> PassReport:
-    """Ingest the inbox, check drift, retrain when enough new stones arrived or drift is strong.
+    """Ingest the inbox (each batch screened by the champion), then retrain when something new
+    calls for it: no champion yet, `threshold` new stones, the champion worse than expected on a
+    new batch, or drift. "New" means after the last retrain, promoted or not: a rejected
+    challenger is not trained again until something new arrives.
 
-    A lock file under APPRAISER_HOME keeps two passes (and so two retrains) from running at once.
+    Holds the pipeline lock, so two passes (and so two retrains) never run at once.
     """
     with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
-        stones = ingest.accepted_stones()
-        new = stones[stones["batch_id"] > _champion_max_batch()]
-        drift, reason = None, None
-        if registry.champion_version() is None:
-            reason = "no champion yet"
+        current = registry.champion_version()
+        last_batch, last_feedback = lineage.last_attempt()
+        known = labelled_stones()
+        stones = known.stones
+        new = stones[stones["batch_id"] > last_batch]
+        new_feedback = int((stones["feedback_id"] > last_feedback).sum())
+        report = PassReport(
+            ingested=reports,
+            failed=failed,
+            new_stones=len(new),
+            drift=None,
+            retrain_reason=None,
+            result=None,
+            new_feedback=new_feedback,
+            held=ingest.batches(status="held"),
+        )
+        reasons: list[str] = []
+        champion_model = registry.load_version(current)[1] if current else None
+        if current is None:
+            reasons.append("no champion yet")
         else:
-            _, champion = registry.load_version()
-            if len(new):
-                drift = drift_report(new, champion.reference)
-                log_drift(drift, len(new))
-            if len(new) >= threshold:
-                reason = f"{len(new):,} new stones since the champion's training (>= {threshold:,})"
-            elif drift is not None and drift["drift"].any() and len(new) >= MIN_STONES:
-                reason = "drift in " + ", ".join(drift.loc[drift["drift"], "feature"])
-        result = None
-        if reason is not None and len(stones) >= MIN_STONES:
-            result = retrain(
+            new_batches = {int(b) for b in new["batch_id"].unique()}
+            for batch in ingest.batches(status="accepted"):
+                screened = batch["screening"]
+                if batch["id"] in new_batches and screened and screened.get("worse"):
+                    report.signals.append(
+                        f"batch {batch['id']}: champion v{screened['version']} "
+                        + "; ".join(screened["worse"])
+                    )
+            if report.signals:
+                reasons.append("the champion is worse than expected on new stones")
+            if len(new) + new_feedback >= threshold:
+                reasons.append(
+                    f"{len(new) + new_feedback:,} new labelled stones since the last retrain "
+                    f"(>= {threshold:,})"
+                )
+            assert champion_model is not None
+            if len(new) >= drift.MIN_STONES:
+                report.drift = drift.drift_report(new, champion_model.reference)
+                log_drift(report.drift, len(new))
+                if drift.drifted(report.drift):
+                    reasons.append("drift in " + ", ".join(drift.drifted(report.drift)))
+        tried = lineage.last_attempt() != (0, 0) or _any_retrain()
+        if reasons and tried and len(new) == 0 and new_feedback == 0:
+            report.note = "nothing new since the last retrain: not retrained again"
+        elif reasons and int((known.roles == "train").sum()) < MIN_STONES:
+            report.note = f"fewer than {MIN_STONES} training stones in the store: not retrained"
+        elif reasons:
+            report.retrain_reason = "; ".join(reasons)
+            report.result = retrain(
                 trials=trials, timeout=timeout, policy=policy, show_progress=show_progress
             )
-        return PassReport(reports, failed, len(new), drift, reason, result)
+        report.champion = registry.champion_version()
+        if report.champion is not None and (reports or report.result is not None):
+            _, model = registry.load_version(report.champion)
+            report.sealed = measure_sealed(report.champion, model, known.part("sealed"))
+        return report
+
+
+def _any_retrain() -> bool:
+    from sqlalchemy import select
+
+    store.ready()
+    with store.session() as s:
+        found = s.scalar(
+            select(store.ModelVersionRecord.version)
+            .where(store.ModelVersionRecord.kind == "retrain")
+            .limit(1)
+        )
+    return found is not None
 
 
 def watch(

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
 from appraiser.models import PriceModel
+from appraiser.scoring import score_frame
 
 CHAMPION = "champion"
 PRICER_ARTIFACT = "pricer"
@@ -41,6 +42,10 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 class RegistryError(RuntimeError):
     """Something the user can fix about the registry (no champion yet, unknown version...)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be read (server down, store broken): never taken as "no champion"."""
 
 
 def client() -> MlflowClient:
@@ -75,8 +80,6 @@ class PricerPyfunc(PythonModel):
         self.model = PriceModel.load(Path(context.artifacts[PRICER_ARTIFACT]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        from appraiser.predict import score_frame
-
         return score_frame(self.model, model_input)[["price", "price_low", "price_high", "error"]]
 
 
@@ -134,42 +137,56 @@ def register(model_uri: str, run_id: str, description: str) -> str:
 
 
 def champion_version() -> str | None:
-    """The version the `champion` alias points to, or None when there is no champion yet."""
+    """The version the `champion` alias points to, or None when there is no champion yet.
+
+    Only "no such model" and "no such alias" mean no champion; any other failure (the tracking
+    server down, a corrupt store) raises RegistryError, so nothing promotes without a comparison.
+    """
     cl = client()
     try:
         return str(cl.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _means_not_found(exc):
+            return None
+        raise RegistryUnavailable(f"the model registry cannot be read: {exc}") from exc
+    except Exception as exc:  # network, database: a broken registry is not an empty one
+        raise RegistryUnavailable(
+            f"the model registry cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
-def promote(version: str, reason: str) -> None:
-    """Point the `champion` alias at a version (one atomic update) and record why."""
+def _means_not_found(exc: MlflowException) -> bool:
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc.message)
+
+
+def set_champion_alias(version: str, reason: str) -> None:
+    """Point the `champion` alias at a version (one atomic update) and tag why.
+
+    Low level: people and the gate move the champion through `champion.py`, which holds the
+    pipeline lock, checks nobody moved it meanwhile and keeps the history.
+    """
     cl = client()
     try:
         cl.get_model_version(REGISTERED_MODEL, version)
     except MlflowException as exc:
+        if not _means_not_found(exc):
+            raise RegistryUnavailable(f"the model registry cannot be read: {exc}") from exc
         raise RegistryError(
             f"model version {version} does not exist (see `appraiser models`)"
         ) from exc
     cl.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
-    cl.set_model_version_tag(REGISTERED_MODEL, version, "promoted_because", reason)
+    cl.set_model_version_tag(REGISTERED_MODEL, version, "promoted_because", reason[:5000])
 
 
-def rollback() -> str:
-    """Give the `champion` alias back to the champion before the current one; returns it."""
-    current = champion_version()
-    if current is None:
-        raise RegistryError("no champion yet: nothing to roll back")
-    earlier = [
+def promoted_versions_before(current: str) -> list[int]:
+    """Versions older than `current` that were champion once (for stores with no history)."""
+    return [
         int(mv.version)
         for mv in client().search_model_versions(f"name='{REGISTERED_MODEL}'")
         if int(mv.version) < int(current) and "promoted_because" in (mv.tags or {})
     ]
-    if not earlier:
-        raise RegistryError(f"v{current} is the first champion: there is none to roll back to")
-    target = str(max(earlier))
-    promote(target, f"rollback from v{current}")
-    return target
 
 
 def load_version(version: str | None = None) -> tuple[str, PriceModel]:
@@ -210,6 +227,8 @@ class VersionInfo:
     model: str
     metrics: dict[str, float]
     description: str
+    gate: dict[str, float] = field(default_factory=dict)  # the decision's numbers (gate_*)
+    sealed: dict[str, float] = field(default_factory=dict)  # its error on the sealed set
 
 
 def versions() -> list[VersionInfo]:
@@ -220,10 +239,13 @@ def versions() -> list[VersionInfo]:
     for mv in cl.search_model_versions(f"name='{REGISTERED_MODEL}'"):
         mv_: ModelVersion = mv
         run = cl.get_run(mv_.run_id) if mv_.run_id else None
+        logged = run.data.metrics if run else {}
         metrics = {
-            k.removeprefix("holdout_"): v
-            for k, v in (run.data.metrics.items() if run else [])
-            if k.startswith("holdout_")
+            k.removeprefix("holdout_"): v for k, v in logged.items() if k.startswith("holdout_")
+        }
+        gate = {k.removeprefix("gate_"): v for k, v in logged.items() if k.startswith("gate_")}
+        sealed = {
+            k.removeprefix("sealed_"): v for k, v in logged.items() if k.startswith("sealed_")
         }
         out.append(
             VersionInfo(
@@ -234,6 +256,8 @@ def versions() -> list[VersionInfo]:
                 model=(run.data.params.get("model", "") if run else ""),
                 metrics=metrics,
                 description=mv_.description or "",
+                gate=gate,
+                sealed=sealed,
             )
         )
     return sorted(out, key=lambda v: int(v.version), reverse=True)

@@ -23,11 +23,13 @@ from typing import Any
 from pydantic_core import to_json
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Double,
     Engine,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -111,6 +113,14 @@ class Batch(Base):
     rows_read: Mapped[int] = mapped_column(Integer)
     rows_accepted: Mapped[int] = mapped_column(Integer)
     rows_rejected: Mapped[int] = mapped_column(Integer)
+    # accepted: stones train models; held: the champion found its prices far from everything
+    # known (see screening.py), so it waits for an admin to release or drop it; dropped: kept,
+    # never used
+    status: Mapped[str] = mapped_column(String(20), default="accepted", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+
+
+BATCH_STATUSES = ("accepted", "held", "dropped")
 
 
 class StoredDiamond(Base):
@@ -196,6 +206,58 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class ModelVersionRecord(Base):
+    """A registered model version's lineage (the keys of the stones it trained on, packed by
+    lineage.pack) and the decision made about it (JSON text)."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))  # train (from a file) or retrain (the store)
+    source: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stones: Mapped[int] = mapped_column(Integer)
+    batches: Mapped[str] = mapped_column(Text)  # JSON list of store batch ids
+    max_batch_id: Mapped[int | None] = mapped_column(Integer)
+    max_feedback_id: Mapped[int | None] = mapped_column(Integer)
+    training_keys: Mapped[bytes] = mapped_column(LargeBinary)
+    decision: Mapped[str | None] = mapped_column(Text)
+
+
+class Promotion(Base):
+    """One move of the champion alias, in order: who moved it, from what, to what, and why."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(40))
+    previous: Mapped[str | None] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(20))  # gate, promote or rollback
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Evaluation(Base):
+    """A model measured on labelled stones it never trained on: the sealed set over time, or a
+    newly ingested batch (screening). Figures in percent; bias is the median of
+    log(price / model's price)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(20), index=True)  # sealed or batch
+    model_version: Mapped[str] = mapped_column(String(40))
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    stones: Mapped[int] = mapped_column(Integer)
+    mape: Mapped[float | None] = mapped_column(Double)
+    coverage: Mapped[float | None] = mapped_column(Double)
+    bias: Mapped[float | None] = mapped_column(Double)
+    details: Mapped[str | None] = mapped_column(Text)  # JSON
+
+
 TABLES: tuple[str, ...] = (
     "batches",
     "diamonds",
@@ -203,6 +265,9 @@ TABLES: tuple[str, ...] = (
     "appraisals",
     "feedback",
     "jobs",
+    "model_versions",
+    "promotions",
+    "evaluations",
 )
 STONE_COLUMNS: tuple[str, ...] = schema.COLUMNS
 

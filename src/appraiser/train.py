@@ -1,4 +1,4 @@
-"""Training: validate -> tune every candidate by K-fold CV -> blend -> evaluate -> register.
+"""Training: validate -> tune candidates by K-fold CV -> blend -> evaluate -> decide -> register.
 
 The protocol, in order:
 1. validate the table; rejected rows are saved with the run, never dropped silently;
@@ -7,30 +7,42 @@ The protocol, in order:
    `trials` per candidate and a shared `timeout`; keep each candidate's out-of-fold predictions;
 4. blend the two best candidates in log space when that lowers the out-of-fold MAPE;
 5. take the 90% range half-width from the out-of-fold residuals (split conformal);
-6. fit on the 80%, measure on the holdout (metrics, slices, plots, range coverage), compare with the
-   current champion on the same holdout stones;
-7. refit on every accepted stone, log everything to MLflow, register, and promote if better.
+6. fit on the 80%, measure on the holdout (metrics, slices, range coverage);
+7. refit on every accepted stone; the gate (gate.py) compares with the champion on stones neither
+   trained on; log everything to MLflow (tracking.py), register, record the lineage, and move the
+   champion if the gate agreed (champion.py).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import optuna
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.model_selection import KFold, train_test_split
 
-from appraiser import data, evaluate, explain, features, registry, schema
+from appraiser import (
+    champion,
+    data,
+    evaluate,
+    explain,
+    features,
+    gate,
+    lineage,
+    registry,
+    schema,
+    screening,
+    tracking,
+)
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
+from appraiser.gate import Decision, GatePolicy
 from appraiser.models import CANDIDATES, Candidate, PriceModel
 
 FOLDS = 5
@@ -52,24 +64,6 @@ class CandidateResult:
     cv: dict[str, float]
     trials: int
     seconds: float
-
-
-@dataclass
-class TrainResult:
-    version: str
-    champion: bool
-    decision: str
-    model_name: str
-    holdout: dict[str, float]
-    cv: dict[str, float]
-    candidates: pd.DataFrame
-    slices: pd.DataFrame
-    validation: data.ValidationResult
-    run_id: str
-    run_dir: Path
-    seconds: float
-    fingerprint: str
-    weights: dict[str, float] = field(default_factory=dict)
 
 
 def _cv_mape(y_log: np.ndarray, oof_log: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -198,143 +192,58 @@ def _fit_model(
         weights=list(weights.values()),
         intervals=intervals,
         coverage=COVERAGE,
-        reference=stones.reset_index(drop=True),
+        reference=stones[list(schema.COLUMNS)].reset_index(drop=True),
         info=info,
     )
 
 
-def _flat(prefix: str, values: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}_{k}": float(v) for k, v in values.items() if np.isfinite(v)}
+@dataclass
+class Fitted:
+    """A tuned, blended model measured on a holdout: `evaluated` was fitted without the holdout
+    (the gate judges it), `final` on every training stone (the version registered)."""
+
+    model_name: str
+    weights: dict[str, float]
+    results: dict[str, CandidateResult]
+    intervals: list[float]
+    cv: dict[str, float]
+    candidates: pd.DataFrame
+    evaluated: PriceModel
+    final: PriceModel
+    fit_part: pd.DataFrame
+    holdout: pd.DataFrame
+    holdout_pred: pd.DataFrame
+    holdout_metrics: dict[str, float]
+    slices: pd.DataFrame
+    final_stones: pd.DataFrame
+    source: str
+    fingerprint: str
+    seed: int
+    trials: int
+    timeout: float
 
 
-def _slice_metric_names(slices: pd.DataFrame) -> dict[str, float]:
-    out = {}
-    for row in slices.itertuples():
-        value = str(row.value).replace(" ", "_").replace("<", "lt").replace(">=", "ge")
-        key = f"slice_{row.slice}_{value}"
-        key = key.replace("-", "to").replace(".", "p")
-        out[f"{key}_mape"] = float(row.mape)
-    return out
-
-
-def compare_with_champion(stones: pd.DataFrame, challenger_mape: float) -> tuple[bool, str]:
-    """Whether a challenger with this MAPE on `stones` beats the champion there, and why."""
-    current = registry.champion_version()
-    if current is None:
-        return True, "no champion yet"
-    _, champion = registry.load_version(current)
-    champion_mape = evaluate.metrics(stones[schema.TARGET], champion.predict(stones)["price"])[
-        "mape"
-    ]
-    better = challenger_mape < champion_mape
-    verb = "beats" if better else "does not beat"
-    return better, (
-        f"holdout MAPE {challenger_mape:.2f}% {verb} champion v{current}'s "
-        f"{champion_mape:.2f}% on the same {len(stones):,} stones"
-    )
-
-
-Gate = Callable[[PriceModel, pd.DataFrame, dict[str, float], pd.DataFrame], tuple[bool, str]]
-
-
-def beats_champion(
-    model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], slices: pd.DataFrame
-) -> tuple[bool, str]:
-    """The default gate: promote when the new model's holdout MAPE beats the champion's there."""
-    return compare_with_champion(holdout, metrics["mape"])
-
-
-def train(
-    path: str | Path | None = None,
-    *,
-    trials: int = DEFAULT_TRIALS,
-    timeout: float = DEFAULT_TIMEOUT,
-    candidates: list[str] | None = None,
-    seed: int | None = None,
-    show_progress: bool = True,
-    promote_if_better: bool = True,
-) -> TrainResult:
-    """Train, evaluate and register a model on a table (the public table when no path is given)."""
-    seed = settings().seed if seed is None else seed
-    checked = data.load(path)
-    stones = checked.clean
-    if len(stones) < MIN_STONES:
-        raise TrainingError(
-            f"only {len(stones)} valid stones (need at least {MIN_STONES}); "
-            f"{len(checked.rejected)} rows were rejected, see the quality report"
-        )
-    fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
-    return fit_and_register(
-        checked,
-        fit_part,
-        holdout,
-        final_stones=stones,
-        source=str(path) if path is not None else data.PUBLIC_TABLE,
-        trials=trials,
-        timeout=timeout,
-        candidates=candidates,
-        seed=seed,
-        show_progress=show_progress,
-        gate=beats_champion if promote_if_better else _never,
-    )
-
-
-def _never(
-    model: PriceModel, holdout: pd.DataFrame, metrics: dict[str, float], slices: pd.DataFrame
-) -> tuple[bool, str]:
-    return False, "promotion not asked for"
-
-
-def fit_and_register(
-    validation: data.ValidationResult,
-    fit_part: pd.DataFrame,
-    holdout: pd.DataFrame,
-    **options: Any,
-) -> TrainResult:
-    """Tune on `fit_part`, measure on `holdout`, refit on `final_stones`, register, maybe promote.
-
-    A failure anywhere leaves the champion as it was and shows as a FAILED run in MLflow, tagged
-    with the error, so nobody mistakes a crashed retrain for one that found nothing better.
-    """
-    try:
-        return _fit_and_register(validation, fit_part, holdout, **options)
-    except Exception as exc:
-        registry.use_experiment()
-        kind = (options.get("tags") or {}).get("kind", "train")
-        with mlflow.start_run(run_name=f"{kind} failed") as run:
-            mlflow.set_tags({"kind": kind, "error": f"{type(exc).__name__}: {exc}"[:5000]})
-        registry.client().set_terminated(run.info.run_id, status="FAILED")
-        raise TrainingError(
-            f"{kind} failed ({type(exc).__name__}: {exc}); the champion is unchanged. "
-            f"MLflow run {run.info.run_id} is marked FAILED; fix the cause and run it again."
-        ) from exc
-
-
-def _fit_and_register(
-    validation: data.ValidationResult,
+def fit(
     fit_part: pd.DataFrame,
     holdout: pd.DataFrame,
     *,
-    final_stones: pd.DataFrame,
+    final_stones: pd.DataFrame | None,
     source: str,
     trials: int = DEFAULT_TRIALS,
     timeout: float = DEFAULT_TIMEOUT,
     candidates: list[str] | None = None,
     seed: int = 42,
     show_progress: bool = True,
-    gate: Gate = beats_champion,
-    tags: dict[str, str] | None = None,
-) -> TrainResult:
-    """The work of fit_and_register; `gate` decides promotion from the holdout results."""
-    started = time.perf_counter()
-    checked = validation
-    stones = final_stones
+) -> Fitted:
+    """Tune every candidate on `fit_part`, blend, calibrate the range, measure on `holdout`, and
+    refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice)."""
     names = candidates or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise TrainingError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
-    fingerprint = data.fingerprint(stones)
     fit_part, holdout = fit_part.reset_index(drop=True), holdout.reset_index(drop=True)
+    stones = fit_part if final_stones is None else final_stones
+    fingerprint = data.fingerprint(stones[list(schema.COLUMNS)])
     y_log = features.log_price(fit_part[schema.TARGET])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -358,14 +267,66 @@ def _fit_and_register(
     weights = blend(list(results.values()), y_log)
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
     assert isinstance(oof_blend, np.ndarray)
-    intervals = explain.banded_halfwidths(y_log - oof_blend, fit_part["carat"].to_numpy(), COVERAGE)
+    residuals = y_log - oof_blend
+    intervals = explain.banded_halfwidths(residuals, fit_part["carat"].to_numpy(), COVERAGE)
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
         else next(iter(weights))
     )
     cv = evaluate.metrics(np.exp(y_log), np.exp(oof_blend))
+    table = _candidates_table(results, weights, model_name, cv)
 
+    info = {
+        "source": source,
+        "fingerprint": fingerprint,
+        "rows": len(stones),
+        "seed": seed,
+        # what the label-shift guard expects of this model's errors (screening.py)
+        "residuals": screening.residual_sample(residuals, seed),
+    }
+    evaluated = _fit_model(results, weights, fit_part, intervals, info)
+    holdout_pred = evaluated.predict(holdout)
+    holdout_metrics = evaluate.metrics(
+        holdout[schema.TARGET],
+        holdout_pred["price"],
+        holdout_pred["price_low"],
+        holdout_pred["price_high"],
+    )
+    final = (
+        evaluated
+        if final_stones is None
+        else _fit_model(results, weights, final_stones, intervals, info)
+    )
+    return Fitted(
+        model_name=model_name,
+        weights=weights,
+        results=results,
+        intervals=intervals,
+        cv=cv,
+        candidates=table,
+        evaluated=evaluated,
+        final=final,
+        fit_part=fit_part,
+        holdout=holdout,
+        holdout_pred=holdout_pred,
+        holdout_metrics=holdout_metrics,
+        slices=evaluate.slice_metrics(holdout, holdout_pred),
+        final_stones=stones,
+        source=source,
+        fingerprint=fingerprint,
+        seed=seed,
+        trials=trials,
+        timeout=timeout,
+    )
+
+
+def _candidates_table(
+    results: dict[str, CandidateResult],
+    weights: dict[str, float],
+    model_name: str,
+    cv: dict[str, float],
+) -> pd.DataFrame:
     table = pd.DataFrame(
         [
             {
@@ -386,101 +347,192 @@ def _fit_and_register(
             "seconds": 0.0,
             "params": json.dumps(weights),
         }
-    table = table.sort_values("cv_mape").reset_index(drop=True)
+    return table.sort_values("cv_mape").reset_index(drop=True)
 
-    info = {"source": source, "fingerprint": fingerprint, "rows": len(stones), "seed": seed}
-    evaluated = _fit_model(results, weights, fit_part, intervals, info)
-    holdout_pred = evaluated.predict(holdout)
-    holdout_metrics = evaluate.metrics(
-        holdout[schema.TARGET],
-        holdout_pred["price"],
-        holdout_pred["price_low"],
-        holdout_pred["price_high"],
+
+@dataclass
+class TrainResult:
+    version: str
+    champion: bool  # promoted to champion
+    decision: str  # why (gate.reason, plus what happened at promotion)
+    model_name: str
+    holdout: dict[str, float]
+    cv: dict[str, float]
+    candidates: pd.DataFrame
+    slices: pd.DataFrame
+    validation: data.ValidationResult
+    run_id: str
+    run_dir: Path
+    seconds: float
+    fingerprint: str
+    weights: dict[str, float] = field(default_factory=dict)
+    gate: Decision | None = None
+    champion_before: str | None = None
+    feedback_used: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """What scripts need (`appraiser retrain --json`)."""
+        return {
+            "promoted": self.champion,
+            "challenger": self.version,
+            "champion": self.version if self.champion else self.champion_before,
+            "champion_before": self.champion_before,
+            "model": self.model_name,
+            "decision": self.decision,
+            "gate": self.gate.to_dict() if self.gate else None,
+            "feedback_used": self.feedback_used,
+            "holdout": self.holdout,
+            "run_id": self.run_id,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+Decide = Callable[[Fitted], Decision]
+
+
+def train(
+    path: str | Path | None = None,
+    *,
+    trials: int = DEFAULT_TRIALS,
+    timeout: float = DEFAULT_TIMEOUT,
+    candidates: list[str] | None = None,
+    seed: int | None = None,
+    show_progress: bool = True,
+    promote_if_better: bool = True,
+    policy: GatePolicy | None = None,
+) -> TrainResult:
+    """Train, evaluate and register a model on a table (the public table when no path is given).
+
+    The gate compares it with the champion on this file's holdout stones the champion did not
+    train on (none, when the champion trained on the same file: then a person decides).
+    """
+    seed = settings().seed if seed is None else seed
+    checked = data.load(path)
+    stones = checked.clean
+    if len(stones) < MIN_STONES:
+        raise TrainingError(
+            f"only {len(stones)} valid stones (need at least {MIN_STONES}); "
+            f"{len(checked.rejected)} rows were rejected, see the quality report"
+        )
+    fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
+
+    def decide(fitted: Fitted) -> Decision:
+        current = registry.champion_version()
+        if not promote_if_better:
+            return Decision(False, "promotion not asked for", current, automatic=False)
+        champion_model = registry.load_version(current)[1] if current else None
+        return gate.decide(
+            fitted.evaluated,
+            lineage.stone_keys(fitted.fit_part),
+            fitted.holdout,
+            champion_version=current,
+            champion=champion_model,
+            champion_lineage=lineage.load(current) if current else None,
+            policy=policy,
+            pool_name="holdout stones of this file",
+        )
+
+    return fit_and_register(
+        checked,
+        fit_part,
+        holdout,
+        final_stones=stones,
+        source=str(path) if path is not None else data.PUBLIC_TABLE,
+        trials=trials,
+        timeout=timeout,
+        candidates=candidates,
+        seed=seed,
+        show_progress=show_progress,
+        decide=decide,
+        kind="train",
     )
-    slices = evaluate.slice_metrics(holdout, holdout_pred)
 
-    should_promote, decision = gate(evaluated, holdout, holdout_metrics, slices)
 
-    final = _fit_model(results, weights, stones, intervals, info)
+def fit_and_register(
+    validation: data.ValidationResult,
+    fit_part: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    final_stones: pd.DataFrame | None,
+    source: str,
+    decide: Decide,
+    kind: str,
+    trials: int = DEFAULT_TRIALS,
+    timeout: float = DEFAULT_TIMEOUT,
+    candidates: list[str] | None = None,
+    seed: int = 42,
+    show_progress: bool = True,
+    tags: dict[str, str] | None = None,
+    lineage_extra: dict[str, Any] | None = None,
+    actor: str = "gate",
+) -> TrainResult:
+    """Fit, decide, log to MLflow and register, record the lineage, then move the champion if the
+    gate agreed (compare-and-set against the champion it judged).
 
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_runs_dir()))
-    model_dir = final.save(run_dir / "model")
-    checked.rejected.to_csv(run_dir / "rejected_rows.csv", index=False)
-    checked.report.to_csv(run_dir / "quality_report.csv", index=False)
-    table.to_csv(run_dir / "candidates.csv", index=False)
-    slices.to_csv(run_dir / "slice_metrics.csv", index=False)
-    evaluate.plot_predictions(
-        holdout[schema.TARGET],
-        holdout_pred["price"],
-        run_dir / "holdout_predictions.png",
-        f"{model_name} on the holdout",
-    )
-    evaluate.plot_slices(slices, run_dir / "holdout_slices.png")
-
-    registry.use_experiment()
-    with mlflow.start_run(run_name=f"train {model_name}") as run:
-        mlflow.set_tags(
-            {
-                "data_source": source,
-                "data_fingerprint": fingerprint,
-                "kind": "train",
-                **(tags or {}),
-            }
+    A failure anywhere leaves the champion as it was and shows as a FAILED run in MLflow, tagged
+    with the error, so nobody mistakes a crashed retrain for one that found nothing better.
+    """
+    started = time.perf_counter()
+    try:
+        fitted = fit(
+            fit_part,
+            holdout,
+            final_stones=final_stones,
+            source=source,
+            trials=trials,
+            timeout=timeout,
+            candidates=candidates,
+            seed=seed,
+            show_progress=show_progress,
         )
-        mlflow.log_params(
-            {
-                "model": model_name,
-                "weights": json.dumps(weights),
-                "trials": trials,
-                "timeout": timeout,
-                "folds": FOLDS,
-                "holdout_rows": len(holdout),
-                "seed": seed,
-                "data_rows_read": checked.total,
-                "data_rows_accepted": len(stones),
-                "data_rows_rejected": len(checked.rejected),
-                "interval_log_halfwidths": json.dumps([round(w, 4) for w in intervals]),
-                **{f"{n}_params": json.dumps(results[n].params)[:6000] for n in weights},
-            }
+        decision = decide(fitted)
+        logged = tracking.log_training(
+            fitted, validation, decision, tags={"kind": kind, **(tags or {})}
         )
-        mlflow.log_metrics(
-            {
-                **_flat("holdout", holdout_metrics),
-                **_flat("cv", cv),
-                **_slice_metric_names(slices),
-                **{f"candidate_{r.name}_cv_mape": r.cv["mape"] for r in results.values()},
-            }
+        lineage.record(
+            logged.version,
+            fitted.final_stones,
+            run_id=logged.run_id,
+            source=source,
+            kind=kind,
+            decision=decision.to_dict(),
+            **(lineage_extra or {}),
         )
-        for file in sorted(run_dir.glob("*.*")):
-            mlflow.log_artifact(str(file))
-        model_uri = registry.log_model(model_dir, holdout[list(schema.FEATURES)].head(5))
-        version = registry.register(
-            model_uri, run.info.run_id, f"{model_name}; holdout MAPE {holdout_metrics['mape']:.2f}%"
-        )
-        mlflow.set_tag("decision", decision)
-        mlflow.set_tag("promoted", str(should_promote))
-        if should_promote:
-            registry.promote(version, decision)
-
+        promoted, said = False, decision.reason
+        if decision.promote:
+            try:
+                champion.move(
+                    logged.version,
+                    kind="gate",
+                    reason=decision.reason,
+                    actor=actor,
+                    expected=decision.champion,
+                )
+                promoted = True
+            except champion.ChampionChanged as exc:
+                said = f"{decision.reason}; but {exc}"
+        tracking.record_outcome(logged.run_id, promoted, said)
+    except Exception as exc:
+        tracking.log_failure(kind, exc)
+        raise TrainingError(
+            f"{kind} failed ({type(exc).__name__}: {exc}); the champion is unchanged. "
+            "Its MLflow run is marked FAILED; fix the cause and run it again."
+        ) from exc
     return TrainResult(
-        version=version,
-        champion=should_promote,
-        decision=decision,
-        model_name=model_name,
-        holdout=holdout_metrics,
-        cv=cv,
-        candidates=table,
-        slices=slices,
-        validation=checked,
-        run_id=run.info.run_id,
-        run_dir=run_dir,
+        version=logged.version,
+        champion=promoted,
+        decision=said,
+        model_name=fitted.model_name,
+        holdout=fitted.holdout_metrics,
+        cv=fitted.cv,
+        candidates=fitted.candidates,
+        slices=fitted.slices,
+        validation=validation,
+        run_id=logged.run_id,
+        run_dir=logged.run_dir,
         seconds=time.perf_counter() - started,
-        fingerprint=fingerprint,
-        weights=weights,
+        fingerprint=fitted.fingerprint,
+        weights=fitted.weights,
+        gate=decision,
+        champion_before=decision.champion,
     )
-
-
-def _runs_dir() -> Path:
-    folder = settings().runs_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

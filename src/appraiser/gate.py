@@ -1,0 +1,388 @@
+"""The gate: a challenger replaces the champion only on evidence, never on noise.
+
+Both models are judged on the same stones, and only on stones neither trained on (lineage.py).
+The headline is the paired difference of per-stone absolute percentage errors (champion minus
+challenger, in points of MAPE): a paired test, because both models price the same stones and most
+of a stone's error is shared, so pairing removes most of the noise. Its 95% interval comes from a
+BCa bootstrap (scipy.stats.bootstrap): per-stone errors are skewed (a few stones are priced 40% off)
+and the bootstrap does not assume them normal. The challenger must improve with the interval's
+lower bound above `margin` (default 0): two equally good models promote each other at most ~2.5% of
+the time (measured by benchmarks/trust.py).
+
+Then checks that can only block:
+- slices (carat band, cut, color, clarity with 30+ stones): a slice blocks when the challenger is
+  worse there by more than `slice_tolerance` points *significantly* (one-sided paired t-test, Holm
+  correction over the slices, family-wise 5%): small slices cannot block on noise alone;
+- range coverage, overall and per slice: blocks when it is significantly outside 85-95% (exact
+  binomial test, Holm over the slices): the band is about what people need, the test about noise;
+- the newest batch (forward-looking): blocks when the challenger is significantly worse on it;
+- sanity: finite prices, no price that falls when carat or a grade goes up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from appraiser import evaluate, lineage, schema
+from appraiser.models import PriceModel
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a challenger may replace the champion."""
+
+    margin: float = 0.0  # points of MAPE the improvement's lower 95% bound must pass
+    slice_tolerance: float = 1.0  # points of MAPE a slice may lose before it can block
+    min_slice_stones: int = 30  # smaller slices are not judged at all
+    min_stones: int = 300  # fewer stones unseen by both models: no automatic decision
+    coverage_band: tuple[float, float] = (85.0, 95.0)  # what a 90% range must plausibly cover, %
+    alpha: float = 0.05  # family-wise error rate of each group of blocking checks
+    confidence: float = 0.95  # of the improvement's interval
+    resamples: int = 2000  # bootstrap resamples
+    seed: int = 0
+
+
+@dataclass
+class Comparison:
+    """Champion against challenger on the same stones: MAPEs and the paired improvement."""
+
+    stones: int
+    champion_mape: float
+    challenger_mape: float
+    improvement: float  # champion MAPE minus challenger MAPE, points
+    low: float  # the improvement's confidence interval
+    high: float
+
+    def describe(self) -> str:
+        return (
+            f"MAPE {self.challenger_mape:.2f}% vs {self.champion_mape:.2f}% on {self.stones:,} "
+            f"stones: improvement {self.improvement:+.2f} points "
+            f"(95% CI {self.low:+.2f} to {self.high:+.2f})"
+        )
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Decision:
+    """What the gate decided, and every number it decided on."""
+
+    promote: bool
+    reason: str
+    champion: str | None  # the champion the decision was made against (None: there was none)
+    automatic: bool = True  # False: too little evidence, a person must decide
+    comparison: Comparison | None = None
+    forward: Comparison | None = None
+    checks: list[Check] = field(default_factory=list)
+    judged_on: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the statistics ------------------------------------------------------------------------------
+
+
+def ape(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Absolute percentage error per stone, in points."""
+    actual = np.asarray(actual, dtype=float)
+    return 100 * np.abs(np.asarray(predicted, dtype=float) - actual) / actual
+
+
+def paired_improvement(
+    actual: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """The challenger's paired improvement in MAPE over the champion, with a BCa interval."""
+    a, b = ape(actual, champion), ape(actual, challenger)
+    diff = a - b
+    n = len(diff)
+    low = high = float("nan")
+    if n >= 2 and np.ptp(diff) > 0:
+        ci = stats.bootstrap(
+            (diff,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    elif n >= 1:
+        low = high = float(diff.mean())
+    return Comparison(
+        stones=n,
+        champion_mape=float(a.mean()) if n else float("nan"),
+        challenger_mape=float(b.mean()) if n else float("nan"),
+        improvement=float(diff.mean()) if n else float("nan"),
+        low=low,
+        high=high,
+    )
+
+
+def holm(p_values: list[float], alpha: float) -> list[bool]:
+    """Which hypotheses Holm's step-down procedure rejects at family-wise level alpha."""
+    order = np.argsort(p_values)
+    rejected = [False] * len(p_values)
+    for rank, index in enumerate(order):
+        if p_values[index] <= alpha / (len(p_values) - rank):
+            rejected[index] = True
+        else:
+            break
+    return rejected
+
+
+def _slices(stones: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    """(column, value, mask) for every carat band and grade level present."""
+    columns = {"carat_band": evaluate.carat_band(stones["carat"]).astype(str).to_numpy()}
+    columns.update({g: stones[g].astype(str).to_numpy() for g in schema.GRADE_COLUMNS})
+    orders = {"carat_band": schema.CARAT_LABELS, **schema.GRADES}
+    out = []
+    for column, values in columns.items():
+        for value in orders[column]:
+            mask = values == value
+            if mask.any():
+                out.append((column, str(value), mask))
+    return out
+
+
+def slice_check(
+    stones: pd.DataFrame, champion: np.ndarray, challenger: np.ndarray, policy: GatePolicy
+) -> Check:
+    """Blocks when some slice is significantly worse than `slice_tolerance` points (Holm)."""
+    actual = stones[schema.TARGET].to_numpy(dtype=float)
+    worse_by = ape(actual, challenger) - ape(actual, champion)
+    judged, p_values = [], []
+    for column, value, mask in _slices(stones):
+        d = worse_by[mask]
+        if len(d) < policy.min_slice_stones:
+            continue
+        sd = d.std(ddof=1)
+        excess = d.mean() - policy.slice_tolerance
+        if sd == 0:
+            p = 0.0 if excess > 0 else 1.0
+        else:
+            p = float(stats.t.sf(excess / (sd / np.sqrt(len(d))), df=len(d) - 1))
+        judged.append((column, value, len(d), float(d.mean())))
+        p_values.append(p)
+    blocked = holm(p_values, policy.alpha)
+    bad = [j for j, b in zip(judged, blocked, strict=True) if b]
+    if bad:
+        listed = ", ".join(f"{c}={v} ({m:+.2f} points on {n})" for c, v, n, m in bad)
+        return Check(
+            "slices",
+            False,
+            f"significantly worse than {policy.slice_tolerance:g} points in {listed}",
+        )
+    worst = max(judged, key=lambda j: j[3], default=None)
+    detail = f"{len(judged)} slices of {policy.min_slice_stones}+ stones judged, none worse"
+    if worst is not None:
+        detail += f" (largest loss {worst[3]:+.2f} points, {worst[0]}={worst[1]}, n={worst[2]})"
+    return Check("slices", True, detail)
+
+
+def coverage_p_value(inside: int, n: int, band: tuple[float, float]) -> float:
+    """p-value of 'the true coverage lies in the band' (percent) given `inside` of `n` covered."""
+    low, high = band[0] / 100, band[1] / 100
+    below = stats.binom.cdf(inside, n, low)  # this few inside is unlikely if coverage >= low
+    above = stats.binom.sf(inside - 1, n, high)  # this many is unlikely if coverage <= high
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def coverage_check(
+    stones: pd.DataFrame, low: np.ndarray, high: np.ndarray, policy: GatePolicy
+) -> Check:
+    """Blocks when the 90% range's coverage is significantly outside the band, overall or in a
+    slice (exact binomial tests; Holm over overall + slices)."""
+    actual = stones[schema.TARGET].to_numpy(dtype=float)
+    inside = (actual >= low) & (actual <= high)
+    groups = [("overall", "", np.ones(len(stones), dtype=bool))] + [
+        s for s in _slices(stones) if s[2].sum() >= policy.min_slice_stones
+    ]
+    p_values = [
+        coverage_p_value(int(inside[m].sum()), int(m.sum()), policy.coverage_band)
+        for _, _, m in groups
+    ]
+    blocked = holm(p_values, policy.alpha)
+    lo, hi = policy.coverage_band
+    overall = 100 * inside.mean() if len(inside) else float("nan")
+    bad = [
+        f"{c}={v} {100 * inside[m].mean():.1f}% of {m.sum()}"
+        if c != "overall"
+        else f"overall {overall:.1f}% of {m.sum()}"
+        for (c, v, m), b in zip(groups, blocked, strict=True)
+        if b
+    ]
+    if bad:
+        return Check(
+            "coverage",
+            False,
+            f"90% range coverage significantly outside {lo:g}-{hi:g}%: " + ", ".join(bad),
+        )
+    return Check(
+        "coverage",
+        True,
+        f"{overall:.1f}% overall on {len(stones):,} stones, consistent with {lo:g}-{hi:g}% "
+        f"overall and in {len(groups) - 1} slices",
+    )
+
+
+def sanity_problems(model: PriceModel, stones: pd.DataFrame) -> list[str]:
+    """What is wrong with a model whatever the champion: NaN prices, non-monotone prices."""
+    problems = []
+    prices = model.predict(stones)["price"].to_numpy()
+    if not np.isfinite(prices).all():
+        problems.append("some prices are not finite numbers")
+    sample = stones.sample(min(len(stones), 200), random_state=0)
+    base = model.predict(sample)["price"].to_numpy()
+    heavier = model.predict(sample.assign(carat=sample["carat"] * 1.05))["price"].to_numpy()
+    drops = int((heavier < base * (1 - 1e-9)).sum())
+    for grade, order in schema.GRADES.items():
+        codes = sample[grade].map({g: i for i, g in enumerate(order)})
+        better = sample.assign(**{grade: [order[min(c + 1, len(order) - 1)] for c in codes]})
+        drops += int((model.predict(better)["price"].to_numpy() < base * (1 - 1e-9)).sum())
+    if drops:
+        problems.append(f"{drops} price(s) fell when carat or a grade went up")
+    return problems
+
+
+# --- the decision --------------------------------------------------------------------------------
+
+
+def decide(
+    challenger: PriceModel,
+    challenger_keys: np.ndarray,
+    pool: pd.DataFrame,
+    *,
+    champion_version: str | None,
+    champion: PriceModel | None,
+    champion_lineage: lineage.Lineage | None,
+    policy: GatePolicy | None = None,
+    newest_batch: int | None = None,
+    pool_name: str = "comparison stones",
+) -> Decision:
+    """Decide whether `challenger` replaces the champion, judging both on the stones of `pool`
+    (labelled; `batch_id` when they come from the store) that neither trained on."""
+    policy = policy or GatePolicy()
+    if len(pool):
+        problems = sanity_problems(challenger, pool[list(schema.COLUMNS)])
+        if problems:
+            return Decision(False, "sanity checks failed: " + "; ".join(problems), champion_version)
+    if champion_version is None or champion is None:
+        return Decision(True, "no champion yet; sanity checks passed", None)
+    if champion_lineage is None:
+        return Decision(
+            False,
+            f"champion v{champion_version}'s training stones are unknown (it was registered "
+            "before lineage was kept), so no fair comparison exists: nothing decided "
+            "automatically; compare by hand and use `appraiser models promote`",
+            champion_version,
+            automatic=False,
+        )
+    keys = lineage.stone_keys(pool) if len(pool) else np.empty(0, dtype=np.uint64)
+    unseen = ~champion_lineage.trained_on(keys) & ~np.isin(keys, challenger_keys)
+    judged = pool[unseen].reset_index(drop=True)
+    batches = (
+        sorted(int(b) for b in judged["batch_id"].dropna().unique())
+        if "batch_id" in judged and len(judged)
+        else []
+    )
+    judged_on = {
+        "stones": len(judged),
+        "pool": pool_name,
+        "pool_stones": len(pool),
+        "excluded_champion_trained": int((champion_lineage.trained_on(keys)).sum()),
+        "batches": batches,
+    }
+    if len(judged) < policy.min_stones:
+        return Decision(
+            False,
+            f"only {len(judged):,} of {len(pool):,} {pool_name} were seen by neither model "
+            f"(need {policy.min_stones}): nothing decided automatically; ingest more appraisals "
+            "or compare by hand and use `appraiser models promote`",
+            champion_version,
+            automatic=False,
+            judged_on=judged_on,
+        )
+    actual = judged[schema.TARGET].to_numpy(dtype=float)
+    theirs = champion.predict(judged)
+    ours = challenger.predict(judged)
+    comparison = paired_improvement(
+        actual,
+        theirs["price"].to_numpy(),
+        ours["price"].to_numpy(),
+        confidence=policy.confidence,
+        resamples=policy.resamples,
+        seed=policy.seed,
+    )
+    checks = [
+        Check(
+            "improvement",
+            comparison.low > policy.margin,
+            f"the improvement's lower 95% bound {comparison.low:+.2f} must pass {policy.margin:g}",
+        ),
+        slice_check(judged, theirs["price"].to_numpy(), ours["price"].to_numpy(), policy),
+        coverage_check(judged, ours["price_low"].to_numpy(), ours["price_high"].to_numpy(), policy),
+    ]
+    forward = None
+    if newest_batch is not None and "batch_id" in judged:
+        newest = (judged["batch_id"] == newest_batch).to_numpy()
+        if newest.sum() >= policy.min_slice_stones:
+            forward = paired_improvement(
+                actual[newest],
+                theirs["price"].to_numpy()[newest],
+                ours["price"].to_numpy()[newest],
+                confidence=policy.confidence,
+                resamples=policy.resamples,
+                seed=policy.seed,
+            )
+            checks.append(
+                Check(
+                    "newest batch",
+                    not forward.high < 0,
+                    f"batch {newest_batch}: {forward.describe()}",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "newest batch",
+                    True,
+                    f"batch {newest_batch}: {int(newest.sum())} unseen stones, too few to judge",
+                )
+            )
+    promote = all(c.passed for c in checks)
+    failed = [c for c in checks if not c.passed]
+    said = (
+        f"on {len(judged):,} {pool_name} neither model trained on"
+        + (f" (batches {', '.join(map(str, batches))})" if batches else "")
+        + f", challenger vs champion v{champion_version}: {comparison.describe()}"
+    )
+    if promote:
+        reason = f"{said}; every check passed"
+    else:
+        reason = f"{said}; blocked by " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    return Decision(
+        promote,
+        reason,
+        champion_version,
+        comparison=comparison,
+        forward=forward,
+        checks=checks,
+        judged_on=judged_on,
+    )

@@ -1,0 +1,158 @@
+"""Which stones each model saw: stone keys, the fixed roles of stored stones, and lineage records.
+
+A stone's key is a 64-bit hash of its nine features (never its price: a re-priced stone is the same
+stone and keeps its role). The key decides, once and for all, the role a stored stone plays:
+
+- `sealed` (1 in 20): no model trains on it and no decision reads it; it only reports, over time,
+  how good the champion really is (decisions made on a set wear it out, see Cawley & Talbot 2010);
+- `reference` (4 in 20): no retrain trains on it; champion and challenger are compared on it;
+- `train` (the rest): what retrains learn from.
+
+Every registered version records the keys of the stones it trained on (`model_versions` in the
+store, and an artifact of its MLflow run), so a comparison can keep only stones that neither model
+trained on, whatever trained them (`appraiser train` on a file, a retrain, feedback).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+
+from appraiser import schema, store
+
+BUCKETS = 20
+SEALED_BUCKETS = frozenset({0})
+REFERENCE_BUCKETS = frozenset({1, 2, 3, 4})
+ROLES = ("train", "reference", "sealed")
+
+
+def stone_keys(stones: pd.DataFrame) -> np.ndarray:
+    """The 64-bit key of each stone, from its nine features in a canonical form (uint64 array)."""
+    canonical = pd.DataFrame(
+        {
+            **{c: stones[c].to_numpy(dtype=float) for c in schema.NUMERIC_FEATURES},
+            **{c: stones[c].astype(str).to_numpy(dtype=object) for c in schema.GRADE_COLUMNS},
+        }
+    )[list(schema.FEATURES)]
+    return np.asarray(
+        pd.util.hash_pandas_object(canonical, index=False).to_numpy(), dtype=np.uint64
+    )
+
+
+def roles(stones: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """'train', 'reference' or 'sealed' for each stone (or key), fixed by the stone's features."""
+    keys = stones if isinstance(stones, np.ndarray) else stone_keys(stones)
+    bucket = keys % np.uint64(BUCKETS)
+    out = np.full(len(keys), "train", dtype=object)
+    out[np.isin(bucket, list(REFERENCE_BUCKETS))] = "reference"
+    out[np.isin(bucket, list(SEALED_BUCKETS))] = "sealed"
+    return out
+
+
+def pack(keys: np.ndarray) -> bytes:
+    """Keys as compact bytes (sorted, unique, zlib): 53,940 stones take ~400 kB."""
+    return zlib.compress(np.unique(np.asarray(keys, dtype=np.uint64)).tobytes(), 6)
+
+
+def unpack(blob: bytes | None) -> np.ndarray:
+    if not blob:
+        return np.empty(0, dtype=np.uint64)
+    return np.frombuffer(zlib.decompress(blob), dtype=np.uint64)
+
+
+@dataclass
+class Lineage:
+    """What one model version trained on."""
+
+    version: str
+    keys: np.ndarray  # sorted unique stone keys
+    source: str
+    batches: list[int]
+    max_batch_id: int | None  # the newest store batch a retrain saw (None: not from the store)
+    max_feedback_id: int | None
+
+    def trained_on(self, keys: np.ndarray) -> np.ndarray:
+        """True where a key is one of this version's training stones."""
+        return np.isin(keys, self.keys, assume_unique=False)
+
+
+def record(
+    version: str,
+    stones: pd.DataFrame,
+    *,
+    run_id: str,
+    source: str,
+    kind: str,
+    max_batch_id: int | None = None,
+    max_feedback_id: int | None = None,
+    decision: dict[str, Any] | None = None,
+    url: str | None = None,
+) -> None:
+    """Keep, for a new version, the keys of the stones it trained on, their batches and the
+    decision made about it."""
+    batches = (
+        sorted(int(b) for b in stones["batch_id"].dropna().unique()) if "batch_id" in stones else []
+    )
+    store.ready(url)
+    with store.session(url) as s, s.begin():
+        s.merge(
+            store.ModelVersionRecord(
+                version=str(version),
+                run_id=run_id,
+                kind=kind,
+                source=source[:2000],
+                stones=len(stones),
+                batches=json.dumps(batches),
+                max_batch_id=max_batch_id,
+                max_feedback_id=max_feedback_id,
+                training_keys=pack(stone_keys(stones)),
+                decision=json.dumps(decision, default=str) if decision is not None else None,
+            )
+        )
+
+
+def load(version: str, url: str | None = None) -> Lineage | None:
+    """The lineage of a version, or None when it was registered before lineage was recorded."""
+    store.ready(url)
+    with store.session(url) as s:
+        row = s.get(store.ModelVersionRecord, str(version))
+        if row is None:
+            return None
+        return Lineage(
+            version=row.version,
+            keys=unpack(row.training_keys),
+            source=row.source,
+            batches=json.loads(row.batches or "[]"),
+            max_batch_id=row.max_batch_id,
+            max_feedback_id=row.max_feedback_id,
+        )
+
+
+def last_attempt(url: str | None = None) -> tuple[int, int]:
+    """(newest batch id, newest feedback id) any retrain has already trained on: a pass retrains
+    only when something arrived after them, whether that challenger was promoted or not."""
+    store.ready(url)
+    table = store.ModelVersionRecord
+    with store.session(url) as s:
+        batch, feedback = s.execute(
+            select(func.max(table.max_batch_id), func.max(table.max_feedback_id)).where(
+                table.kind == "retrain"
+            )
+        ).one()
+    return int(batch or 0), int(feedback or 0)
+
+
+def decisions(url: str | None = None) -> dict[str, dict[str, Any]]:
+    """The stored decision of every version that has one, by version."""
+    store.ready(url)
+    with store.session(url) as s:
+        rows = s.execute(
+            select(store.ModelVersionRecord.version, store.ModelVersionRecord.decision)
+        ).all()
+    return {v: json.loads(d) for v, d in rows if d}
