@@ -116,7 +116,30 @@ def home_copy(trained_home: Path, tmp_path: Path) -> Path:
         trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
     )
     use_home(home)
+    _copy_lineage(trained_home / "appraiser.db", home / "appraiser.db")
     return home
+
+
+def _copy_lineage(source: Path, target: Path) -> None:
+    """Copy the store with what the registry needs (each version's lineage, the champion
+    history), without the stones, appraisals and jobs other tests left in the shared home."""
+    import sqlite3
+
+    if not source.exists():
+        return
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as conn:
+        src.backup(conn)  # consistent, WAL included
+        conn.execute("PRAGMA journal_mode=WAL")
+        for table in (
+            "feedback",
+            "appraisals",
+            "rejected_rows",
+            "diamonds",
+            "batches",
+            "jobs",
+            "evaluations",
+        ):
+            conn.execute(f"DELETE FROM {table}")
 
 
 @pytest.fixture

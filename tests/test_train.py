@@ -91,11 +91,30 @@ def _champion() -> Appraiser:
     return _cache["a"]
 
 
-def test_second_training_is_compared_with_the_champion(trained, small_csv):
+def test_training_again_on_the_same_file_decides_nothing_automatically(home_copy, small_csv):
+    """The champion trained on every stone of the file, so its holdout is no fair ground: the
+    old gate compared there and favoured the champion (issue 9); now a person decides."""
     from appraiser.train import train
 
     result = train(small_csv, trials=1, timeout=10, candidates=["hedonic"], show_progress=False)
-    assert not result.champion  # the linear baseline cannot beat the tuned trees
-    assert "does not beat champion v1" in result.decision
+    assert not result.champion
+    assert result.gate is not None and not result.gate.automatic
+    assert "only 0 of 300 holdout stones of this file were seen by neither model" in result.decision
     assert registry.champion_version() == "1"
     assert result.version == "2"
+
+
+def test_training_on_new_stones_is_judged_on_them(home_copy, public, tmp_path):
+    """Stones the champion never saw: a real comparison, with its numbers."""
+    from appraiser.train import train
+
+    fresh = tmp_path / "fresh.csv"
+    public.sample(2000, random_state=77).to_csv(fresh, index=False)
+    result = train(fresh, trials=1, timeout=10, candidates=["hedonic"], show_progress=False)
+    decision = result.gate
+    assert decision is not None and decision.automatic and decision.comparison is not None
+    assert decision.judged_on["stones"] >= 300
+    assert decision.comparison.stones == decision.judged_on["stones"]
+    assert not result.champion  # the linear baseline cannot beat the tuned trees
+    assert "blocked by improvement" in result.decision
+    assert registry.champion_version() == "1"

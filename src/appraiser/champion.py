@@ -90,7 +90,11 @@ def _stack(moves: list[dict[str, Any]], now: str) -> list[str]:
         if m["kind"] == "rollback" and m["version"] in stack:
             while stack[-1] != m["version"]:
                 stack.pop()
-        elif not stack or stack[-1] != m["version"]:
+            continue
+        # a champion set before the history was kept is known from the move that replaced it
+        if m["previous"] is not None and (not stack or stack[-1] != m["previous"]):
+            stack.append(m["previous"])
+        if not stack or stack[-1] != m["version"]:
             stack.append(m["version"])
     if not stack or stack[-1] != now:  # the alias was moved outside this history
         stack.append(now)
