@@ -301,6 +301,58 @@ def test_models_and_promotion(client: TestClient) -> None:
     assert client.post("/v1/appraisals", json=schema.example_stone()).json()["model_version"] == "2"
 
 
+def test_rollback_and_moves_wait_for_the_pipeline(client: TestClient) -> None:
+    import threading
+
+    from appraiser import locking
+
+    _register_copy_of_v1()
+    assert client.post("/v1/models/2/promote", headers=ADMIN).status_code == 200
+    back = client.post("/v1/models/rollback", headers=ADMIN)
+    assert back.status_code == 200 and back.json()["champion"] == "1"
+    assert client.get("/health").json()["champion"] == "1"
+    entered, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with locking.exclusive():
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(30)
+    try:
+        busy = client.post("/v1/models/2/promote", headers=ADMIN)
+        assert busy.status_code == 409 and "try again" in busy.json()["message"]
+    finally:
+        release.set()
+        thread.join()
+    assert client.post("/v1/models/rollback").status_code in (401, 403)
+
+
+def test_a_marked_up_upload_is_held_until_released(
+    client: TestClient, public: pd.DataFrame
+) -> None:
+    marked = public.sample(300, random_state=12)
+    marked = marked.assign(price=(marked["price"] * 1.3).round())
+    upload = client.post(
+        "/v1/diamonds", json={"diamonds": marked.to_dict(orient="records")}, headers=ADMIN
+    )
+    body = upload.json()
+    assert upload.status_code == 200 and body["held"], body
+    assert "+30" in body["screening"]["summary"] or "held" in body["message"].lower()
+    held = client.get("/v1/batches", params={"status": "held"}, headers=ADMIN).json()
+    assert [b["id"] for b in held] == [body["batch_id"]]
+    assert client.get("/v1/batches", headers=ADMIN).status_code == 200
+    assert client.get("/v1/batches").status_code in (401, 403)
+    released = client.post(f"/v1/batches/{body['batch_id']}/release", headers=ADMIN)
+    assert released.status_code == 200 and released.json()["previous"] == "held"
+    again = client.post(f"/v1/batches/{body['batch_id']}/release", headers=ADMIN)
+    assert again.status_code == 409
+    assert client.post("/v1/batches/999/drop", headers=ADMIN).status_code == 404
+    assert client.post(f"/v1/batches/{body['batch_id']}/bless", headers=ADMIN).status_code == 422
+
+
 def test_retrain_runs_as_a_job(client: TestClient, small_csv: Path) -> None:
     upload = client.post(
         "/v1/diamonds",

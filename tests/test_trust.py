@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -292,7 +293,9 @@ def test_a_rejected_challenger_is_not_retrained_until_something_new(store_url, t
     assert retrain(trials=1, timeout=1, show_progress=False).champion
     ingest_file(second)
     strict = GatePolicy(margin=50)  # nothing can pass: the challenger is rejected
-    options = dict(threshold=500, trials=1, timeout=1, show_progress=False, policy=strict)
+    options: dict[str, Any] = dict(
+        threshold=500, trials=1, timeout=1, show_progress=False, policy=strict
+    )
     rejected = run_pass(None, **options)
     assert rejected.result is not None and not rejected.result.champion
     quiet = run_pass(None, **options)
@@ -388,10 +391,11 @@ def test_people_wait_for_the_lock_to_move_the_champion(with_champion):
 def test_a_registry_outage_is_an_error_not_no_champion(trained, monkeypatch):
     """Defect: any MLflow error read as "no champion", so an outage promoted without comparing."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
     class Down:
         def get_model_version_by_alias(self, *_):
-            raise MlflowException("connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+            raise MlflowException("connection refused", error_code=TEMPORARILY_UNAVAILABLE)
 
     monkeypatch.setattr(registry, "client", lambda: Down())
     with pytest.raises(registry.RegistryUnavailable, match="cannot be read"):

@@ -1,0 +1,240 @@
+"""Trust benchmark: how often the loop's checks are wrong, measured by simulation.
+
+    python benchmarks/trust.py [--data CSV] [--pairs 60] [--batches 1000] [--json out.json]
+
+1. Drift false alarms: same-population batches (drawn from the public table, judged against a
+   5,000-stone reference like a champion's training stones) of 50 and 100 stones, with today's
+   tests and with the grade PSI > 0.2 rule they replaced; then the share of shifted batches seen.
+2. The gate's false promotions: pairs of equally good models (the same recipe, LightGBM with its
+   defaults, trained on disjoint samples of the same size) judged by the real gate on 1,000 stones
+   neither saw; and its power: a challenger trained on twice the stones.
+3. The label-shift guard: batches of Francesco's collection (or the public table) priced by a
+   model trained on other stones of it: the share held or called worse when nothing is wrong, and
+   the share held with a 30% markup, euros (x0.68, 2008), cents (x100) and shuffled prices.
+Rates carry Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from _bench import format_table, resolve_data, write_json
+
+
+def wilson(k: int, n: int) -> tuple[float, float, float]:
+    """Rate and Wilson 95% interval, in percent."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return 100 * k / n, 100 * ci.low, 100 * ci.high
+
+
+def rate(k: int, n: int) -> str:
+    r, low, high = wilson(k, n)
+    return f"{r:.1f}% ({low:.1f}-{high:.1f}), {k}/{n}"
+
+
+def old_psi_flags(new: pd.DataFrame, reference: pd.DataFrame) -> bool:
+    """The rule before issue 9: any grade's PSI > 0.2 (or KS > 0.1 with p < 0.01)."""
+    from scipy.stats import ks_2samp
+
+    from appraiser import schema
+
+    for column in schema.NUMERIC_FEATURES:
+        test = ks_2samp(new[column], reference[column])
+        if test.statistic > 0.1 and test.pvalue < 0.01:
+            return True
+    for column, order in schema.GRADES.items():
+        e = reference[column].value_counts(normalize=True).reindex(order, fill_value=0)
+        a = new[column].value_counts(normalize=True).reindex(order, fill_value=0)
+        e, a = e.clip(lower=1e-4), a.clip(lower=1e-4)
+        if float(((a - e) * np.log(a / e)).sum()) > 0.2:
+            return True
+    return False
+
+
+def drift_rates(public: pd.DataFrame, batches: int) -> dict[str, Any]:
+    from appraiser.drift import drift_report
+
+    reference = public.sample(5000, random_state=0)
+    rest = public.drop(reference.index)
+    out: dict[str, Any] = {}
+    rows = []
+    for size in (50, 100):
+        new = old = 0
+        for seed in range(batches):
+            batch = rest.sample(size, random_state=seed)
+            new += bool(drift_report(batch, reference, seed=seed)["drift"].any())
+            old += old_psi_flags(batch, reference)
+        out[f"false_alarm_{size}"] = wilson(new, batches)
+        out[f"false_alarm_{size}_old"] = wilson(old, batches)
+        rows.append([f"same population, {size} stones", rate(new, batches), rate(old, batches)])
+    shifts = {
+        "heavier (carat > 1)": rest[rest["carat"] > 1],
+        "colours I-J only": rest[rest["color"].isin(["I", "J"])],
+        "cut Ideal only": rest[rest["cut"] == "Ideal"],
+    }
+    for name, pool in shifts.items():
+        for size in (50, 100):
+            seen = sum(
+                bool(
+                    drift_report(pool.sample(size, random_state=s), reference, seed=s)[
+                        "drift"
+                    ].any()
+                )
+                for s in range(200)
+            )
+            out[f"power_{name}_{size}"] = wilson(seen, 200)
+            rows.append([f"{name}, {size} stones", rate(seen, 200), ""])
+    print(format_table(["batches", "flagged (now)", "flagged (PSI rule before)"], rows, "Drift"))
+    return out
+
+
+def _model(stones: pd.DataFrame) -> Any:
+    from appraiser import features, schema
+    from appraiser.models import CANDIDATES, PriceModel
+
+    candidate = CANDIDATES["lightgbm"]
+    member = candidate.build(candidate.defaults).fit(stones, features.log_price(stones["price"]))
+    return PriceModel(
+        members=[member],
+        weights=[1.0],
+        intervals=[0.16] * len(schema.CARAT_LABELS),
+        coverage=0.9,
+        reference=stones[list(schema.COLUMNS)].reset_index(drop=True),
+    )
+
+
+def gate_rates(public: pd.DataFrame, pairs: int, train_size: int) -> dict[str, Any]:
+    from appraiser import gate, lineage
+
+    rng = np.random.default_rng(1)
+    rows, out = [], {}
+    for label, challenger_size in (
+        ("equally good", train_size),
+        ("twice the stones", 2 * train_size),
+    ):
+        promoted, improvements = 0, []
+        started = time.perf_counter()
+        for _ in range(pairs):
+            order = rng.permutation(len(public))
+            a = public.iloc[order[:train_size]]
+            b = public.iloc[order[train_size : train_size + challenger_size]]
+            pool = public.iloc[order[-1000:]]
+            champion, challenger = _model(a), _model(b)
+            known = lineage.Lineage("1", np.unique(lineage.stone_keys(a)), "a", [], None, None)
+            decision = gate.decide(
+                challenger,
+                lineage.stone_keys(b),
+                pool,
+                champion_version="1",
+                champion=champion,
+                champion_lineage=known,
+            )
+            promoted += decision.promote
+            assert decision.comparison is not None
+            improvements.append(decision.comparison.improvement)
+        out[label] = {
+            "promoted": wilson(promoted, pairs),
+            "mean_improvement": float(np.mean(improvements)),
+            "seconds": time.perf_counter() - started,
+        }
+        rows.append(
+            [
+                f"{label} ({train_size:,} vs {challenger_size:,} stones)",
+                rate(promoted, pairs),
+                f"{np.mean(improvements):+.2f}",
+                f"{sum(i > 0 for i in improvements)}/{pairs}",
+            ]
+        )
+    print(
+        format_table(
+            ["pairs", "promoted by the gate", "mean improvement (points)", "gain > 0 (old rule)"],
+            rows,
+            f"The gate on {pairs} pairs, each judged on 1,000 stones neither saw",
+        )
+    )
+    return out
+
+
+def guard_rates(stones: pd.DataFrame, batches: int) -> dict[str, Any]:
+    from appraiser import screening
+    from appraiser.train import fit
+
+    order = np.random.default_rng(2).permutation(len(stones))
+    train_part = stones.iloc[order[: len(stones) // 2]]
+    fresh = stones.iloc[order[len(stones) // 2 :]]
+    fitted = fit(
+        train_part,
+        train_part.head(50),
+        final_stones=None,
+        source="bench",
+        trials=1,
+        timeout=10,
+        candidates=["lightgbm"],
+        show_progress=False,
+    )
+    model = fitted.final
+    out: dict[str, Any] = {}
+    rows = []
+    for size in (50, 200, 1000):
+        held = worse = 0
+        for seed in range(batches):
+            found = screening.screen(model, "1", fresh.sample(size, random_state=seed), seed=seed)
+            held += found.is_held
+            worse += bool(found.worse)
+        out[f"same_{size}"] = {"held": wilson(held, batches), "worse": wilson(worse, batches)}
+        rows.append([f"nothing wrong, {size} stones", rate(held, batches), rate(worse, batches)])
+    changes = {
+        "marked up 30%": lambda p: p * 1.3,
+        "euros (x0.68)": lambda p: p * 0.68,
+        "cents (x100)": lambda p: p * 100,
+        "prices shuffled": lambda p: p.sample(frac=1, random_state=0).to_numpy(),
+    }
+    for name, change in changes.items():
+        for size in (50, 200):
+            held = 0
+            for seed in range(200):
+                batch = fresh.sample(size, random_state=seed)
+                batch = batch.assign(price=change(batch["price"]))
+                held += screening.screen(model, "1", batch, seed=seed).is_held
+            out[f"{name}_{size}"] = wilson(held, 200)
+            rows.append([f"{name}, {size} stones", rate(held, 200), ""])
+    print(
+        format_table(
+            ["batches", "held for review", "called worse (retrain)"], rows, "Label-shift guard"
+        )
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--train-size", type=int, default=2500)
+    parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from appraiser import data
+
+    public = data.load(None).clean
+    path = resolve_data(args.data, required=False)
+    collection = data.load(path).clean if path is not None else public.sample(5000, random_state=3)
+    print(f"Guard data: {path or 'a 5,000-stone sample of the public table'}")
+    results = {
+        "drift": drift_rates(public, args.batches),
+        "guard": guard_rates(collection, args.batches),
+        "gate": gate_rates(public, args.pairs, args.train_size),
+    }
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
