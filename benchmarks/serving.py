@@ -36,7 +36,7 @@ import numpy as np
 from _bench import REPO, Goal, environment, format_table, goals_table, use_home, write_json
 
 from appraiser import data, registry, schema
-from appraiser.config import REGISTERED_MODEL, settings
+from appraiser.config import REGISTERED_MODEL
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             home / "mlflow-serve-benchmark.log",
             # the registry the appraiser uses (a local SQLite file unless a server is set)
             env={
-                "MLFLOW_TRACKING_URI": settings().tracking_uri,
+                **registry.mlflow_env(),
                 # MLflow starts `uvicorn` by name: this environment's, even when not activated
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             },

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from appraiser import registry, schema
-from appraiser.config import REGISTERED_MODEL, settings
+from appraiser.config import REGISTERED_MODEL
 from appraiser.predict import Appraiser
 from tests.conftest import free_port
 
@@ -48,7 +48,7 @@ def test_mlflow_models_serve_prices_like_the_appraiser(
         stderr=subprocess.STDOUT,
         env={
             **os.environ,
-            "MLFLOW_TRACKING_URI": settings().tracking_uri,
+            **registry.mlflow_env(),
             # MLflow starts `uvicorn` by name: this environment's, also when it is not activated
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         },

@@ -420,3 +420,39 @@ def test_models_json(trained):
     assert versions[-1]["version"] == "1"
     assert {"version", "champion", "metrics"} <= set(versions[0])
     assert sum(v["champion"] for v in versions) == 1
+
+
+# --- no stray MLflow store -----------------------------------------------------------------------
+
+
+def test_a_child_mlflow_process_finds_our_store(trained, tmp_path):
+    """Defect: `client()` removes MLFLOW_TRACKING_URI from os.environ, so an MLflow child started
+    with a copy of it (the serving benchmark's `mlflow models serve`) fell back to MLflow's
+    default store and left an empty `mlflow.db` in its working folder, committed at the root."""
+    import os
+    import subprocess
+    import sys
+
+    assert registry.champion_version() == "1"  # client() has run: the URI is out of os.environ
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    script = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        "print(c.get_model_version_by_alias('diamond-pricer', 'champion').version)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **registry.mlflow_env()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "1"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_no_mlflow_store_at_the_repository_root():
+    root = Path(__file__).resolve().parents[1]
+    assert not (root / "mlflow.db").exists(), "an MLflow default store appeared at the root"
+    assert not (root / "mlruns").exists()

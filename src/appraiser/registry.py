@@ -63,6 +63,15 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
 
+def mlflow_env() -> dict[str, str]:
+    """The environment a child process running MLflow (`mlflow models serve`, a Spark worker)
+    needs to find our store. `client()` takes the URI out of os.environ, so a child started with
+    a copy of it would fall back to MLflow's default store: an `mlflow.db` in its working folder
+    (which is how an empty one got committed at the repository root)."""
+    uri = settings().tracking_uri
+    return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+
+
 def use_experiment() -> None:
     """Make our experiment the active one (creating it, with local artifacts, on first use)."""
     client()
