@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -292,15 +291,19 @@ def test_a_rejected_challenger_is_not_retrained_until_something_new(store_url, t
     ingest_file(first)
     assert retrain(trials=1, timeout=1, show_progress=False).champion
     ingest_file(second)
-    strict = GatePolicy(margin=50)  # nothing can pass: the challenger is rejected
-    options: dict[str, Any] = dict(
-        threshold=500, trials=1, timeout=1, show_progress=False, policy=strict
-    )
-    rejected = run_pass(None, **options)
-    assert rejected.result is not None and not rejected.result.champion
-    quiet = run_pass(None, **options)
-    assert quiet.result is None and quiet.new_stones == 0
-    assert "nothing" in quiet.note or quiet.retrain_reason is None
+    # nothing can pass a margin of 50 points: the challenger is rejected
+    command = ["pipeline", "run", "--json", "--threshold", "500", "--trials", "1", "--timeout", "1"]
+    runner = CliRunner()
+    first_pass = runner.invoke(app, [*command, "--margin", "50"])
+    assert first_pass.exit_code == 0, first_pass.output
+    rejected = json.loads(first_pass.output)
+    assert rejected["retrained"] and not rejected["promoted"]
+    assert rejected["champion"] == "1" and rejected["challenger"] == "2"
+    assert {"drift", "held", "decision"} <= set(rejected)
+    assert rejected["decision"]["gate"]["comparison"]["stones"] > 0
+    second_pass = runner.invoke(app, [*command, "--margin", "50"])
+    quiet = json.loads(second_pass.output)
+    assert not quiet["retrained"] and quiet["new_stones"] == 0 and quiet["champion"] == "1"
     assert len(registry.versions()) == 2
 
 
@@ -360,8 +363,13 @@ def test_the_gate_does_not_undo_a_promotion_made_meanwhile(
         return decision
 
     monkeypatch.setattr(pipeline.gate, "decide", decide_then_someone_promotes)
-    result = retrain(trials=1, timeout=1, show_progress=False)
-    assert not result.champion and "no longer v1" in result.decision
+    shown = CliRunner().invoke(app, ["retrain", "--json", "--trials", "1", "--timeout", "1"])
+    assert shown.exit_code == 0, shown.output
+    result = json.loads(shown.output)
+    assert not result["promoted"] and "no longer v1" in result["decision"]
+    assert result["champion"] == v2 and result["challenger"] == "3"
+    assert result["champion_before"] == "1"  # what the gate judged against
+    assert result["feedback_used"] == 0 and result["gate"]["champion"] == "1"
     assert registry.champion_version() == v2
 
 

@@ -394,6 +394,32 @@ def rollback_cmd() -> None:
     console.print(f"Rolled back: v{version} is champion again.")
 
 
+@models_app.command("sealed")
+def sealed_cmd(as_json: Json = False) -> None:
+    """The champion's error on the sealed stones over time (no decision ever reads them)."""
+    from appraiser.pipeline import sealed_history
+
+    history = sealed_history()
+    if as_json:
+        _print_json(history.to_dict(orient="records"))
+        return
+    if history.empty:
+        console.print("No sealed-set measurement yet: the store needs stones and a champion.")
+        return
+    table = Table(title="Sealed set: MAPE of each champion on stones it never trained on")
+    for col in ("when", "version", "stones", "MAPE %", "in range %"):
+        table.add_column(col)
+    for row in history.itertuples():
+        table.add_row(
+            f"{row.at:%Y-%m-%d %H:%M}",
+            f"v{row.version}",
+            f"{row.stones:,}",
+            f"{row.mape:.2f}",
+            f"{row.coverage:.1f}",
+        )
+    console.print(table)
+
+
 @models_app.command("history")
 def history_cmd(as_json: Json = False) -> None:
     """Every move of the champion, oldest first: who, when, from what, why."""

@@ -284,6 +284,15 @@ def decide(
         if problems:
             return Decision(False, "sanity checks failed: " + "; ".join(problems), champion_version)
     if champion_version is None or champion is None:
+        if len(pool) >= policy.min_slice_stones:
+            priced = challenger.predict(pool)
+            covered = coverage_check(
+                pool, priced["price_low"].to_numpy(), priced["price_high"].to_numpy(), policy
+            )
+            if not covered.passed:
+                return Decision(
+                    False, f"no champion yet, but {covered.detail}", None, checks=[covered]
+                )
         return Decision(True, "no champion yet; sanity checks passed", None)
     if champion_lineage is None:
         return Decision(

@@ -367,7 +367,8 @@ class TrainResult:
     fingerprint: str
     weights: dict[str, float] = field(default_factory=dict)
     gate: Decision | None = None
-    champion_before: str | None = None
+    champion_before: str | None = None  # the champion the gate judged against
+    champion_after: str | None = None  # the champion once the attempt was over
     feedback_used: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -375,7 +376,7 @@ class TrainResult:
         return {
             "promoted": self.champion,
             "challenger": self.version,
-            "champion": self.version if self.champion else self.champion_before,
+            "champion": self.champion_after,
             "champion_before": self.champion_before,
             "model": self.model_name,
             "decision": self.decision,
@@ -512,6 +513,7 @@ def fit_and_register(
             except champion.ChampionChanged as exc:
                 said = f"{decision.reason}; but {exc}"
         tracking.record_outcome(logged.run_id, promoted, said)
+        champion_after = registry.champion_version()
     except Exception as exc:
         tracking.log_failure(kind, exc)
         raise TrainingError(
@@ -535,4 +537,5 @@ def fit_and_register(
         weights=fitted.weights,
         gate=decision,
         champion_before=decision.champion,
+        champion_after=champion_after,
     )
