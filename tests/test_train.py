@@ -99,7 +99,8 @@ def test_training_again_on_the_same_file_decides_nothing_automatically(home_copy
     result = train(small_csv, trials=1, timeout=10, candidates=["hedonic"], show_progress=False)
     assert not result.champion
     assert result.gate is not None and not result.gate.automatic
-    assert "only 0 of 300 holdout stones of this file were seen by neither model" in result.decision
+    assert "only 0 of " in result.decision
+    assert "holdout stones of this file were seen by neither model" in result.decision
     assert registry.champion_version() == "1"
     assert result.version == "2"
 

@@ -464,3 +464,132 @@ def test_no_mlflow_store_at_the_repository_root():
     root = Path(__file__).resolve().parents[1]
     assert not (root / "mlflow.db").exists(), "an MLflow default store appeared at the root"
     assert not (root / "mlruns").exists()
+
+
+def test_stone_keys_are_pinned():
+    """Keys are stored for good and fix each stone's role: they must never change (a pandas
+    upgrade changed nothing here, because the hash is our own)."""
+    stone = pd.DataFrame([schema.example_stone()])
+    again = pd.DataFrame(
+        [{**schema.example_stone(), "price": 1.0, "carat": -0.0 + stone["carat"][0]}]
+    )
+    assert lineage.stone_keys(stone).tolist() == lineage.stone_keys(again).tolist()
+    known = pd.DataFrame(
+        [
+            {
+                "carat": 0.23,
+                "cut": "Ideal",
+                "color": "E",
+                "clarity": "SI2",
+                "depth": 61.5,
+                "table": 55.0,
+                "x": 3.95,
+                "y": 3.98,
+                "z": 2.43,
+            },
+            {
+                "carat": 1.0,
+                "cut": "Fair",
+                "color": "J",
+                "clarity": "I1",
+                "depth": 64.0,
+                "table": 58.0,
+                "x": 6.3,
+                "y": 6.25,
+                "z": 4.02,
+            },
+        ]
+    )
+    assert lineage.stone_keys(known).tolist() == PINNED_KEYS
+    as_text = known.astype(str).astype({c: float for c in schema.NUMERIC_FEATURES})
+    assert lineage.stone_keys(as_text).tolist() == PINNED_KEYS
+
+
+PINNED_KEYS: list[int] = [7709745318681387358, 17939326327670767994]
+
+
+def test_a_move_that_cannot_be_recorded_is_undone(with_champion, monkeypatch):
+    """Review: the alias moved but its history row failed: the alias goes back."""
+    (v2,) = _copies(1)
+    real = registry.set_champion_alias
+    calls: list[str] = []
+
+    def move_then_fail(version: str, reason: str) -> None:
+        calls.append(version)
+        real(version, reason)
+        if len(calls) == 1:
+            raise RuntimeError("tag write failed")
+
+    monkeypatch.setattr(registry, "set_champion_alias", move_then_fail)
+    with pytest.raises(RuntimeError, match="tag write failed"):
+        champion.promote(v2, actor="test")
+    assert calls == [v2, "1"] and registry.champion_version() == "1"
+    assert all(m["version"] != v2 for m in champion.history())
+
+
+def test_a_busy_pipeline_leaves_the_version_unpromoted_not_failed(with_champion):
+    """Review: `appraiser train` promoting while a pass holds the lock crashed as FAILED."""
+    from appraiser.train import _promote
+
+    (v2,) = _copies(1)
+    entered, release = threading.Event(), threading.Event()
+
+    def holder():
+        with locking.exclusive():
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(30)
+    try:
+        promoted, said = _promote(v2, gate.Decision(True, "better", "1"), "test")
+    finally:
+        release.set()
+        thread.join()
+    assert not promoted and f"appraiser models promote {v2}" in said
+    assert registry.champion_version() == "1"
+
+
+def test_an_unscreened_batch_is_held(with_champion, tmp_path, public, monkeypatch):
+    """Review: a registry outage at ingestion failed the pass (500 from the API); now the batch is
+    kept, held and says why."""
+    from appraiser import screening
+
+    def down(stones):
+        raise registry.RegistryUnavailable("the model registry cannot be read: connection refused")
+
+    monkeypatch.setattr(screening, "screen_with_champion", down)
+    batch = tmp_path / "batch.csv"
+    public.sample(100, random_state=3).to_csv(batch, index=False)
+    report = ingest_file(batch)
+    assert report.held and "not screened" in report.hold_reasons[0]
+    (stored,) = ingest.batches(status="held")
+    assert "connection refused" in stored["status_reason"]
+    assert len(ingest.accepted_stones()) == 0
+
+
+def test_a_released_older_batch_counts_as_new(store_url, tmp_path, public):
+    """Review: "new" meant a batch id above the last retrain's, so a held batch released after a
+    newer one was retrained on never counted."""
+    from appraiser import store
+
+    sample = public.sample(1500, random_state=81)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"b{i}.csv")
+        sample.iloc[500 * i : 500 * (i + 1)].to_csv(files[-1], index=False)
+    ingest_file(files[0])
+    held = ingest_file(files[1])
+    assert held.batch_id is not None
+    with store.session() as s, s.begin():  # as if the guard had held it
+        row = s.get(store.Batch, held.batch_id)
+        assert row is not None
+        row.status = "held"
+    ingest_file(files[2])
+    assert retrain(trials=1, timeout=1, show_progress=False).champion
+    quiet = run_pass(None, threshold=400, trials=1, timeout=1, show_progress=False)
+    assert quiet.new_stones == 0 and quiet.result is None
+    ingest.set_batch_status(held.batch_id, "accepted")
+    after = run_pass(None, threshold=400, trials=1, timeout=1, show_progress=False)
+    assert after.new_stones == 500 and after.result is not None

@@ -7,6 +7,7 @@ Every client mistake is a 4xx whose body says what to fix: `{"message": "...", "
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -795,11 +796,23 @@ def create_app(
         summary="Make a version the champion",
         dependencies=[Depends(admin)],
     )
-    async def promote(version: Annotated[str, PathParam(pattern=r"^[0-9]{1,9}$")]) -> dict:
+    async def promote(
+        version: Annotated[str, PathParam(pattern=r"^[0-9]{1,9}$")],
+        expected: Annotated[
+            str | None,
+            Query(
+                pattern=r"^[0-9]{1,9}$",
+                description="promote only if this version is champion now (else 409)",
+            ),
+        ] = None,
+    ) -> dict:
         """Every server serves it within seconds (this one at once); the previous champion can
-        be restored the same way or with `appraiser models rollback`."""
+        be restored with POST /v1/models/rollback."""
         version = str(int(version))  # "007" is version 7
-        await run_in_threadpool(_move_champion, champion.promote, version)
+        expect: object = champion.ANY if expected is None else str(int(expected))
+        await run_in_threadpool(
+            _move_champion, functools.partial(champion.promote, expected=expect), version
+        )
         await run_in_threadpool(champions.check)
         return {"champion": version, "message": f"version {version} is now the champion"}
 

@@ -48,14 +48,41 @@ def move(
                 f"the champion is {_name(now)}, no longer {_name(expected)} as when the decision "
                 f"was made: v{version} was not promoted"
             )
-        registry.set_champion_alias(str(version), reason)
-        _record(str(version), now, kind, reason, actor)
+        _move_and_record(str(version), now, kind, reason, actor)
         return now
 
 
-def promote(version: str, *, actor: str, reason: str = "promoted by hand") -> str | None:
-    """A person's promotion of any registered version."""
-    return move(version, kind="promote", reason=reason, actor=actor)
+def _move_and_record(version: str, now: str | None, kind: str, reason: str, actor: str) -> None:
+    """Set the alias and write its history row as one step: the row is written in a transaction
+    that commits only after the alias moved; if the commit fails, the alias goes back."""
+    moved = False
+    try:
+        store.ready()
+        with store.session() as s, s.begin():
+            s.add(
+                store.Promotion(
+                    version=version, previous=now, kind=kind, reason=reason, actor=actor[:200]
+                )
+            )
+            s.flush()
+            moved = True  # from here on, the alias may have moved (restoring it is harmless)
+            registry.set_champion_alias(version, reason)
+    except Exception:
+        if moved and now is not None:  # the history could not be written: undo the move
+            registry.set_champion_alias(now, f"restored: recording the move to v{version} failed")
+        raise
+
+
+def promote(
+    version: str,
+    *,
+    actor: str,
+    reason: str = "promoted by hand",
+    expected: str | object | None = ANY,
+) -> str | None:
+    """A person's promotion of any registered version (`expected`: only if that one is champion,
+    so two people acting on the same screen cannot undo each other)."""
+    return move(version, kind="promote", reason=reason, actor=actor, expected=expected)
 
 
 def rollback(*, actor: str) -> str:
@@ -77,8 +104,7 @@ def rollback(*, actor: str) -> str:
             if not earlier:
                 raise RegistryError(f"v{now} is the first champion: there is none to roll back to")
             target = str(max(earlier))
-        registry.set_champion_alias(target, f"rollback from v{now}")
-        _record(target, now, "rollback", f"rollback from v{now}", actor)
+        _move_and_record(target, now, "rollback", f"rollback from v{now}", actor)
         return target
 
 
@@ -103,16 +129,6 @@ def _stack(moves: list[dict[str, Any]], now: str) -> list[str]:
 
 def _name(version: object) -> str:
     return "no champion" if version is None else f"v{version}"
-
-
-def _record(version: str, previous: str | None, kind: str, reason: str, actor: str) -> None:
-    store.ready()
-    with store.session() as s, s.begin():
-        s.add(
-            store.Promotion(
-                version=version, previous=previous, kind=kind, reason=reason, actor=actor[:200]
-            )
-        )
 
 
 def history() -> list[dict[str, Any]]:

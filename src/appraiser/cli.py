@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -115,7 +117,11 @@ def train(
     from appraiser.train import TrainingError
     from appraiser.train import train as run_training
 
-    if if_no_champion and (version := registry.champion_version()) is not None:
+    try:
+        version = registry.champion_version()
+    except registry.RegistryError as exc:
+        raise fail(str(exc)) from exc
+    if if_no_champion and version is not None:
         console.print(
             f"Champion v{version} exists; not training (drop --if-no-champion to retrain)."
         )
@@ -290,9 +296,25 @@ def rejected(
 Json = Annotated[bool, typer.Option("--json", help="print one JSON object for scripts")]
 
 
+class BatchStatus(enum.StrEnum):
+    accepted = "accepted"
+    held = "held"
+    dropped = "dropped"
+
+
 def _print_json(value: object) -> None:
-    """JSON on stdout, nothing else (progress and warnings go to stderr)."""
-    typer.echo(json.dumps(value, indent=2, default=str))
+    """JSON on stdout, nothing else (progress and warnings go to stderr); NaN becomes null."""
+    typer.echo(json.dumps(_finite(value), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _policy(margin: float, slice_tolerance: float) -> GatePolicy:
@@ -367,14 +389,24 @@ def retrain(
 
 
 @models_app.command("promote")
-def promote_cmd(version: Annotated[str, typer.Argument(help="the version to serve")]) -> None:
+def promote_cmd(
+    version: Annotated[str, typer.Argument(help="the version to serve")],
+    expect: Annotated[
+        str | None,
+        typer.Option(help="promote only if this version is champion now (compare-and-set)"),
+    ] = None,
+) -> None:
     """Make a version the champion (a person's decision, recorded as such)."""
     from appraiser import champion
     from appraiser.locking import PipelineBusy
     from appraiser.registry import RegistryError
 
     try:
-        before = champion.promote(version, actor="cli")
+        before = champion.promote(
+            version,
+            actor="cli",
+            expected=champion.ANY if expect is None else expect.removeprefix("v"),
+        )
     except (RegistryError, PipelineBusy) as exc:
         raise fail(str(exc)) from exc
     console.print(f"v{version} is now champion (was {'v' + before if before else 'none'}).")
@@ -481,7 +513,7 @@ def _print_pass(report: PassReport) -> None:
 def batches(
     ctx: typer.Context,
     status: Annotated[
-        str | None, typer.Option(help="only batches with this status: accepted, held, dropped")
+        BatchStatus | None, typer.Option(help="only batches with this status")
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -490,7 +522,7 @@ def batches(
         return
     from appraiser.ingest import batches as list_batches
 
-    found = list_batches(status=status)
+    found = list_batches(status=status.value if status else None)
     if as_json:
         _print_json(found)
         return
@@ -614,7 +646,10 @@ def models(ctx: typer.Context, as_json: Json = False) -> None:
         return
     from appraiser import registry
 
-    infos = registry.versions()
+    try:
+        infos = registry.versions()
+    except registry.RegistryError as exc:
+        raise fail(str(exc)) from exc
     if as_json:
         _print_json(
             [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -26,6 +27,8 @@ from sqlalchemy.orm import Session
 from appraiser import data, schema, store
 from appraiser.screening import Screening
 from appraiser.store import Batch, RejectedRow
+
+logger = logging.getLogger(__name__)
 
 DUPLICATE_OF_STORE = "duplicate of a stone already in the store (batch {batch})"
 
@@ -45,11 +48,21 @@ class IngestReport:
     duplicates_of_store: int = 0
     seconds: float = 0.0
     screening: Screening | None = None  # the champion's errors on the batch (None: no champion)
+    not_screened: str | None = None  # why the champion could not screen it (then it is held)
+
+    @property
+    def hold_reasons(self) -> list[str]:
+        """Why the batch waits for an admin (empty: it does not)."""
+        reasons = list(self.screening.held) if self.screening is not None else []
+        if self.not_screened:
+            reasons.append(self.not_screened)
+        return reasons
 
     @property
     def held(self) -> bool:
-        """The batch waits for an admin: its prices disagree with everything known."""
-        return self.screening is not None and self.screening.is_held
+        """The batch waits for an admin: its prices disagree with everything known, or the
+        champion could not check them."""
+        return bool(self.hold_reasons)
 
     def summary(self) -> str:
         """One line for people: the counts, or that the file was already in the store."""
@@ -207,22 +220,26 @@ def batches(status: str | None = None, engine: Engine | None = None) -> list[dic
 
 
 def set_batch_status(batch_id: int, status: str, engine: Engine | None = None) -> str:
-    """Release (accepted) or drop a held batch; returns its former status. A dropped batch is
-    kept, never used. KeyError for an unknown batch, ValueError for a move that makes no sense."""
+    """Release a held or dropped batch (status `accepted`) or drop one (kept, never used); returns
+    its former status. Under the pipeline lock, so no retrain runs on a batch as it changes.
+    KeyError for an unknown batch, ValueError for a move that changes nothing."""
+    from appraiser.locking import exclusive
+
     if status not in ("accepted", "dropped"):
         raise ValueError(f"a batch can be released (accepted) or dropped, not {status!r}")
     engine = engine or store.ready()
-    with Session(engine) as s, s.begin():
+    with exclusive(), Session(engine) as s, s.begin():
         batch = s.get(Batch, batch_id)
         if batch is None:
             raise KeyError(f"no batch {batch_id}")
         before = batch.status
         if before == status:
             raise ValueError(f"batch {batch_id} is already {status}")
-        if before != "held" and status == "accepted":
-            raise ValueError(f"batch {batch_id} is {before}, not held: nothing to release")
         batch.status = status
-        batch.status_reason = f"{status} by an admin; was {before}: {batch.status_reason or ''}"
+        why = "released" if status == "accepted" else "dropped"
+        batch.status_reason = f"{why} by an admin (was {before}: {batch.status_reason or 'ok'})"[
+            :5000
+        ]
         return before
 
 
@@ -306,7 +323,9 @@ def ingest_file(
 
     rejected_frame = result.rejected
     reasons = Counter(result.reasons)
-    dup_batch = _duplicates_of_store(clean, accepted_stones(engine, statuses=None))
+    # held batches count (their stones are stored); dropped ones do not (a corrected file may
+    # bring the same stones again)
+    dup_batch = _duplicates_of_store(clean, accepted_stones(engine, statuses=("accepted", "held")))
     is_dup = dup_batch.notna().to_numpy()
     if is_dup.any():
         dup_lines = clean.loc[is_dup, "line"].to_numpy()
@@ -326,7 +345,14 @@ def ingest_file(
     if screen and len(clean):
         from appraiser.screening import screen_with_champion
 
-        report.screening = screen_with_champion(clean)
+        try:
+            report.screening = screen_with_champion(clean)
+        except Exception as exc:  # registry down, model files broken: keep the batch, unchecked
+            logger.warning("batch from %s not screened: %s", shown, exc)
+            report.not_screened = (
+                f"not screened: the champion could not be loaded ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); release it once the registry is back"
+            )
 
     try:
         with Session(engine) as s, s.begin():
@@ -338,7 +364,7 @@ def ingest_file(
                 rows_accepted=report.rows_accepted,
                 rows_rejected=report.rows_rejected,
                 status="held" if report.held else "accepted",
-                status_reason="; ".join(report.screening.held) if report.screening else None,
+                status_reason="; ".join(report.hold_reasons) or None,
             )
             s.add(batch)
             s.flush()

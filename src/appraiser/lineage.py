@@ -15,6 +15,7 @@ trained on, whatever trained them (`appraiser train` on a file, a retrain, feedb
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from appraiser import schema, store
 
@@ -33,16 +34,20 @@ ROLES = ("train", "reference", "sealed")
 
 
 def stone_keys(stones: pd.DataFrame) -> np.ndarray:
-    """The 64-bit key of each stone, from its nine features in a canonical form (uint64 array)."""
-    canonical = pd.DataFrame(
-        {
-            **{c: stones[c].to_numpy(dtype=float) for c in schema.NUMERIC_FEATURES},
-            **{c: stones[c].astype(str).to_numpy(dtype=object) for c in schema.GRADE_COLUMNS},
-        }
-    )[list(schema.FEATURES)]
-    return np.asarray(
-        pd.util.hash_pandas_object(canonical, index=False).to_numpy(), dtype=np.uint64
-    )
+    """The 64-bit key of each stone: BLAKE2b of its nine features in a canonical text (numbers as
+    Python's shortest round-trip repr, grades as written), as uint64.
+
+    Our own definition, not a library's internal hash: keys are stored for good and fix each
+    stone's role, so they must not change with a pandas upgrade (a test pins known values).
+    """
+    numbers = [stones[c].to_numpy(dtype=float) for c in schema.NUMERIC_FEATURES]
+    grades = [stones[c].astype(str).to_numpy(dtype=object) for c in schema.GRADE_COLUMNS]
+    out = np.empty(len(stones), dtype=np.uint64)
+    for i, row in enumerate(zip(*numbers, *grades, strict=True)):
+        text = "|".join(repr(float(v) + 0.0) for v in row[: len(numbers)])  # -0.0 is 0.0
+        text += "|" + "|".join(row[len(numbers) :])
+        out[i] = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return out
 
 
 def roles(stones: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -92,13 +97,17 @@ def record(
     max_batch_id: int | None = None,
     max_feedback_id: int | None = None,
     decision: dict[str, Any] | None = None,
+    batches: list[int] | None = None,
     url: str | None = None,
 ) -> None:
-    """Keep, for a new version, the keys of the stones it trained on, their batches and the
-    decision made about it."""
-    batches = (
-        sorted(int(b) for b in stones["batch_id"].dropna().unique()) if "batch_id" in stones else []
-    )
+    """Keep, for a new version, the keys of the stones it trained on, the store batches it saw
+    (default: those of its stones) and the decision made about it."""
+    if batches is None:
+        batches = (
+            sorted(int(b) for b in stones["batch_id"].dropna().unique())
+            if "batch_id" in stones
+            else []
+        )
     store.ready(url)
     with store.session(url) as s, s.begin():
         s.merge(
@@ -115,6 +124,18 @@ def record(
                 decision=json.dumps(decision, default=str) if decision is not None else None,
             )
         )
+
+
+def record_outcome(version: str, promoted: bool, said: str, url: str | None = None) -> None:
+    """Add what finally happened to a version's stored decision (a compare-and-set may refuse)."""
+    store.ready(url)
+    with store.session(url) as s, s.begin():
+        row = s.get(store.ModelVersionRecord, str(version))
+        if row is None:
+            return
+        decision = json.loads(row.decision or "{}")
+        decision.update(promoted=promoted, outcome=said)
+        row.decision = json.dumps(decision, default=str)
 
 
 def load(version: str, url: str | None = None) -> Lineage | None:
@@ -134,18 +155,26 @@ def load(version: str, url: str | None = None) -> Lineage | None:
         )
 
 
-def last_attempt(url: str | None = None) -> tuple[int, int]:
-    """(newest batch id, newest feedback id) any retrain has already trained on: a pass retrains
-    only when something arrived after them, whether that challenger was promoted or not."""
+@dataclass
+class Attempt:
+    """What the last retrain (promoted or not) had seen: a pass retrains only for what is new."""
+
+    version: str
+    batches: set[int]  # every store batch in use then (a batch released later is new)
+    max_feedback_id: int
+
+
+def last_attempt(url: str | None = None) -> Attempt | None:
+    """The newest retrain's view of the store, or None when nothing was retrained yet."""
     store.ready(url)
     table = store.ModelVersionRecord
     with store.session(url) as s:
-        batch, feedback = s.execute(
-            select(func.max(table.max_batch_id), func.max(table.max_feedback_id)).where(
-                table.kind == "retrain"
-            )
-        ).one()
-    return int(batch or 0), int(feedback or 0)
+        row = s.scalars(
+            select(table).where(table.kind == "retrain").order_by(table.created_at.desc()).limit(1)
+        ).first()
+        if row is None:
+            return None
+        return Attempt(row.version, set(json.loads(row.batches or "[]")), row.max_feedback_id or 0)
 
 
 def decisions(url: str | None = None) -> dict[str, dict[str, Any]]:

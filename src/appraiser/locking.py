@@ -77,8 +77,8 @@ def _acquire() -> Iterator[None]:
                 try:
                     conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                     conn.commit()
-                except Exception:  # the session is gone: so is its lock
-                    pass
+                except Exception:  # the session is gone (so is its lock), or it is broken:
+                    conn.invalidate()  # never hand a connection that may hold it back to the pool
         return
     with _lock_path().open("w") as lock:
         try:

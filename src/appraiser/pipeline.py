@@ -177,6 +177,8 @@ def retrain(
                 "on): ingest appraisals first with `appraiser ingest FILE`"
             )
         reference, sealed = known.part("reference"), known.part("sealed")
+        # experts' prices were given after seeing the champion's: they never judge it
+        reference = reference[reference["batch_id"].notna()].reset_index(drop=True)
         current = registry.champion_version()
         champion_model = registry.load_version(current)[1] if current else None
         newest = known.newest_batch
@@ -221,12 +223,16 @@ def retrain(
             lineage_extra={
                 "max_batch_id": int(batch_ids.max()) if len(batch_ids) else 0,
                 "max_feedback_id": int(feedback_ids.max()) if len(feedback_ids) else 0,
+                # every batch in use now, trained on or not: a later release is then new
+                "batches": sorted(int(b) for b in batch_ids.unique()),
             },
             actor=actor,
         )
         result.feedback_used = feedback_used
-        _, model = registry.load_version(result.version)
-        measured = measure_sealed(result.version, model, sealed)
+        measured = None
+        if result.champion:  # only champions are measured there: a challenger's sealed score
+            _, model = registry.load_version(result.version)  # would invite choosing by it
+            measured = measure_sealed(result.version, model, sealed)
         if measured is not None:
             from appraiser import tracking
 
@@ -358,10 +364,12 @@ def run_pass(
     with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
         current = registry.champion_version()
-        last_batch, last_feedback = lineage.last_attempt()
+        attempt = lineage.last_attempt()
         known = labelled_stones()
         stones = known.stones
-        new = stones[stones["batch_id"] > last_batch]
+        seen = attempt.batches if attempt else set()
+        new = stones[stones["batch_id"].notna() & ~stones["batch_id"].isin(list(seen))]
+        last_feedback = attempt.max_feedback_id if attempt else 0
         new_feedback = int((stones["feedback_id"] > last_feedback).sum())
         report = PassReport(
             ingested=reports,
@@ -399,8 +407,7 @@ def run_pass(
                 log_drift(report.drift, len(new))
                 if drift.drifted(report.drift):
                     reasons.append("drift in " + ", ".join(drift.drifted(report.drift)))
-        tried = lineage.last_attempt() != (0, 0) or _any_retrain()
-        if reasons and tried and len(new) == 0 and new_feedback == 0:
+        if reasons and attempt is not None and len(new) == 0 and new_feedback == 0:
             report.note = "nothing new since the last retrain: not retrained again"
         elif reasons and int((known.roles == "train").sum()) < MIN_STONES:
             report.note = f"fewer than {MIN_STONES} training stones in the store: not retrained"
@@ -414,19 +421,6 @@ def run_pass(
             _, model = registry.load_version(report.champion)
             report.sealed = measure_sealed(report.champion, model, known.part("sealed"))
         return report
-
-
-def _any_retrain() -> bool:
-    from sqlalchemy import select
-
-    store.ready()
-    with store.session() as s:
-        found = s.scalar(
-            select(store.ModelVersionRecord.version)
-            .where(store.ModelVersionRecord.kind == "retrain")
-            .limit(1)
-        )
-    return found is not None
 
 
 def watch(

@@ -16,6 +16,7 @@ The protocol, in order:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ from appraiser import (
 )
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
+from appraiser.locking import PipelineBusy
 from appraiser.models import CANDIDATES, Candidate, PriceModel
+
+logger = logging.getLogger(__name__)
 
 FOLDS = 5
 HOLDOUT = 0.2
@@ -391,6 +395,25 @@ class TrainResult:
 Decide = Callable[[Fitted], Decision]
 
 
+def _promote(version: str, decision: Decision, actor: str) -> tuple[bool, str]:
+    """Move the champion to `version` if the gate agreed and the champion is still the one it
+    judged against; (promoted, what happened)."""
+    if not decision.promote:
+        return False, decision.reason
+    try:
+        champion.move(
+            version, kind="gate", reason=decision.reason, actor=actor, expected=decision.champion
+        )
+    except champion.ChampionChanged as exc:
+        return False, f"{decision.reason}; but {exc}"
+    except PipelineBusy:
+        return False, (
+            f"{decision.reason}; but another pass or retrain holds the pipeline lock, so "
+            f"v{version} was not promoted: `appraiser models promote {version}` once it ends"
+        )
+    return True, decision.reason
+
+
 def train(
     path: str | Path | None = None,
     *,
@@ -422,10 +445,11 @@ def train(
         if not promote_if_better:
             return Decision(False, "promotion not asked for", current, automatic=False)
         champion_model = registry.load_version(current)[1] if current else None
-        return gate.decide(
+        unsealed = fitted.holdout[lineage.roles(fitted.holdout) != "sealed"]  # no decision
+        return gate.decide(  # ever reads a sealed stone
             fitted.evaluated,
             lineage.stone_keys(fitted.fit_part),
-            fitted.holdout,
+            unsealed,
             champion_version=current,
             champion=champion_model,
             champion_lineage=lineage.load(current) if current else None,
@@ -499,27 +523,24 @@ def fit_and_register(
             decision=decision.to_dict(),
             **(lineage_extra or {}),
         )
-        promoted, said = False, decision.reason
-        if decision.promote:
-            try:
-                champion.move(
-                    logged.version,
-                    kind="gate",
-                    reason=decision.reason,
-                    actor=actor,
-                    expected=decision.champion,
-                )
-                promoted = True
-            except champion.ChampionChanged as exc:
-                said = f"{decision.reason}; but {exc}"
-        tracking.record_outcome(logged.run_id, promoted, said)
-        champion_after = registry.champion_version()
-    except Exception as exc:
-        tracking.log_failure(kind, exc)
+    except Exception as exc:  # nothing moved: the champion is as it was
+        try:
+            tracking.log_failure(kind, exc)
+        except Exception as logging_failed:  # the registry is down too: say so, keep the cause
+            exc.add_note(f"(the FAILED run could not be logged either: {logging_failed})")
         raise TrainingError(
             f"{kind} failed ({type(exc).__name__}: {exc}); the champion is unchanged. "
-            "Its MLflow run is marked FAILED; fix the cause and run it again."
+            "Its MLflow run is marked FAILED when the registry could be reached; fix the cause "
+            "and run it again."
         ) from exc
+    promoted, said = _promote(logged.version, decision, actor)
+    champion_after: str | None = decision.champion
+    try:  # after the move, a failure is a warning: the version and the move stand
+        tracking.record_outcome(logged.run_id, promoted, said)
+        lineage.record_outcome(logged.version, promoted, said)
+        champion_after = registry.champion_version()
+    except Exception as exc:
+        logger.warning("v%s: the outcome could not be recorded everywhere: %s", logged.version, exc)
     return TrainResult(
         version=logged.version,
         champion=promoted,
