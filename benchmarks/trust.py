@@ -1,6 +1,6 @@
 """Trust benchmark: how often the loop's checks are wrong, measured by simulation.
 
-    python benchmarks/trust.py [--data CSV] [--pairs 60] [--batches 1000] [--json out.json]
+    python benchmarks/trust.py [--data CSV] [--pairs 300] [--power-pairs 60] [--batches 1000]
 
 1. Drift false alarms: same-population batches (drawn from the public table, judged against a
    5,000-stone reference like a champion's training stones) of 50 and 100 stones, with today's
@@ -110,18 +110,21 @@ def _model(stones: pd.DataFrame) -> Any:
     )
 
 
-def gate_rates(public: pd.DataFrame, pairs: int, train_size: int) -> dict[str, Any]:
+def gate_rates(
+    public: pd.DataFrame, pairs: int, power_pairs: int, train_size: int
+) -> dict[str, Any]:
     from appraiser import gate, lineage
 
     rng = np.random.default_rng(1)
     rows, out = [], {}
-    for label, challenger_size in (
-        ("equally good", train_size),
-        ("twice the stones", 2 * train_size),
-    ):
-        promoted, improvements = 0, []
+    settings = (
+        ("equally good", train_size, pairs),
+        ("twice the stones", 2 * train_size, power_pairs),
+    )
+    for label, challenger_size, count in settings:
+        promoted, significant, improvements = 0, 0, []
         started = time.perf_counter()
-        for _ in range(pairs):
+        for _ in range(count):
             order = rng.permutation(len(public))
             a = public.iloc[order[:train_size]]
             b = public.iloc[order[train_size : train_size + challenger_size]]
@@ -138,25 +141,34 @@ def gate_rates(public: pd.DataFrame, pairs: int, train_size: int) -> dict[str, A
             )
             promoted += decision.promote
             assert decision.comparison is not None
+            significant += decision.comparison.low > 0  # the improvement test alone
             improvements.append(decision.comparison.improvement)
         out[label] = {
-            "promoted": wilson(promoted, pairs),
+            "promoted": wilson(promoted, count),
+            "improvement_test_alone": wilson(significant, count),
             "mean_improvement": float(np.mean(improvements)),
             "seconds": time.perf_counter() - started,
         }
         rows.append(
             [
                 f"{label} ({train_size:,} vs {challenger_size:,} stones)",
-                rate(promoted, pairs),
+                rate(promoted, count),
+                rate(significant, count),
                 f"{np.mean(improvements):+.2f}",
-                f"{sum(i > 0 for i in improvements)}/{pairs}",
+                f"{sum(i > 0 for i in improvements)}/{count}",
             ]
         )
     print(
         format_table(
-            ["pairs", "promoted by the gate", "mean improvement (points)", "gain > 0 (old rule)"],
+            [
+                "pairs",
+                "promoted by the gate",
+                "lower bound > 0 alone",
+                "mean improvement (points)",
+                "gain > 0 (old rule)",
+            ],
             rows,
-            f"The gate on {pairs} pairs, each judged on 1,000 stones neither saw",
+            "The gate on pairs of models, each pair judged on 1,000 stones neither saw",
         )
     )
     return out
@@ -216,7 +228,8 @@ def guard_rates(stones: pd.DataFrame, batches: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--pairs", type=int, default=300, help="pairs of equally good models")
+    parser.add_argument("--power-pairs", type=int, default=60, help="pairs where one is better")
     parser.add_argument("--train-size", type=int, default=2500)
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
@@ -231,7 +244,7 @@ def main() -> None:
     results = {
         "drift": drift_rates(public, args.batches),
         "guard": guard_rates(collection, args.batches),
-        "gate": gate_rates(public, args.pairs, args.train_size),
+        "gate": gate_rates(public, args.pairs, args.power_pairs, args.train_size),
     }
     write_json(args.json, results)
 
