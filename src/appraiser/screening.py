@@ -174,6 +174,11 @@ def screen(model: PriceModel, version: str, stones: pd.DataFrame, *, seed: int =
 
 def screen_with_champion(stones: pd.DataFrame) -> Screening | None:
     """The champion's screening of a labelled batch (None when there is no champion yet)."""
+    from appraiser.config import settings
+
+    cfg = settings()
+    if not cfg.mlflow_tracking_uri and not (cfg.home / "mlflow.db").exists():
+        return None  # no local registry yet, so no champion (importing MLflow alone takes 3 s)
     from appraiser import registry
 
     version = registry.champion_version()
