@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -153,3 +154,27 @@ def live_server(home_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     with LiveServer(create_app(), free_port()) as server:
         yield server.url
     settings.cache_clear()
+
+
+@contextmanager
+def lock_held_elsewhere() -> Iterator[None]:
+    """The pipeline lock held by another thread while the block runs (as another process would)."""
+    import threading
+
+    from appraiser import locking
+
+    entered, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with locking.exclusive():
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from appraiser import ingest, pipeline, registry, schema, store
 from appraiser.api import create_app
 from appraiser.config import MAX_BATCH, REGISTERED_MODEL, settings
-from tests.conftest import API_KEY, use_home
+from tests.conftest import API_KEY, lock_held_elsewhere, use_home
 
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -302,31 +302,15 @@ def test_models_and_promotion(client: TestClient) -> None:
 
 
 def test_rollback_and_moves_wait_for_the_pipeline(client: TestClient) -> None:
-    import threading
-
-    from appraiser import locking
 
     _register_copy_of_v1()
     assert client.post("/v1/models/2/promote", headers=ADMIN).status_code == 200
     back = client.post("/v1/models/rollback", headers=ADMIN)
     assert back.status_code == 200 and back.json()["champion"] == "1"
     assert client.get("/health").json()["champion"] == "1"
-    entered, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with locking.exclusive():
-            entered.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert entered.wait(30)
-    try:
+    with lock_held_elsewhere():
         busy = client.post("/v1/models/2/promote", headers=ADMIN)
         assert busy.status_code == 409 and "try again" in busy.json()["message"]
-    finally:
-        release.set()
-        thread.join()
     assert client.post("/v1/models/rollback").status_code in (401, 403)
 
 

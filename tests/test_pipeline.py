@@ -14,7 +14,7 @@ from appraiser.pipeline import in_reference_holdout, retrain
 from appraiser.predict import Appraiser
 from appraiser.train import TrainingError
 from tests import pg
-from tests.conftest import use_home
+from tests.conftest import lock_held_elsewhere, use_home
 
 
 def test_reference_holdout_is_fixed_by_the_stone(public):
@@ -130,26 +130,15 @@ def store_url(request, tmp_path, monkeypatch):
 def test_one_pass_at_a_time_per_store(store_url):
     """Two holders of the pipeline's lock cannot overlap: a file lock with SQLite, an advisory
     lock in the database with PostgreSQL (which also holds across machines)."""
-    import threading
-
     from appraiser.pipeline import PipelineBusy, exclusive
 
-    entered, release, outcome = threading.Event(), threading.Event(), []
-
-    def holder():
-        with exclusive():
-            entered.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert entered.wait(30)
-    try:
-        with pytest.raises(PipelineBusy, match="another pipeline pass"), exclusive():
-            outcome.append("entered while held")
-    finally:
-        release.set()
-        thread.join()
+    outcome: list[str] = []
+    with (
+        lock_held_elsewhere(),
+        pytest.raises(PipelineBusy, match="another pipeline pass"),
+        exclusive(),
+    ):
+        outcome.append("entered while held")
     with exclusive():  # free again once released
         outcome.append("entered after release")
     assert outcome == ["entered after release"]

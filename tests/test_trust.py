@@ -4,7 +4,6 @@ each failed on the code before the fix."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from appraiser import champion, gate, ingest, lineage, locking, registry, schema
+from appraiser import champion, gate, ingest, lineage, registry, schema
 from appraiser.cli import app
 from appraiser.drift import drift_report
 from appraiser.gate import GatePolicy
@@ -20,6 +19,7 @@ from appraiser.ingest import ingest_file
 from appraiser.models import PriceModel
 from appraiser.pipeline import labelled_stones, retrain, run_pass
 from tests import pg
+from tests.conftest import lock_held_elsewhere
 
 
 @pytest.fixture(params=pg.BACKENDS)
@@ -376,23 +376,10 @@ def test_the_gate_does_not_undo_a_promotion_made_meanwhile(
 def test_people_wait_for_the_lock_to_move_the_champion(with_champion):
     """Defect: CLI and API promote and rollback ignored the pipeline lock."""
     (v2,) = _copies(1)
-    entered, release = threading.Event(), threading.Event()
-
-    def holder():
-        with locking.exclusive():
-            entered.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert entered.wait(30)
-    try:
+    with lock_held_elsewhere():
         result = CliRunner().invoke(app, ["models", "promote", v2])
         assert result.exit_code == 1 and "another pipeline pass" in result.output
         assert registry.champion_version() == "1"
-    finally:
-        release.set()
-        thread.join()
     assert CliRunner().invoke(app, ["models", "promote", v2]).exit_code == 0
 
 
@@ -532,21 +519,8 @@ def test_a_busy_pipeline_leaves_the_version_unpromoted_not_failed(with_champion)
     from appraiser.train import _promote
 
     (v2,) = _copies(1)
-    entered, release = threading.Event(), threading.Event()
-
-    def holder():
-        with locking.exclusive():
-            entered.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert entered.wait(30)
-    try:
+    with lock_held_elsewhere():
         promoted, said = _promote(v2, gate.Decision(True, "better", "1"), "test")
-    finally:
-        release.set()
-        thread.join()
     assert not promoted and f"appraiser models promote {v2}" in said
     assert registry.champion_version() == "1"
 

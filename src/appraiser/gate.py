@@ -330,7 +330,8 @@ def decide(
             automatic=False,
         )
     keys = lineage.stone_keys(pool) if len(pool) else np.empty(0, dtype=np.uint64)
-    unseen = ~champion_lineage.trained_on(keys) & ~np.isin(keys, challenger_keys)
+    champion_trained = champion_lineage.trained_on(keys)
+    unseen = ~champion_trained & ~np.isin(keys, challenger_keys)
     judged = pool[unseen].reset_index(drop=True)
     batches = (
         sorted(int(b) for b in judged["batch_id"].dropna().unique())
@@ -341,7 +342,7 @@ def decide(
         "stones": len(judged),
         "pool": pool_name,
         "pool_stones": len(pool),
-        "excluded_champion_trained": int((champion_lineage.trained_on(keys)).sum()),
+        "excluded_champion_trained": int(champion_trained.sum()),
         "batches": batches,
     }
     if len(judged) < policy.min_stones:

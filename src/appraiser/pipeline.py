@@ -26,7 +26,14 @@ from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
 from appraiser.locking import BUSY, PipelineBusy, exclusive
 from appraiser.models import PriceModel
-from appraiser.train import MIN_STONES, Fitted, TrainingError, TrainResult, fit_and_register
+from appraiser.train import (
+    MIN_STONES,
+    Fitted,
+    TrainingError,
+    TrainResult,
+    against_champion,
+    fit_and_register,
+)
 
 __all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
 
@@ -179,18 +186,14 @@ def retrain(
         reference, sealed = known.part("reference"), known.part("sealed")
         # experts' prices were given after seeing the champion's: they never judge it
         reference = reference[reference["batch_id"].notna()].reset_index(drop=True)
-        current = registry.champion_version()
-        champion_model = registry.load_version(current)[1] if current else None
+        current = registry.champion_version()  # the one judged against, read before training
         newest = known.newest_batch
 
         def decide(fitted: Fitted) -> gate.Decision:
-            return gate.decide(
-                fitted.evaluated,
-                lineage.stone_keys(fitted.fit_part),
+            return against_champion(
+                fitted,
                 reference,
                 champion_version=current,
-                champion=champion_model,
-                champion_lineage=lineage.load(current) if current else None,
                 policy=policy,
                 newest_batch=newest,
                 pool_name="reference stones",

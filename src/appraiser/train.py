@@ -395,6 +395,23 @@ class TrainResult:
 Decide = Callable[[Fitted], Decision]
 
 
+def against_champion(
+    fitted: Fitted, pool: pd.DataFrame, *, champion_version: str | None, **options: Any
+) -> Decision:
+    """The gate's decision on `fitted` against `champion_version` (None: there is none), judged
+    on the stones of `pool` neither trained on; `options` go to gate.decide."""
+    current = champion_version
+    return gate.decide(
+        fitted.evaluated,
+        lineage.stone_keys(fitted.fit_part),
+        pool,
+        champion_version=current,
+        champion=registry.load_version(current)[1] if current else None,
+        champion_lineage=lineage.load(current) if current else None,
+        **options,
+    )
+
+
 def _promote(version: str, decision: Decision, actor: str) -> tuple[bool, str]:
     """Move the champion to `version` if the gate agreed and the champion is still the one it
     judged against; (promoted, what happened)."""
@@ -441,18 +458,13 @@ def train(
     fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
 
     def decide(fitted: Fitted) -> Decision:
-        current = registry.champion_version()
         if not promote_if_better:
-            return Decision(False, "promotion not asked for", current, automatic=False)
-        champion_model = registry.load_version(current)[1] if current else None
+            return Decision(False, "promotion not asked for", None, automatic=False)
         unsealed = fitted.holdout[lineage.roles(fitted.holdout) != "sealed"]  # no decision
-        return gate.decide(  # ever reads a sealed stone
-            fitted.evaluated,
-            lineage.stone_keys(fitted.fit_part),
+        return against_champion(  # ever reads a sealed stone
+            fitted,
             unsealed,
-            champion_version=current,
-            champion=champion_model,
-            champion_lineage=lineage.load(current) if current else None,
+            champion_version=registry.champion_version(),
             policy=policy,
             pool_name="holdout stones of this file",
         )
