@@ -1,13 +1,16 @@
 """Trust benchmark: how often the loop's checks are wrong, measured by simulation.
 
-    python benchmarks/trust.py [--data CSV] [--pairs 300] [--power-pairs 60] [--batches 1000]
+    python benchmarks/trust.py [--data CSV] [--pairs 300] [--cross-pairs 200] [--power-pairs 60]
+                               [--batches 1000] [--only drift|guard|gate]
 
 1. Drift false alarms: same-population batches (drawn from the public table, judged against a
    5,000-stone reference like a champion's training stones) of 50 and 100 stones, with today's
    tests and with the grade PSI > 0.2 rule they replaced; then the share of shifted batches seen.
 2. The gate's false promotions: pairs of equally good models (the same recipe, LightGBM with its
    defaults, trained on disjoint samples of the same size) judged by the real gate on 1,000 stones
-   neither saw; and its power: a challenger trained on twice the stones.
+   neither saw; the same when the challenger is judged cross-fitted (each of its training stones
+   priced by the recipe refitted without it, train.cross_fitted_prices); and its power: a
+   challenger trained on twice the stones.
 3. The label-shift guard: batches of Francesco's collection (or the public table) priced by a
    model trained on other stones of it: the share held or called worse when nothing is wrong, and
    the share held with a 30% markup, euros (x0.68, 2008), cents (x100) and shuffled prices.
@@ -110,18 +113,37 @@ def _model(stones: pd.DataFrame) -> Any:
     )
 
 
+def _cross_fitted(stones: pd.DataFrame, folds: int = 5) -> pd.DataFrame:
+    """Each stone priced by a model fitted without its fold (as train.cross_fitted_prices)."""
+    fold_of = np.arange(len(stones)) % folds
+    parts = []
+    for k in range(folds):
+        held = stones[fold_of == k].copy()
+        priced = _model(stones[fold_of != k]).predict(held)
+        for column, name in (("price", "price"), ("price_low", "low"), ("price_high", "high")):
+            held[f"challenger_{name}"] = priced[column].to_numpy()
+        parts.append(held)
+    return pd.concat(parts, ignore_index=True)
+
+
 def gate_rates(
-    public: pd.DataFrame, pairs: int, power_pairs: int, train_size: int
+    public: pd.DataFrame, pairs: int, cross_pairs: int, power_pairs: int, train_size: int
 ) -> dict[str, Any]:
     from appraiser import gate, lineage
 
     rng = np.random.default_rng(1)
     rows, out = [], {}
+    # cross-fitted: the challenger is judged on its own training stones, each priced by the same
+    # recipe refitted without its fold (5 folds of 1.25x the stones: each fold model learns from
+    # as many stones as the champion, so both are equally good)
     settings = (
-        ("equally good", train_size, pairs),
-        ("twice the stones", 2 * train_size, power_pairs),
+        ("equally good", train_size, pairs, False),
+        ("equally good, cross-fitted", train_size * 5 // 4, cross_pairs, True),
+        ("twice the stones", 2 * train_size, power_pairs, False),
     )
-    for label, challenger_size, count in settings:
+    for label, challenger_size, count, cross in settings:
+        if not count:
+            continue
         promoted, significant, improvements = 0, 0, []
         started = time.perf_counter()
         for _ in range(count):
@@ -134,10 +156,11 @@ def gate_rates(
             decision = gate.decide(
                 challenger,
                 lineage.stone_keys(b),
-                pool,
+                pool.iloc[:0] if cross else pool,
                 champion_version="1",
                 champion=champion,
                 champion_lineage=known,
+                cross_fitted=_cross_fitted(b) if cross else None,
             )
             promoted += decision.promote
             assert decision.comparison is not None
@@ -229,9 +252,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--pairs", type=int, default=300, help="pairs of equally good models")
+    parser.add_argument(
+        "--cross-pairs", type=int, default=200, help="equally good pairs, judged cross-fitted"
+    )
     parser.add_argument("--power-pairs", type=int, default=60, help="pairs where one is better")
     parser.add_argument("--train-size", type=int, default=2500)
     parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--only", choices=["drift", "guard", "gate"], default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -241,11 +268,14 @@ def main() -> None:
     path = resolve_data(args.data, required=False)
     collection = data.load(path).clean if path is not None else public.sample(5000, random_state=3)
     print(f"Guard data: {path or 'a 5,000-stone sample of the public table'}")
-    results = {
-        "drift": drift_rates(public, args.batches),
-        "guard": guard_rates(collection, args.batches),
-        "gate": gate_rates(public, args.pairs, args.power_pairs, args.train_size),
+    parts = {
+        "drift": lambda: drift_rates(public, args.batches),
+        "guard": lambda: guard_rates(collection, args.batches),
+        "gate": lambda: gate_rates(
+            public, args.pairs, args.cross_pairs, args.power_pairs, args.train_size
+        ),
     }
+    results = {name: run() for name, run in parts.items() if args.only in (None, name)}
     write_json(args.json, results)
 
 

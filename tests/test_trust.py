@@ -131,6 +131,71 @@ def test_stones_the_champion_trained_on_never_judge(trained, public):
     )
 
 
+def test_cross_fitted_stones_are_priced_by_models_that_never_saw_them(public, monkeypatch):
+    """Each training stone judged in cross-fitting is priced by a refit without it or its twin."""
+    from appraiser import train as training
+
+    stones = public.sample(400, random_state=5).reset_index(drop=True)
+    stones = pd.concat([stones, stones.head(20)], ignore_index=True)  # twins, other prices
+    stones.loc[400:, "price"] = stones.loc[400:, "price"] * 1.1
+    fitted = training.fit(
+        stones,
+        public.sample(100, random_state=6),
+        final_stones=None,
+        source="test",
+        trials=1,
+        timeout=5,
+        candidates=["hedonic"],
+        show_progress=False,
+    )
+    seen: list[np.ndarray] = []
+    real = training._fit_model
+
+    def recording(results, weights, trained_on, intervals, info):
+        seen.append(lineage.stone_keys(trained_on))
+        return real(results, weights, trained_on, intervals, info)
+
+    monkeypatch.setattr(training, "_fit_model", recording)
+    judge = np.zeros(len(stones), dtype=bool)
+    judge[::2] = True
+    judge[400:] = True
+    priced = training.cross_fitted_prices(fitted, judge, folds=5)
+    assert len(priced) == int(judge.sum()) and len(seen) == 5
+    keys = lineage.stone_keys(priced)
+    for trained_keys in seen:  # every judged stone was left out of exactly one fold model
+        assert (~np.isin(keys, trained_keys)).sum() >= 1
+    left_out = sum((~np.isin(keys, t)).astype(int) for t in seen)
+    assert (left_out == 1).all()
+    assert priced[["challenger_price", "challenger_low", "challenger_high"]].notna().all().all()
+    assert (priced["challenger_low"] < priced["challenger_high"]).all()
+
+
+def test_cross_fitted_stones_the_champion_saw_never_judge(trained, public):
+    """Stones given cross-fitted prices still judge only when the champion never trained on them."""
+    from appraiser.predict import Appraiser
+
+    model = Appraiser.champion().model
+    pool = public.sample(200, random_state=8)
+    extra = public.drop(pool.index).sample(600, random_state=9).reset_index(drop=True)
+    priced = Noisy(model, 0.0, 1).predict(extra)
+    extra = extra.assign(
+        challenger_price=priced["price"],
+        challenger_low=priced["price_low"],
+        challenger_high=priced["price_high"],
+    )
+    decision = _decide(
+        Noisy(model, 0.0, 1),
+        Noisy(model, 0.08, 2),
+        pool,
+        trained_keys=lineage.stone_keys(extra.head(100)),
+        cross_fitted=extra,
+    )
+    assert decision.judged_on["cross_fitted"] == 500
+    assert decision.judged_on["stones"] == 700
+    assert decision.promote, decision.reason
+    assert "500 of the challenger's training stones" in decision.reason
+
+
 def test_paired_interval_covers_zero_for_equal_models_most_of_the_time():
     """The false-promotion rate, in miniature (benchmarks/trust.py measures it with real models):
     200 pairs of equally good predictors on 500 stones promote at most ~2.5% of the time."""
@@ -237,14 +302,20 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     v2 = retrain(trials=1, timeout=5, show_progress=False)
     decision = v2.gate
     assert decision is not None and decision.comparison is not None
-    # judged only on fresh reference stones: none of the collection's (v1 trained on all of them)
-    fresh_reference = lineage.roles(fresh) == "reference"
-    assert decision.judged_on["stones"] == int(fresh_reference.sum())
+    # judged only on fresh stones, none of the collection's (v1 trained on all of them): the
+    # reference ones, and the fresh training stones, each priced by the challenger refitted
+    # without it (cross-fitted); never a sealed one
+    fresh_keys = lineage.stone_keys(fresh)
+    fresh_roles = lineage.roles(fresh_keys)
+    unseen = ~np.isin(fresh_keys, lineage.stone_keys(collection))  # the table has twins
+    assert decision.judged_on["cross_fitted"] == int(((fresh_roles == "train") & unseen).sum())
+    assert decision.judged_on["stones"] == int(((fresh_roles != "sealed") & unseen).sum())
     assert decision.judged_on["batches"] == [2]
     assert decision.judged_on["excluded_champion_trained"] == int(
         (lineage.roles(collection) == "reference").sum()
     )
-    assert f"on {decision.judged_on['stones']:,} reference stones" in v2.decision
+    assert f"on {decision.judged_on['stones']:,} stones no model had trained on" in v2.decision
+    assert "refitted without it" in v2.decision
     assert v2.champion, v2.decision
     assert registry.champion_version() == v2.version
 

@@ -1,6 +1,9 @@
 """The gate: a challenger replaces the champion only on evidence, never on noise.
 
-Both models are judged on the same stones, and only on stones neither trained on (lineage.py).
+Both models are judged on the same stones, and only on stones neither trained on (lineage.py):
+reference stones, and the challenger's own training stones the champion never saw, each priced by
+the challenger's recipe refitted without it (cross-fitting, train.cross_fitted_prices), which
+gives about five times the stones when a fresh batch arrives and so resolves gains of ~0.1 point.
 The headline is the paired difference of per-stone absolute percentage errors (champion minus
 challenger, in points of MAPE): a paired test, because both models price the same stones and most
 of a stone's error is shared, so pairing removes most of the noise. Its 95% interval comes from a
@@ -101,6 +104,7 @@ def ape(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 BCA_STONES = 5000
+PRICE_COLUMNS = ("price", "price_low", "price_high")
 
 
 def paired_improvement(
@@ -301,9 +305,15 @@ def decide(
     policy: GatePolicy | None = None,
     newest_batch: int | None = None,
     pool_name: str = "comparison stones",
+    cross_fitted: pd.DataFrame | None = None,
 ) -> Decision:
     """Decide whether `challenger` replaces the champion, judging both on the stones of `pool`
-    (labelled; `batch_id` when they come from the store) that neither trained on."""
+    (labelled; `batch_id` when they come from the store) that neither trained on.
+
+    `cross_fitted`: more labelled stones, each already priced (`challenger_price`,
+    `challenger_low`, `challenger_high`) by the challenger's recipe refitted without it
+    (train.cross_fitted_prices); those the champion did not train on are judged too.
+    """
     policy = policy or GatePolicy()
     if len(pool):
         problems = sanity_problems(challenger, pool[list(schema.COLUMNS)])
@@ -333,6 +343,18 @@ def decide(
     champion_trained = champion_lineage.trained_on(keys)
     unseen = ~champion_trained & ~np.isin(keys, challenger_keys)
     judged = pool[unseen].reset_index(drop=True)
+    ours = challenger.predict(judged)[list(PRICE_COLUMNS)] if len(judged) else None
+    extra = 0
+    if cross_fitted is not None and len(cross_fitted):
+        extra_keys = lineage.stone_keys(cross_fitted)
+        fair = ~champion_lineage.trained_on(extra_keys) & ~np.isin(extra_keys, keys[unseen])
+        more = cross_fitted[fair].reset_index(drop=True)
+        extra = len(more)
+        more_prices = more[[f"challenger_{c}" for c in ("price", "low", "high")]]
+        more_prices.columns = list(PRICE_COLUMNS)
+        ours = more_prices if ours is None else pd.concat([ours, more_prices], ignore_index=True)
+        shared = pool.columns.intersection(more.columns)
+        judged = pd.concat([judged, more[shared]], ignore_index=True)
     batches = (
         sorted(int(b) for b in judged["batch_id"].dropna().unique())
         if "batch_id" in judged and len(judged)
@@ -343,12 +365,13 @@ def decide(
         "pool": pool_name,
         "pool_stones": len(pool),
         "excluded_champion_trained": int(champion_trained.sum()),
+        "cross_fitted": extra,
         "batches": batches,
     }
-    if len(judged) < policy.min_stones:
+    if len(judged) < policy.min_stones or ours is None:
         return Decision(
             False,
-            f"only {len(judged):,} of {len(pool):,} {pool_name} were seen by neither model "
+            f"only {len(judged):,} of {len(pool) + extra:,} {pool_name} were seen by neither model "
             f"(need {policy.min_stones}): nothing decided automatically; ingest more appraisals "
             "or compare by hand and use `appraiser models promote`",
             champion_version,
@@ -357,7 +380,6 @@ def decide(
         )
     actual = judged[schema.TARGET].to_numpy(dtype=float)
     theirs = champion.predict(judged)
-    ours = challenger.predict(judged)
     comparison = paired_improvement(
         actual,
         theirs["price"].to_numpy(),
@@ -405,10 +427,15 @@ def decide(
     promote = all(c.passed for c in checks)
     failed = [c for c in checks if not c.passed]
     said = (
-        f"on {len(judged):,} {pool_name} neither model trained on"
-        + (f" (batches {', '.join(map(str, batches))})" if batches else "")
-        + f", challenger vs champion v{champion_version}: {comparison.describe()}"
+        f"on {len(judged):,} stones no model had trained on when it priced them "
+        f"({len(judged) - extra:,} {pool_name}; {extra:,} of the challenger's training stones the "
+        "champion never saw, each priced by the challenger's recipe refitted without it)"
+        if extra
+        else f"on {len(judged):,} {pool_name} neither model trained on"
     )
+    said += (
+        f" (batches {', '.join(map(str, batches))})" if batches else ""
+    ) + f", challenger vs champion v{champion_version}: {comparison.describe()}"
     if promote:
         reason = f"{said}; every check passed"
     else:

@@ -6,7 +6,8 @@ stone and keeps its role). The key decides, once and for all, the role a stored 
 - `sealed` (1 in 20): no model trains on it and no decision reads it; it only reports, over time,
   how good the champion really is (decisions made on a set wear it out, see Cawley & Talbot 2010);
 - `reference` (4 in 20): no retrain trains on it; champion and challenger are compared on it;
-- `train` (the rest): what retrains learn from.
+- `train` (the rest): what retrains learn from; those the champion never saw also judge a
+  challenger, each priced by the challenger refitted without it (cross-fitting, gate.py).
 
 Every registered version records the keys of the stones it trained on (`model_versions` in the
 store, and an artifact of its MLflow run), so a comparison can keep only stones that neither model

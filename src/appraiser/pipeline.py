@@ -197,6 +197,7 @@ def retrain(
                 policy=policy,
                 newest_batch=newest,
                 pool_name="reference stones",
+                show_progress=show_progress,
             )
 
         batch_ids = known.stones["batch_id"].dropna()

@@ -9,7 +9,7 @@ The protocol, in order:
 5. take the 90% range half-width from the out-of-fold residuals (split conformal);
 6. fit on the 80%, measure on the holdout (metrics, slices, range coverage);
 7. refit on every accepted stone; the gate (gate.py) compares with the champion on stones neither
-   trained on; log everything to MLflow (tracking.py), register, record the lineage, and move the
+   trained on (held-out stones, and training stones the champion never saw, cross-fitted); log everything to MLflow (tracking.py), register, record the lineage, and move the
    champion if the gate agreed (champion.py).
 """
 
@@ -395,19 +395,94 @@ class TrainResult:
 Decide = Callable[[Fitted], Decision]
 
 
+CROSS_FIT_FOLDS = 5
+
+
+def cross_fitted_prices(
+    fitted: Fitted,
+    judge: np.ndarray,
+    *,
+    folds: int = CROSS_FIT_FOLDS,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> pd.DataFrame:
+    """The stones of `fitted.fit_part` where `judge` is True, each priced by the challenger's
+    recipe (its tuned parameters, blend and range) refitted on the training stones without the
+    fold that holds it: `challenger_price`, `challenger_low`, `challenger_high`.
+
+    Identical stones share a fold, so no stone is priced by a model that saw its twin. The fold
+    models train on (folds-1)/folds of the stones being judged, so they are, if anything, a little
+    worse than the challenger registered: the comparison leans towards the champion.
+    """
+    stones = fitted.fit_part
+    columns = [*stones.columns, "challenger_price", "challenger_low", "challenger_high"]
+    rows = np.flatnonzero(judge)
+    if not len(rows):
+        return pd.DataFrame(columns=columns)
+    _, stone = np.unique(lineage.stone_keys(stones.iloc[rows]), return_inverse=True)
+    fold_of = np.random.default_rng(seed).permutation(stone.max() + 1)[stone] % folds
+    keys = lineage.stone_keys(stones)
+    parts = []
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task("cross-fitting", total=folds)
+        for k in range(folds):
+            held = rows[fold_of == k]
+            if len(held):
+                keep = ~np.isin(keys, keys[held])  # twins of held stones leave with them
+                model = _fit_model(
+                    fitted.results, fitted.weights, stones[keep], fitted.intervals, {}
+                )
+                priced = model.predict(stones.iloc[held])
+                part = stones.iloc[held].copy()
+                part["challenger_price"] = priced["price"].to_numpy()
+                part["challenger_low"] = priced["price_low"].to_numpy()
+                part["challenger_high"] = priced["price_high"].to_numpy()
+                parts.append(part)
+            progress.advance(task)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
 def against_champion(
-    fitted: Fitted, pool: pd.DataFrame, *, champion_version: str | None, **options: Any
+    fitted: Fitted,
+    pool: pd.DataFrame,
+    *,
+    champion_version: str | None,
+    cross_fit: bool = True,
+    show_progress: bool = False,
+    **options: Any,
 ) -> Decision:
     """The gate's decision on `fitted` against `champion_version` (None: there is none), judged
-    on the stones of `pool` neither trained on; `options` go to gate.decide."""
+    on the stones of `pool` neither trained on and, with `cross_fit`, on the challenger's own
+    training stones the champion never saw, each priced by the challenger refitted without it
+    (reference stones alone are often too few to see a real gain); `options` go to gate.decide.
+    """
     current = champion_version
+    champion_lineage = lineage.load(current) if current else None
+    extra = None
+    if cross_fit and champion_lineage is not None:
+        part = fitted.fit_part
+        keys = lineage.stone_keys(part)
+        judge = ~champion_lineage.trained_on(keys) & (lineage.roles(keys) != "sealed")
+        if "feedback_id" in part:  # experts priced after seeing the champion: they never judge
+            judge &= part["feedback_id"].isna().to_numpy()
+        if judge.any():
+            extra = cross_fitted_prices(
+                fitted, judge, seed=fitted.seed, show_progress=show_progress
+            )
     return gate.decide(
         fitted.evaluated,
         lineage.stone_keys(fitted.fit_part),
         pool,
         champion_version=current,
         champion=registry.load_version(current)[1] if current else None,
-        champion_lineage=lineage.load(current) if current else None,
+        champion_lineage=champion_lineage,
+        cross_fitted=extra,
         **options,
     )
 
@@ -467,6 +542,7 @@ def train(
             champion_version=registry.champion_version(),
             policy=policy,
             pool_name="holdout stones of this file",
+            show_progress=show_progress,
         )
 
     return fit_and_register(
