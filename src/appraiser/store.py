@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     insert,
@@ -179,14 +180,57 @@ APPRAISALS: Table = Appraisal.__table__  # type: ignore[assignment]  # the Core 
 
 
 class Feedback(Base):
-    """An expert's price for a past appraisal: a labelled stone for the next retrain."""
+    """An expert's price for a past appraisal. It teaches the model only once an admin approved
+    it (`status`: pending, approved or rejected). One per appraisal per expert, and one per stone
+    per expert (`stone_key`: lineage.stone_keys in hex); `flag` says why a reviewer should look
+    twice. Rows from before review existed have no actor and stay pending."""
 
     __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("appraisal_id", "actor", name="uq_feedback_appraisal_actor"),
+        UniqueConstraint("actor", "stone_key", name="uq_feedback_actor_stone"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     appraisal_id: Mapped[int] = mapped_column(ForeignKey("appraisals.id"), index=True)
     price: Mapped[float] = mapped_column(Double)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(20), index=True, default="pending")
+    actor: Mapped[str | None] = mapped_column(String(200))
+    stone_key: Mapped[str | None] = mapped_column(String(16))
+    flag: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    review_note: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """A key for the API: only its SHA-256 is kept (keys are 256-bit random, so a fast hash is
+    enough: there is nothing to guess); `prefix` lets people tell keys apart."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # staff, expert or admin
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class AuditEvent(Base):
+    """One admin or expert action: who, when, what, and its details (JSON text)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    details: Mapped[str] = mapped_column(Text)
 
 
 class Job(Base):
@@ -268,6 +312,8 @@ TABLES: tuple[str, ...] = (
     "model_versions",
     "promotions",
     "evaluations",
+    "api_keys",
+    "audit_events",
 )
 STONE_COLUMNS: tuple[str, ...] = schema.COLUMNS
 
@@ -452,21 +498,11 @@ def get_appraisal(uid: str, url: str | None = None) -> dict[str, Any] | None:
             "model_version": row.model_version,
             "latency_ms": row.latency_ms,
             "warnings": json.loads(row.warnings or "[]"),
-            "feedback": [{"price": f.price, "created_at": f.created_at} for f in feedback],
+            "feedback": [
+                {"price": f.price, "created_at": f.created_at, "status": f.status}
+                for f in feedback
+            ],
         }
-
-
-def add_feedback(appraisal_uid: str, price: float, url: str | None = None) -> int:
-    """Keep an expert's price for a past appraisal; returns its id (unknown appraisal: KeyError)."""
-    ready(url)
-    with session(url) as s, s.begin():
-        appraisal_id = s.scalar(select(Appraisal.id).where(Appraisal.uid == appraisal_uid))
-        if appraisal_id is None:
-            raise KeyError(f"no appraisal with id {appraisal_uid}")
-        row = Feedback(appraisal_id=appraisal_id, price=float(price))
-        s.add(row)
-        s.flush()
-        return row.id
 
 
 class AppraisalWriter:
