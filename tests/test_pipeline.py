@@ -165,15 +165,24 @@ def test_feedback_becomes_a_training_stone(trained, stone):
 
     appraisal_id = json.loads(shown.output)["id"]
     before = len(feedback_stones())
-    given = runner.invoke(app, ["feedback", str(appraisal_id), "5100"])
+    given = runner.invoke(app, ["feedback", "send", str(appraisal_id), "5100"])
     assert given.exit_code == 0, given.output
+    assert "pending" in given.output
+    assert len(feedback_stones()) == before  # nobody approved it yet: it teaches nothing
+    listed = runner.invoke(app, ["feedback", "list", "--json"])
+    pending = [f for f in json.loads(listed.output) if f["appraisal_id"] == appraisal_id]
+    assert len(pending) == 1 and pending[0]["expert"].startswith("cli:")
+    approved = runner.invoke(app, ["feedback", "approve", str(pending[0]["id"])])
+    assert approved.exit_code == 0, approved.output
     stones = feedback_stones()
     assert len(stones) == before + 1
     assert stones.iloc[-1]["price"] == 5100 and stones.iloc[-1]["cut"] == stone["cut"]
-    refused = runner.invoke(app, ["feedback", str(appraisal_id), "--", "-5"])
+    again = runner.invoke(app, ["feedback", "approve", str(pending[0]["id"])])
+    assert again.exit_code == 1 and "approved already" in again.output
+    refused = runner.invoke(app, ["feedback", "send", str(appraisal_id), "--", "-5"])
     assert refused.exit_code == 2 and "price must be > 0" in refused.output
-    unknown = runner.invoke(app, ["feedback", "999999", "5100"])
-    assert unknown.exit_code == 1 and "no appraisal with id 999999" in unknown.output
+    unknown = runner.invoke(app, ["feedback", "send", "f" * 32, "5100"])
+    assert unknown.exit_code == 1 and "no appraisal with id" in unknown.output
 
 
 def test_a_crash_in_training_changes_nothing_and_shows(tmp_path, public, monkeypatch):

@@ -105,17 +105,20 @@ def test_file_hash_is_unique_and_foreign_keys_enforced(url: str) -> None:
         assert s.scalars(select(store.Batch.source)).all() == ["a"]
 
 
-def test_appraisal_and_feedback(url: str, stone: dict) -> None:
+def test_appraisal_and_feedback(url: str, stone: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appraiser import feedback
+
+    monkeypatch.setenv("APPRAISER_DATABASE_URL", url)
     uid = store.record_appraisal(stone, 5000.0, price_low=4500, model_version="3", url=url)
-    feedback = store.add_feedback(uid, 5200.0, url=url)
+    sent = feedback.submit(uid, 5200.0, actor="expert-1")
     found = store.get_appraisal(uid, url=url)
     assert found is not None and found["model_version"] == "3" and found["stone"] == stone
-    assert [f["price"] for f in found["feedback"]] == [5200.0]
+    assert [(f["price"], f["status"]) for f in found["feedback"]] == [(5200.0, "pending")]
     with store.session(url) as s:
-        row = s.get(store.Feedback, feedback)
-        assert row is not None and row.price == 5200.0
+        row = s.get(store.Feedback, sent["id"])
+        assert row is not None and row.price == 5200.0 and row.actor == "expert-1"
     with pytest.raises(KeyError):
-        store.add_feedback("no-such-appraisal", 1.0, url=url)
+        feedback.submit("f" * 32, 1.0, actor="expert-1")
     assert store.get_appraisal("no-such-appraisal", url=url) is None
 
 

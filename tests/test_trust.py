@@ -262,12 +262,13 @@ def test_a_repriced_stone_keeps_its_role(public):
 
 def test_feedback_stones_take_their_role(with_champion, public, stone):
     """Defect: expert-priced stones skipped the hash and all went to training."""
-    from appraiser import store
+    from appraiser import feedback, store
 
     picked = public.sample(400, random_state=9)
     for row in picked.to_dict(orient="records"):
         uid = store.record_appraisal({k: row[k] for k in schema.FEATURES}, row["price"])
-        store.add_feedback(uid, row["price"] * 1.01)
+        sent = feedback.submit(uid, row["price"] * 1.01, actor="expert")
+        feedback.review(sent["id"], approve=True, actor="admin")
     known = labelled_stones()
     fed = known.stones["feedback_id"].notna().to_numpy()
     assert fed.sum() == 400

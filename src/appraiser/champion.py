@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from appraiser import locking, registry, store
+from appraiser import audit, locking, registry, store
 from appraiser.registry import RegistryError
 
 ANY = object()  # `expected` for a move that does not depend on who is champion now
@@ -63,6 +63,15 @@ def _move_and_record(version: str, now: str | None, kind: str, reason: str, acto
                 store.Promotion(
                     version=version, previous=now, kind=kind, reason=reason, actor=actor[:200]
                 )
+            )
+            audit.record(
+                actor,
+                "rollback" if kind == "rollback" else "promotion",
+                session=s,
+                version=version,
+                previous=now,
+                kind=kind,
+                reason=reason,
             )
             s.flush()
             moved = True  # from here on, the alias may have moved (restoring it is harmless)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appraiser import data, evaluate, schema
+from appraiser import audit, data, evaluate, schema
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ pipeline_app = typer.Typer(help="The automated pipeline: ingest, check drift, re
 app.add_typer(pipeline_app, name="pipeline")
 batches_app = typer.Typer(help="Ingested batches; release or drop the ones held for review.")
 app.add_typer(batches_app, name="batches")
+feedback_app = typer.Typer(help="Experts' prices: send, and review them before they teach.")
+app.add_typer(feedback_app, name="feedback")
+keys_app = typer.Typer(help="API keys with roles (staff, expert, admin); only hashes are kept.")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True)
 
@@ -367,13 +371,14 @@ def retrain(
     from appraiser.registry import RegistryError
     from appraiser.train import TrainingError
 
+    audit.record(audit.cli_actor(), "retrain_started", trials=trials, timeout=timeout)
     try:
         result = run_retrain(
             trials=trials,
             timeout=timeout,
             policy=_policy(margin, slice_tolerance),
             show_progress=not as_json,
-            actor="cli",
+            actor=audit.cli_actor(),
         )
     except (TrainingError, PipelineBusy, RegistryError) as exc:
         raise fail(str(exc)) from exc
@@ -404,7 +409,7 @@ def promote_cmd(
     try:
         before = champion.promote(
             version,
-            actor="cli",
+            actor=audit.cli_actor(),
             expected=champion.ANY if expect is None else expect.removeprefix("v"),
         )
     except (RegistryError, PipelineBusy) as exc:
@@ -420,7 +425,7 @@ def rollback_cmd() -> None:
     from appraiser.registry import RegistryError
 
     try:
-        version = champion.rollback(actor="cli")
+        version = champion.rollback(actor=audit.cli_actor())
     except (RegistryError, PipelineBusy) as exc:
         raise fail(str(exc)) from exc
     console.print(f"Rolled back: v{version} is champion again.")
@@ -549,6 +554,8 @@ def _set_status(batch_id: int, status: str) -> None:
         before = set_batch_status(batch_id, status)
     except (KeyError, ValueError) as exc:
         raise fail(str(exc.args[0])) from exc
+    action = "batch_released" if status == "accepted" else "batch_dropped"
+    audit.record(audit.cli_actor(), action, batch_id=batch_id, previous=before)
     console.print(f"Batch {batch_id}: {before} -> {status}.")
 
 
@@ -566,24 +573,179 @@ def drop_cmd(
     _set_status(batch_id, "dropped")
 
 
-@app.command()
-def feedback(
+@feedback_app.command("send")
+def feedback_send(
     appraisal_id: Annotated[
         str, typer.Argument(metavar="APPRAISAL_ID", help="printed by `explain` or the API")
     ],
     price: Annotated[float, typer.Argument(help="the expert's price, USD")],
 ) -> None:
-    """Give an expert's price for a past appraisal: the next retrain learns from it."""
-    from appraiser import store
+    """Send an expert's price for a past appraisal: kept as pending until an admin approves it."""
+    from appraiser import feedback
 
     bound = schema.BOUNDS[schema.TARGET]
     if bound.violated(price):
         raise fail(f"price {bound.describe()}", code=2)
     try:
-        feedback_id = store.add_feedback(appraisal_id, price)
+        sent = feedback.submit(appraisal_id, price, actor=audit.cli_actor())
     except KeyError as exc:
         raise fail(f"no appraisal with id {appraisal_id} (ids are printed by `explain`)") from exc
-    console.print(f"Feedback {feedback_id} kept: ${price:,.0f} for appraisal {appraisal_id}.")
+    except feedback.FeedbackRefused as exc:
+        raise fail(str(exc)) from exc
+    console.print(
+        f"Expert price {sent['id']} kept as pending: ${price:,.0f} for appraisal {appraisal_id}"
+        + (f" (flagged: {sent['flag']})" if sent["flag"] else "")
+        + f". `appraiser feedback approve {sent['id']}` lets it teach the model."
+    )
+
+
+class ReviewStatus(enum.StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+
+
+@feedback_app.command("list")
+def feedback_list(
+    status: Annotated[
+        ReviewStatus | None, typer.Option(help="only these (default: all)")
+    ] = ReviewStatus.pending,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
+    as_json: Json = False,
+) -> None:
+    """Experts' prices and their review status, oldest first (default: the pending queue)."""
+    from appraiser import feedback
+
+    found = feedback.listing(status.value if status else None, limit)
+    if as_json:
+        print(json.dumps(found, default=str))
+        return
+    if not found:
+        console.print("No expert prices" + (f" {status.value}." if status else "."))
+        return
+    table = Table("id", "appraisal", "model (range)", "expert's price", "expert", "status", "flag")
+    for f in found:
+        table.add_row(
+            str(f["id"]),
+            f["appraisal_id"],
+            f"${f['appraised_price']:,.0f} "
+            f"(${f['price_low'] or 0:,.0f}-${f['price_high'] or 0:,.0f})",
+            f"${f['price']:,.0f}",
+            str(f["expert"] or "(before review)"),
+            f["status"],
+            f["flag"] or "",
+        )
+    console.print(table)
+
+
+def _review(feedback_id: int, approve: bool, note: str | None) -> None:
+    from appraiser import feedback
+
+    try:
+        done = feedback.review(feedback_id, approve=approve, actor=audit.cli_actor(), note=note)
+    except (KeyError, feedback.FeedbackRefused) as exc:
+        raise fail(str(exc.args[0])) from exc
+    console.print(f"Expert price {feedback_id} (${done['price']:,.0f}): {done['status']}.")
+
+
+Note = Annotated[str | None, typer.Option(help="why, for the audit trail")]
+
+
+@feedback_app.command("approve")
+def feedback_approve(
+    feedback_id: Annotated[int, typer.Argument(help="from `appraiser feedback list`")],
+    note: Note = None,
+) -> None:
+    """Approve an expert's price: the next retrain learns from it."""
+    _review(feedback_id, True, note)
+
+
+@feedback_app.command("reject")
+def feedback_reject(
+    feedback_id: Annotated[int, typer.Argument(help="from `appraiser feedback list`")],
+    note: Note = None,
+) -> None:
+    """Reject an expert's price: kept, never used."""
+    _review(feedback_id, False, note)
+
+
+class Role(enum.StrEnum):
+    staff = "staff"
+    expert = "expert"
+    admin = "admin"
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        Role, typer.Option(help="staff: appraise; expert: also send prices; admin: all")
+    ],
+    name: Annotated[str, typer.Option(help="who holds it (unique)")],
+) -> None:
+    """Make an API key. It is printed once, on the last line: only its hash is kept."""
+    from appraiser import auth
+
+    try:
+        key = auth.create_key(name, role.value, actor=audit.cli_actor())
+    except auth.KeyRefused as exc:
+        raise fail(str(exc)) from exc
+    err.print(f"Key {name!r} ({role.value}) made; it is shown once, below:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Json = False) -> None:
+    """Every key made, active or revoked (never the keys themselves)."""
+    from appraiser import auth
+
+    found = auth.list_keys()
+    if as_json:
+        print(json.dumps(found, default=str))
+        return
+    table = Table("name", "role", "starts with", "made", "by", "revoked")
+    for k in found:
+        table.add_row(
+            k["name"],
+            k["role"],
+            k["prefix"],
+            str(k["created_at"])[:19],
+            k["created_by"],
+            str(k["revoked_at"])[:19] if k["revoked_at"] else "",
+        )
+    console.print(table if found else "No keys yet: `appraiser keys create --role ROLE --name N`.")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
+    """Revoke a key: refused at once here, within seconds by running servers."""
+    from appraiser import auth
+
+    try:
+        auth.revoke_key(name, actor=audit.cli_actor())
+    except auth.KeyRefused as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"Key {name!r} revoked.")
+
+
+@app.command("audit")
+def audit_cmd(
+    action: Annotated[str | None, typer.Option(help="only this kind of action")] = None,
+    actor: Annotated[str | None, typer.Option(help="only this key's name (or cli:USER)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+    as_json: Json = False,
+) -> None:
+    """The audit trail, newest first: who did what, when."""
+    if action is not None and action not in audit.ACTIONS:
+        raise fail(f"--action: one of {', '.join(audit.ACTIONS)}", code=2)
+    found = audit.events(limit=limit, action=action, actor=actor)
+    if as_json:
+        print(json.dumps(found, default=str))
+        return
+    table = Table("at", "actor", "action", "details")
+    for e in found:
+        details = json.dumps(e["details"], default=str)
+        table.add_row(str(e["at"])[:19], e["actor"], e["action"], details)
+    console.print(table if found else "Nothing in the audit trail yet.")
 
 
 @pipeline_app.command("run")

@@ -38,7 +38,27 @@ class Settings(BaseSettings):
     # the API (appraiser serve)
     api_key: SecretStr | None = Field(
         default=None,
-        description="bearer token for the admin endpoints; unset, they are disabled (403)",
+        description=(
+            "bootstrap admin key (Authorization: Bearer ...): makes the first real keys "
+            "(`appraiser keys create`); unset, only keys from the store are accepted"
+        ),
+    )
+    require_keys: bool = Field(
+        default=False,
+        description="true: appraising needs a key too (staff or above); false: anyone may",
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description=(
+            "requests each client (its key, else its IP) may make, e.g. '50/second' or "
+            "'50/second;1000/minute' (the `limits` notation); unset: no limit (per process)"
+        ),
+    )
+    max_queued: int = Field(
+        default=2000, description="single-stone requests waiting to be priced; more get 503"
+    )
+    max_batch_calls: int = Field(
+        default=4, description="batch calls priced at once; more get 503 with Retry-After"
     )
     cors_origins: str = Field(
         default="",

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from appraiser import store
+from appraiser import audit, store
 
 RETRAIN = "retrain"
 
@@ -22,8 +22,9 @@ class JobConflict(RuntimeError):
     """A job of the same kind is already queued or running."""
 
 
-def start_retrain(params: dict[str, Any]) -> str:
-    """Queue a retrain and start its process; returns the job id (JobConflict if one runs)."""
+def start_retrain(params: dict[str, Any], *, actor: str) -> str:
+    """Queue a retrain and start its process; returns the job id (JobConflict if one runs).
+    `actor` is kept in the audit trail."""
     running = store.active_job(RETRAIN)
     if running is not None and not _abandoned(running):
         raise JobConflict(f"a retrain is already under way (job {running})")
@@ -40,6 +41,7 @@ def start_retrain(params: dict[str, Any]) -> str:
         _fail(job_id, f"the job process could not start: {exc}")
         raise
     threading.Thread(target=_reap, args=(job_id, process), daemon=True).start()
+    audit.record(actor, "retrain_started", job_id=job_id, **params)
     return job_id
 
 

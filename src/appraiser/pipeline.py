@@ -44,32 +44,12 @@ def in_reference_holdout(stones: pd.DataFrame) -> np.ndarray:
 
 
 def feedback_stones() -> pd.DataFrame:
-    """Stones priced by an expert after an appraisal (the latest price per appraisal), validated,
-    with `feedback_id`. They take the role their features give them, like stored stones."""
-    from sqlalchemy import select
+    """Stones an admin approved an expert's price for (feedback.py), with `feedback_id`. They
+    take the role their features give them, like stored stones; pending or rejected prices never
+    reach training, comparables or a comparison."""
+    from appraiser import feedback
 
-    engine = store.ready()
-    query = (
-        select(store.Appraisal.id, store.Appraisal.input, store.Feedback.price, store.Feedback.id)
-        .join(store.Feedback, store.Feedback.appraisal_id == store.Appraisal.id)
-        .order_by(store.Feedback.id)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
-        return pd.DataFrame(columns=[*schema.COLUMNS, "feedback_id"])
-    latest = {appraisal: (text, price, fid) for appraisal, text, price, fid in rows}
-    frame = pd.DataFrame(
-        [
-            {**json.loads(text), schema.TARGET: price, "feedback_id": fid}
-            for text, price, fid in latest.values()
-        ]
-    )
-    checked = data.validate(
-        frame[list(schema.COLUMNS)].astype(str), dedupe=False, source="feedback"
-    )
-    kept = frame.loc[checked.clean.index, "feedback_id"].to_numpy()
-    return checked.clean.assign(feedback_id=kept).reset_index(drop=True)
+    return feedback.approved_stones()
 
 
 @dataclass

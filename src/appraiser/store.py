@@ -227,7 +227,9 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     actor: Mapped[str] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(40), index=True)
     details: Mapped[str] = mapped_column(Text)
@@ -428,16 +430,24 @@ def ready(url: str | None = None) -> Engine:
 
 
 def new_uid() -> str:
-    """A random public id (appraisals, jobs): unique across processes without asking the store,
-    and unguessable (it is all a client needs to read an appraisal). 128 random bits as hex."""
-    return os.urandom(16).hex()
+    """A public id (appraisals, jobs): unique across processes without asking the store, and
+    unguessable (it is all a client needs to read an appraisal). 32 hex digits: the time in
+    milliseconds (12), then 80 random bits (20), so a server can tell at once that an id it
+    does not hold was never recently made (uid_age) and answer 404 without waiting."""
+    return new_uids(1)[0]
 
 
 def new_uids(n: int) -> list[str]:
     """n ids like new_uid, from one call to the system's random source (a batch of 1,000 spent
     a tenth of its time in 1,000 separate calls)."""
-    pool = os.urandom(16 * n).hex()
-    return [pool[32 * i : 32 * (i + 1)] for i in range(n)]
+    stamp = f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}"
+    pool = os.urandom(10 * n).hex()
+    return [stamp + pool[20 * i : 20 * (i + 1)] for i in range(n)]
+
+
+def uid_age(uid: str) -> float:
+    """Seconds since an id was made, by its time digits (negative: from the future: made up)."""
+    return time.time() - int(uid[:12], 16) / 1000
 
 
 def appraisal_row(
@@ -499,8 +509,7 @@ def get_appraisal(uid: str, url: str | None = None) -> dict[str, Any] | None:
             "latency_ms": row.latency_ms,
             "warnings": json.loads(row.warnings or "[]"),
             "feedback": [
-                {"price": f.price, "created_at": f.created_at, "status": f.status}
-                for f in feedback
+                {"price": f.price, "created_at": f.created_at, "status": f.status} for f in feedback
             ],
         }
 

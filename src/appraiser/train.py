@@ -9,8 +9,9 @@ The protocol, in order:
 5. take the 90% range half-width from the out-of-fold residuals (split conformal);
 6. fit on the 80%, measure on the holdout (metrics, slices, range coverage);
 7. refit on every accepted stone; the gate (gate.py) compares with the champion on stones neither
-   trained on (held-out stones, and training stones the champion never saw, cross-fitted); log everything to MLflow (tracking.py), register, record the lineage, and move the
-   champion if the gate agreed (champion.py).
+   trained on (held-out stones, and training stones the champion never saw, cross-fitted); log
+   everything to MLflow (tracking.py), register, record the lineage, and move the champion if
+   the gate agreed (champion.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,166 @@
+"""What every route may depend on: the running context, who is calling, what they may do, and
+how often they may ask (one module, so each rule is written once)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.concurrency import run_in_threadpool
+
+from appraiser import auth, store
+from appraiser.api.batching import MicroBatcher
+from appraiser.config import Settings
+from appraiser.predict import Appraiser, ChampionWatcher
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="an API key (`appraiser keys create`) or the bootstrap APPRAISER_API_KEY",
+)
+
+
+@dataclass
+class Context:
+    """What one app instance runs with (app.state.ctx)."""
+
+    config: Settings
+    champions: ChampionWatcher
+    batcher: MicroBatcher
+    batch_slots: asyncio.Semaphore
+    limits: list[RateLimitItem]
+    limiter: MovingWindowRateLimiter = field(
+        default_factory=lambda: MovingWindowRateLimiter(MemoryStorage())
+    )
+    writer: store.AppraisalWriter | None = None
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[Context, Depends(context)]
+
+
+def make_limits(spec: str | None) -> list[RateLimitItem]:
+    """APPRAISER_RATE_LIMIT as limits (',' or ';' between several); ValueError names the rule."""
+    if not spec or not spec.strip():
+        return []
+    try:
+        return list(parse_many(spec.replace(",", ";")))
+    except ValueError as exc:
+        raise ValueError(
+            f"APPRAISER_RATE_LIMIT={spec!r}: write e.g. '50/second' or '50/second;1000/minute'"
+        ) from exc
+
+
+def _limit(ctx: Context, identity: str) -> None:
+    """429 with Retry-After when `identity` has used up one of its limits."""
+    for item in ctx.limits:
+        if not ctx.limiter.hit(item, identity):
+            reset = ctx.limiter.get_window_stats(item, identity).reset_time
+            wait = max(1, math.ceil(reset - time.time()))
+            raise HTTPException(
+                429,
+                f"too many requests: the limit is {item}; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def caller(
+    request: Request,
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> auth.Principal:
+    """Who is calling (anonymous without a key; 401 for a key nobody holds), counted against
+    their rate limit: their key's, else their IP's (a bad key counts against the IP, so
+    inventing keys does not escape the limit)."""
+    if credentials is None or not credentials.credentials:
+        _limit(ctx, f"ip:{_client_ip(request)}")
+        return auth.ANONYMOUS
+    key = credentials.credentials
+    bootstrap = ctx.config.api_key.get_secret_value() if ctx.config.api_key else ""
+    if key.startswith(auth.KEY_PREFIX):  # a store key: the database (or its cache)
+        found = await run_in_threadpool(auth.authenticate, key, bootstrap)
+    else:
+        found = auth.authenticate(key, bootstrap)
+    if found is None:
+        _limit(ctx, f"ip:{_client_ip(request)}")
+        raise HTTPException(
+            401,
+            "that key is unknown or revoked: send 'Authorization: Bearer <key>' with a key "
+            "from `appraiser keys create`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    _limit(ctx, f"key:{found.name}")
+    return found
+
+
+Caller = Annotated[auth.Principal, Depends(caller)]
+
+
+def role(needed: str) -> Callable[..., Awaitable[auth.Principal]]:
+    """A dependency: the caller, if they hold `needed` (401 without a key, 403 with too little)."""
+
+    async def check(who: Caller) -> auth.Principal:
+        if who.role is None:
+            raise HTTPException(
+                401,
+                f"this needs an {needed} key: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not who.can(needed):
+            raise HTTPException(
+                403, f"this needs the {needed} role; the key {who.name!r} is {who.role}"
+            )
+        return who
+
+    return check
+
+
+Staff = Annotated[auth.Principal, Depends(role("staff"))]
+Expert = Annotated[auth.Principal, Depends(role("expert"))]
+Admin = Annotated[auth.Principal, Depends(role("admin"))]
+
+
+async def appraising_caller(who: Caller, ctx: Ctx) -> auth.Principal:
+    """Anyone may appraise, unless APPRAISER_REQUIRE_KEYS=true: then staff or above."""
+    if ctx.config.require_keys:
+        return await role("staff")(who)
+    return who
+
+
+Appraising = Annotated[auth.Principal, Depends(appraising_caller)]
+
+
+def current_appraiser(ctx: Ctx) -> Appraiser:
+    found = ctx.champions.current
+    if found is None:
+        raise HTTPException(
+            503,
+            "no model to price with yet: train one (`appraiser train`), the server picks it up "
+            "within seconds",
+        )
+    return found
+
+
+def writer(ctx: Ctx) -> store.AppraisalWriter:
+    assert ctx.writer is not None, "the app's lifespan starts the writer"
+    return ctx.writer
+
+
+def is_admin(who: auth.Principal) -> bool:
+    return who.can("admin")

@@ -1,0 +1,208 @@
+"""Appraisals: price one stone or a batch, read a stored appraisal, send the expert's price."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from pydantic_core import to_json
+from starlette.concurrency import run_in_threadpool
+
+from appraiser import feedback, schema, store
+from appraiser.api import deps
+from appraiser.api.batching import Overloaded
+from appraiser.api.middleware import PRICED
+from appraiser.api.models import (
+    CURRENCY,
+    ERRORS,
+    MAX_COMPARABLES,
+    AppraisalId,
+    AppraisalOut,
+    BatchIn,
+    BatchOut,
+    FeedbackIn,
+    FeedbackOut,
+    StoredAppraisal,
+)
+from appraiser.config import MAX_BATCH
+
+router = APIRouter(prefix="/v1/appraisals", tags=["appraisals"], responses=ERRORS)
+
+RECENT = 2.0  # seconds: an id this young may still be queued in another worker's writer
+
+
+def price_and_store(
+    ctx: deps.Context,
+    stones: list[dict[str, Any]],
+    explain: bool,
+    comparables: int,
+    endpoint: str = "single",
+) -> list[dict[str, Any]]:
+    """Price stones with the champion, give each answer its id, and queue the rows for storing."""
+    start = time.perf_counter()
+    current = deps.current_appraiser(ctx)
+    answers = current.appraise(stones, explain=explain, comparables=comparables)
+    latency_ms = round((time.perf_counter() - start) * 1000 / max(len(stones), 1), 3)
+    now = store.utcnow()
+    uids = store.new_uids(len(stones))
+    rows = []
+    for stone, answer, uid in zip(stones, answers, uids, strict=True):
+        row = store.appraisal_row(
+            stone,
+            answer["price"],
+            price_low=answer["price_low"],
+            price_high=answer["price_high"],
+            model_version=current.version,
+            latency_ms=latency_ms,
+            warnings=answer["warnings"],
+            created_at=now,
+            uid=uid,
+        )
+        answer.update(
+            id=row["uid"],
+            coverage=current.model.coverage,
+            currency=CURRENCY,
+            model_version=current.version,
+        )
+        rows.append(row)
+    deps.writer(ctx).submit(rows)
+    PRICED.labels(endpoint).inc(len(stones))
+    return answers
+
+
+@router.post(
+    "",
+    response_model=AppraisalOut,
+    response_model_exclude_none=True,
+    summary="Price one stone",
+)
+async def appraise(
+    diamond: schema.Diamond,
+    ctx: deps.Ctx,
+    _: deps.Appraising,
+    explain: Annotated[bool, Query(description="add the dollars each characteristic adds")] = False,
+    comparables: Annotated[
+        int, Query(ge=0, le=MAX_COMPARABLES, description="add this many similar stones")
+    ] = 0,
+) -> dict[str, Any]:
+    """The price, its 90% range, the model version and any warnings. The appraisal is stored;
+    its `id` fetches it later or carries an expert's price."""
+    return await ctx.batcher.price(diamond.model_dump(), explain, comparables)
+
+
+@router.post(
+    "/batch",
+    response_model=BatchOut,
+    response_model_exclude_none=True,
+    summary=f"Price up to {MAX_BATCH:,} stones",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["diamonds"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "diamonds": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Diamond"},
+                                "description": f"1 to {MAX_BATCH:,} stones",
+                            }
+                        },
+                    },
+                    "example": {"diamonds": [schema.EXAMPLE_STONE]},
+                }
+            },
+        }
+    },
+)
+async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> Response:
+    """One appraisal per stone, in the order sent. A bad stone fails the whole request (422, its
+    index in `detail[].loc`); over the limit is 413; too many batches at once, 503."""
+    if ctx.batch_slots.locked():  # a cap on batch calls in flight: past it, say so at once
+        raise Overloaded(f"{ctx.config.max_batch_calls} batch calls are being priced")
+    async with ctx.batch_slots:
+        # parsed and validated straight from the bytes by pydantic (Rust): the body is read here
+        # rather than declared, because FastAPI's generic path costs twice as much
+        try:
+            batch = BatchIn.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            ) from exc
+        if len(batch.diamonds) > MAX_BATCH:
+            raise HTTPException(
+                413, f"{len(batch.diamonds):,} stones: send at most {MAX_BATCH:,} per request"
+            )
+        if not batch.diamonds:
+            raise HTTPException(422, "diamonds: send at least one stone")
+        stones = [d.model_dump() for d in batch.diamonds]
+        answers = await run_in_threadpool(price_and_store, ctx, stones, False, 0, "batch")
+    # the answers are built to BatchOut's schema: written as JSON in one go (Rust), where
+    # FastAPI's validation and encoding of 1,000 answers would cost more than pricing them
+    return Response(to_json({"appraisals": answers}), media_type="application/json")
+
+
+async def _find(ctx: deps.Context, uid: str, lookup: Any, *args: Any) -> Any:
+    """`lookup(uid, *args)` in the store; KeyError/None when unknown. Only an id made in the
+    last RECENT seconds can still be on its way to the store (queued here or in another
+    worker): only then flush and wait once; any other unknown id is a 404 at once."""
+    age = store.uid_age(uid)
+    recent = -1.0 < age < RECENT
+    if recent:
+        await run_in_threadpool(deps.writer(ctx).flush)
+    try:
+        return await run_in_threadpool(lookup, uid, *args)
+    except KeyError:
+        if not recent:
+            raise
+    await asyncio.sleep(deps.writer(ctx).interval * 1.5)  # on the event loop: no thread held
+    return await run_in_threadpool(lookup, uid, *args)
+
+
+def _stored(uid: str) -> dict[str, Any]:
+    found = store.get_appraisal(uid)
+    if found is None:
+        raise KeyError(uid)
+    return found
+
+
+@router.get("/{appraisal_id}", response_model=StoredAppraisal, summary="A stored appraisal")
+async def get_appraisal(appraisal_id: AppraisalId, ctx: deps.Ctx, _: deps.Caller) -> Any:
+    """What was asked, what was answered, by which model, how fast, and any expert prices."""
+    try:
+        return await _find(ctx, appraisal_id, _stored)
+    except KeyError as exc:
+        raise HTTPException(404, f"no appraisal with id {appraisal_id}") from exc
+
+
+@router.post(
+    "/{appraisal_id}/feedback",
+    response_model=FeedbackOut,
+    status_code=201,
+    summary="Send an expert's price for an appraisal (expert or admin key)",
+)
+async def give_feedback(
+    appraisal_id: AppraisalId, price: FeedbackIn, ctx: deps.Ctx, who: deps.Expert
+) -> dict[str, Any]:
+    """Kept as pending, with who sent it and a flag when it is far from the appraisal's range;
+    it teaches the model only once an admin approves it (POST /v1/feedback/{id}/approve). One
+    price per appraisal and per stone for each expert (409 for a second)."""
+    try:
+        sent = await _find(ctx, appraisal_id, _submit, price.price, who.name)
+    except KeyError as exc:
+        raise HTTPException(404, f"no appraisal with id {appraisal_id}") from exc
+    except feedback.FeedbackRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    return {**sent, "message": "kept as pending: an admin reviews it before it teaches the model"}
+
+
+def _submit(uid: str, price: float, actor: str) -> dict[str, Any]:
+    return feedback.submit(uid, price, actor=actor)

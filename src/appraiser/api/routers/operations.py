@@ -1,0 +1,146 @@
+"""What operators and pages need: the schema, liveness and readiness, metrics, the web pages and
+the API docs (served from assets installed with the package: nothing from another origin)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from appraiser import schema
+from appraiser.api import deps
+from appraiser.api.models import CURRENCY, ErrorOut, HealthOut
+from appraiser.config import MAX_BATCH
+
+router = APIRouter()
+WEB = Path(__file__).resolve().parents[2] / "web"
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))  # Swagger UI 5 and ReDoc
+
+
+@router.get("/v1/schema", tags=["reference"], summary="The fields, grades and rules")
+async def describe_schema() -> dict[str, Any]:
+    """What a stone is made of: grade orders (worst first), bounds, units, the depth rule, an
+    example. The web page builds its form from it."""
+    return {
+        "grades": {k: list(v) for k, v in schema.GRADES.items()},
+        "numeric": {
+            c: {
+                "min": schema.BOUNDS[c].low,
+                "min_inclusive": schema.BOUNDS[c].low_inclusive,
+                "max": schema.BOUNDS[c].high,
+                "unit": schema.UNITS[c],
+            }
+            for c in schema.NUMERIC_FEATURES
+        },
+        "descriptions": {c: schema.DESCRIPTIONS[c] for c in schema.COLUMNS},
+        "rules": [schema.DEPTH_RULE],
+        "example": schema.example_stone(),
+        "max_batch": MAX_BATCH,
+        "currency": CURRENCY,
+    }
+
+
+def _health(ctx: deps.Context, who: Any) -> dict[str, Any]:
+    current = ctx.champions.current
+    return {
+        "status": "ok",
+        "champion": current.version if current else None,
+        "model": current.model.name if current else None,
+        "loaded_at": current.loaded_at if current else None,
+        # why a reload failed names files and the registry: for admins only
+        "reload_error": ctx.champions.last_error if deps.is_admin(who) else None,
+    }
+
+
+@router.get("/health", response_model=HealthOut, tags=["reference"], summary="Liveness")
+async def health(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
+    """200 while the process runs; `champion` is the version it serves (null: none yet);
+    `reload_error` (admin key only) says why the last reload failed."""
+    return _health(ctx, who)
+
+
+@router.get(
+    "/ready",
+    response_model=HealthOut,
+    responses={503: {"model": ErrorOut}},
+    tags=["reference"],
+    summary="Readiness: a model is loaded",
+)
+async def ready(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
+    """200 once a champion is loaded and appraisals can be served, 503 before: for load
+    balancers and start-up probes (`/health` is liveness only)."""
+    if ctx.champions.current is None:
+        raise HTTPException(503, "no model loaded yet: train one (`appraiser train`)")
+    return _health(ctx, who)
+
+
+@router.get(
+    "/metrics",
+    tags=["reference"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics() -> Response:
+    """Request latency by route and status, stones priced, the model served, store writes."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- pages and docs ---
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(WEB / "index.html")
+
+
+@router.get("/admin", include_in_schema=False)
+async def admin_page() -> FileResponse:
+    return FileResponse(WEB / "admin.html")
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Diamond Appraiser API</title>
+<link rel="icon" href="/docs/assets/favicon.png">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script>
+</body>
+</html>
+"""
+
+REDOC_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Diamond Appraiser API</title>
+<link rel="icon" href="/docs/assets/favicon.png">
+</head>
+<body>
+<redoc spec-url="/openapi.json"></redoc>
+<script src="/docs/assets/redoc.standalone.js"></script>
+</body>
+</html>
+"""
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI 5, from fastapi-offline's installed assets; started by /static/docs.js (the
+    Content-Security-Policy allows no inline script)."""
+    return HTMLResponse(DOCS_PAGE)
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc() -> HTMLResponse:
+    return HTMLResponse(REDOC_PAGE)
