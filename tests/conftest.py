@@ -139,6 +139,8 @@ def _copy_lineage(source: Path, target: Path) -> None:
             "batches",
             "jobs",
             "evaluations",
+            "api_keys",
+            "audit_events",
         ):
             conn.execute(f"DELETE FROM {table}")
 

@@ -314,7 +314,9 @@ def ingest_file(
 
     raw = data.read_table(path)
     result = data.validate(raw, labelled=True, source=shown)
-    raw = raw.reset_index(drop=True)
+    # a duplicate's raw values are kept as validate keeps a bad row's: the schema's columns only
+    # (a sender's own `line`, `batch_id` or `reasons` column would collide with ours)
+    raw = raw[[c for c in raw.columns if c in schema.COLUMNS]].reset_index(drop=True)
     bad_positions = result.rejected["line"].to_numpy(dtype=np.int64) - 2
     keep = np.ones(len(raw), dtype=bool)
     keep[bad_positions] = False

@@ -343,7 +343,13 @@ def engine(url: str | None = None) -> Engine:
     with _engines_lock:
         eng = _engines.get(url)
         if eng is None:
-            eng = create_engine(url)
+            from sqlalchemy import make_url
+
+            # a server database may drop pooled connections (restart, failover, idle timeout):
+            # test each at checkout and replace a dead one, or a request fails on it; a SQLite
+            # file's connections cannot go stale, so spare the hot paths the extra statement
+            server = make_url(url).get_backend_name() != "sqlite"
+            eng = create_engine(url, pool_pre_ping=server)
             if eng.dialect.name == "sqlite":
                 event.listen(eng, "connect", _sqlite_pragmas)
             _engines[url] = eng
@@ -591,8 +597,10 @@ class AppraisalWriter:
         while not stop:
             # gather for `interval` after the first row (one insert per interval, not per
             # request: a write per request would cost each request more than pricing it), but
-            # at once when someone waits in flush() or the batch is full
-            deadline: float | None = None
+            # at once when someone waits in flush() or the batch is full. Rows kept from a failed
+            # write are retried after `interval` even when no more come: waiting for the next
+            # row would leave them unwritten for good once traffic stops
+            deadline: float | None = time.monotonic() + self.interval if pending else None
             while not stop and not waiters and len(pending) < self.max_rows:
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
@@ -610,7 +618,9 @@ class AppraisalWriter:
                     if deadline is None:
                         deadline = time.monotonic() + self.interval
             if pending and not self._write(pending):
-                time.sleep(min(self.interval * 5, 2.0))  # the store is down: retry, keep the rows
+                # the store is down: keep the rows, retry after a pause (never a busy loop, even
+                # with interval=0)
+                time.sleep(min(max(self.interval * 5, 0.1), 2.0))
                 continue
             pending = []
             for waiter in waiters:
