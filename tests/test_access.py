@@ -293,7 +293,12 @@ def test_an_unknown_id_is_a_cheap_404(client: TestClient, monkeypatch, stone: di
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
     flushed: list[bool] = []
     real_flush = ctx.writer.flush
-    monkeypatch.setattr(ctx.writer, "flush", lambda *a, **k: flushed.append(True) or real_flush())
+
+    def flush(*args: object, **kwargs: object) -> bool:
+        flushed.append(True)
+        return bool(real_flush())
+
+    monkeypatch.setattr(ctx.writer, "flush", flush)
     import time
 
     started = time.perf_counter()

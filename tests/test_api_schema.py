@@ -29,8 +29,9 @@ schema = schemathesis.openapi.from_dict(create_app().openapi())
 def test_no_server_errors_and_answers_match_the_schema(
     case: schemathesis.Case, live_server: str
 ) -> None:
-    # the admin key is sent so that admin endpoints do real work, except the retrain, which
-    # would start a training process per example (it gets 401; tests/test_api.py runs one)
+    # with auth on: the admin key is sent so that admin endpoints do real work, except the
+    # retrain, which would start a training process per example (it gets 401; test_api.py runs
+    # one); every other route sees a key and its role checks
     headers = {} if case.path == "/v1/retrain" else {"Authorization": f"Bearer {API_KEY}"}
     case.call_and_validate(
         base_url=live_server,
@@ -59,4 +60,9 @@ def test_every_endpoint_is_in_the_schema() -> None:
         "/v1/jobs/{job_id}",
         "/health",
         "/metrics",
+        "/v1/feedback",
+        "/v1/feedback/{feedback_id}/{verdict}",
+        "/v1/keys",
+        "/v1/keys/{name}/revoke",
+        "/v1/audit",
     } <= paths

@@ -741,3 +741,10 @@ def test_appraiser_command_exists(where, argv):
                 f"{where}: `appraiser {' '.join(path)}` has no option {name}"
             )
     command.make_context(" ".join(["appraiser", *path]), list(args))  # parses: types, arity
+
+
+def test_compose_publishes_ports_on_this_machine_only(services):
+    """Defect: the API was published on every interface; a gateway belongs in front."""
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"

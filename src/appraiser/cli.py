@@ -551,11 +551,9 @@ def _set_status(batch_id: int, status: str) -> None:
     from appraiser.ingest import set_batch_status
 
     try:
-        before = set_batch_status(batch_id, status)
+        before = set_batch_status(batch_id, status, actor=audit.cli_actor())
     except (KeyError, ValueError) as exc:
         raise fail(str(exc.args[0])) from exc
-    action = "batch_released" if status == "accepted" else "batch_dropped"
-    audit.record(audit.cli_actor(), action, batch_id=batch_id, previous=before)
     console.print(f"Batch {batch_id}: {before} -> {status}.")
 
 

@@ -219,10 +219,14 @@ def batches(status: str | None = None, engine: Engine | None = None) -> list[dic
         ]
 
 
-def set_batch_status(batch_id: int, status: str, engine: Engine | None = None) -> str:
+def set_batch_status(
+    batch_id: int, status: str, engine: Engine | None = None, *, actor: str = "unknown"
+) -> str:
     """Release a held or dropped batch (status `accepted`) or drop one (kept, never used); returns
-    its former status. Under the pipeline lock, so no retrain runs on a batch as it changes.
-    KeyError for an unknown batch, ValueError for a move that changes nothing."""
+    its former status. Under the pipeline lock, so no retrain runs on a batch as it changes; in
+    the audit trail under `actor`. KeyError for an unknown batch, ValueError for a move that
+    changes nothing."""
+    from appraiser import audit
     from appraiser.locking import exclusive
 
     if status not in ("accepted", "dropped"):
@@ -237,9 +241,16 @@ def set_batch_status(batch_id: int, status: str, engine: Engine | None = None) -
             raise ValueError(f"batch {batch_id} is already {status}")
         batch.status = status
         why = "released" if status == "accepted" else "dropped"
-        batch.status_reason = f"{why} by an admin (was {before}: {batch.status_reason or 'ok'})"[
+        batch.status_reason = f"{why} by {actor} (was {before}: {batch.status_reason or 'ok'})"[
             :5000
         ]
+        audit.record(
+            actor,
+            "batch_released" if status == "accepted" else "batch_dropped",
+            session=s,
+            batch_id=batch_id,
+            previous=before,
+        )
         return before
 
 

@@ -1,11 +1,13 @@
-// The admin page: the API key (session storage only), CSV upload with its ingestion report, the
-// model versions with their metrics and a Promote button, and a background retrain with its
-// status polled every 2 s. Plain ES2020, no dependencies.
+// The admin page: the API key (session storage only), the review queue of experts' prices
+// (approve or reject each), CSV upload with its ingestion report, the model versions with their
+// metrics and a Promote button, and a background retrain with its status polled every 2 s.
+// Plain ES2020, no dependencies.
 "use strict";
 
 (() => {
   const KEY_STORAGE = "appraiser.apiKey";
   const POLL_MS = 2000;
+  const REVIEW_LIMIT = 200; // the oldest this many pending prices are listed
   const $ = (id) => document.getElementById(id);
 
   // --- helpers ------------------------------------------------------------------------------
@@ -43,7 +45,7 @@
     return null;
   }
 
-  /** request(), with the two admin refusals said in the admin's terms. */
+  /** request(), with the two key refusals said in the admin's terms. */
   async function api(method, url, options = {}) {
     try {
       return await request(method, url, options);
@@ -51,7 +53,7 @@
       if (error instanceof ApiError && error.status === 401) {
         error.message = `Wrong or missing API key: ${error.message}`;
       } else if (error instanceof ApiError && error.status === 403) {
-        error.message = `Admin is switched off on this server: ${error.message}`;
+        error.message = `This key may not do that (an admin key is needed): ${error.message}`;
       }
       throw error;
     }
@@ -73,6 +75,9 @@
   }
 
   const count = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "\u2014");
+  const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 });
+  const dollars = (v) => (typeof v === "number" && Number.isFinite(v) ? money.format(v) : "\u2014");
+  const plural = (n, one, many) => `${count(n)} ${n === 1 ? one : many}`;
   const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(1) : "\u2014");
   const cell = (v) => (v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
 
@@ -100,14 +105,156 @@
       }
       saveKey(key);
       $("key-status").textContent = "Key kept for this browser tab.";
+      loadReview();
     });
     $("key-forget").addEventListener("click", () => {
       saveKey("");
       field.value = "";
       field.removeAttribute("aria-invalid");
       $("key-status").textContent = "Key forgotten.";
+      clearReview();
     });
     field.addEventListener("input", () => field.removeAttribute("aria-invalid"));
+  }
+
+  // --- expert prices to review ------------------------------------------------------------
+
+  let reviewRun = 0; // only the latest load draws the table
+  let reviewCut = false; // the queue is longer than the rows listed
+
+  const NEEDS_KEY = "Enter an admin API key above to see the expert prices waiting for review.";
+
+  function clearReview(message = NEEDS_KEY) {
+    reviewRun += 1;
+    reviewCut = false;
+    hideAlert("review-error");
+    document.querySelector("#review tbody").replaceChildren();
+    $("review-status").textContent = message;
+  }
+
+  function pendingLeft() {
+    return document.querySelectorAll('#review tbody tr[data-status="pending"]').length;
+  }
+
+  function queueText(n) {
+    if (reviewCut) {
+      if (n === 0) return "Nothing left in this list: Refresh to list the next prices.";
+      return `${plural(n, "price waits", "prices wait")} for review (the oldest ${count(REVIEW_LIMIT)} were listed; more may wait).`;
+    }
+    if (n === 0) return "Nothing to review.";
+    return `${plural(n, "price waits", "prices wait")} for review.`;
+  }
+
+  /** "1.02 ct Ideal H SI2", and the measurements for a second line. */
+  function stoneLine(stone) {
+    const carat = typeof stone.carat === "number" ? stone.carat.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 3 }) : cell(stone.carat);
+    return [`${carat} ct`, stone.cut, stone.color, stone.clarity].filter((v) => v !== undefined && v !== null && v !== "").join(" ");
+  }
+
+  function stoneDetail(stone) {
+    const mm = [stone.x, stone.y, stone.z].every((v) => typeof v === "number") ? `${stone.x} \u00d7 ${stone.y} \u00d7 ${stone.z} mm` : "";
+    return [typeof stone.depth === "number" ? `depth ${stone.depth}%` : "", typeof stone.table === "number" ? `table ${stone.table}%` : "", mm].filter(Boolean).join(", ");
+  }
+
+  function difference(price, appraised) {
+    if (typeof price !== "number" || typeof appraised !== "number" || appraised <= 0) return "";
+    const change = Math.round((price / appraised - 1) * 100);
+    if (change === 0) return "as the model";
+    return `${change > 0 ? "+" : "\u2212"}${count(Math.abs(change))}% vs the model`;
+  }
+
+  function verdictBadge(item) {
+    const approved = item.status === "approved";
+    const cellNode = el("td", { className: "verdict" }, el("span", { className: `badge ${approved ? "ok" : "bad"}`, text: approved ? "Approved" : "Rejected" }));
+    if (item.reviewed_by) cellNode.append(el("span", { className: "hint", text: ` by ${item.reviewed_by}` }));
+    return cellNode;
+  }
+
+  function reviewRow(item) {
+    const stone = item.stone || {};
+    const shortId = String(item.appraisal_id || "").slice(0, 8);
+    const flag = item.flag
+      ? el("td", {}, el("span", { className: "badge warn", text: "\u26a0 Flagged" }), el("span", { className: "flag-text", text: item.flag }))
+      : el("td", {}, el("span", { className: "hint", text: "\u2014" }));
+    const row = el(
+      "tr",
+      { "data-id": item.id, "data-status": item.status, className: item.flag ? "flagged" : null },
+      el("th", { scope: "row" }, el("code", { title: item.appraisal_id, text: shortId })),
+      el("td", {}, el("span", { className: "stone-line", text: stoneLine(stone) }), el("span", { className: "hint block", text: stoneDetail(stone) })),
+      el("td", { className: "num", text: dollars(item.appraised_price) }),
+      el("td", { className: "num", text: typeof item.price_low === "number" && typeof item.price_high === "number" ? `${dollars(item.price_low)} \u2013 ${dollars(item.price_high)}` : "\u2014" }),
+      el("td", { className: "num" }, el("strong", { text: dollars(item.price) }), el("span", { className: "hint block", text: difference(item.price, item.appraised_price) })),
+      el("td", { text: item.expert || "\u2014" }),
+      flag
+    );
+    if (item.status !== "pending") {
+      row.append(verdictBadge(item));
+      return row;
+    }
+    const approve = el("button", { type: "button", className: "small", "aria-label": `Approve price ${item.id}`, text: "Approve" });
+    const reject = el("button", { type: "button", className: "secondary small", "aria-label": `Reject price ${item.id}`, text: "Reject" });
+    approve.addEventListener("click", () => reviewPrice(item, "approve", row));
+    reject.addEventListener("click", () => reviewPrice(item, "reject", row));
+    row.append(el("td", { className: "verdict" }, el("span", { className: "actions" }, approve, reject)));
+    return row;
+  }
+
+  /** The pending prices; `ask`: prompt for the key when none is entered (a click), rather than
+   * just saying one is needed (the page opening). */
+  async function loadReview({ ask = false } = {}) {
+    const key = ask ? currentKey() : $("api-key").value.trim() || storedKey();
+    if (!key) {
+      clearReview();
+      return;
+    }
+    const run = ++reviewRun;
+    hideAlert("review-error");
+    $("review-status").textContent = "Loading the expert prices\u2026";
+    let items;
+    try {
+      items = await api("GET", `/v1/feedback?status=pending&limit=${REVIEW_LIMIT}`, { key });
+    } catch (error) {
+      if (run !== reviewRun) return;
+      onKeyError(error);
+      document.querySelector("#review tbody").replaceChildren();
+      showAlert("review-error", error.message);
+      $("review-status").textContent = "The review queue could not be loaded.";
+      return;
+    }
+    if (run !== reviewRun) return;
+    const list = Array.isArray(items) ? items : [];
+    reviewCut = list.length >= REVIEW_LIMIT;
+    document.querySelector("#review tbody").replaceChildren(...list.map(reviewRow));
+    $("review-status").textContent = queueText(list.length);
+  }
+
+  async function reviewPrice(item, verdict, row) {
+    const key = currentKey();
+    if (!key) return;
+    hideAlert("review-error");
+    const buttons = row.querySelectorAll("td.verdict button");
+    for (const b of buttons) b.disabled = true;
+    const doing = verdict === "approve" ? "Approving" : "Rejecting";
+    $("review-status").textContent = `${doing} price ${item.id}\u2026`;
+    try {
+      const answer = await api("POST", `/v1/feedback/${encodeURIComponent(item.id)}/${verdict}`, { key });
+      row.dataset.status = answer.status;
+      row.lastElementChild.replaceWith(verdictBadge(answer));
+      const left = pendingLeft();
+      $("review-status").textContent = `Price ${item.id} ${answer.status}. ${queueText(left)}`;
+    } catch (error) {
+      onKeyError(error);
+      showAlert("review-error", error.message);
+      if (error instanceof ApiError && (error.status === 409 || error.status === 404)) {
+        // reviewed already (or gone): the buttons can do nothing more; Refresh shows the queue
+        row.dataset.status = "gone";
+        row.lastElementChild.replaceWith(el("td", { className: "verdict" }, el("span", { className: "hint", text: "Reviewed already: see the message above" })));
+        $("review-status").textContent = `Price ${item.id} was not changed. ${queueText(pendingLeft())}`;
+      } else {
+        for (const b of buttons) b.disabled = false;
+        $("review-status").textContent = `Price ${item.id} was not reviewed.`;
+      }
+    }
   }
 
   // --- upload -------------------------------------------------------------------------------
@@ -283,7 +430,8 @@
 
   async function poll(url) {
     try {
-      const job = await api("GET", url);
+      const key = storedKey(); // an admin key sees why a job failed
+      const job = await api("GET", url, key ? { key } : {});
       const labels = { queued: "Queued\u2026", running: "Training\u2026 (this takes a few minutes)", succeeded: "Retrain finished.", failed: "Retrain failed." };
       $("job-status").textContent = labels[job.status] || job.status;
       $("job-detail").textContent = describeJob(job);
@@ -325,7 +473,8 @@
   setUpUpload();
   setUpRetrain();
   $("models-refresh").addEventListener("click", () => loadModels());
-  loadModels().finally(() => {
+  $("review-refresh").addEventListener("click", () => loadReview({ ask: true }));
+  Promise.allSettled([loadModels(), loadReview()]).finally(() => {
     document.body.dataset.ready = "true";
   });
 })();

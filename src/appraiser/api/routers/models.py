@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from appraiser import audit, champion, jobs, registry, store
+from appraiser import champion, jobs, registry, store
 from appraiser.api import deps
 from appraiser.api.models import (
     ERRORS,
@@ -144,19 +144,13 @@ async def set_batch(
 
     status = "accepted" if action == "release" else "dropped"
     try:
-        before = await run_in_threadpool(ingest.set_batch_status, batch_id, status)
+        before = await run_in_threadpool(
+            functools.partial(ingest.set_batch_status, batch_id, status, actor=who.name)
+        )
     except KeyError as exc:
         raise HTTPException(404, f"no batch {batch_id}") from exc
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from exc
-    await run_in_threadpool(
-        lambda: audit.record(
-            who.name,
-            "batch_released" if action == "release" else "batch_dropped",
-            batch_id=batch_id,
-            previous=before,
-        )
-    )
     return {"batch_id": batch_id, "status": status, "previous": before}
 
 
