@@ -74,10 +74,17 @@ def test_appraisal_is_priced_and_stored(client: TestClient, stone: dict) -> None
 
 def test_explained_contributions_add_up_to_the_price(client: TestClient, stone: dict) -> None:
     body = client.post("/v1/appraisals?explain=true&comparables=3", json=stone).json()
-    assert set(body["contributions"]) == set(schema.FEATURES)
+    assert set(body["contributions"]) == {"size", "cut", "color", "clarity", "proportions"}
     total = body["baseline"] + sum(body["contributions"].values())
     assert total == pytest.approx(body["price"], abs=0.011)
-    assert body["contributions"]["carat"] > 0  # a 1.1 ct stone is dearer than the average one
+    assert body["contributions"]["size"] > 0  # a 1.1 ct stone is dearer than the average one
+    what_if = body["what_if"]
+    assert set(what_if) == {"cut", "color", "clarity"}
+    assert what_if["cut"]["better"] is None  # Ideal is the best cut
+    worse = what_if["cut"]["worse"]
+    assert worse["grade"] == "Premium" and worse["price"] <= body["price"]
+    better_color = what_if["color"]["better"]
+    assert better_color["grade"] == "G" and better_color["price"] >= body["price"]
     assert len(body["comparables"]) == 3
     for other in body["comparables"]:
         assert (other["cut"], other["color"], other["clarity"]) == ("Ideal", "H", "SI2")

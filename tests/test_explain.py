@@ -3,27 +3,29 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appraiser import explain, schema
+from appraiser import explain, features, schema
 from appraiser.models import BASELINE
 
 
 @given(
     baseline=st.floats(5, 10),
-    parts=st.lists(st.floats(-2, 2), min_size=len(schema.FEATURES), max_size=len(schema.FEATURES)),
+    parts=st.lists(
+        st.floats(-2, 2), min_size=len(features.REASONS), max_size=len(features.REASONS)
+    ),
 )
 @settings(max_examples=200, deadline=None)
 def test_dollar_contributions_add_up_to_the_price(baseline, parts):
-    log_contribs = pd.DataFrame([[*parts, baseline]], columns=[*schema.FEATURES, BASELINE])
+    log_contribs = pd.DataFrame([[*parts, baseline]], columns=[*features.REASONS, BASELINE])
     dollars = explain.dollar_contributions(log_contribs)
     price = np.exp(baseline + sum(parts))
     assert np.isclose(dollars.sum(axis=1).iloc[0], price, rtol=1e-9)
-    for feature, phi in zip(schema.FEATURES, parts, strict=True):
+    for feature, phi in zip(features.REASONS, parts, strict=True):
         assert np.sign(dollars[feature].iloc[0]) == np.sign(phi) or abs(phi) < 1e-12
 
 
 def test_no_change_means_baseline_price():
     log_contribs = pd.DataFrame(
-        [[0.0] * len(schema.FEATURES) + [8.0]], columns=[*schema.FEATURES, BASELINE]
+        [[0.0] * len(features.REASONS) + [8.0]], columns=[*features.REASONS, BASELINE]
     )
     dollars = explain.dollar_contributions(log_contribs)
     assert np.isclose(dollars[BASELINE].iloc[0], np.exp(8.0))

@@ -5,7 +5,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appraiser import registry, schema
+from appraiser import features, registry, schema
 from appraiser.predict import Appraiser
 
 
@@ -69,11 +69,13 @@ def stones(draw):
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_champion_is_monotone(trained, stone, bump, feature):
-    """All else equal, a heavier stone or a better grade never gets a lower price."""
+    """A stone that grows (heavier, its measurements proportionally larger: the path a real stone
+    takes) or gets a better grade never gets a lower price."""
     model = _champion()
     better = dict(stone)
     if feature == "carat":
-        better["carat"] = stone["carat"] + bump
+        grown = features.heavier(pd.DataFrame([stone]), 1 + bump).iloc[0]
+        better.update({c: float(grown[c]) for c in ("carat", "x", "y", "z")})
     else:
         order = schema.GRADES[feature]
         i = order.index(stone[feature])

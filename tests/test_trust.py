@@ -151,9 +151,9 @@ def test_cross_fitted_stones_are_priced_by_models_that_never_saw_them(public, mo
     seen: list[np.ndarray] = []
     real = training._fit_model
 
-    def recording(results, weights, trained_on, intervals, info):
+    def recording(results, weights, trained_on, *args, **kwargs):
         seen.append(lineage.stone_keys(trained_on))
-        return real(results, weights, trained_on, intervals, info)
+        return real(results, weights, trained_on, *args, **kwargs)
 
     monkeypatch.setattr(training, "_fit_model", recording)
     judge = np.zeros(len(stones), dtype=bool)

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
 from tests.conftest import API_KEY
 
@@ -31,6 +32,7 @@ FEATURES = ("carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z")
 PRICE = re.compile(r"^\$\d{1,3}(,\d{3})*$")
 RANGE = re.compile(r"90% range: \$[\d,]+ \u2013 \$[\d,]+")  # an en dash between
 TIMEOUT_MS = 10_000
+CSP = "Content Security Policy"  # in chromium's console message for each violation
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,16 @@ class Tab:
     base: str
     requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    documents: list[Response] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
+
+    def on_response(self, response: Response) -> None:
+        if response.request.resource_type == "document":
+            self.documents.append(response)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if CSP in message.text:
+            self.csp_violations.append(message.text)
 
     def open(self, path: str) -> Page:
         self.page.goto(self.base + path)
@@ -70,9 +82,12 @@ def tab(browser: Browser, live_server: str) -> Iterator[Tab]:
     tab = Tab(page, live_server)
     page.on("request", lambda request: tab.requests.append(request.url))
     page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    page.on("response", tab.on_response)
+    page.on("console", tab.on_console)
     yield tab
     context.close()
     assert not tab.errors, f"JavaScript errors on the page: {tab.errors}"
+    assert not tab.csp_violations, f"Content-Security-Policy violations: {tab.csp_violations}"
 
 
 def appraise(page: Page) -> None:
@@ -115,10 +130,11 @@ def test_the_form_prices_a_stone_and_explains_it(tab: Tab) -> None:
     assert rows.count() >= 1
     expect(rows.first).to_contain_text("VS2")
 
-    # the expert's price is taken as feedback on this appraisal
+    # an expert's price needs an expert key, which this page cannot send: refused, and said why
     page.get_by_label("Expert price").fill("5100")
     page.get_by_role("button", name="Send expert price").click()
-    expect(page.locator("#feedback-status")).to_contain_text("kept")
+    expect(page.locator("#feedback-status")).to_have_text("Not sent.")
+    expect(page.locator("#expert-price-error")).to_contain_text("needs an expert key")
 
 
 def test_bad_values_show_the_error_beside_the_field(tab: Tab) -> None:
@@ -199,9 +215,139 @@ def test_the_pages_load_nothing_from_another_origin(tab: Tab) -> None:
     expect(page.locator("#price")).to_have_text(PRICE)
     tab.open("/admin")
     expect(page.locator("#models tbody tr.champion")).to_have_count(1)
+    # the API reference: Swagger UI from the installed assets, started by /static/docs.js
+    page.goto(tab.base + "/docs")
+    expect(page.locator(".swagger-ui .info")).to_contain_text("Diamond Appraiser")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
 
     assert any(url.endswith("/static/app.js") for url in tab.requests)
     assert any(url.endswith("/static/admin.js") for url in tab.requests)
     assert any(url.endswith("/static/style.css") for url in tab.requests)
+    assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in tab.requests)
+    assert any(url.endswith("/static/docs.js") for url in tab.requests)
     foreign = [url for url in tab.requests if not url.startswith(tab.base + "/")]
     assert not foreign, f"requests to other origins (the page must work offline): {foreign}"
+
+    # each page came with the hardening headers, and the browser refused nothing under them
+    paths = [d.url.removeprefix(tab.base) for d in tab.documents]
+    assert paths == ["/", "/admin", "/docs"]
+    for document in tab.documents:
+        headers = document.headers
+        assert "default-src 'self'" in headers.get("content-security-policy", ""), document.url
+        framing = headers.get("x-frame-options", "").upper() == "DENY"
+        assert framing or "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers.get("x-content-type-options") == "nosniff", document.url
+    assert not tab.csp_violations, f"Content-Security-Policy violations: {tab.csp_violations}"
+
+
+# --- the review queue of experts' prices -----------------------------------------------------
+
+STONES = [  # measurements that agree with the depth
+    {"carat": 1.02, "cut": "Ideal", "color": "H", "clarity": "SI2"}
+    | {"depth": 62.0, "table": 55.5, "x": 6.61, "y": 6.65, "z": 4.11},
+    {"carat": 0.51, "cut": "Premium", "color": "G", "clarity": "VS1"}
+    | {"depth": 61.9, "table": 58.5, "x": 5.10, "y": 5.14, "z": 3.17},
+]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def expert_prices(base: str, factors: list[float]) -> list[dict]:
+    """An expert key's prices (the appraised price times each factor) for stones appraised on
+    the live server, one stone per factor: the pending ExpertPrice answers, in that order."""
+    from appraiser import auth
+
+    key = auth.create_key("expert-x", "expert", actor="test")
+    sent = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for stone, factor in zip(STONES, factors, strict=False):
+            appraisal = client.post("/v1/appraisals", json=stone)
+            assert appraisal.status_code == 200, appraisal.text
+            answer = appraisal.json()
+            price = round(answer["price"] * factor)
+            url = f"/v1/appraisals/{answer['id']}/feedback"
+            given = client.post(url, json={"price": price}, headers=bearer(key))
+            assert given.status_code == 201, given.text
+            assert given.json()["status"] == "pending"
+            sent.append(given.json())
+    return sent
+
+
+def use_key(page: Page, key: str) -> None:
+    page.get_by_label("Admin API key").fill(key)
+    page.get_by_role("button", name="Use this key").click()
+
+
+def test_admin_approves_and_rejects_expert_prices(tab: Tab) -> None:
+    fair, absurd = expert_prices(tab.base, [1.04, 10])
+    assert fair["flag"] is None and absurd["flag"], (fair, absurd)
+
+    page = tab.open("/admin")
+    status = page.locator("#review-status")
+    rows = page.locator("#review tbody tr")
+    # no key yet: the queue says it needs one
+    expect(status).to_contain_text("Enter an admin API key")
+    expect(rows).to_have_count(0)
+
+    # an expert key may not review: the server's refusal, in the section's alert
+    from appraiser import auth
+
+    use_key(page, auth.create_key("expert-y", "expert", actor="test"))
+    expect(page.locator("#review-error")).to_contain_text("needs the admin role")
+    expect(rows).to_have_count(0)
+
+    use_key(page, API_KEY)
+    expect(page.locator("#review-error")).to_be_hidden()
+    expect(rows).to_have_count(2)
+    expect(status).to_have_text("2 prices wait for review.")
+    fair_row = page.locator(f"#review tbody tr[data-id='{fair['id']}']")
+    absurd_row = page.locator(f"#review tbody tr[data-id='{absurd['id']}']")
+    expect(fair_row).to_contain_text("1.02 ct Ideal H SI2")
+    expect(fair_row).to_contain_text(fair["appraisal_id"][-8:])
+    expect(fair_row).to_contain_text("expert-x")
+    expect(fair_row).not_to_contain_text("Flagged")
+    expect(absurd_row).to_contain_text("0.51 ct Premium G VS1")
+    expect(absurd_row).to_contain_text("Flagged")
+    expect(absurd_row).to_contain_text(absurd["flag"])
+    expect(absurd_row).to_contain_text(f"${absurd['price']:,.0f}")
+    expect(absurd_row).to_contain_text(f"${absurd['appraised_price']:,.0f}")
+
+    page.get_by_role("button", name=f"Approve price {fair['id']}").click()
+    expect(fair_row).to_contain_text("Approved")
+    expect(fair_row.get_by_role("button")).to_have_count(0)
+    expect(status).to_have_text(f"Price {fair['id']} approved. 1 price waits for review.")
+
+    page.get_by_role("button", name=f"Reject price {absurd['id']}").click()
+    expect(absurd_row).to_contain_text("Rejected")
+    expect(absurd_row.get_by_role("button")).to_have_count(0)
+    expect(status).to_have_text(f"Price {absurd['id']} rejected. Nothing to review.")
+    expect(page.locator("#review-error")).to_be_hidden()
+
+    admin = bearer(API_KEY)
+    approved = httpx.get(f"{tab.base}/v1/feedback?status=approved", headers=admin).json()
+    assert [(p["id"], p["price"], p["reviewed_by"]) for p in approved] == [
+        (fair["id"], fair["price"], "bootstrap-admin")
+    ]
+    rejected = httpx.get(f"{tab.base}/v1/feedback?status=rejected", headers=admin).json()
+    assert [p["id"] for p in rejected] == [absurd["id"]]
+
+    page.get_by_role("button", name="Refresh the review queue").click()
+    expect(status).to_have_text("Nothing to review.")
+    expect(rows).to_have_count(0)
+
+
+def test_a_price_reviewed_elsewhere_is_not_reviewed_twice(tab: Tab) -> None:
+    (sent,) = expert_prices(tab.base, [1.0])
+    page = tab.open("/admin")
+    use_key(page, API_KEY)
+    expect(page.locator("#review tbody tr")).to_have_count(1)
+
+    # another admin approves it meanwhile; this page's Reject then gets the server's 409
+    done = httpx.post(f"{tab.base}/v1/feedback/{sent['id']}/approve", headers=bearer(API_KEY))
+    assert done.status_code == 200, done.text
+    page.get_by_role("button", name=f"Reject price {sent['id']}").click()
+    expect(page.locator("#review-error")).to_contain_text("approved already by bootstrap-admin")
+    expect(page.locator("#review tbody tr").get_by_role("button")).to_have_count(0)
+    expect(page.locator("#review-status")).to_contain_text("Nothing to review")

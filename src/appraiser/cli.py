@@ -921,16 +921,29 @@ def explain_cmd(
     )
     console.print(
         f"Appraisal {appraisal_id}: an expert's price for it can be given with "
-        f"`appraiser feedback {appraisal_id} PRICE`."
+        f"`appraiser feedback send {appraisal_id} PRICE`."
     )
-    why = Table(title="Why: dollars each characteristic adds to the average stone's price")
+    stone_dict = result.stone
+    shown = {
+        "size": f"{stone_dict['carat']:g} ct, {stone_dict['x']:g} x {stone_dict['y']:g} x "
+        f"{stone_dict['z']:g} mm",
+        "proportions": f"depth {stone_dict['depth']:g}%, table {stone_dict['table']:g}%",
+        **{g: str(stone_dict[g]) for g in schema.GRADE_COLUMNS},
+    }
+    why = Table(title="Why: dollars each reason adds to the average stone's price")
     why.add_column("")
     why.add_column("value")
     why.add_column("$", justify="right")
-    why.add_row("average stone", "", f"{result.baseline:,.0f}")
+    why.add_column("one grade better / worse")
+    why.add_row("average stone", "", f"{result.baseline:,.0f}", "")
     for name, dollars in sorted(result.contributions.items(), key=lambda kv: -abs(kv[1])):
-        why.add_row(name, str(result.stone[name]), f"{dollars:+,.0f}")
-    why.add_row("[bold]price[/]", "", f"[bold]{result.price:,.0f}[/]")
+        other = result.what_if.get(name, {})
+        neighbours = " / ".join(
+            f"{o['grade']} ${o['price']:,.0f}" if o else "-"
+            for o in (other.get("better"), other.get("worse"))
+        )
+        why.add_row(name, shown[name], f"{dollars:+,.0f}", neighbours if other else "")
+    why.add_row("[bold]price[/]", "", f"[bold]{result.price:,.0f}[/]", "")
     console.print(why)
     if not result.comparables.empty:
         comp = Table(title="Comparable stones from the collection")

@@ -79,7 +79,59 @@ def dollar_contributions(log_contribs: pd.DataFrame) -> pd.DataFrame:
     dollars = pd.DataFrame(
         dollars_from_log(ordered), columns=list(CONTRIBUTION_COLUMNS), index=log_contribs.index
     )
-    return dollars[[BASELINE, *schema.FEATURES]]
+    return dollars[[BASELINE, *features.REASONS]]
+
+
+def grade_what_ifs(model: PriceModel, matrix: np.ndarray) -> list[dict[str, dict[str, Any]]]:
+    """For each stone (encoded) and grade: the grade one step better and one worse, and the price
+    the model gives the same stone with it (None at the end of a scale). One model call."""
+    variants = []
+    where: list[tuple[int, str, str, float]] = []  # stone, grade, "better"/"worse", code
+    for grade in schema.GRADE_COLUMNS:
+        j = features.ENCODED.index(grade)
+        top = len(schema.GRADES[grade]) - 1
+        for side, step in (("better", 1.0), ("worse", -1.0)):
+            codes = matrix[:, j] + step
+            for row in np.flatnonzero((codes >= 0) & (codes <= top)).tolist():
+                changed = matrix[row].copy()
+                changed[j] = codes[row]
+                variants.append(changed)
+                where.append((row, grade, side, float(codes[row])))
+    out: list[dict[str, dict[str, Any]]] = [
+        {g: {"better": None, "worse": None} for g in schema.GRADE_COLUMNS} for _ in matrix
+    ]
+    if variants:
+        prices, _, _ = model.predict_matrix(np.vstack(variants))
+        for (row, grade, side, code), price in zip(where, prices.tolist(), strict=True):
+            out[row][grade][side] = {
+                "grade": schema.GRADES[grade][int(code)],
+                "price": round(float(price), 2),
+            }
+    return out
+
+
+# The deal check's verdicts: P(market price > asking price) from the model's predictive
+# distribution (models.AdaptiveRange); its calibration is measured by benchmarks/accuracy.py.
+BELOW_MARKET = 0.75  # at least this likely that the market pays more: a bargain
+ABOVE_MARKET = 0.25  # at most this likely: the asking price is above what the market pays
+
+
+def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
+    """The deal check for one stone: the probability, a plain verdict and a sentence."""
+    p = float(bargain_probability)
+    if p >= BELOW_MARKET:
+        verdict, said = "below market", "likely a bargain"
+    elif p <= ABOVE_MARKET:
+        verdict, said = "above market", "likely more than the market pays"
+    else:
+        verdict, said = "fair", "within what the market pays"
+    return {
+        "asking_price": float(asking_price),
+        "bargain_probability": round(p, 3),
+        "verdict": verdict,
+        "message": f"${asking_price:,.0f} is {said}: the market price is above it with "
+        f"probability {p:.0%}",
+    }
 
 
 GradeKey = tuple[str, str, str]
@@ -151,10 +203,11 @@ class ReferenceIndex:
     ) -> list[list[str]]:
         """`warnings` for many stones, given their encoded matrix too: one vectorised range
         check; the sentences are written only for the stones that need them."""
-        columns = [features.ENCODED.index(c) for c in ("carat", "x", "y", "z")]
-        low = np.array([self.low[features.ENCODED[j]] for j in columns])
-        high = np.array([self.high[features.ENCODED[j]] for j in columns])
-        beyond = (matrix[:, columns] < low) | (matrix[:, columns] > high)
+        size = ("carat", "x", "y", "z")
+        values = np.array([[float(stone[c]) for c in size] for stone in stones]).reshape(-1, 4)
+        low = np.array([self.low[c] for c in size])
+        high = np.array([self.high[c] for c in size])
+        beyond = (values < low) | (values > high)
         outside = [bool(b) for b in np.any(beyond, axis=1)]
         depth_low, depth_high = self.low["depth"], self.high["depth"]
         table_low, table_high = self.low["table"], self.high["table"]
@@ -210,6 +263,7 @@ class Explanation:
     contributions: dict[str, float]
     comparables: pd.DataFrame
     warnings: list[str]
+    what_if: dict[str, dict[str, Any]]
 
     def as_dict(self) -> dict:
         return {
@@ -222,6 +276,7 @@ class Explanation:
             "contributions": self.contributions,
             "comparables": self.comparables.to_dict(orient="records"),
             "warnings": self.warnings,
+            "what_if": self.what_if,
         }
 
 
@@ -237,6 +292,7 @@ def explain_stones(
     matrix = features.encode_stones(stones)
     price, low, high = model.predict_matrix(matrix)
     dollars = dollars_from_log(model.contributions_matrix(matrix))
+    what_ifs = grade_what_ifs(model, matrix)
     out = []
     for i, stone in enumerate(stones):
         out.append(
@@ -247,9 +303,10 @@ def explain_stones(
                 price_high=float(high[i]),
                 coverage=model.coverage,
                 baseline=float(dollars[i, -1]),
-                contributions={k: float(dollars[i, j]) for j, k in enumerate(schema.FEATURES)},
+                contributions={k: float(dollars[i, j]) for j, k in enumerate(features.REASONS)},
                 comparables=index.comparables(stone, n_comparables),
                 warnings=index.warnings(stone),
+                what_if=what_ifs[i],
             )
         )
     return out
@@ -262,6 +319,6 @@ def explain(model: PriceModel, stones: pd.DataFrame, n_comparables: int = 5) -> 
 
 
 def global_importance(model: PriceModel, stones: pd.DataFrame) -> pd.Series:
-    """Mean absolute dollar contribution per feature over a set of stones, largest first."""
+    """Mean absolute dollar contribution per reason over a set of stones, largest first."""
     dollars = dollar_contributions(model.contributions(stones)).drop(columns=[BASELINE])
     return dollars.abs().mean().sort_values(ascending=False)

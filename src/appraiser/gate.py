@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from appraiser import evaluate, lineage, schema
+from appraiser import evaluate, features, lineage, schema
 from appraiser.models import PriceModel
 
 
@@ -280,14 +280,16 @@ def sanity_problems(model: PriceModel, stones: pd.DataFrame) -> list[str]:
         problems.append("some prices are not finite numbers")
     sample = stones.sample(min(len(stones), 200), random_state=0)
     base = model.predict(sample)["price"].to_numpy()
-    heavier = model.predict(sample.assign(carat=sample["carat"] * 1.05))["price"].to_numpy()
+    heavier = model.predict(features.heavier(sample, 1.05))["price"].to_numpy()
     drops = int((heavier < base * (1 - 1e-9)).sum())
     for grade, order in schema.GRADES.items():
         codes = sample[grade].map({g: i for i, g in enumerate(order)})
         better = sample.assign(**{grade: [order[min(c + 1, len(order) - 1)] for c in codes]})
         drops += int((model.predict(better)["price"].to_numpy() < base * (1 - 1e-9)).sum())
     if drops:
-        problems.append(f"{drops} price(s) fell when carat or a grade went up")
+        problems.append(
+            f"{drops} price(s) fell when a stone grew (carat and measurements) or a grade went up"
+        )
     return problems
 
 

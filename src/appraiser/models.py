@@ -72,14 +72,14 @@ class Member(ABC):
 
     @abstractmethod
     def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Log-price contributions, one column per schema.FEATURES then the baseline, for encoded
-        stones; each row sums to predict_log_matrix."""
+        """Log-price contributions, one column per reason (features.REASONS) then the baseline,
+        for encoded stones; each row sums to predict_log_matrix."""
 
     def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
         return self.predict_log_matrix(_matrix(stones))
 
     def contributions(self, stones: pd.DataFrame) -> pd.DataFrame:
-        """Log-price contributions per input feature plus BASELINE; each row sums to predict_log."""
+        """Log-price contributions per reason plus BASELINE; each row sums to predict_log."""
         return contribution_frame(self.contributions_matrix(_matrix(stones)))
 
     @abstractmethod
@@ -97,7 +97,7 @@ class Member(ABC):
     ) -> Member: ...
 
 
-CONTRIBUTION_COLUMNS: tuple[str, ...] = (*schema.FEATURES, BASELINE)
+CONTRIBUTION_COLUMNS: tuple[str, ...] = (*features.REASONS, BASELINE)
 
 
 def contribution_frame(contribs: np.ndarray, index: Any = None) -> pd.DataFrame:
@@ -108,10 +108,10 @@ def contribution_frame(contribs: np.ndarray, index: Any = None) -> pd.DataFrame:
 def _by_feature(
     contribs: np.ndarray, columns: list[str], source: Callable[[str], str]
 ) -> np.ndarray:
-    """Sum encoded-column contributions into one column per input feature, plus the baseline."""
+    """Sum encoded-column contributions into one column per reason, plus the baseline."""
     out = np.zeros((len(contribs), len(CONTRIBUTION_COLUMNS)))
     for j, column in enumerate(columns):
-        out[:, schema.FEATURES.index(source(column))] += contribs[:, j]
+        out[:, features.REASONS.index(source(column))] += contribs[:, j]
     out[:, -1] = contribs[:, len(columns)]
     return out
 
@@ -259,8 +259,8 @@ class BoosterMember(Member):
             list(features.ENCODED),
             features.SOURCE_FEATURE.__getitem__,
         )
-        # the log-carat term belongs to carat; its average and the centre to the baseline
-        out[:, schema.FEATURES.index("carat")] += np.log(matrix[:, CARAT]) - self.mean_log_carat
+        # the log-carat term belongs to size; its average and the centre to the baseline
+        out[:, features.REASONS.index("size")] += np.log(matrix[:, CARAT]) - self.mean_log_carat
         out[:, -1] += self.centre + self.mean_log_carat
         return out
 
@@ -526,6 +526,109 @@ CANDIDATES: dict[str, Candidate] = {
 }
 
 
+# --- ranges that hold per grade: a normalized conformal predictive system -------------------------
+
+
+@dataclass
+class AdaptiveRange:
+    """Where the true price of a stone lies, as a distribution around the model's price.
+
+    A normalized split-conformal predictive system (Vovk et al.; what `crepes` calls a normalized
+    CPS): a small LightGBM model learns each stone's difficulty sigma(x) from out-of-fold errors
+    of one half of the training stones (it sees carat, shape and the grades, so an I1 or Fair
+    stone gets a wider range than an Ideal VS1); the other half, never seen by that model,
+    gives the calibration scores s_i = (log true price - log predicted) / sigma(x_i), sorted.
+    Then for a new stone, log true = log predicted + sigma(x) s with s distributed like the s_i:
+    the 90% range takes the 5th and 95th percentile of s, and P(true price > a) is the share of
+    scores above (log a - log predicted) / sigma(x). Written in numpy rather than with crepes
+    because one stone must be priced in microseconds from a saved model that holds no pickle.
+    """
+
+    booster: Any  # lgb.Booster of log |residual|, or None: one width for every stone
+    scores: np.ndarray  # sorted calibration scores
+    coverage: float
+    FILE: ClassVar[str] = "spread.txt"
+
+    @classmethod
+    def fit(
+        cls, matrix: np.ndarray, log_residuals: np.ndarray, coverage: float, seed: int
+    ) -> AdaptiveRange:
+        import lightgbm as lgb
+
+        residuals = np.asarray(log_residuals, dtype=float)
+        order = np.random.default_rng(seed).permutation(len(residuals))
+        learn, calibrate = order[: len(order) // 2], order[len(order) // 2 :]
+        booster = None
+        if len(learn) >= MIN_SPREAD_STONES:
+            model = lgb.LGBMRegressor(
+                n_estimators=150,
+                learning_rate=0.05,
+                num_leaves=8,
+                min_child_samples=40,
+                subsample=0.8,
+                subsample_freq=1,
+                n_jobs=THREADS,
+                verbose=-1,
+                random_state=seed,
+            )
+            target = np.log(np.abs(residuals[learn]) + 1e-3)
+            booster = model.fit(matrix[learn], target).booster_
+        else:  # too few stones to learn difficulty: every stone gets the same width
+            calibrate = order
+        ranges = cls(booster, np.empty(0), coverage)
+        scores = residuals[calibrate] / ranges.sigma(matrix[calibrate])
+        ranges.scores = np.sort(scores)
+        return ranges
+
+    def sigma(self, matrix: np.ndarray) -> np.ndarray:
+        if self.booster is None:
+            return np.ones(len(matrix))
+        return np.exp(np.asarray(self.booster.predict(matrix, num_threads=1), dtype=float))
+
+    def _quantile(self, level: float) -> float:
+        """The conformal order statistic: the ceil((n+1) level)-th score (clipped to the ends)."""
+        n = len(self.scores)
+        rank = int(np.clip(np.ceil((n + 1) * level), 1, n))
+        return float(self.scores[rank - 1])
+
+    def bounds(self, matrix: np.ndarray, log_price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The range's ends in log price: each tail holds (1 - coverage) / 2."""
+        tail = (1 - self.coverage) / 2
+        sigma = self.sigma(matrix)
+        low, high = self._quantile(tail), self._quantile(1 - tail)
+        return log_price + sigma * low, log_price + sigma * high
+
+    def prob_above(
+        self, matrix: np.ndarray, log_price: np.ndarray, price: np.ndarray
+    ) -> np.ndarray:
+        """P(true price > `price`) for each stone, from the calibration scores (smoothed:
+        (count above + 1/2) / (n + 1), never exactly 0 or 1)."""
+        threshold = (np.log(np.asarray(price, dtype=float)) - log_price) / self.sigma(matrix)
+        above = len(self.scores) - np.searchsorted(self.scores, threshold, side="right")
+        return (above + 0.5) / (len(self.scores) + 1)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        if self.booster is not None:
+            self.booster.save_model(str(folder / self.FILE))
+        return {
+            "file": self.FILE if self.booster is not None else None,
+            "scores": [round(float(v), 6) for v in self.scores],
+            "coverage": self.coverage,
+        }
+
+    @classmethod
+    def load(cls, folder: Path, state: dict[str, Any]) -> AdaptiveRange:
+        booster = None
+        if state.get("file"):
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_file=str(folder / state["file"]))
+        return cls(booster, np.asarray(state["scores"], dtype=float), float(state["coverage"]))
+
+
+MIN_SPREAD_STONES = 400  # below this many out-of-fold errors, one width for all stones
+
+
 # --- the saved price model -----------------------------------------------------------------------
 
 
@@ -545,10 +648,11 @@ class PriceModel:
     coverage: float
     reference: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    ranges: AdaptiveRange | None = None  # when set, the range adapts to each stone (and grade)
 
     FILE: ClassVar[str] = "price_model.json"
     # bump when the saved layout or the feature encoding changes: old files then fail loudly
-    FORMAT: ClassVar[int] = 1
+    FORMAT: ClassVar[int] = 2  # 2: shape features instead of x, y, z; reasons
     REFERENCE: ClassVar[str] = "reference.parquet"
 
     @property
@@ -564,8 +668,23 @@ class PriceModel:
     def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(price, price_low, price_high) in dollars for encoded stones (features.ENCODED)."""
         log_price = self.predict_log_matrix(matrix)
+        if self.ranges is not None:
+            low, high = self.ranges.bounds(matrix, log_price)
+            return np.exp(log_price), np.exp(low), np.exp(high)
         width = np.asarray(self.intervals)[schema.carat_band_index(matrix[:, CARAT])]
         return np.exp(log_price), np.exp(log_price - width), np.exp(log_price + width)
+
+    def prob_above_matrix(self, matrix: np.ndarray, price: np.ndarray) -> np.ndarray:
+        """P(the stone's market price > `price`) for encoded stones: the deal check."""
+        log_price = self.predict_log_matrix(matrix)
+        if self.ranges is None:  # the band widths as a normal's 90% interval
+            from scipy import stats
+
+            width = np.asarray(self.intervals)[schema.carat_band_index(matrix[:, CARAT])]
+            sigma = width / stats.norm.ppf(0.5 + self.coverage / 2)
+            z = (np.log(np.asarray(price, dtype=float)) - log_price) / sigma
+            return np.asarray(stats.norm.sf(z), dtype=float)
+        return self.ranges.prob_above(matrix, log_price, price)
 
     def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Log-price contributions (CONTRIBUTION_COLUMNS); rows sum to predict_log_matrix."""
@@ -609,6 +728,7 @@ class PriceModel:
             "features": list(schema.FEATURES),
             "encoded": list(features.ENCODED),
             "info": self.info,
+            "ranges": self.ranges.save(folder) if self.ranges is not None else None,
         }
         (folder / self.FILE).write_text(json.dumps(state, indent=2, default=str))
         self.reference.to_parquet(folder / self.REFERENCE, index=False)
@@ -633,4 +753,5 @@ class PriceModel:
             coverage=state["coverage"],
             reference=pd.read_parquet(folder / cls.REFERENCE),
             info=state.get("info", {}),
+            ranges=AdaptiveRange.load(folder, state["ranges"]) if state.get("ranges") else None,
         )

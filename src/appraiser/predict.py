@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from appraiser import data, explain, features, registry, schema
-from appraiser.explain import dollars_from_log
+from appraiser import explain as explain_module
+from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
 from appraiser.scoring import score_frame
 
@@ -109,12 +110,15 @@ class Appraiser:
         *,
         explain: bool = False,
         comparables: int = 0,
+        asking_prices: Sequence[float | None] | None = None,
     ) -> list[dict[str, Any]]:
         """Validated stones (mappings of schema.FEATURES) -> one answer each, in order.
 
         Every answer has price, price_low, price_high (USD, to the cent) and warnings; with
-        `explain`, the baseline and the dollars each characteristic adds (baseline + contributions
-        = price, to the cent); with `comparables`, that many similar stones of the collection.
+        `explain`, the baseline and the dollars each reason adds (size, each grade, proportions:
+        baseline + contributions = price, to the cent) and `what_if`, the price one grade better
+        and one worse; with `comparables`, that many similar stones of the collection; with an
+        asking price, the deal check (`deal`: the probability the market pays more, a verdict).
         """
         matrix = features.encode_stones(stones)
         price, low, high = (np.round(v, 2).tolist() for v in self.model.predict_matrix(matrix))
@@ -124,6 +128,15 @@ class Appraiser:
             else None
         )
         warnings = self.index.warnings_all(matrix, stones)
+        what_if = grade_what_ifs(self.model, matrix) if explain else None
+        deals: list[dict[str, Any] | None] = [None] * len(stones)
+        asked = [i for i, a in enumerate(asking_prices or []) if a is not None]
+        if asked:
+            assert asking_prices is not None
+            wanted = np.asarray([float(asking_prices[i]) for i in asked])  # type: ignore[arg-type]
+            chances = self.model.prob_above_matrix(matrix[asked], wanted)
+            for i, asking, chance in zip(asked, wanted.tolist(), chances.tolist(), strict=True):
+                deals[i] = explain_module.deal(asking, chance)
         out = []
         for i, stone in enumerate(stones):
             answer: dict[str, Any] = {
@@ -133,10 +146,14 @@ class Appraiser:
                 "warnings": warnings[i],
             }
             if dollars is not None:
-                parts = dict(zip(schema.FEATURES, dollars[i][:-1], strict=True))
+                parts = dict(zip(features.REASONS, dollars[i][:-1], strict=True))
                 # the baseline takes the cents lost to rounding, so the parts add up exactly
                 answer["baseline"] = round(price[i] - sum(parts.values()), 2)
                 answer["contributions"] = parts
+            if what_if is not None:
+                answer["what_if"] = what_if[i]
+            if deals[i] is not None:
+                answer["deal"] = deals[i]
             if comparables > 0:
                 answer["comparables"] = self.index.comparable_records(stone, comparables)
             out.append(answer)

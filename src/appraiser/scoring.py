@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from appraiser import data
+from appraiser import data, features
 from appraiser.models import PriceModel
 
 
 def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd.DataFrame:
-    """Price every row of a raw table: the input columns plus price, price_low, price_high, error.
+    """Price every row of a raw table: the input columns plus price, price_low, price_high, error
+    (and bargain_probability when the table has an asking_price column).
 
     A row that fails validation gets NaN prices and its reasons in `error`; the others are priced.
     Raises DataError only when a required column is missing (nothing could be priced).
@@ -29,7 +30,19 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
         if prices is not None:
             values[good] = prices[column].to_numpy().round(2)
         out[column] = values
+    if ASKING in out.columns:  # the deal check for rows with an asking price
+        asking = pd.to_numeric(out[ASKING], errors="coerce").to_numpy(dtype=float)
+        chance = np.full(len(out), np.nan)
+        rows = np.flatnonzero(good)
+        usable = np.isfinite(asking[rows]) & (asking[rows] > 0)
+        if usable.any():
+            matrix = features.encode(checked.clean).to_numpy()[usable]
+            chance[rows[usable]] = model.prob_above_matrix(matrix, asking[rows[usable]]).round(3)
+        out["bargain_probability"] = chance
     errors = np.full(len(out), "", dtype=object)
     errors[~good] = checked.rejected["reasons"].to_numpy()
     out["error"] = errors
     return out
+
+
+ASKING = "asking_price"  # an optional column: adds bargain_probability, P(market > asking)

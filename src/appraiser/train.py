@@ -46,7 +46,7 @@ from appraiser import (
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
 from appraiser.locking import PipelineBusy
-from appraiser.models import CANDIDATES, Candidate, PriceModel
+from appraiser.models import CANDIDATES, AdaptiveRange, Candidate, PriceModel
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def _fit_model(
     stones: pd.DataFrame,
     intervals: list[float],
     info: dict[str, Any],
+    ranges: AdaptiveRange | None = None,
 ) -> PriceModel:
     y_log = features.log_price(stones[schema.TARGET])
     members = [CANDIDATES[name].build(results[name].params).fit(stones, y_log) for name in weights]
@@ -199,6 +200,7 @@ def _fit_model(
         coverage=COVERAGE,
         reference=stones[list(schema.COLUMNS)].reset_index(drop=True),
         info=info,
+        ranges=ranges,
     )
 
 
@@ -211,6 +213,7 @@ class Fitted:
     weights: dict[str, float]
     results: dict[str, CandidateResult]
     intervals: list[float]
+    ranges: AdaptiveRange
     cv: dict[str, float]
     candidates: pd.DataFrame
     evaluated: PriceModel
@@ -274,6 +277,9 @@ def fit(
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, fit_part["carat"].to_numpy(), COVERAGE)
+    # the range each stone gets: its difficulty learnt from half of the out-of-fold errors,
+    # calibrated on the other half (models.AdaptiveRange)
+    ranges = AdaptiveRange.fit(features.encode(fit_part).to_numpy(), residuals, COVERAGE, seed)
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
@@ -290,7 +296,7 @@ def fit(
         # what the label-shift guard expects of this model's errors (screening.py)
         "residuals": screening.residual_sample(residuals, seed),
     }
-    evaluated = _fit_model(results, weights, fit_part, intervals, info)
+    evaluated = _fit_model(results, weights, fit_part, intervals, info, ranges)
     holdout_pred = evaluated.predict(holdout)
     holdout_metrics = evaluate.metrics(
         holdout[schema.TARGET],
@@ -301,13 +307,14 @@ def fit(
     final = (
         evaluated
         if final_stones is None
-        else _fit_model(results, weights, final_stones, intervals, info)
+        else _fit_model(results, weights, final_stones, intervals, info, ranges)
     )
     return Fitted(
         model_name=model_name,
         weights=weights,
         results=results,
         intervals=intervals,
+        ranges=ranges,
         cv=cv,
         candidates=table,
         evaluated=evaluated,
@@ -437,7 +444,12 @@ def cross_fitted_prices(
             if len(held):
                 keep = ~np.isin(keys, keys[held])  # twins of held stones leave with them
                 model = _fit_model(
-                    fitted.results, fitted.weights, stones[keep], fitted.intervals, {}
+                    fitted.results,
+                    fitted.weights,
+                    stones[keep],
+                    fitted.intervals,
+                    {},
+                    fitted.ranges,
                 )
                 priced = model.predict(stones.iloc[held])
                 part = stones.iloc[held].copy()

@@ -47,6 +47,16 @@ class Comparable(BaseModel):
     carat_difference: float = Field(description="its carat minus the asked carat")
 
 
+class OtherGrade(BaseModel):
+    grade: str = Field(description="the neighbouring grade")
+    price: float = Field(description="the price the same stone would have with it, USD")
+
+
+class GradeWhatIf(BaseModel):
+    better: OtherGrade | None = Field(description="one grade better (null: the best already)")
+    worse: OtherGrade | None = Field(description="one grade worse (null: the worst already)")
+
+
 class AppraisalOut(BaseModel):
     """A price with its 90% range; with ?explain=true the dollars behind it."""
 
@@ -80,12 +90,37 @@ class AppraisalOut(BaseModel):
     )
     contributions: dict[str, float] | None = Field(
         default=None,
-        description="dollars each characteristic adds to the baseline (?explain=true); "
+        description="dollars each reason adds to the baseline (?explain=true): `size` (carat and "
+        "measurements together), `cut`, `color`, `clarity`, `proportions` (depth, table, shape); "
         "baseline + contributions = price",
     )
+    what_if: dict[str, GradeWhatIf] | None = Field(
+        default=None,
+        description="per grade, the price of the same stone one grade better and one worse "
+        "(?explain=true); null at the end of a scale",
+    )
+    deal: Deal | None = Field(default=None, description="the deal check, when asking_price is sent")
     comparables: list[Comparable] | None = Field(
         default=None, description="similar stones of the collection (?comparables=N)"
     )
+
+
+class DiamondIn(schema.Diamond):
+    """A stone to price, and optionally the price a seller asks for it (the deal check)."""
+
+    asking_price: float | None = Field(
+        default=None,
+        gt=0,
+        le=schema.BOUNDS["price"].high * 10,
+        description="USD: adds `deal`, the probability that the market pays more, and a verdict",
+    )
+
+
+class Deal(BaseModel):
+    asking_price: float
+    bargain_probability: float = Field(description="P(the market price > the asking price)")
+    verdict: Literal["below market", "fair", "above market"]
+    message: str
 
 
 class BatchIn(BaseModel):
@@ -93,7 +128,7 @@ class BatchIn(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"diamonds": [schema.EXAMPLE_STONE]}]}
     )
 
-    diamonds: list[schema.Diamond] = Field(description=f"1 to {MAX_BATCH:,} stones")
+    diamonds: list[DiamondIn] = Field(description=f"1 to {MAX_BATCH:,} stones")
 
 
 class BatchOut(BaseModel):

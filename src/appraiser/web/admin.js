@@ -128,8 +128,13 @@
     reviewRun += 1;
     reviewCut = false;
     hideAlert("review-error");
-    document.querySelector("#review tbody").replaceChildren();
+    showRows([]);
     $("review-status").textContent = message;
+  }
+
+  function showRows(rows) {
+    document.querySelector("#review tbody").replaceChildren(...rows);
+    $("review-wrap").hidden = rows.length === 0;
   }
 
   function pendingLeft() {
@@ -156,6 +161,11 @@
     return [typeof stone.depth === "number" ? `depth ${stone.depth}%` : "", typeof stone.table === "number" ? `table ${stone.table}%` : "", mm].filter(Boolean).join(", ");
   }
 
+  function range(item) {
+    const known = typeof item.price_low === "number" && typeof item.price_high === "number";
+    return known ? `${dollars(item.price_low)} \u2013 ${dollars(item.price_high)}` : "no range";
+  }
+
   function difference(price, appraised) {
     if (typeof price !== "number" || typeof appraised !== "number" || appraised <= 0) return "";
     const change = Math.round((price / appraised - 1) * 100);
@@ -166,13 +176,14 @@
   function verdictBadge(item) {
     const approved = item.status === "approved";
     const cellNode = el("td", { className: "verdict" }, el("span", { className: `badge ${approved ? "ok" : "bad"}`, text: approved ? "Approved" : "Rejected" }));
-    if (item.reviewed_by) cellNode.append(el("span", { className: "hint", text: ` by ${item.reviewed_by}` }));
+    if (item.reviewed_by) cellNode.append(el("span", { className: "hint block", text: `by ${item.reviewed_by}` }));
     return cellNode;
   }
 
   function reviewRow(item) {
     const stone = item.stone || {};
-    const shortId = String(item.appraisal_id || "").slice(0, 8);
+    // an id's first digits are its time (alike for appraisals made together): show its last ones
+    const shortId = `\u2026${String(item.appraisal_id || "").slice(-8)}`;
     const flag = item.flag
       ? el("td", {}, el("span", { className: "badge warn", text: "\u26a0 Flagged" }), el("span", { className: "flag-text", text: item.flag }))
       : el("td", {}, el("span", { className: "hint", text: "\u2014" }));
@@ -181,10 +192,9 @@
       { "data-id": item.id, "data-status": item.status, className: item.flag ? "flagged" : null },
       el("th", { scope: "row" }, el("code", { title: item.appraisal_id, text: shortId })),
       el("td", {}, el("span", { className: "stone-line", text: stoneLine(stone) }), el("span", { className: "hint block", text: stoneDetail(stone) })),
-      el("td", { className: "num", text: dollars(item.appraised_price) }),
-      el("td", { className: "num", text: typeof item.price_low === "number" && typeof item.price_high === "number" ? `${dollars(item.price_low)} \u2013 ${dollars(item.price_high)}` : "\u2014" }),
+      el("td", { className: "num" }, dollars(item.appraised_price), el("span", { className: "hint block", text: range(item) })),
       el("td", { className: "num" }, el("strong", { text: dollars(item.price) }), el("span", { className: "hint block", text: difference(item.price, item.appraised_price) })),
-      el("td", { text: item.expert || "\u2014" }),
+      el("td", { className: "expert" }, item.expert || "\u2014", el("span", { className: "hint block", text: fmtDate(item.created_at) })),
       flag
     );
     if (item.status !== "pending") {
@@ -216,7 +226,7 @@
     } catch (error) {
       if (run !== reviewRun) return;
       onKeyError(error);
-      document.querySelector("#review tbody").replaceChildren();
+      showRows([]);
       showAlert("review-error", error.message);
       $("review-status").textContent = "The review queue could not be loaded.";
       return;
@@ -224,8 +234,15 @@
     if (run !== reviewRun) return;
     const list = Array.isArray(items) ? items : [];
     reviewCut = list.length >= REVIEW_LIMIT;
-    document.querySelector("#review tbody").replaceChildren(...list.map(reviewRow));
+    showRows(list.map(reviewRow));
     $("review-status").textContent = queueText(list.length);
+  }
+
+  /** The buttons just clicked are gone: keep the keyboard in the queue, on the next price. */
+  function focusNext(row) {
+    const pending = [...document.querySelectorAll('#review tbody tr[data-status="pending"]')];
+    const next = pending.find((r) => row.compareDocumentPosition(r) & Node.DOCUMENT_POSITION_FOLLOWING) || pending[0];
+    (next ? next.querySelector("button") : $("review-refresh")).focus();
   }
 
   async function reviewPrice(item, verdict, row) {
@@ -240,16 +257,18 @@
       const answer = await api("POST", `/v1/feedback/${encodeURIComponent(item.id)}/${verdict}`, { key });
       row.dataset.status = answer.status;
       row.lastElementChild.replaceWith(verdictBadge(answer));
-      const left = pendingLeft();
-      $("review-status").textContent = `Price ${item.id} ${answer.status}. ${queueText(left)}`;
+      $("review-status").textContent = `Price ${item.id} ${answer.status}. ${queueText(pendingLeft())}`;
+      focusNext(row);
     } catch (error) {
       onKeyError(error);
       showAlert("review-error", error.message);
       if (error instanceof ApiError && (error.status === 409 || error.status === 404)) {
         // reviewed already (or gone): the buttons can do nothing more; Refresh shows the queue
         row.dataset.status = "gone";
-        row.lastElementChild.replaceWith(el("td", { className: "verdict" }, el("span", { className: "hint", text: "Reviewed already: see the message above" })));
+        const why = error.status === 409 ? "Reviewed already" : "Not found";
+        row.lastElementChild.replaceWith(el("td", { className: "verdict" }, el("span", { className: "hint", text: `${why}: see the message above` })));
         $("review-status").textContent = `Price ${item.id} was not changed. ${queueText(pendingLeft())}`;
+        focusNext(row);
       } else {
         for (const b of buttons) b.disabled = false;
         $("review-status").textContent = `Price ${item.id} was not reviewed.`;

@@ -25,6 +25,7 @@ from appraiser.api.models import (
     AppraisalOut,
     BatchIn,
     BatchOut,
+    DiamondIn,
     FeedbackIn,
     FeedbackOut,
     StoredAppraisal,
@@ -46,7 +47,13 @@ def price_and_store(
     """Price stones with the champion, give each answer its id, and queue the rows for storing."""
     start = time.perf_counter()
     current = deps.current_appraiser(ctx)
-    answers = current.appraise(stones, explain=explain, comparables=comparables)
+    asking = [stone.pop("asking_price", None) for stone in stones]  # not part of the stone
+    answers = current.appraise(
+        stones,
+        explain=explain,
+        comparables=comparables,
+        asking_prices=asking if any(a is not None for a in asking) else None,
+    )
     latency_ms = round((time.perf_counter() - start) * 1000 / max(len(stones), 1), 3)
     now = store.utcnow()
     uids = store.new_uids(len(stones))
@@ -82,7 +89,7 @@ def price_and_store(
     summary="Price one stone",
 )
 async def appraise(
-    diamond: schema.Diamond,
+    diamond: DiamondIn,
     ctx: deps.Ctx,
     _: deps.Appraising,
     explain: Annotated[bool, Query(description="add the dollars each characteristic adds")] = False,
@@ -112,7 +119,7 @@ async def appraise(
                         "properties": {
                             "diamonds": {
                                 "type": "array",
-                                "items": {"$ref": "#/components/schemas/Diamond"},
+                                "items": {"$ref": "#/components/schemas/DiamondIn"},
                                 "description": f"1 to {MAX_BATCH:,} stones",
                             }
                         },
