@@ -390,6 +390,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst = min(judged, key=lambda r: r["coverage"]) if judged else None
     most = max(judged, key=lambda r: r["coverage"]) if judged else None
     drops = path_drops(model, test)
+    from appraiser import explain, features
+
+    lonely = explain.ReferenceIndex(model.reference).sparse(features.encode(test).to_numpy())
+    errors = (predicted["price"] - actual).abs() / actual * 100
+    inside = (actual >= predicted["price_low"]) & (actual <= predicted["price_high"])
+    sparse_rows = [
+        (
+            label,
+            f"{int(mask.sum()):,}",
+            f"{errors[mask].mean():.2f}" if mask.any() else "",
+            f"{100 * inside[mask].mean():.1f}" if mask.any() else "",
+        )
+        for label, mask in (("sparse (warned)", lonely), ("the rest", ~lonely))
+    ]
+    print(
+        format_table(
+            ("stones", "count", "MAPE %", "in 90% range %"),
+            sparse_rows,
+            "Sparse-region warning (10th neighbour farther than for 99% of the collection)",
+        )
+    )
+    print()
     deals = deal_calibration(model, test)
     print()
     print(
@@ -487,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "public_unseen_slices": slices.to_dict(orient="records"),
         "grade_coverage": by_grade,
         "path_drops": drops,
+        "sparse": [
+            dict(zip(("stones", "count", "mape", "coverage"), r, strict=True)) for r in sparse_rows
+        ],
         "deal_calibration": deals,
         "goals": [g.as_dict() for g in goals],
         "all_goals_met": all(g.met() for g in goals),

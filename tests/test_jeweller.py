@@ -127,3 +127,20 @@ def test_a_file_with_asking_prices_gets_a_bargain_probability(trained, public) -
     assert scored["bargain_probability"][[1, 2]].isna().all()  # no usable asking price
     assert scored["bargain_probability"].drop([1, 2]).between(0, 1).all()
     assert isinstance(scored, pd.DataFrame)
+
+
+def test_a_stone_few_resemble_is_warned_about(trained) -> None:
+    """Defect: a large stone inside the min-max range got no warning although few stones of the
+    collection resemble it (from 2.5 ct prices ran 11% high on average)."""
+    appraiser = Appraiser.champion()
+    index = appraiser.index
+    common = schema.example_stone()
+    rare = {**common, "carat": 2.9, "cut": "Fair", "color": "D", "clarity": "IF"}
+    rare.update(x=8.9, y=8.8, z=5.5, depth=62.2)
+    matrix = features.encode_stones([common, rare])
+    assert index.sparse(matrix).tolist() == [False, True]
+    answers = appraiser.appraise([common, rare])
+    assert answers[0]["warnings"] == []
+    assert any("few stones" in w for w in answers[1]["warnings"])
+    share = index.sparse(features.encode(index.frame).to_numpy()).mean()
+    assert share < 0.02  # by construction about 1% of the collection's own stones

@@ -135,6 +135,8 @@ def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
 
 
 GradeKey = tuple[str, str, str]
+SPARSE_K = 10  # neighbours that describe a stone's surroundings
+SPARSE_QUANTILE = 0.99  # farther than this share of the collection's own stones: sparse
 
 
 class ReferenceIndex:
@@ -155,11 +157,41 @@ class ReferenceIndex:
             c: self.frame[c].astype(str if c in schema.GRADES else float).tolist()
             for c in schema.COLUMNS
         }
+        self._density_index()
         keys = self.frame[list(schema.GRADE_COLUMNS)].astype(str)
         self.groups: dict[GradeKey, np.ndarray] = {
             (str(key[0]), str(key[1]), str(key[2])): np.asarray(rows, dtype=np.int64)
             for key, rows in keys.groupby(list(schema.GRADE_COLUMNS), sort=False).indices.items()
         }
+
+    def _density_index(self) -> None:
+        """A k-d tree of the collection in the model's terms (log carat, shape, grade codes, each
+        scaled by its spread), and how far the SPARSE_K-th nearest stone usually is: a stone whose
+        neighbours are farther than for 99% of the collection's own stones is in a sparse region,
+        where the model has little to go on even inside the min-max range."""
+        from scipy.spatial import cKDTree
+
+        self._scale: np.ndarray | None = None
+        if len(self.frame) <= SPARSE_K + 1:
+            return
+        points = self._points(features.encode(self.frame).to_numpy())
+        self._scale = points.std(axis=0) + 1e-9
+        self._tree = cKDTree(points / self._scale)
+        distances, _ = self._tree.query(points / self._scale, k=SPARSE_K + 1)  # itself first
+        self.sparse_distance = float(np.quantile(distances[:, -1], SPARSE_QUANTILE))
+
+    @staticmethod
+    def _points(matrix: np.ndarray) -> np.ndarray:
+        points = matrix.copy()
+        points[:, features.ENCODED.index("carat")] = np.log(points[:, 0])
+        return points
+
+    def sparse(self, matrix: np.ndarray) -> np.ndarray:
+        """True for encoded stones with few training stones like them."""
+        if self._scale is None:
+            return np.zeros(len(matrix), dtype=bool)
+        distances, _ = self._tree.query(self._points(matrix) / self._scale, k=SPARSE_K)
+        return np.asarray(distances[:, -1] > self.sparse_distance)
 
     def _key(self, stone: Mapping[str, Any]) -> GradeKey:
         return (str(stone["cut"]), str(stone["color"]), str(stone["clarity"]))
@@ -209,22 +241,32 @@ class ReferenceIndex:
         high = np.array([self.high[c] for c in size])
         beyond = (values < low) | (values > high)
         outside = [bool(b) for b in np.any(beyond, axis=1)]
+        lonely = self.sparse(matrix).tolist()
         depth_low, depth_high = self.low["depth"], self.high["depth"]
         table_low, table_high = self.low["table"], self.high["table"]
         out: list[list[str]] = []
-        for stone, out_of_range in zip(stones, outside, strict=True):
+        for stone, out_of_range, alone in zip(stones, outside, lonely, strict=True):
             usual = (
                 not out_of_range
+                and not alone
                 and depth_low <= stone["depth"] <= depth_high
                 and table_low <= stone["table"] <= table_high
                 and self._key(stone) in self.groups
             )
-            out.append([] if usual else self.warnings(stone))
+            out.append([] if usual else self.warnings(stone, sparse=alone))
         return out
 
-    def warnings(self, stone: Mapping[str, Any]) -> list[str]:
+    def warnings(self, stone: Mapping[str, Any], sparse: bool | None = None) -> list[str]:
         """Plain-language warnings when a stone lies outside what the model has seen."""
         out = []
+        if sparse is None:
+            sparse = bool(self.sparse(features.encode_stones([stone]))[0])
+        if sparse:
+            out.append(
+                f"few stones of the training collection resemble this one (its {SPARSE_K} "
+                f"nearest are farther than for {SPARSE_QUANTILE:.0%} of the collection's stones): "
+                "the price rests on little evidence, treat it with care"
+            )
         for column in schema.NUMERIC_FEATURES:
             low, high = self.low[column], self.high[column]
             value = float(stone[column])
