@@ -173,11 +173,11 @@ def test_absurd_prices_stay_pending_and_approved_ones_teach(
     for answer in answers:
         sent = client.post(
             f"/v1/appraisals/{answer['id']}/feedback",
-            json={"price": round(answer["price"] * 50, 2)},
+            json={"price": min(round(answer["price"] * 20, 2), 999_999)},
             headers=expert,
         )
         assert sent.status_code == 201, sent.text
-        assert sent.json()["flag"]  # 50 times the price: flagged for the reviewer
+        assert sent.json()["flag"]  # 20 times the price: flagged for the reviewer
         ids.append(sent.json()["id"])
     pending = client.get("/v1/feedback", params={"status": "pending", "limit": 1000}, headers=ADMIN)
     assert len(pending.json()) == 205
@@ -240,16 +240,20 @@ def test_a_flood_past_the_limit_gets_429_and_the_server_stays_healthy(
 
     try:
         with LiveServer(create_app(), free_port()) as server:
+            import time
+
+            started = time.monotonic()
             answers = asyncio.run(flood(server.url))
+            elapsed = time.monotonic() - started
             codes = pd.Series([a.status_code for a in answers]).value_counts()
-            assert codes.get(429, 0) >= 200, codes  # at most ~50 a second got through
+            # at most 50 in any second got through (a moving window: 50 per second begun)
+            assert codes.get(200, 0) <= 50 * (int(elapsed) + 1), (codes, elapsed)
+            assert codes.get(429, 0) >= 400 - 50 * (int(elapsed) + 1), (codes, elapsed)
             assert set(codes.index) <= {200, 429}, codes  # no 5xx
             limited = next(a for a in answers if a.status_code == 429)
             assert int(limited.headers["retry-after"]) >= 1
             assert "too many requests" in limited.json()["message"]
             assert httpx.get(server.url + "/health").status_code in (200, 429)
-            import time
-
             time.sleep(1.1)  # the window passes: served again
             assert httpx.post(server.url + "/v1/appraisals", json=stone).status_code == 200
     finally:
@@ -315,7 +319,7 @@ def test_an_unknown_id_is_a_cheap_404(client: TestClient, monkeypatch, stone: di
 
 
 def test_pages_and_docs_send_the_security_headers_and_use_no_cdn(client: TestClient) -> None:
-    for path in ("/", "/admin", "/docs", "/redoc", "/v1/schema"):
+    for path in ("/", "/admin", "/docs", "/v1/schema"):
         answer = client.get(path)
         assert answer.status_code == 200, path
         csp = answer.headers["content-security-policy"]
@@ -390,7 +394,76 @@ def test_feedback_review_on_the_service_layer(client: TestClient, stone: dict) -
     assert sent["status"] == "pending" and sent["flag"]  # $100 for a ~$5,000 stone
     with pytest.raises(KeyError):
         feedback.review(10_000, approve=True, actor="alice")
+    with pytest.raises(feedback.FeedbackRefused, match="another admin"):
+        feedback.review(sent["id"], approve=True, actor="eve")  # nobody approves their own
     done = feedback.review(sent["id"], approve=False, actor="alice", note="typo")
     assert done["status"] == "rejected" and done["review_note"] == "typo"
     assert feedback.listing("rejected")[0]["id"] == sent["id"]
     assert len(feedback.approved_stones()) == 0
+
+
+def test_invented_keys_cost_the_store_nothing_past_the_limit(
+    home_copy: Path, monkeypatch: pytest.MonkeyPatch, stone: dict
+) -> None:
+    """Review: every random `dak_` key was looked up in the store, even once the IP was over its
+    limit."""
+    monkeypatch.setenv("APPRAISER_RATE_LIMIT", "2/minute")
+    settings.cache_clear()
+    lookups: list[str] = []
+    real = auth.authenticate
+
+    def counting(key: str, bootstrap: str | None = None) -> auth.Principal | None:
+        lookups.append(key)
+        return real(key, bootstrap)
+
+    monkeypatch.setattr(auth, "authenticate", counting)
+    try:
+        with TestClient(create_app()) as c:
+            codes = []
+            for _ in range(30):
+                invented = "dak_" + os.urandom(32).hex()[:43]
+                codes.append(c.get("/v1/models", headers=bearer(invented)).status_code)
+            assert codes.count(429) >= 27 and set(codes) <= {401, 429}
+            assert len(lookups) <= 3
+            # a key of another shape is refused without a lookup at all
+            assert c.get("/v1/models", headers=bearer("x" * 20)).status_code in (401, 429)
+    finally:
+        settings.cache_clear()
+
+
+def test_key_names_the_system_acts_under_are_reserved(client: TestClient) -> None:
+    for name in ("gate", "anonymous", "cli:root", "bootstrap-admin"):
+        made = client.post("/v1/keys", json={"name": name, "role": "staff"}, headers=ADMIN)
+        assert made.status_code == 422, name
+    assert client.post("/v1/keys/nobody/revoke", headers=ADMIN).status_code == 404
+
+
+def test_require_keys_closes_reads_and_experts_prices(
+    home_copy: Path, monkeypatch: pytest.MonkeyPatch, stone: dict
+) -> None:
+    monkeypatch.setenv("APPRAISER_REQUIRE_KEYS", "true")
+    settings.cache_clear()
+    try:
+        with TestClient(create_app()) as c:
+            staff, expert = make_key("staff", "desk"), make_key("expert", "eve")
+            answer = c.post("/v1/appraisals", json=stone, headers=staff).json()
+            c.post(f"/v1/appraisals/{answer['id']}/feedback", json={"price": 5000}, headers=expert)
+            assert c.get(f"/v1/appraisals/{answer['id']}").status_code == 401
+            assert c.get("/v1/models").status_code == 401
+            seen_by_staff = c.get(f"/v1/appraisals/{answer['id']}", headers=staff).json()
+            assert seen_by_staff["feedback"] == []
+            seen_by_expert = c.get(f"/v1/appraisals/{answer['id']}", headers=expert).json()
+            assert [f["price"] for f in seen_by_expert["feedback"]] == [5000]
+    finally:
+        settings.cache_clear()
+
+
+def test_audit_since_compares_in_utc(client: TestClient) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    make_key("staff", "sam")
+    now = datetime.now(UTC)
+    ahead = (now - timedelta(minutes=30)).astimezone(timezone(timedelta(hours=2)))
+    behind = (now + timedelta(minutes=30)).astimezone(timezone(timedelta(hours=-5)))
+    assert [e["action"] for e in audit.events(since=ahead)] == ["key_created"]
+    assert audit.events(since=behind) == []

@@ -197,6 +197,36 @@ def test_cross_fitted_stones_the_champion_saw_never_judge(trained, public):
     assert "500 of the challenger's training stones" in decision.reason
 
 
+def test_sanity_checks_run_on_cross_fitted_stones_too(trained, public):
+    """Review: with no reference stones, a challenger whose price fell with carat was promoted
+    on cross-fitted stones alone, the sanity checks skipped."""
+    from appraiser.predict import Appraiser
+
+    model = Appraiser.champion().model
+
+    class Backwards(Noisy):
+        def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
+            out = super().predict(stones)
+            factor = 1.0 / stones["carat"].to_numpy() ** 2  # heavier stones get cheaper
+            return out.assign(
+                price=out["price"] * factor,
+                price_low=out["price_low"] * factor,
+                price_high=out["price_high"] * factor,
+            )
+
+    extra = public.sample(600, random_state=10).reset_index(drop=True)
+    priced = Noisy(model, 0.0, 1).predict(extra)
+    extra = extra.assign(
+        challenger_price=priced["price"],
+        challenger_low=priced["price_low"],
+        challenger_high=priced["price_high"],
+    )
+    decision = _decide(
+        Backwards(model, 0.0, 1), Noisy(model, 0.08, 2), public.iloc[:0], cross_fitted=extra
+    )
+    assert not decision.promote and "sanity checks failed" in decision.reason
+
+
 def test_paired_interval_covers_zero_for_equal_models_most_of_the_time():
     """The false-promotion rate, in miniature (benchmarks/trust.py measures it with real models):
     200 pairs of equally good predictors on 500 stones promote at most ~2.5% of the time."""

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
+from appraiser.features import REASONS  # the contributions' keys: size, cut, ...
 from tests.conftest import API_KEY
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-FEATURES = ("carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z")
 PRICE = re.compile(r"^\$\d{1,3}(,\d{3})*$")
 RANGE = re.compile(r"90% range: \$[\d,]+ \u2013 \$[\d,]+")  # an en dash between
 TIMEOUT_MS = 10_000
@@ -117,8 +117,8 @@ def test_the_form_prices_a_stone_and_explains_it(tab: Tab) -> None:
 
     chart = page.locator("#chart svg")
     bars = chart.locator("g.bar.contribution")
-    expect(bars).to_have_count(len(FEATURES))
-    assert sorted(bars.evaluate_all("gs => gs.map(g => g.dataset.feature)")) == sorted(FEATURES)
+    expect(bars).to_have_count(len(REASONS))
+    assert sorted(bars.evaluate_all("gs => gs.map(g => g.dataset.feature)")) == sorted(REASONS)
     expect(chart.locator("g.bar.baseline")).to_have_count(1)
     # the waterfall ends at the price shown, and each bar's label has its signed dollars
     expect(chart.locator("g.bar.total")).to_contain_text(price.inner_text())

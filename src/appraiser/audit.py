@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -71,8 +71,9 @@ def events(
         query = query.where(table.action == action)
     if actor:
         query = query.where(table.actor == actor)
-    if since:
-        query = query.where(table.created_at >= since)
+    if since:  # stored in UTC (naive on SQLite): compare in UTC
+        moment = since if since.tzinfo else since.replace(tzinfo=UTC)
+        query = query.where(table.created_at >= moment.astimezone(UTC))
     with store.session() as s:
         return [
             {

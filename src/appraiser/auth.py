@@ -18,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +31,20 @@ from appraiser.config import settings
 ROLES = ("staff", "expert", "admin")
 KEY_PREFIX = "dak_"  # "diamond appraiser key": recognisable in logs and secret scanners
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$")
+KEY_PATTERN = re.compile(r"^dak_[A-Za-z0-9_-]{43}$")  # KEY_PREFIX + token_urlsafe(32)
 BOOTSTRAP = "bootstrap-admin"  # the name APPRAISER_API_KEY acts under
+# names the system acts under in the audit trail: no key may take them
+RESERVED = frozenset({BOOTSTRAP, "anonymous", "gate", "pipeline", "unknown", "api", "cli"})
 CACHE_SECONDS = 5.0  # a revoked key stops working within this long on every server
 
 
 class KeyRefused(ValueError):
-    """A key operation a person asked for cannot be done (the message says why)."""
+    """A key operation a person asked for cannot be done (the message says why); `status` is
+    the HTTP answer (409: a conflict with what exists, 422: a bad request, 404: no such key)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,13 @@ def digest(key: str) -> str:
 def create_key(name: str, role: str, *, actor: str) -> str:
     """Make a key for `name` with `role`; returns the key itself (shown once, never stored)."""
     if role not in ROLES:
-        raise KeyRefused(f"role: must be one of {', '.join(ROLES)}, not {role!r}")
-    if not NAME_PATTERN.match(name) or name == BOOTSTRAP:
+        raise KeyRefused(f"role: must be one of {', '.join(ROLES)}, not {role!r}", status=422)
+    if not NAME_PATTERN.match(name) or name in RESERVED or name.startswith("cli:"):
         raise KeyRefused(
             "name: 1-100 characters, letters, digits, space, '.', '_', '@' or '-', starting "
-            f"with a letter or digit (and not {BOOTSTRAP!r})"
+            "with a letter or digit, and not one the system acts under "
+            f"({', '.join(sorted(RESERVED))})",
+            status=422,
         )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     store.ready()
@@ -111,7 +122,9 @@ def revoke_key(name: str, *, actor: str) -> None:
     with store.session() as s, s.begin():
         row = s.scalars(select(store.ApiKey).where(store.ApiKey.name == name)).one_or_none()
         if row is None:
-            raise KeyRefused(f"name: no key named {name!r} (`appraiser keys list` shows them)")
+            raise KeyRefused(
+                f"name: no key named {name!r} (`appraiser keys list` shows them)", status=404
+            )
         if row.revoked_at is not None:
             raise KeyRefused(f"name: the key {name!r} was revoked already")
         row.revoked_at = store.utcnow()
@@ -122,7 +135,8 @@ def revoke_key(name: str, *, actor: str) -> None:
 
 # --- authentication, on every request that carries a key -----------------------------------------
 
-_cache: dict[str, tuple[float, Principal | None]] = {}
+_cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+CACHE_ENTRIES = 10_000
 _cache_lock = threading.Lock()
 
 
@@ -134,7 +148,7 @@ def authenticate(key: str, bootstrap: str | None = None) -> Principal | None:
         bootstrap = secret.get_secret_value() if secret is not None else ""
     if bootstrap and hmac.compare_digest(key.encode(), bootstrap.encode()):
         return Principal(BOOTSTRAP, "admin")
-    if not key.startswith(KEY_PREFIX) or len(key) > 100:
+    if not KEY_PATTERN.match(key):
         return None  # not one of ours: no database round trip
     hashed = digest(key)
     now = time.monotonic()
@@ -151,7 +165,8 @@ def authenticate(key: str, bootstrap: str | None = None) -> Principal | None:
         ).one_or_none()
         found = Principal(row.name, row.role) if row is not None else None
     with _cache_lock:
-        if len(_cache) > 10_000:  # random keys must not grow it without bound
-            _cache.clear()
         _cache[hashed] = (now, found)
+        _cache.move_to_end(hashed)
+        while len(_cache) > CACHE_ENTRIES:  # the oldest go first: valid keys stay when
+            _cache.popitem(last=False)  # random ones stream in
     return found

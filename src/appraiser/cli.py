@@ -963,6 +963,13 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="server processes")] = 1,
     access_log: Annotated[bool, typer.Option(help="log every request")] = True,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="addresses of the gateway in front, whose X-Forwarded-For names the client "
+            "(rate limits count per client); default: uvicorn's (127.0.0.1)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (/docs) and the web page (/) with the champion model.
 
@@ -992,6 +999,7 @@ def serve(
         port=port,
         workers=workers,
         access_log=access_log,
+        forwarded_allow_ips=forwarded_allow_ips,
         log_level="info",
     )
 

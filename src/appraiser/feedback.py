@@ -107,6 +107,10 @@ def review(feedback_id: int, *, approve: bool, actor: str, note: str | None = No
         row = s.get(store.Feedback, feedback_id, with_for_update=True)
         if row is None:
             raise KeyError(f"no expert price with id {feedback_id}")
+        if row.actor is not None and row.actor == actor:
+            raise FeedbackRefused(
+                f"expert price {feedback_id} was sent by {actor}: another admin reviews it"
+            )
         if row.status != "pending":
             raise FeedbackRefused(
                 f"expert price {feedback_id} was {row.status} already by {row.reviewed_by}"

@@ -317,8 +317,9 @@ def decide(
     (train.cross_fitted_prices); those the champion did not train on are judged too.
     """
     policy = policy or GatePolicy()
-    if len(pool):
-        problems = sanity_problems(challenger, pool[list(schema.COLUMNS)])
+    checked = [f[list(schema.COLUMNS)] for f in (pool, cross_fitted) if f is not None and len(f)]
+    if checked:  # on every stone that may judge: reference and cross-fitted alike
+        problems = sanity_problems(challenger, pd.concat(checked, ignore_index=True))
         if problems:
             return Decision(False, "sanity checks failed: " + "; ".join(problems), champion_version)
     if champion_version is None or champion is None:

@@ -33,6 +33,7 @@ from appraiser.train import (
     TrainResult,
     against_champion,
     fit_and_register,
+    tuning_mask,
 )
 
 __all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
@@ -211,6 +212,7 @@ def retrain(
                 "batches": sorted(int(b) for b in batch_ids.unique()),
             },
             actor=actor,
+            tune_on=tuning_mask(fit_part.reset_index(drop=True), current),
         )
         result.feedback_used = feedback_used
         measured = None

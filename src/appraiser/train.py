@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sklearn.model_selection import KFold, train_test_split
+from sklearn.model_selection import GroupKFold, train_test_split
 
 from appraiser import (
     champion,
@@ -78,6 +78,15 @@ def _cv_mape(y_log: np.ndarray, oof_log: np.ndarray, mask: np.ndarray | None = N
     return float(100 * np.mean(np.abs(p - y) / y))
 
 
+def fold_groups(stones: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """A group per distinct stone (its nine features), numbered in a seeded random order:
+    identical stones, perhaps with other prices, always land in the same fold."""
+    if not len(stones):
+        return np.empty(0, dtype=np.int64)
+    _, twins = np.unique(lineage.stone_keys(stones), return_inverse=True)
+    return np.random.default_rng(seed).permutation(twins.max() + 1)[twins]
+
+
 def cross_validate(
     candidate: Candidate,
     params: dict[str, Any],
@@ -86,10 +95,14 @@ def cross_validate(
     folds: int = FOLDS,
     seed: int = 0,
     trial: optuna.Trial | None = None,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Out-of-fold log-price predictions; reports to `trial` after each fold so Optuna can prune."""
+    """Out-of-fold log-price predictions; reports to `trial` after each fold so Optuna can prune.
+    Folds by `groups` (default fold_groups): a stone is never predicted by a model that saw its
+    twin."""
     oof = np.full(len(stones), np.nan)
-    splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(stones)
+    groups = fold_groups(stones, seed) if groups is None else groups
+    splits = GroupKFold(n_splits=folds).split(stones, groups=groups)
     for k, (fit_idx, val_idx) in enumerate(splits):
         member = candidate.build(params).fit(stones.iloc[fit_idx], y_log[fit_idx])
         oof[val_idx] = member.predict_log(stones.iloc[val_idx])
@@ -113,10 +126,13 @@ def tune(
     """Search the candidate's space with Optuna (TPE), starting from its defaults."""
     start = time.perf_counter()
     best: dict[str, Any] = {}
+    groups = fold_groups(stones, seed)  # once: every trial sees the same folds
 
     def objective(trial: optuna.Trial) -> float:
         params = candidate.space(trial) if candidate.space else {}
-        oof = cross_validate(candidate, params, stones, y_log, seed=seed, trial=trial)
+        oof = cross_validate(
+            candidate, params, stones, y_log, seed=seed, trial=trial, groups=groups
+        )
         score = _cv_mape(y_log, oof)
         if not best or score < best["score"]:
             best.update(score=score, params=params, oof=oof)
@@ -219,6 +235,7 @@ class Fitted:
     evaluated: PriceModel
     final: PriceModel
     fit_part: pd.DataFrame
+    tuned_on: np.ndarray  # the stones of fit_part that tuning, blending and ranges saw
     holdout: pd.DataFrame
     holdout_pred: pd.DataFrame
     holdout_metrics: dict[str, float]
@@ -242,9 +259,14 @@ def fit(
     candidates: list[str] | None = None,
     seed: int = 42,
     show_progress: bool = True,
+    tune_on: np.ndarray | None = None,
 ) -> Fitted:
     """Tune every candidate on `fit_part`, blend, calibrate the range, measure on `holdout`, and
-    refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice)."""
+    refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice).
+
+    `tune_on` (a mask of `fit_part`): tune, blend and calibrate on those stones only; the others
+    are then fit on but never chose anything, so they can judge the challenger cross-fitted.
+    """
     names = candidates or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
@@ -252,7 +274,9 @@ def fit(
     fit_part, holdout = fit_part.reset_index(drop=True), holdout.reset_index(drop=True)
     stones = fit_part if final_stones is None else final_stones
     fingerprint = data.fingerprint(stones[list(schema.COLUMNS)])
-    y_log = features.log_price(fit_part[schema.TARGET])
+    tuned = np.ones(len(fit_part), dtype=bool) if tune_on is None else np.asarray(tune_on, bool)
+    tune_part = fit_part[tuned].reset_index(drop=True)
+    y_log = features.log_price(tune_part[schema.TARGET])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     to_tune = [n for n in names if CANDIDATES[n].space]
@@ -270,16 +294,16 @@ def fit(
             # what one candidate leaves of its share goes to the ones after it
             left = [n for n in to_tune if n not in results]
             share = max(deadline - time.perf_counter(), 0.0) / max(len(left), 1)
-            results[name] = tune(CANDIDATES[name], fit_part, y_log, trials, share, seed, progress)
+            results[name] = tune(CANDIDATES[name], tune_part, y_log, trials, share, seed, progress)
 
     weights = blend(list(results.values()), y_log)
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
-    intervals = explain.banded_halfwidths(residuals, fit_part["carat"].to_numpy(), COVERAGE)
+    intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
     # the range each stone gets: its difficulty learnt from half of the out-of-fold errors,
     # calibrated on the other half (models.AdaptiveRange)
-    ranges = AdaptiveRange.fit(features.encode(fit_part).to_numpy(), residuals, COVERAGE, seed)
+    ranges = AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
@@ -320,6 +344,7 @@ def fit(
         evaluated=evaluated,
         final=final,
         fit_part=fit_part,
+        tuned_on=tuned,
         holdout=holdout,
         holdout_pred=holdout_pred,
         holdout_metrics=holdout_metrics,
@@ -404,6 +429,30 @@ Decide = Callable[[Fitted], Decision]
 
 
 CROSS_FIT_FOLDS = 5
+MIN_TUNE_STONES = 1000  # fewer stones left to tune on: no cross-fitting, tune on all
+
+
+def stones_to_judge(fit_part: pd.DataFrame, champion_version: str | None) -> np.ndarray:
+    """The training stones that may judge a challenger cross-fitted: the champion never trained
+    on them, none is sealed, and none is an expert's price (given after seeing the champion's)."""
+    known = lineage.load(champion_version) if champion_version else None
+    if known is None:
+        return np.zeros(len(fit_part), dtype=bool)
+    keys = lineage.stone_keys(fit_part)
+    judge = ~known.trained_on(keys) & (lineage.roles(keys) != "sealed")
+    if "feedback_id" in fit_part:
+        judge &= fit_part["feedback_id"].isna().to_numpy()
+    return np.asarray(judge)
+
+
+def tuning_mask(fit_part: pd.DataFrame, champion_version: str | None) -> np.ndarray | None:
+    """What to tune on so that the stones that judge never chose anything (hyperparameters,
+    blend, ranges): the stones the champion saw. None (tune on all, judge on held-out stones
+    only) when nothing could judge or too few stones would be left to tune on."""
+    judge = stones_to_judge(fit_part, champion_version)
+    if not judge.any() or int((~judge).sum()) < MIN_TUNE_STONES:
+        return None
+    return ~judge
 
 
 def cross_fitted_prices(
@@ -418,9 +467,11 @@ def cross_fitted_prices(
     recipe (its tuned parameters, blend and range) refitted on the training stones without the
     fold that holds it: `challenger_price`, `challenger_low`, `challenger_high`.
 
-    Identical stones share a fold, so no stone is priced by a model that saw its twin. The fold
-    models train on (folds-1)/folds of the stones being judged, so they are, if anything, a little
-    worse than the challenger registered: the comparison leans towards the champion.
+    Identical stones share a fold, so no stone is priced by a model that saw its twin. Judged
+    stones must not have been tuned on (fit(..., tune_on=...)): then nothing about a judged stone
+    shaped the model that prices it. The fold models learn from (folds-1)/folds of the judged
+    stones, so they are a little worse than the challenger registered: the comparison leans
+    towards the champion (benchmarks/pipeline.py measures by how much).
     """
     stones = fitted.fit_part
     columns = [*stones.columns, "challenger_price", "challenger_low", "challenger_high"]
@@ -479,11 +530,9 @@ def against_champion(
     champion_lineage = lineage.load(current) if current else None
     extra = None
     if cross_fit and champion_lineage is not None:
-        part = fitted.fit_part
-        keys = lineage.stone_keys(part)
-        judge = ~champion_lineage.trained_on(keys) & (lineage.roles(keys) != "sealed")
-        if "feedback_id" in part:  # experts priced after seeing the champion: they never judge
-            judge &= part["feedback_id"].isna().to_numpy()
+        # only stones that tuning never saw (fit with tune_on=tuning_mask(...)): a stone that
+        # helped choose the recipe would judge it with the choice in its favour
+        judge = ~fitted.tuned_on & stones_to_judge(fitted.fit_part, current)
         if judge.any():
             extra = cross_fitted_prices(
                 fitted, judge, seed=fitted.seed, show_progress=show_progress
@@ -544,6 +593,7 @@ def train(
             f"{len(checked.rejected)} rows were rejected, see the quality report"
         )
     fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
+    current = registry.champion_version() if promote_if_better else None
 
     def decide(fitted: Fitted) -> Decision:
         if not promote_if_better:
@@ -552,7 +602,7 @@ def train(
         return against_champion(  # ever reads a sealed stone
             fitted,
             unsealed,
-            champion_version=registry.champion_version(),
+            champion_version=current,
             policy=policy,
             pool_name="holdout stones of this file",
             show_progress=show_progress,
@@ -571,6 +621,7 @@ def train(
         show_progress=show_progress,
         decide=decide,
         kind="train",
+        tune_on=tuning_mask(fit_part.reset_index(drop=True), current),
     )
 
 
@@ -591,6 +642,7 @@ def fit_and_register(
     tags: dict[str, str] | None = None,
     lineage_extra: dict[str, Any] | None = None,
     actor: str = "gate",
+    tune_on: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit, decide, log to MLflow and register, record the lineage, then move the champion if the
     gate agreed (compare-and-set against the champion it judged).
@@ -610,6 +662,7 @@ def fit_and_register(
             candidates=candidates,
             seed=seed,
             show_progress=show_progress,
+            tune_on=tune_on,
         )
         decision = decide(fitted)
         logged = tracking.log_training(

@@ -4,6 +4,7 @@ how often they may ask (one module, so each rule is written once)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -76,8 +77,24 @@ def _limit(ctx: Context, identity: str) -> None:
             )
 
 
+def _test_limit(ctx: Context, identity: str) -> None:
+    """429 when `identity` is already over a limit (without counting this request)."""
+    for item in ctx.limits:
+        if not ctx.limiter.test(item, identity):
+            _limit(ctx, identity)
+
+
 def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address (behind a gateway: the one uvicorn takes from X-Forwarded-For when
+    the gateway is trusted, `appraiser serve --forwarded-allow-ips`); IPv6 by its /64, which
+    one client holds whole."""
+    host = request.client.host if request.client else "unknown"
+    if ":" in host:
+        try:
+            return str(ipaddress.ip_network(f"{host}/64", strict=False))
+        except ValueError:
+            return host
+    return host
 
 
 async def caller(
@@ -93,10 +110,12 @@ async def caller(
         return auth.ANONYMOUS
     key = credentials.credentials
     bootstrap = ctx.config.api_key.get_secret_value() if ctx.config.api_key else ""
-    if key.startswith(auth.KEY_PREFIX):  # a store key: the database (or its cache)
+    found = auth.authenticate(key, bootstrap) if not auth.KEY_PATTERN.match(key) else None
+    if found is None and auth.KEY_PATTERN.match(key):
+        # a store key: the database (or its cache). The IP's limit is checked first, so a
+        # stream of invented keys costs the store nothing once the IP is over its limit
+        _test_limit(ctx, f"ip:{_client_ip(request)}")
         found = await run_in_threadpool(auth.authenticate, key, bootstrap)
-    else:
-        found = auth.authenticate(key, bootstrap)
     if found is None:
         _limit(ctx, f"ip:{_client_ip(request)}")
         raise HTTPException(
@@ -119,7 +138,8 @@ def role(needed: str) -> Callable[..., Awaitable[auth.Principal]]:
         if who.role is None:
             raise HTTPException(
                 401,
-                f"this needs an {needed} key: send 'Authorization: Bearer <key>'",
+                f"this needs {'an' if needed[0] in 'aeiou' else 'a'} {needed} key: send "
+                "'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not who.can(needed):

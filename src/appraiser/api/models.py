@@ -135,6 +135,18 @@ class BatchOut(BaseModel):
     appraisals: list[AppraisalOut] = Field(description="one per stone, in the order sent")
 
 
+class PriceListOut(BaseModel):
+    rows: list[dict[str, Any]] = Field(
+        description="each row as sent, plus price, price_low, price_high, warnings and error "
+        "(the reasons a row was refused; empty when priced); with an asking_price column, "
+        "bargain_probability and verdict"
+    )
+    priced: int
+    refused: int
+    model_version: str
+    currency: str = CURRENCY
+
+
 class StoredAppraisal(BaseModel):
     id: str
     created_at: Timestamp

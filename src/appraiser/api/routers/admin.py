@@ -28,7 +28,7 @@ async def create_key(body: KeyIn, who: deps.Admin) -> dict[str, Any]:
     try:
         key = await run_in_threadpool(lambda: auth.create_key(body.name, body.role, actor=who.name))
     except auth.KeyRefused as exc:
-        raise HTTPException(409, str(exc)) from exc
+        raise HTTPException(exc.status, str(exc)) from exc
     return {"name": body.name, "role": body.role, "key": key}
 
 
@@ -40,8 +40,7 @@ async def revoke_key(
     try:
         await run_in_threadpool(lambda: auth.revoke_key(name, actor=who.name))
     except auth.KeyRefused as exc:
-        status = 404 if "no key named" in str(exc) else 409
-        raise HTTPException(status, str(exc)) from exc
+        raise HTTPException(exc.status, str(exc)) from exc
     return next(k for k in await run_in_threadpool(auth.list_keys) if k["name"] == name)
 
 

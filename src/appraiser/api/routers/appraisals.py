@@ -28,6 +28,7 @@ from appraiser.api.models import (
     DiamondIn,
     FeedbackIn,
     FeedbackOut,
+    PriceListOut,
     StoredAppraisal,
 )
 from appraiser.config import MAX_BATCH
@@ -157,6 +158,92 @@ async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) ->
     return Response(to_json({"appraisals": answers}), media_type="application/json")
 
 
+@router.post(
+    "/list",
+    response_model=PriceListOut,
+    summary=f"Price a supplier's list: a CSV of up to {MAX_BATCH:,} stones (nothing stored)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def price_list(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> dict[str, Any]:
+    """Each row priced with its range and warnings, or refused with its reasons (`error`); an
+    `asking_price` column adds the deal check (`bargain_probability`, `verdict`). For looking at
+    a list before buying: nothing joins the collection and no appraisal is stored."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise HTTPException(415, "send multipart/form-data with the CSV as the field 'file'")
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(422, "file: attach the CSV as the form field 'file'")
+    content = await upload.read()
+    current = deps.current_appraiser(ctx)
+    return await run_in_threadpool(_price_list, current, content)
+
+
+def _price_list(current: Any, content: bytes) -> dict[str, Any]:
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from appraiser import data, explain, features
+    from appraiser.scoring import score_frame
+
+    try:
+        raw = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"file: not a readable CSV ({exc})") from exc
+    if len(raw) > MAX_BATCH:
+        raise HTTPException(413, f"{len(raw):,} rows: send at most {MAX_BATCH:,} per list")
+    if raw.empty:
+        raise HTTPException(422, "file: the CSV has no rows")
+    try:
+        scored = score_frame(current.model, raw)
+    except data.DataError as exc:
+        raise HTTPException(422, f"file: {exc}") from exc
+    good = (scored["error"] == "").to_numpy()
+    warnings: list[list[str]] = [[] for _ in range(len(scored))]
+    if good.any():
+        stones = data.validate(raw[good].reset_index(drop=True), labelled=False, dedupe=False)
+        records = stones.clean[list(schema.FEATURES)].to_dict(orient="records")
+        matrix = features.encode_stones(records)
+        said = current.index.warnings_all(matrix, records)
+        for row, reasons in zip(np.flatnonzero(good).tolist(), said, strict=True):
+            warnings[row] = reasons
+    rows = []
+    for i, record in enumerate(scored.to_dict(orient="records")):
+        record = {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        record["warnings"] = warnings[i]
+        chance = record.get("bargain_probability")
+        asking = record.get("asking_price")
+        if chance is not None and asking not in (None, ""):
+            record["verdict"] = explain.deal(float(asking), float(chance))["verdict"]
+        rows.append({str(k): v for k, v in record.items()})
+    return {
+        "rows": rows,
+        "priced": int(good.sum()),
+        "refused": int((~good).sum()),
+        "model_version": current.version,
+        "currency": CURRENCY,
+    }
+
+
 async def _find(ctx: deps.Context, uid: str, lookup: Any, *args: Any) -> Any:
     """`lookup(uid, *args)` in the store; KeyError/None when unknown. Only an id made in the
     last RECENT seconds can still be on its way to the store (queued here or in another
@@ -182,12 +269,16 @@ def _stored(uid: str) -> dict[str, Any]:
 
 
 @router.get("/{appraisal_id}", response_model=StoredAppraisal, summary="A stored appraisal")
-async def get_appraisal(appraisal_id: AppraisalId, ctx: deps.Ctx, _: deps.Caller) -> Any:
-    """What was asked, what was answered, by which model, how fast, and any expert prices."""
+async def get_appraisal(appraisal_id: AppraisalId, ctx: deps.Ctx, who: deps.Appraising) -> Any:
+    """What was asked, what was answered, by which model, how fast, and the expert prices given
+    for it (shown to expert and admin keys only)."""
     try:
-        return await _find(ctx, appraisal_id, _stored)
+        found = await _find(ctx, appraisal_id, _stored)
     except KeyError as exc:
         raise HTTPException(404, f"no appraisal with id {appraisal_id}") from exc
+    if not who.can("expert"):
+        found["feedback"] = []
+    return found
 
 
 @router.post(

@@ -28,7 +28,7 @@ router = APIRouter(tags=["models"], responses=ERRORS)
 
 
 @router.get("/v1/models", response_model=ModelsOut, summary="Model versions")
-async def models(_: deps.Caller) -> dict[str, Any]:
+async def models(_: deps.Appraising) -> dict[str, Any]:
     """Every registered version, newest first, with its holdout metrics (MAPE in %...)."""
     found = await run_in_threadpool(registry.versions)
     return {
@@ -180,7 +180,7 @@ async def retrain(who: deps.Admin, params: RetrainIn | None = None) -> dict[str,
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="A background job's status")
-async def job(job_id: JobId, who: deps.Caller) -> dict[str, Any]:
+async def job(job_id: JobId, who: deps.Appraising) -> dict[str, Any]:
     """Its status and result; why it failed (the process's own words) only for admins."""
     found = await run_in_threadpool(store.get_job, job_id)
     if found is None:

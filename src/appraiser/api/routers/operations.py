@@ -18,7 +18,7 @@ from appraiser.config import MAX_BATCH
 
 router = APIRouter()
 WEB = Path(__file__).resolve().parents[2] / "web"
-DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))  # Swagger UI 5 and ReDoc
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))  # Swagger UI 5
 
 
 @router.get("/v1/schema", tags=["reference"], summary="The fields, grades and rules")
@@ -119,28 +119,9 @@ DOCS_PAGE = """<!doctype html>
 </html>
 """
 
-REDOC_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Diamond Appraiser API</title>
-<link rel="icon" href="/docs/assets/favicon.png">
-</head>
-<body>
-<redoc spec-url="/openapi.json"></redoc>
-<script src="/docs/assets/redoc.standalone.js"></script>
-</body>
-</html>
-"""
-
 
 @router.get("/docs", include_in_schema=False)
 async def docs() -> HTMLResponse:
     """Swagger UI 5, from fastapi-offline's installed assets; started by /static/docs.js (the
     Content-Security-Policy allows no inline script)."""
     return HTMLResponse(DOCS_PAGE)
-
-
-@router.get("/redoc", include_in_schema=False)
-async def redoc() -> HTMLResponse:
-    return HTMLResponse(REDOC_PAGE)
