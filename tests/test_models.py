@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from appraiser import features
+from appraiser import features, schema
 from appraiser.models import BASELINE, CANDIDATES, PriceModel
 
 
@@ -67,7 +67,7 @@ def test_every_scoring_path_gives_the_same_prices(stones, tmp_path):
     member = CANDIDATES["xgboost"].build({"n_estimators": 60}).fit(stones, np.log(stones["price"]))
     member = type(member).load(tmp_path / member.save(tmp_path), member.params, member.state())
     frame_path = member.predict_log(stones)
-    records = stones[list(features.ENCODED)].to_dict(orient="records")
+    records = stones[list(schema.FEATURES)].to_dict(orient="records")
     matrix = features.encode_stones(records)
     assert np.array_equal(matrix, features.encode(stones).to_numpy())
     for size in (1, 2, 4, 5, 800):

@@ -6,6 +6,7 @@ Without /usr/bin/chromium they are skipped locally and fail under CI (CI set), w
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Iterator
@@ -95,6 +96,21 @@ def appraise(page: Page) -> None:
         page.get_by_role("button", name="Appraise").click()
 
 
+MONEY = r"\$[\d,]+"
+SIGNED = r"\([+\u2212]\$[\d,]+\)|\(\$0\)"  # the difference from the stone's price
+
+
+def what_if_text(better: str | None, worse: str | None) -> re.Pattern[str]:
+    """A grade's what-if line: the price one grade better and one worse, "—" past the scale."""
+
+    def side(words: str, grade: str | None) -> str:
+        if grade is None:  # a dash, and for screen readers why
+            return f"{words}: \u2014[^\u00b7]*"
+        return f"{words} \\({grade}\\): {MONEY} (?:{SIGNED})"
+
+    return re.compile(f"{side('One grade better', better)} \u00b7 {side('one worse', worse)}")
+
+
 def test_the_form_prices_a_stone_and_explains_it(tab: Tab) -> None:
     page = tab.open("/")
     # built from /v1/schema, prefilled with its example, best grade last
@@ -119,22 +135,181 @@ def test_the_form_prices_a_stone_and_explains_it(tab: Tab) -> None:
     bars = chart.locator("g.bar.contribution")
     expect(bars).to_have_count(len(REASONS))
     assert sorted(bars.evaluate_all("gs => gs.map(g => g.dataset.feature)")) == sorted(REASONS)
+    # each reason in a jeweller's words, with the stone's values (the example's measurements)
+    label = "g.bar[data-feature='{}'] > text >> nth=0"
+    size = re.compile(r"^Size \(1\.3 ct, 6\.61 \u00d7 6\.65 \u00d7 4\.11 mm\)$")
+    expect(chart.locator(label.format("size"))).to_have_text(size)
+    expect(chart.locator(label.format("cut"))).to_have_text("Cut (Ideal)")
+    expect(chart.locator(label.format("color"))).to_have_text("Color (G)")
+    expect(chart.locator(label.format("clarity"))).to_have_text("Clarity (VS2)")
+    proportions = chart.locator(label.format("proportions"))
+    expect(proportions).to_have_text("Proportions (depth 62%, table 55%)")
+    # drawn inside the chart (long labels move above the bars rather than off its left edge)
+    assert chart.locator(label.format("size")).evaluate("t => t.getBBox().x") >= 0
     expect(chart.locator("g.bar.baseline")).to_have_count(1)
     # the waterfall ends at the price shown, and each bar's label has its signed dollars
     expect(chart.locator("g.bar.total")).to_contain_text(price.inner_text())
     for label in bars.all_text_contents():
         assert re.search(r"[+\u2212]\$[\d,]+$|\$0$", label), label
 
+    # the price one grade better and one worse, per grade; Ideal is the best cut already
+    what_if = page.get_by_role("list", name="One grade better or worse")
+    expect(what_if.get_by_role("listitem")).to_have_count(3)
+    cut_line = what_if.locator("li[data-grade=cut]")
+    expect(cut_line).to_contain_text("Cut (Ideal)")
+    expect(cut_line).to_contain_text(what_if_text(None, "Premium"))
+    expect(what_if.locator("li[data-grade=color]")).to_contain_text(what_if_text("F", "H"))
+    expect(what_if.locator("li[data-grade=clarity]")).to_contain_text(what_if_text("VS1", "SI1"))
+    expect(page.locator("#deal")).to_be_hidden()  # no asking price, no verdict
+
     rows = page.locator("#comparables tbody tr")
     expect(rows.first).to_contain_text("$")
     assert rows.count() >= 1
     expect(rows.first).to_contain_text("VS2")
 
-    # an expert's price needs an expert key, which this page cannot send: refused, and said why
+    # an expert's price needs an expert key: without one, the server's 401 beside the key field
+    key_field = page.get_by_label("Expert key")
+    status = page.locator("#feedback-status")
     page.get_by_label("Expert price").fill("5100")
     page.get_by_role("button", name="Send expert price").click()
-    expect(page.locator("#feedback-status")).to_have_text("Not sent.")
-    expect(page.locator("#expert-price-error")).to_contain_text("needs an expert key")
+    expect(status).to_have_text("Not sent.")
+    expect(page.locator("#expert-key-error")).to_contain_text("needs an expert key")
+    expect(key_field).to_have_attribute("aria-invalid", "true")
+
+    # a staff key may appraise but not teach: the server's 403
+    from appraiser import auth
+
+    key_field.fill(auth.create_key("staff-web", "staff", actor="test"))
+    page.get_by_role("button", name="Send expert price").click()
+    expect(page.locator("#expert-key-error")).to_contain_text("needs the expert role")
+    expect(status).to_have_text("Not sent.")
+
+    # an expert's key: kept pending for an admin, and kept in this tab for the next price
+    expert = auth.create_key("expert-web", "expert", actor="test")
+    key_field.fill(expert)
+    expect(key_field).not_to_have_attribute("aria-invalid", "true")
+    page.get_by_role("button", name="Send expert price").click()
+    sent = "Sent for review: an admin approves it before it teaches the model."
+    expect(status).to_have_text(sent)
+    expect(page.locator("#expert-key-error")).to_be_empty()
+    assert page.evaluate("sessionStorage.getItem('appraiser.expertKey')") == expert
+    pending = httpx.get(f"{tab.base}/v1/feedback?status=pending", headers=bearer(API_KEY))
+    assert [(p["price"], p["expert"]) for p in pending.json()] == [(5100, "expert-web")]
+    page.reload()
+    expect(page.get_by_label("Expert key")).to_have_value(expert)
+
+
+def test_an_asking_price_gets_a_verdict(tab: Tab) -> None:
+    page = tab.open("/")
+    asking = page.get_by_label("Asking price")
+    verdict = page.locator("#deal-verdict")
+    asking.fill("100")  # far below any 1.1 ct stone's price
+    appraise(page)
+    expect(page.locator("#deal")).to_be_visible()
+    expect(verdict).to_have_text("Below market")
+    expect(verdict).to_have_class(re.compile(r"\bbelow\b"))
+    expect(page.locator("#deal-asking")).to_have_text("$100")
+    expect(page.locator("#deal-message")).to_contain_text("$100 is likely a bargain")
+    expect(page.locator("#form-status")).to_contain_text("Asking price: Below market.")
+
+    asking.fill("200000")  # far above
+    appraise(page)
+    expect(verdict).to_have_text("Above market")
+    expect(verdict).to_have_class(re.compile(r"\babove\b"))
+    expect(page.locator("#deal-message")).to_contain_text("more than the market pays")
+
+    # the server's 422 beside the field, like the stone's fields
+    asking.fill("-5")
+    appraise(page)
+    expect(asking).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#f-asking_price-error")).to_contain_text("greater than 0")
+    expect(page.locator("#error")).to_contain_text("asking_price")
+
+    # emptied, the stone prices without the deal check
+    asking.fill("")
+    appraise(page)
+    expect(page.locator("#price")).to_have_text(PRICE)
+    expect(page.locator("#deal")).to_be_hidden()
+    expect(asking).not_to_have_attribute("aria-invalid", "true")
+
+
+SUPPLIER_LIST = (
+    "carat,cut,color,clarity,depth,table,x,y,z,asking_price\n"
+    "1.017,Ideal,H,SI2,62.0,55.5,6.61,6.65,4.11,900\n"
+    "0.513,Premium,G,VS1,61.9,58.5,5.10,5.14,3.17,60000\n"
+    "0.327,Very Good,E,VVS2,61.7,57.5,4.40,4.42,2.72,\n"
+    "0.9,Excellent,G,VS2,61.8,57,6.20,6.24,3.85,3000\n"
+    "0.719,Good,F,SI1,62.1,59.5,5.70,5.74,3.55,2500\n"
+    "1.21,Ideal,G,VS2,61.8,57,6.84,6.88,4.24,6000\n"
+)
+
+
+def prices_in(page: Page) -> list[float]:
+    texts = page.locator("#list-table tbody td.col-price").all_inner_texts()
+    return [float(t.strip("$").replace(",", "")) for t in texts if t != "\u2014"]
+
+
+def test_a_suppliers_list_is_priced_sorted_and_downloaded(tab: Tab, tmp_path: Path) -> None:
+    lot = tmp_path / "lot.csv"
+    lot.write_text(SUPPLIER_LIST)
+    page = tab.open("/")
+    section = page.get_by_role("region", name="Price a supplier's list")
+    section.get_by_role("button", name="Price the list").click()
+    expect(page.locator("#list-file-error")).to_contain_text("Choose the supplier's CSV")
+
+    page.get_by_label("Supplier's CSV file").set_input_files(lot)
+    with page.expect_response(lambda r: r.url.endswith("/v1/appraisals/list")):
+        section.get_by_role("button", name="Price the list").click()
+    expect(page.locator("#list-error")).to_be_hidden()
+    expect(page.locator("#list-summary")).to_contain_text("5 priced, 1 refused")
+
+    rows = page.locator("#list-table tbody tr")
+    expect(rows).to_have_count(6)
+    refused = page.locator("#list-table tbody tr.refused")
+    expect(refused).to_have_count(1)
+    expect(refused).to_contain_text("Excellent")
+    expect(refused.locator("td.col-notes")).to_contain_text("Refused: cut must be one of")
+    expect(refused.locator("td.col-price")).to_have_text("\u2014")
+    # the stone asked at $900 is a bargain, highlighted; the one at $60,000 is above market
+    bargain = page.locator("#list-table tbody tr[data-row='1']")
+    expect(bargain).to_have_class("bargain")
+    expect(bargain).to_contain_text("1.017")
+    expect(bargain.locator("td.col-verdict")).to_have_text("Below market")
+    expect(bargain.locator("td.col-bargain_probability")).to_have_text(re.compile(r"^\d+%$"))
+    dear = page.locator("#list-table tbody tr[data-row='2']")
+    expect(dear.locator("td.col-verdict")).to_have_text("Above market")
+    expect(page.locator("#list-table tbody tr[data-row='3'] td.col-verdict")).to_have_text("")
+    assert len(prices_in(page)) == 5
+
+    # sorting by price: ascending, then descending; the refused row stays last
+    price_head = page.locator("#list-table th[data-column=price]")
+    section.get_by_role("button", name="Price", exact=True).click()
+    expect(price_head).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator("#list-table th[aria-sort]")).to_have_count(1)
+    assert prices_in(page) == sorted(prices_in(page))
+    expect(rows.last).to_have_class("refused")
+    section.get_by_role("button", name="Price", exact=True).click()
+    expect(price_head).to_have_attribute("aria-sort", "descending")
+    assert prices_in(page) == sorted(prices_in(page), reverse=True)
+    expect(rows.last).to_have_class("refused")
+
+    # the CSV, built in the page: every column, one line per row of the list, in its order
+    with page.expect_download() as info:
+        section.get_by_role("button", name="Download CSV").click()
+    download = info.value
+    assert download.suggested_filename == "lot-priced.csv"
+    with open(download.path(), newline="", encoding="utf-8") as handle:
+        got = list(csv.DictReader(handle))
+    assert len(got) == 6
+    header = list(got[0])
+    for column in ["carat", "cut", "asking_price", "price", "price_low", "price_high"]:
+        assert column in header, header
+    for column in ["bargain_probability", "verdict", "warnings", "error"]:
+        assert column in header, header
+    assert [row["carat"] for row in got] == ["1.017", "0.513", "0.327", "0.9", "0.719", "1.21"]
+    assert got[3]["price"] == "" and got[3]["error"].startswith("cut must be one of")
+    assert got[0]["verdict"] == "below market" and float(got[0]["bargain_probability"]) > 0.5
+    assert all(float(row["price"]) > 0 for row in got if not row["error"])
 
 
 def test_bad_values_show_the_error_beside_the_field(tab: Tab) -> None:

@@ -53,8 +53,12 @@ class OtherGrade(BaseModel):
 
 
 class GradeWhatIf(BaseModel):
-    better: OtherGrade | None = Field(description="one grade better (null: the best already)")
-    worse: OtherGrade | None = Field(description="one grade worse (null: the worst already)")
+    better: OtherGrade | None = Field(
+        default=None, description="one grade better (left out: the best already)"
+    )
+    worse: OtherGrade | None = Field(
+        default=None, description="one grade worse (left out: the worst already)"
+    )
 
 
 class AppraisalOut(BaseModel):
@@ -97,7 +101,7 @@ class AppraisalOut(BaseModel):
     what_if: dict[str, GradeWhatIf] | None = Field(
         default=None,
         description="per grade, the price of the same stone one grade better and one worse "
-        "(?explain=true); null at the end of a scale",
+        "(?explain=true); left out at the end of a scale",
     )
     deal: Deal | None = Field(default=None, description="the deal check, when asking_price is sent")
     comparables: list[Comparable] | None = Field(

@@ -1,10 +1,21 @@
 // The appraisal page: builds the form from GET /v1/schema, prices the stone with
-// POST /v1/appraisals?explain=true&comparables=5, and draws the answer (price, range, a waterfall
-// of the dollar contributions as inline SVG, comparable stones). Plain ES2020, no dependencies.
+// POST /v1/appraisals?explain=true&comparables=5, and draws the answer (price, range, the deal
+// verdict for an asking price, a waterfall of the dollars each reason adds as inline SVG, the
+// price one grade better or worse, comparable stones). An expert sends their price with an expert
+// key. A supplier's list (CSV) is priced with POST /v1/appraisals/list into a sortable table that
+// downloads as CSV. Plain ES2020, no dependencies.
 "use strict";
 
 (() => {
   const FEATURES = ["carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z"];
+  const FIELDS = [...FEATURES, "asking_price"]; // the form's fields: the stone and the deal check
+  const GRADES = ["cut", "color", "clarity"];
+  const EXPERT_KEY_STORAGE = "appraiser.expertKey";
+  const VERDICTS = {
+    "below market": { text: "Below market", className: "below" },
+    fair: { text: "Fair", className: "fair" },
+    "above market": { text: "Above market", className: "above" },
+  };
   const LABELS = {
     carat: "Carat",
     cut: "Cut",
@@ -15,6 +26,7 @@
     x: "Length x",
     y: "Width y",
     z: "Depth z",
+    asking_price: "Asking price",
   };
   const UNIT_TEXT = { ct: "ct", "%": "%", mm: "mm" };
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -59,6 +71,9 @@
   };
   const fmtNum = (v, digits = 2) =>
     typeof v === "number" ? v.toLocaleString("en-US", { maximumFractionDigits: digits }) : String(v);
+  const fmtMm = (v) =>
+    typeof v === "number" ? v.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 2 }) : String(v);
+  const isNum = (v) => typeof v === "number" && Number.isFinite(v);
 
   function boundText(spec) {
     const low = spec.min_inclusive ? "\u2265" : ">";
@@ -133,6 +148,7 @@
       const field = $(`f-${name}`);
       if (field) field.value = String(value);
     }
+    $("f-asking_price").value = "";
     clearFieldErrors();
   }
 
@@ -149,11 +165,14 @@
         stone[name] = text === "" || Number.isNaN(number) ? null : number;
       }
     }
+    // the deal check is optional: sent only when filled
+    const asking = $("f-asking_price");
+    if (asking.value.trim() !== "" && !Number.isNaN(asking.valueAsNumber)) stone.asking_price = asking.valueAsNumber;
     return stone;
   }
 
   function clearFieldErrors() {
-    for (const name of FEATURES) {
+    for (const name of FIELDS) {
       const field = $(`f-${name}`);
       if (field) field.removeAttribute("aria-invalid");
       const error = $(`f-${name}-error`);
@@ -163,10 +182,10 @@
 
   function fieldOf(entry) {
     const loc = Array.isArray(entry.loc) ? entry.loc.map(String) : [];
-    for (let i = loc.length - 1; i >= 0; i -= 1) if (FEATURES.includes(loc[i])) return loc[i];
+    for (let i = loc.length - 1; i >= 0; i -= 1) if (FIELDS.includes(loc[i])) return loc[i];
     // a rule across fields (the depth identity) comes without a field: its message starts with it
-    const match = /^([a-z]+)\b/.exec(cleanMsg(entry.msg));
-    return match && FEATURES.includes(match[1]) ? match[1] : null;
+    const match = /^([a-z_]+)\b/.exec(cleanMsg(entry.msg));
+    return match && FIELDS.includes(match[1]) ? match[1] : null;
   }
 
   const cleanMsg = (msg) => String(msg || "").replace(/^Value error, /, "");
@@ -183,7 +202,7 @@
       byField.set(name, list);
     }
     let first = null;
-    for (const name of FEATURES) {
+    for (const name of FIELDS) {
       if (!byField.has(name)) continue;
       const field = $(`f-${name}`);
       if (!field) continue;
@@ -227,22 +246,78 @@
     $("warning-list").replaceChildren(...warnings.map((w) => el("li", { text: w })));
     $("warnings").hidden = warnings.length === 0;
 
+    showDeal(answer.deal);
+
     lastStone = stone;
     drawWaterfall(answer, stone);
+    fillWhatIf(answer, stone);
     fillComparables(answer.comparables || [], stone);
 
+    for (const id of ["expert-price", "expert-key"]) {
+      $(id).removeAttribute("aria-invalid");
+      $(`${id}-error`).textContent = "";
+    }
     $("expert-price").value = "";
-    $("expert-price").removeAttribute("aria-invalid");
-    $("expert-price-error").textContent = "";
     $("feedback-status").textContent = "";
   }
 
-  function featureLabel(name, stone) {
-    const value = stone[name];
-    if (value === undefined || value === null) return LABELS[name] || name;
-    const spec = schema.numeric[name];
-    const unit = spec ? ` ${UNIT_TEXT[spec.unit] || spec.unit}` : "";
-    return `${LABELS[name] || name} (${typeof value === "number" ? fmtNum(value) : value}${unit})`;
+  /** The deal verdict for the asking price, when one was sent: a coloured badge and the sentence. */
+  function showDeal(deal) {
+    const box = $("deal");
+    if (!deal) {
+      box.hidden = true;
+      return;
+    }
+    const verdict = VERDICTS[deal.verdict] || { text: String(deal.verdict), className: "fair" };
+    $("deal-asking").textContent = fmtMoney(deal.asking_price);
+    const badge = $("deal-verdict");
+    badge.textContent = verdict.text;
+    badge.className = `verdict-badge ${verdict.className}`;
+    $("deal-message").textContent = deal.message || "";
+    box.className = `deal ${verdict.className}`;
+    box.hidden = false;
+  }
+
+  /** A reason's label in a jeweller's words, with this stone's values for it. */
+  function reasonLabel(name, stone) {
+    const has = (key) => stone && stone[key] !== undefined && stone[key] !== null;
+    switch (name) {
+      case "size": {
+        if (!has("carat")) return "Size";
+        const mm = ["x", "y", "z"].every(has) ? `, ${fmtMm(stone.x)} \u00d7 ${fmtMm(stone.y)} \u00d7 ${fmtMm(stone.z)} mm` : "";
+        return `Size (${fmtNum(stone.carat)} ct${mm})`;
+      }
+      case "cut":
+      case "color":
+      case "clarity":
+        return has(name) ? `${LABELS[name]} (${stone[name]})` : LABELS[name];
+      case "proportions": {
+        const parts = [];
+        if (has("depth")) parts.push(`depth ${fmtNum(stone.depth, 1)}%`);
+        if (has("table")) parts.push(`table ${fmtNum(stone.table, 1)}%`);
+        return parts.length ? `Proportions (${parts.join(", ")})` : "Proportions";
+      }
+      default: {
+        // a reason this page does not know yet: its name, capitalised
+        const text = String(name).replace(/_/g, " ");
+        return text.charAt(0).toUpperCase() + text.slice(1);
+      }
+    }
+  }
+
+  let measureContext = null;
+  /** The width of `text` drawn at `size` px in the page's font (a canvas measures it). */
+  function textWidth(text, size) {
+    try {
+      measureContext = measureContext || document.createElement("canvas").getContext("2d");
+      if (measureContext) {
+        measureContext.font = `${size}px ${getComputedStyle(document.body).fontFamily}`;
+        return measureContext.measureText(text).width;
+      }
+    } catch (_) {
+      /* fall through to the estimate */
+    }
+    return text.length * size * 0.56;
   }
 
   function niceStep(span, target) {
@@ -264,15 +339,17 @@
     let running = answer.baseline;
     const parts = Object.entries(contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
     for (const [name, dollars] of parts) {
-      rows.push({ kind: dollars >= 0 ? "pos" : "neg", name, label: featureLabel(name, stone), start: running, end: running + dollars, value: dollars });
+      rows.push({ kind: dollars >= 0 ? "pos" : "neg", name, label: reasonLabel(name, stone), start: running, end: running + dollars, value: dollars });
       running += dollars;
     }
     rows.push({ kind: "total", name: "price", label: "This stone", start: 0, end: answer.price, value: answer.price });
 
-    // drawn at the container's size so the text stays 13 px; narrow screens put labels above bars
+    // drawn at the container's size so the text stays 13 px; labels sit left of the bars when
+    // they fit in 45% of the width, else (narrow screens, long labels) above the bars
     const width = Math.max(300, Math.round(box.clientWidth || 760));
-    const compact = width < 560;
-    const labelWidth = compact ? 0 : Math.min(210, Math.round(width * 0.3));
+    const longest = Math.max(...rows.map((r) => textWidth(r.label, 13) * (r.kind === "total" ? 1.08 : 1)));
+    const compact = width < 560 || longest + 16 > width * 0.45;
+    const labelWidth = compact ? 0 : Math.max(150, Math.ceil(longest + 16));
     const valueWidth = compact ? 0 : 96;
     const rowHeight = compact ? 42 : 30;
     const barHeight = compact ? 14 : 18;
@@ -375,6 +452,51 @@
     box.append(chart);
   }
 
+  /** Per grade, the price of the same stone one grade better and one worse ("\u2014" at the end
+   * of a scale), with the difference from this stone's price. */
+  function fillWhatIf(answer, stone) {
+    const list = $("what-if");
+    list.replaceChildren();
+    const whatIf = answer.what_if;
+    if (!whatIf) {
+      list.append(el("li", { className: "hint", text: "No grade comparison came with this price." }));
+      return;
+    }
+    const side = (words, other, end) => {
+      // the API leaves out (or nulls) the side past the end of the scale
+      if (!other || !isNum(other.price)) {
+        return el(
+          "span",
+          { className: "other end" },
+          `${words}: `,
+          el("span", { "aria-hidden": "true", text: "\u2014" }),
+          el("span", { className: "visually-hidden", text: `none, the ${end} grade already` })
+        );
+      }
+      const delta = other.price - answer.price;
+      return el(
+        "span",
+        { className: "other" },
+        `${words} (${other.grade}): `,
+        el("strong", { text: fmtMoney(other.price) }),
+        " ",
+        el("span", { className: delta >= 0 ? "delta pos" : "delta neg", text: `(${fmtSigned(delta)})` })
+      );
+    };
+    for (const grade of GRADES) {
+      const entry = whatIf[grade];
+      if (!entry) continue;
+      list.append(
+        el(
+          "li",
+          { "data-grade": grade },
+          el("span", { className: "grade-name", text: reasonLabel(grade, stone) }),
+          el("span", { className: "others" }, side("One grade better", entry.better, "best"), el("span", { className: "sep", "aria-hidden": "true", text: " \u00b7 " }), side("one worse", entry.worse, "worst"))
+        )
+      );
+    }
+  }
+
   function fillComparables(comparables, stone) {
     const body = document.querySelector("#comparables tbody");
     body.replaceChildren();
@@ -405,6 +527,276 @@
     }
   }
 
+  // --- a supplier's list --------------------------------------------------------------------
+
+  // the table's columns: `key` sorts (a function of the row), `cell` draws; `num` aligns right
+  const gradeRank = (name) => (row) => {
+    const order = (schema && schema.grades && schema.grades[name]) || [];
+    const at = order.indexOf(row[name]);
+    return at < 0 ? null : at; // worst first: ascending puts the best grade last, as the form
+  };
+  const numberOf = (value) => {
+    if (isNum(value)) return value;
+    if (typeof value !== "string" || value.trim() === "") return null;
+    const n = Number(value);
+    return Number.isFinite(n) ? n : null;
+  };
+  const asSent = (value) => (value === null || value === undefined ? "" : String(value));
+  const VERDICT_RANK = { "below market": 0, fair: 1, "above market": 2 };
+
+  const LIST_COLUMNS = [
+    { id: "row", title: "#", num: true, key: (r) => r._row, cell: (r) => String(r._row) },
+    { id: "carat", title: "Carat", num: true, key: (r) => numberOf(r.carat), cell: (r) => asSent(r.carat) },
+    { id: "cut", title: "Cut", key: gradeRank("cut"), cell: (r) => asSent(r.cut) },
+    { id: "color", title: "Color", key: gradeRank("color"), cell: (r) => asSent(r.color) },
+    { id: "clarity", title: "Clarity", key: gradeRank("clarity"), cell: (r) => asSent(r.clarity) },
+    { id: "depth", title: "Depth %", num: true, key: (r) => numberOf(r.depth), cell: (r) => asSent(r.depth) },
+    { id: "table", title: "Table %", num: true, key: (r) => numberOf(r.table), cell: (r) => asSent(r.table) },
+    {
+      id: "size",
+      title: "Size (mm)",
+      num: true,
+      key: (r) => numberOf(r.x),
+      cell: (r) => [r.x, r.y, r.z].map(asSent).join(" \u00d7 "),
+    },
+    { id: "price", title: "Price", num: true, key: (r) => numberOf(r.price), cell: (r) => (isNum(r.price) ? fmtMoney(r.price) : "\u2014") },
+    {
+      id: "range",
+      title: "Range",
+      num: true,
+      key: (r) => numberOf(r.price_low),
+      cell: (r) => (isNum(r.price_low) && isNum(r.price_high) ? `${fmtMoney(r.price_low)} \u2013 ${fmtMoney(r.price_high)}` : "\u2014"),
+    },
+    {
+      id: "asking_price",
+      title: "Asking",
+      num: true,
+      key: (r) => numberOf(r.asking_price),
+      cell: (r) => {
+        const n = numberOf(r.asking_price);
+        return n === null ? asSent(r.asking_price) : fmtMoney(n);
+      },
+    },
+    {
+      id: "bargain_probability",
+      title: "Bargain chance",
+      num: true,
+      key: (r) => numberOf(r.bargain_probability),
+      cell: (r) => (isNum(r.bargain_probability) ? `${Math.round(r.bargain_probability * 100)}%` : "\u2014"),
+    },
+    {
+      id: "verdict",
+      title: "Verdict",
+      key: (r) => (r.verdict in VERDICT_RANK ? VERDICT_RANK[r.verdict] : null),
+      cell: (r) => {
+        const verdict = VERDICTS[r.verdict];
+        return verdict ? el("span", { className: `verdict-badge small ${verdict.className}`, text: verdict.text }) : "";
+      },
+    },
+    {
+      id: "notes",
+      title: "Warnings / refused because",
+      key: (r) => (r.error ? `0 ${r.error}` : (r.warnings || []).length ? `1 ${r.warnings.join("; ")}` : null),
+      cell: (r) => {
+        if (r.error) return el("span", { className: "refusal" }, el("strong", { text: "Refused: " }), r.error);
+        const warnings = r.warnings || [];
+        if (!warnings.length) return "";
+        return el("ul", { className: "cell-list" }, ...warnings.map((w) => el("li", { text: w })));
+      },
+    },
+  ];
+
+  let listRows = []; // the server's rows, each with _row (its line in the list, from 1)
+  let listName = "list";
+  let listFile = null; // a file dropped on the zone (a chosen one is read from the input)
+  let listSort = { id: "row", dir: "ascending" };
+
+  function listFileError(message) {
+    const input = $("list-file");
+    if (message) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+    $("list-file-error").textContent = message || "";
+  }
+
+  function compareRows(column, dir) {
+    const sign = dir === "ascending" ? 1 : -1;
+    return (a, b) => {
+      const ka = column.key(a);
+      const kb = column.key(b);
+      // rows without the value (refused, no asking price) stay last either way
+      if (ka === null || ka === undefined || kb === null || kb === undefined) {
+        if ((ka === null || ka === undefined) && (kb === null || kb === undefined)) return a._row - b._row;
+        return ka === null || ka === undefined ? 1 : -1;
+      }
+      const order = typeof ka === "number" && typeof kb === "number" ? ka - kb : String(ka).localeCompare(String(kb));
+      return order !== 0 ? sign * order : a._row - b._row;
+    };
+  }
+
+  function drawListHead() {
+    const head = document.querySelector("#list-table thead tr");
+    head.replaceChildren(
+      ...LIST_COLUMNS.map((column) => {
+        const sorted = listSort.id === column.id;
+        const th = el("th", {
+          scope: "col",
+          className: column.num ? "num" : null,
+          "data-column": column.id,
+          "aria-sort": sorted ? listSort.dir : null,
+        });
+        const arrow = el("span", { className: "sort-arrow", "aria-hidden": "true", text: sorted ? (listSort.dir === "ascending" ? "\u25b2" : "\u25bc") : "\u21c5" });
+        const button = el("button", { type: "button", className: "sort" }, column.title, arrow);
+        button.addEventListener("click", () => {
+          const dir = listSort.id === column.id && listSort.dir === "ascending" ? "descending" : "ascending";
+          listSort = { id: column.id, dir };
+          drawListHead();
+          drawListBody();
+          $("list-status").textContent = `Sorted by ${column.title === "#" ? "row" : column.title.toLowerCase()}, ${dir}.`;
+          const again = document.querySelector(`#list-table th[data-column="${column.id}"] button`);
+          if (again) again.focus();
+        });
+        th.append(button);
+        return th;
+      })
+    );
+  }
+
+  function drawListBody() {
+    const body = document.querySelector("#list-table tbody");
+    const column = LIST_COLUMNS.find((c) => c.id === listSort.id) || LIST_COLUMNS[0];
+    const rows = [...listRows].sort(compareRows(column, listSort.dir));
+    const fragment = document.createDocumentFragment();
+    for (const row of rows) {
+      const kind = row.error ? "refused" : row.verdict === "below market" ? "bargain" : row.verdict === "above market" ? "dear" : "priced";
+      const tr = el("tr", { className: kind, "data-row": row._row });
+      for (const c of LIST_COLUMNS) {
+        const content = c.cell(row);
+        const td = el("td", { className: [c.num ? "num" : "", `col-${c.id}`].filter(Boolean).join(" ") });
+        td.append(content);
+        tr.append(td);
+      }
+      fragment.append(tr);
+    }
+    body.replaceChildren(fragment);
+  }
+
+  function showList(answer) {
+    listRows = (answer.rows || []).map((row, i) => ({ ...row, _row: i + 1 }));
+    listSort = { id: "row", dir: "ascending" };
+    const bargains = listRows.filter((r) => r.verdict === "below market").length;
+    const asked = listRows.some((r) => "bargain_probability" in r || "verdict" in r);
+    const parts = [`${fmtNum(answer.priced, 0)} priced, ${fmtNum(answer.refused, 0)} refused`];
+    if (asked) parts.push(`${fmtNum(bargains, 0)} below market`);
+    $("list-summary").replaceChildren(
+      el("strong", { text: parts.join(", ") }),
+      ` \u2014 model version ${answer.model_version}. Nothing was stored.`
+    );
+    drawListHead();
+    drawListBody();
+    $("list-result").hidden = false;
+  }
+
+  /** A CSV cell: quoted when needed; text a spreadsheet would run as a formula is defused. */
+  function csvCell(value) {
+    if (value === null || value === undefined) return "";
+    let text = Array.isArray(value) ? value.join("; ") : String(value);
+    if (typeof value === "string" && /^[=+\-@\t\r]/.test(text) && !Number.isFinite(Number(text))) text = `'${text}`;
+    return /[",\r\n]/.test(text) || /^\s|\s$/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  }
+
+  /** The list as priced, every column the server answered, in the list's own order. */
+  function listCsv() {
+    const columns = [];
+    for (const row of listRows) for (const key of Object.keys(row)) if (key !== "_row" && !columns.includes(key)) columns.push(key);
+    const lines = [columns.map(csvCell).join(",")];
+    for (const row of listRows) lines.push(columns.map((c) => csvCell(row[c])).join(","));
+    return `${lines.join("\r\n")}\r\n`;
+  }
+
+  function downloadList() {
+    if (!listRows.length) return;
+    const blob = new Blob([listCsv()], { type: "text/csv;charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: `${listName}-priced.csv`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    $("list-status").textContent = `Downloaded ${listName}-priced.csv (${fmtNum(listRows.length, 0)} rows).`;
+  }
+
+  let listBusy = false;
+
+  async function onList(event) {
+    event.preventDefault();
+    if (listBusy) return;
+    const input = $("list-file");
+    const file = listFile || (input.files && input.files[0]);
+    listFileError("");
+    $("list-error").hidden = true;
+    if (!file) {
+      listFileError("Choose the supplier's CSV file first.");
+      input.focus();
+      return;
+    }
+    listBusy = true;
+    const button = $("list-submit");
+    button.disabled = true;
+    button.textContent = "Pricing\u2026";
+    $("list-card").setAttribute("aria-busy", "true");
+    $("list-status").textContent = `Pricing ${file.name}\u2026`;
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const answer = await request("POST", "/v1/appraisals/list", { form });
+      listName = file.name.replace(/\.csv$/i, "").replace(/[^\w.-]+/g, "_") || "list";
+      showList(answer);
+      $("list-status").textContent = `${file.name}: ${answer.priced} priced, ${answer.refused} refused.`;
+    } catch (error) {
+      const message = error instanceof ApiError ? error.message : String(error);
+      const box = $("list-error");
+      box.replaceChildren(el("strong", { text: "The list could not be priced" }), document.createTextNode(message));
+      box.hidden = false;
+      if (error instanceof ApiError && [413, 415, 422].includes(error.status)) listFileError(message);
+      $("list-status").textContent = "Not priced: see the message.";
+    } finally {
+      listBusy = false;
+      button.disabled = false;
+      button.textContent = "Price the list";
+      $("list-card").removeAttribute("aria-busy");
+    }
+  }
+
+  function setUpList() {
+    const input = $("list-file");
+    const zone = $("list-drop");
+    $("list-form").addEventListener("submit", onList);
+    $("list-download").addEventListener("click", downloadList);
+    input.addEventListener("change", () => {
+      listFile = null;
+      listFileError("");
+    });
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      const files = event.dataTransfer && event.dataTransfer.files;
+      if (!files || !files.length) return;
+      listFile = files[0];
+      try {
+        input.files = files; // shows the name in the input where the browser allows it
+      } catch (_) {
+        input.value = "";
+      }
+      listFileError("");
+      $("list-status").textContent = `${listFile.name} chosen: press Price the list.`;
+    });
+  }
+
   // --- events -------------------------------------------------------------------------------
 
   async function onSubmit(event) {
@@ -414,6 +806,16 @@
     const stone = readStone();
     clearFieldErrors();
     hideError();
+    const asking = $("f-asking_price");
+    if (asking.validity.badInput) {
+      // not a number (the browser keeps no value): said here, since nothing would reach the server
+      asking.setAttribute("aria-invalid", "true");
+      $("f-asking_price-error").textContent = "Enter the asking price in dollars, or leave it empty.";
+      $("form-status").textContent = "Not priced: see the message.";
+      asking.focus();
+      busy = false;
+      return;
+    }
     submitButton.disabled = true;
     submitButton.textContent = "Appraising\u2026";
     $("result-card").setAttribute("aria-busy", "true");
@@ -421,7 +823,8 @@
     try {
       const answer = await api("POST", "/v1/appraisals?explain=true&comparables=5", stone);
       showResult(answer, stone);
-      $("form-status").textContent = `Appraised at ${fmtMoney(answer.price)} (range ${fmtMoney(answer.price_low)} to ${fmtMoney(answer.price_high)}).`;
+      const verdict = answer.deal ? ` Asking price: ${(VERDICTS[answer.deal.verdict] || { text: answer.deal.verdict }).text}.` : "";
+      $("form-status").textContent = `Appraised at ${fmtMoney(answer.price)} (range ${fmtMoney(answer.price_low)} to ${fmtMoney(answer.price_high)}).${verdict}`;
     } catch (error) {
       $("result").hidden = true;
       $("placeholder").hidden = false;
@@ -439,14 +842,35 @@
     }
   }
 
+  function storedExpertKey() {
+    try {
+      return sessionStorage.getItem(EXPERT_KEY_STORAGE) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function saveExpertKey(key) {
+    try {
+      if (key) sessionStorage.setItem(EXPERT_KEY_STORAGE, key);
+      else sessionStorage.removeItem(EXPERT_KEY_STORAGE);
+    } catch (_) {
+      /* storage disabled: the key lives in the field only */
+    }
+  }
+
   async function onFeedback(event) {
     event.preventDefault();
     if (!lastAppraisal) return;
     const input = $("expert-price");
+    const keyField = $("expert-key");
     const status = $("feedback-status");
     const error = $("expert-price-error");
+    const keyError = $("expert-key-error");
     input.removeAttribute("aria-invalid");
+    keyField.removeAttribute("aria-invalid");
     error.textContent = "";
+    keyError.textContent = "";
     const price = input.value.trim() === "" ? null : input.valueAsNumber;
     if (price === null || Number.isNaN(price)) {
       input.setAttribute("aria-invalid", "true");
@@ -454,15 +878,26 @@
       input.focus();
       return;
     }
+    // sent as typed, even empty: the server's 401 then says what is missing
+    const key = keyField.value.trim();
+    if (key) saveExpertKey(key);
     const button = $("feedback-submit");
     button.disabled = true;
     status.textContent = "Sending\u2026";
     try {
-      const answer = await api("POST", `/v1/appraisals/${encodeURIComponent(lastAppraisal.id)}/feedback`, { price });
-      status.textContent = `Thank you: ${fmtMoney(price)} ${answer && answer.message ? `\u2014 ${answer.message}` : "kept"}.`;
+      await request("POST", `/v1/appraisals/${encodeURIComponent(lastAppraisal.id)}/feedback`, { body: { price }, key: key || undefined });
+      status.textContent = "Sent for review: an admin approves it before it teaches the model.";
     } catch (e) {
-      input.setAttribute("aria-invalid", "true");
-      error.textContent = e instanceof ApiError ? e.message : String(e);
+      const message = e instanceof ApiError ? e.message : String(e);
+      if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
+        // the key is missing, wrong, or not an expert's: said beside the key
+        keyField.setAttribute("aria-invalid", "true");
+        keyError.textContent = message;
+        keyField.focus();
+      } else {
+        input.setAttribute("aria-invalid", "true");
+        error.textContent = message;
+      }
       status.textContent = "Not sent.";
     } finally {
       button.disabled = false;
@@ -476,6 +911,14 @@
       hideError();
     });
     $("feedback").addEventListener("submit", onFeedback);
+    $("expert-key").value = storedExpertKey();
+    for (const id of ["expert-price", "expert-key"]) {
+      $(id).addEventListener("input", () => {
+        $(id).removeAttribute("aria-invalid");
+        $(`${id}-error`).textContent = "";
+      });
+    }
+    setUpList();
     let resizeTimer = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizeTimer);
@@ -516,6 +959,7 @@
       }
       $("currency").textContent = schema.currency === "USD" ? "US dollars" : schema.currency;
     }
+    if (schema.max_batch) $("list-max").textContent = fmtNum(schema.max_batch, 0);
     buildForm();
     submitButton.disabled = false;
     document.body.dataset.ready = "true";
