@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from _bench import format_table, resolve_data, write_json
 
+from appraiser.train import CROSS_FIT_FOLDS
+
 
 def wilson(k: int, n: int) -> tuple[float, float, float]:
     """Rate and Wilson 95% interval, in percent."""
@@ -113,8 +115,9 @@ def _model(stones: pd.DataFrame) -> Any:
     )
 
 
-def _cross_fitted(stones: pd.DataFrame, folds: int = 5) -> pd.DataFrame:
+def _cross_fitted(stones: pd.DataFrame, folds: int | None = None) -> pd.DataFrame:
     """Each stone priced by a model fitted without its fold (as train.cross_fitted_prices)."""
+    folds = folds or CROSS_FIT_FOLDS
     fold_of = np.arange(len(stones)) % folds
     parts = []
     for k in range(folds):
@@ -134,11 +137,16 @@ def gate_rates(
     rng = np.random.default_rng(1)
     rows, out = [], {}
     # cross-fitted: the challenger is judged on its own training stones, each priced by the same
-    # recipe refitted without its fold (5 folds of 1.25x the stones: each fold model learns from
-    # as many stones as the champion, so both are equally good)
+    # recipe refitted without its fold (CROSS_FIT_FOLDS folds of k/(k-1) times the stones: each
+    # fold model learns from as many stones as the champion, so both are equally good)
     settings = (
         ("equally good", train_size, pairs, False),
-        ("equally good, cross-fitted", train_size * 5 // 4, cross_pairs, True),
+        (
+            "equally good, cross-fitted",
+            train_size * CROSS_FIT_FOLDS // (CROSS_FIT_FOLDS - 1),
+            cross_pairs,
+            True,
+        ),
         ("twice the stones", 2 * train_size, power_pairs, False),
     )
     for label, challenger_size, count, cross in settings:
