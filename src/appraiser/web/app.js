@@ -74,6 +74,8 @@
   const fmtMm = (v) =>
     typeof v === "number" ? v.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 2 }) : String(v);
   const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+  // a probability in whole percent, never rounded to a certainty it is not
+  const fmtChance = (p) => (p >= 0.995 ? ">99%" : p < 0.005 ? "<1%" : `${Math.round(p * 100)}%`);
 
   function boundText(spec) {
     const low = spec.min_inclusive ? "\u2265" : ">";
@@ -410,10 +412,17 @@
       group.append(svg("title", {}, `${row.label}: ${valueText}`));
       const textY = compact ? y + 15 : y + rowHeight / 2 + 4;
       const weight = row.kind === "total" ? 700 : 400;
+      // above the bar (compact), the label shares its line with the dollars: smaller if needed
+      let labelSize = 13;
+      if (compact) {
+        const room = right - left - textWidth(valueText, 13) * 1.1 - 12;
+        const needed = textWidth(row.label, 13) * (row.kind === "total" ? 1.08 : 1);
+        if (needed > room) labelSize = Math.max(9, Math.floor((13 * room * 10) / needed) / 10);
+      }
       group.append(
         svg(
           "text",
-          { x: compact ? left : labelWidth - 10, y: textY, "text-anchor": compact ? "start" : "end", "font-size": 13, fill: "#1c2333", "font-weight": weight },
+          { x: compact ? left : labelWidth - 10, y: textY, "text-anchor": compact ? "start" : "end", "font-size": labelSize, fill: "#1c2333", "font-weight": weight },
           row.label
         )
       );
@@ -582,7 +591,7 @@
       title: "Bargain chance",
       num: true,
       key: (r) => numberOf(r.bargain_probability),
-      cell: (r) => (isNum(r.bargain_probability) ? `${Math.round(r.bargain_probability * 100)}%` : "\u2014"),
+      cell: (r) => (isNum(r.bargain_probability) ? fmtChance(r.bargain_probability) : "\u2014"),
     },
     {
       id: "verdict",
@@ -757,7 +766,7 @@
       const box = $("list-error");
       box.replaceChildren(el("strong", { text: "The list could not be priced" }), document.createTextNode(message));
       box.hidden = false;
-      if (error instanceof ApiError && [413, 415, 422].includes(error.status)) listFileError(message);
+      if (error instanceof ApiError && [413, 415, 422].includes(error.status)) listFileError("This file was refused: see the message above.");
       $("list-status").textContent = "Not priced: see the message.";
     } finally {
       listBusy = false;
