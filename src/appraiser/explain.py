@@ -101,7 +101,7 @@ def grade_what_ifs(model: PriceModel, matrix: np.ndarray) -> list[dict[str, dict
         {g: {"better": None, "worse": None} for g in schema.GRADE_COLUMNS} for _ in matrix
     ]
     if variants:
-        prices, _, _ = model.predict_matrix(np.vstack(variants))
+        prices = np.exp(model.predict_log_matrix(np.vstack(variants)))  # no ranges needed
         for (row, grade, side, code), price in zip(where, prices.tolist(), strict=True):
             out[row][grade][side] = {
                 "grade": schema.GRADES[grade][int(code)],
@@ -116,21 +116,27 @@ BELOW_MARKET = 0.75  # at least this likely that the market pays more: a bargain
 ABOVE_MARKET = 0.25  # at most this likely: the asking price is above what the market pays
 
 
+def verdict(bargain_probability: float) -> str:
+    """'below market', 'fair' or 'above market', from the unrounded probability."""
+    p = float(bargain_probability)
+    return "below market" if p >= BELOW_MARKET else "above market" if p <= ABOVE_MARKET else "fair"
+
+
 def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
     """The deal check for one stone: the probability, a plain verdict and a sentence."""
     p = float(bargain_probability)
-    if p >= BELOW_MARKET:
-        verdict, said = "below market", "likely a bargain"
-    elif p <= ABOVE_MARKET:
-        verdict, said = "above market", "likely more than the market pays"
-    else:
-        verdict, said = "fair", "within what the market pays"
+    said = {
+        "below market": "likely a bargain",
+        "above market": "likely more than the market pays",
+        "fair": "within what the market pays",
+    }[verdict(p)]
+    shown = min(max(p, 0.001), 0.999)  # a probability from data is never exactly 0 or 1
     return {
         "asking_price": float(asking_price),
-        "bargain_probability": round(p, 3),
-        "verdict": verdict,
+        "bargain_probability": round(shown, 3),
+        "verdict": verdict(p),
         "message": f"${asking_price:,.0f} is {said}: the market price is above it with "
-        f"probability {p:.0%}",
+        f"probability {shown:.0%}",
     }
 
 

@@ -555,7 +555,13 @@ class AdaptiveRange:
     ) -> AdaptiveRange:
         import lightgbm as lgb
 
-        residuals = np.asarray(log_residuals, dtype=float)
+        finite = np.isfinite(np.asarray(log_residuals, dtype=float))
+        matrix, residuals = matrix[finite], np.asarray(log_residuals, dtype=float)[finite]
+        if len(residuals) < MIN_CALIBRATION:
+            raise ValueError(
+                f"{len(residuals)} out-of-fold errors: a 90% range needs at least "
+                f"{MIN_CALIBRATION} to be calibrated"
+            )
         order = np.random.default_rng(seed).permutation(len(residuals))
         learn, calibrate = order[: len(order) // 2], order[len(order) // 2 :]
         booster = None
@@ -586,10 +592,12 @@ class AdaptiveRange:
         return np.exp(np.asarray(self.booster.predict(matrix, num_threads=1), dtype=float))
 
     def _quantile(self, level: float) -> float:
-        """The conformal order statistic: the ceil((n+1) level)-th score (clipped to the ends)."""
+        """The conformal order statistic: for an upper end the ceil((n+1) level)-th score, for a
+        lower end the floor((n+1) level)-th (clipped to the ends when n is small)."""
         n = len(self.scores)
-        rank = int(np.clip(np.ceil((n + 1) * level), 1, n))
-        return float(self.scores[rank - 1])
+        position = (n + 1) * level
+        rank = np.ceil(position) if level >= 0.5 else np.floor(position)
+        return float(self.scores[int(np.clip(rank, 1, n)) - 1])
 
     def bounds(self, matrix: np.ndarray, log_price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The range's ends in log price: each tail holds (1 - coverage) / 2."""
@@ -627,6 +635,7 @@ class AdaptiveRange:
 
 
 MIN_SPREAD_STONES = 400  # below this many out-of-fold errors, one width for all stones
+MIN_CALIBRATION = 20  # scores a 90% two-sided range needs (each 5% tail one score at least)
 
 
 # --- the saved price model -----------------------------------------------------------------------

@@ -37,7 +37,8 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
         usable = np.isfinite(asking[rows]) & (asking[rows] > 0)
         if usable.any():
             matrix = features.encode(checked.clean).to_numpy()[usable]
-            chance[rows[usable]] = model.prob_above_matrix(matrix, asking[rows[usable]]).round(3)
+            found = model.prob_above_matrix(matrix, asking[rows[usable]])
+            chance[rows[usable]] = np.clip(found, 0.001, 0.999).round(3)
         out["bargain_probability"] = chance
     errors = np.full(len(out), "", dtype=object)
     errors[~good] = checked.rejected["reasons"].to_numpy()

@@ -46,7 +46,14 @@ from appraiser import (
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
 from appraiser.locking import PipelineBusy
-from appraiser.models import CANDIDATES, AdaptiveRange, Candidate, PriceModel
+from appraiser.models import (
+    CANDIDATES,
+    MIN_CALIBRATION,
+    AdaptiveRange,
+    Candidate,
+    ModelFormatError,
+    PriceModel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +236,7 @@ class Fitted:
     weights: dict[str, float]
     results: dict[str, CandidateResult]
     intervals: list[float]
-    ranges: AdaptiveRange
+    ranges: AdaptiveRange | None
     cv: dict[str, float]
     candidates: pd.DataFrame
     evaluated: PriceModel
@@ -303,7 +310,11 @@ def fit(
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
     # the range each stone gets: its difficulty learnt from half of the out-of-fold errors,
     # calibrated on the other half (models.AdaptiveRange)
-    ranges = AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
+    ranges = (
+        AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
+        if np.isfinite(residuals).sum() >= MIN_CALIBRATION
+        else None  # too few stones: the carat-band widths
+    )
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
@@ -537,12 +548,22 @@ def against_champion(
             extra = cross_fitted_prices(
                 fitted, judge, seed=fitted.seed, show_progress=show_progress
             )
+    try:
+        champion_model = registry.load_version(current)[1] if current else None
+    except ModelFormatError as exc:  # saved by an older version of this code
+        return Decision(
+            False,
+            f"champion v{current} cannot be read by this version ({exc}): nothing decided "
+            "automatically; compare by hand and use `appraiser models promote`",
+            current,
+            automatic=False,
+        )
     return gate.decide(
         fitted.evaluated,
         lineage.stone_keys(fitted.fit_part),
         pool,
         champion_version=current,
-        champion=registry.load_version(current)[1] if current else None,
+        champion=champion_model,
         champion_lineage=champion_lineage,
         cross_fitted=extra,
         **options,

@@ -94,8 +94,9 @@ class AppraisalOut(BaseModel):
     )
     contributions: dict[str, float] | None = Field(
         default=None,
-        description="dollars each reason adds to the baseline (?explain=true): `size` (carat and "
-        "measurements together), `cut`, `color`, `clarity`, `proportions` (depth, table, shape); "
+        description="dollars each reason adds to the baseline (?explain=true): `size` (the "
+        "weight; measurements that grow with it change nothing else), `cut`, `color`, `clarity`, "
+        "`proportions` (the shape from x, y, z: spread for the weight, length/width, depth/width); "
         "baseline + contributions = price",
     )
     what_if: dict[str, GradeWhatIf] | None = Field(

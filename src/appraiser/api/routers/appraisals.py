@@ -190,7 +190,10 @@ async def price_list(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> dic
         raise HTTPException(422, "file: attach the CSV as the form field 'file'")
     content = await upload.read()
     current = deps.current_appraiser(ctx)
-    return await run_in_threadpool(_price_list, current, content)
+    if ctx.batch_slots.locked():  # a list costs what a batch does: the same cap
+        raise Overloaded(f"{ctx.config.max_batch_calls} batch calls are being priced")
+    async with ctx.batch_slots:
+        return await run_in_threadpool(_price_list, current, content)
 
 
 def _price_list(current: Any, content: bytes) -> dict[str, Any]:
@@ -200,12 +203,23 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
     import pandas as pd
 
     from appraiser import data, explain, features
-    from appraiser.scoring import score_frame
+    from appraiser.scoring import ASKING, score_frame
 
+    wanted = {*schema.COLUMNS, ASKING}
     try:
-        raw = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+        # only the columns a stone has (a header of 60,000 made-up columns costs nothing), at
+        # most one row past the limit, and never a first column taken as the index
+        raw = pd.read_csv(
+            io.BytesIO(content),
+            dtype=str,
+            keep_default_na=False,
+            usecols=lambda column: str(column).strip() in wanted,
+            nrows=MAX_BATCH + 1,
+            index_col=False,
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(422, f"file: not a readable CSV ({exc})") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
     if len(raw) > MAX_BATCH:
         raise HTTPException(413, f"{len(raw):,} rows: send at most {MAX_BATCH:,} per list")
     if raw.empty:
@@ -233,7 +247,7 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
         chance = record.get("bargain_probability")
         asking = record.get("asking_price")
         if chance is not None and asking not in (None, ""):
-            record["verdict"] = explain.deal(float(asking), float(chance))["verdict"]
+            record["verdict"] = explain.verdict(float(chance))
         rows.append({str(k): v for k, v in record.items()})
     return {
         "rows": rows,
