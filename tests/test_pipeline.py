@@ -62,7 +62,7 @@ def test_retrain_promotes_through_the_gate_and_people_can_roll_back(tmp_path, pu
 
 def test_sanity_and_coverage_checks_catch_a_broken_range(trained, public):
     model = Appraiser.champion().model
-    narrow = dataclasses.replace(model, intervals=[1e-6] * len(schema.CARAT_LABELS))
+    narrow = dataclasses.replace(model, intervals=[1e-6] * len(schema.CARAT_LABELS), ranges=None)
     holdout = public.sample(300, random_state=2)
     p = narrow.predict(holdout)
     check = coverage_check(
