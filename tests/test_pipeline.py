@@ -172,13 +172,16 @@ def test_feedback_becomes_a_training_stone(trained, stone):
     listed = runner.invoke(app, ["feedback", "list", "--json"])
     pending = [f for f in json.loads(listed.output) if f["appraisal_id"] == appraisal_id]
     assert len(pending) == 1 and pending[0]["expert"].startswith("cli:")
-    approved = runner.invoke(app, ["feedback", "approve", str(pending[0]["id"])])
-    assert approved.exit_code == 0, approved.output
+    own = runner.invoke(app, ["feedback", "approve", str(pending[0]["id"])])
+    assert own.exit_code == 1 and "another admin reviews it" in own.output  # not one's own
+    from appraiser import feedback
+
+    feedback.review(pending[0]["id"], approve=True, actor="another-admin")
     stones = feedback_stones()
     assert len(stones) == before + 1
     assert stones.iloc[-1]["price"] == 5100 and stones.iloc[-1]["cut"] == stone["cut"]
-    again = runner.invoke(app, ["feedback", "approve", str(pending[0]["id"])])
-    assert again.exit_code == 1 and "approved already" in again.output
+    again = feedback.listing("approved")
+    assert [f["reviewed_by"] for f in again if f["id"] == pending[0]["id"]] == ["another-admin"]
     refused = runner.invoke(app, ["feedback", "send", str(appraisal_id), "--", "-5"])
     assert refused.exit_code == 2 and "price must be > 0" in refused.output
     unknown = runner.invoke(app, ["feedback", "send", "f" * 32, "5100"])

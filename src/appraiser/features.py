@@ -45,7 +45,16 @@ def shape(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(spread, ratio, depth_ratio) from carat and measurements (validated: all positive)."""
     mean = (x + y) / 2
-    return mean / np.cbrt(carat), x / y, z / mean
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        raw = (mean / np.cbrt(carat), x / y, z / mean)
+    # a valid stone may still be absurd (x = 1e-300 mm): the boosters need finite numbers
+    spread, ratio, depth_ratio = (
+        np.clip(np.nan_to_num(v, nan=0.0, posinf=SHAPE_LIMIT), 0.0, SHAPE_LIMIT) for v in raw
+    )
+    return spread, ratio, depth_ratio
+
+
+SHAPE_LIMIT = 1e6  # no real stone's shape ratio comes near it
 
 
 # grade -> ordinal code, per grade column (the same codes as schema.grade_code)
