@@ -85,12 +85,13 @@ def _cv_mape(y_log: np.ndarray, oof_log: np.ndarray, mask: np.ndarray | None = N
     return float(100 * np.mean(np.abs(p - y) / y))
 
 
-def fold_groups(stones: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """A group per distinct stone (its nine features), numbered in a seeded random order:
-    identical stones, perhaps with other prices, always land in the same fold."""
+def fold_groups(stones: pd.DataFrame | np.ndarray, seed: int = 0) -> np.ndarray:
+    """A group per distinct stone (its nine features; or stone keys already computed), numbered
+    in a seeded random order: identical stones, perhaps with other prices, share a fold."""
     if not len(stones):
         return np.empty(0, dtype=np.int64)
-    _, twins = np.unique(lineage.stone_keys(stones), return_inverse=True)
+    keys = stones if isinstance(stones, np.ndarray) else lineage.stone_keys(stones)
+    _, twins = np.unique(keys, return_inverse=True)
     return np.random.default_rng(seed).permutation(twins.max() + 1)[twins]
 
 
@@ -489,9 +490,8 @@ def cross_fitted_prices(
     rows = np.flatnonzero(judge)
     if not len(rows):
         return pd.DataFrame(columns=columns)
-    _, stone = np.unique(lineage.stone_keys(stones.iloc[rows]), return_inverse=True)
-    fold_of = np.random.default_rng(seed).permutation(stone.max() + 1)[stone] % folds
-    keys = lineage.stone_keys(stones)
+    keys = lineage.stone_keys(stones)  # once: the folds and the twins both need them
+    fold_of = fold_groups(keys[rows], seed) % folds
     parts = []
     with Progress(
         TextColumn("{task.description:<24}"),
