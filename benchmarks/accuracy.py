@@ -191,95 +191,6 @@ DEAL_GAP = 0.07  # |predicted probability - observed frequency| allowed per bin
 DEAL_MIN_BIN = 200
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    from scipy import stats
-
-    if n == 0:
-        return float("nan"), float("nan")
-    z = stats.norm.ppf(0.975)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * (centre - half), 100 * (centre + half)
-
-
-def grade_coverage(test: pd.DataFrame, predicted: pd.DataFrame) -> list[dict[str, Any]]:
-    """Coverage of the 90% range per cut, color, clarity level and carat band, with intervals."""
-    inside = (
-        (test[schema.TARGET] >= predicted["price_low"])
-        & (test[schema.TARGET] <= predicted["price_high"])
-    ).to_numpy()
-    groups = {c: test[c].astype(str).to_numpy() for c in schema.GRADE_COLUMNS}
-    groups["carat band"] = np.asarray(
-        [schema.CARAT_LABELS[i] for i in schema.carat_band_index(test["carat"].to_numpy())]
-    )
-    rows = []
-    for name, values in groups.items():
-        order = schema.GRADES.get(name, schema.CARAT_LABELS)
-        for level in order:
-            mask = values == level
-            n = int(mask.sum())
-            if not n:
-                continue
-            k = int(inside[mask].sum())
-            low, high = wilson(k, n)
-            rows.append(
-                {
-                    "slice": name,
-                    "level": level,
-                    "stones": n,
-                    "coverage": 100 * k / n,
-                    "low": low,
-                    "high": high,
-                }
-            )
-    return rows
-
-
-def path_drops(model: Any, stones: pd.DataFrame) -> dict[str, int]:
-    """Price drops on 3,000 stones: 2% heavier with proportionally larger measurements, and one
-    grade better on cut, color or clarity."""
-    from appraiser import features
-
-    sample = stones.sample(min(3000, len(stones)), random_state=7)
-    base = model.predict(sample)["price"].to_numpy()
-    grown = model.predict(features.heavier(sample, 1.02))["price"].to_numpy()
-    out = {"heavier_2pct": int((grown < base * (1 - 1e-9)).sum())}
-    better = 0
-    for grade, order in schema.GRADES.items():
-        codes = sample[grade].astype(str).map({g: i for i, g in enumerate(order)})
-        up = sample.assign(**{grade: [order[min(c + 1, len(order) - 1)] for c in codes]})
-        better += int((model.predict(up)["price"].to_numpy() < base * (1 - 1e-9)).sum())
-    out["one_grade_better"] = better
-    return out
-
-
-def deal_calibration(model: Any, test: pd.DataFrame) -> list[dict[str, Any]]:
-    """Asking prices drawn around each true price (x exp(N(0, 0.15))): the predicted probability
-    that the market price is above the asking price, against how often it was, in 10 bins."""
-    from appraiser import features
-
-    rng = np.random.default_rng(11)
-    asking = test[schema.TARGET].to_numpy() * np.exp(rng.normal(0, 0.15, len(test)))
-    prob = model.prob_above_matrix(features.encode(test).to_numpy(), asking)
-    above = test[schema.TARGET].to_numpy() > asking
-    bins = np.minimum((prob * 10).astype(int), 9)
-    rows = []
-    for b in range(10):
-        mask = bins == b
-        n = int(mask.sum())
-        if n:
-            rows.append(
-                {
-                    "bin": f"{b / 10:.1f}-{(b + 1) / 10:.1f}",
-                    "stones": n,
-                    "predicted": float(prob[mask].mean()),
-                    "observed": float(above[mask].mean()),
-                }
-            )
-    return rows
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     path = resolve_data(args.data, required=True)
@@ -369,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     print()
-    by_grade = grade_coverage(test, predicted)
+    by_grade = evaluate.grade_coverage(test, predicted)
     print(
         format_table(
             ("slice", "level", "stones", "in 90% range %", "95% CI"),
@@ -389,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     judged = [r for r in by_grade if r["stones"] >= MIN_SLICE and r["slice"] != "carat band"]
     worst = min(judged, key=lambda r: r["coverage"]) if judged else None
     most = max(judged, key=lambda r: r["coverage"]) if judged else None
-    drops = path_drops(model, test)
+    drops = evaluate.path_drops(model, test)
     from appraiser import explain, features
 
     lonely = explain.ReferenceIndex(model.reference).sparse(features.encode(test).to_numpy())
@@ -412,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     print()
-    deals = deal_calibration(model, test)
+    deals = evaluate.deal_calibration(model, test)
     print()
     print(
         format_table(

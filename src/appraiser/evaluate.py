@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from appraiser import schema
+from appraiser import features, schema
+
+if TYPE_CHECKING:
+    from appraiser.models import PriceModel
 
 HEADLINE = "mape"  # lower is better; the metric champions are compared on
 
@@ -140,3 +144,89 @@ def plot_slices(slices: pd.DataFrame, path: Path, metric: str = HEADLINE) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+# --- what a jeweller checks: ranges per grade, prices along real paths, the deal check -----------
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson 95% interval of a share k/n, in percent."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return 100 * ci.low, 100 * ci.high
+
+
+def grade_coverage(test: pd.DataFrame, predicted: pd.DataFrame) -> list[dict[str, Any]]:
+    """Coverage of the 90% range per cut, color, clarity level and carat band, with intervals."""
+    inside = (
+        (test[schema.TARGET] >= predicted["price_low"])
+        & (test[schema.TARGET] <= predicted["price_high"])
+    ).to_numpy()
+    groups = {c: test[c].astype(str).to_numpy() for c in schema.GRADE_COLUMNS}
+    groups["carat band"] = np.asarray(
+        [schema.CARAT_LABELS[i] for i in schema.carat_band_index(test["carat"].to_numpy())]
+    )
+    rows = []
+    for name, values in groups.items():
+        order = schema.GRADES.get(name, schema.CARAT_LABELS)
+        for level in order:
+            mask = values == level
+            n = int(mask.sum())
+            if not n:
+                continue
+            k = int(inside[mask].sum())
+            low, high = wilson(k, n)
+            rows.append(
+                {
+                    "slice": name,
+                    "level": level,
+                    "stones": n,
+                    "coverage": 100 * k / n,
+                    "low": low,
+                    "high": high,
+                }
+            )
+    return rows
+
+
+def path_drops(model: PriceModel, stones: pd.DataFrame) -> dict[str, int]:
+    """Price drops on 3,000 stones: 2% heavier with proportionally larger measurements, and one
+    grade better on cut, color or clarity."""
+    sample = stones.sample(min(3000, len(stones)), random_state=7)
+    base = model.predict(sample)["price"].to_numpy()
+    grown = model.predict(features.heavier(sample, 1.02))["price"].to_numpy()
+    out = {"heavier_2pct": int((grown < base * (1 - 1e-9)).sum())}
+    better = 0
+    for grade, order in schema.GRADES.items():
+        codes = sample[grade].astype(str).map({g: i for i, g in enumerate(order)})
+        up = sample.assign(**{grade: [order[min(c + 1, len(order) - 1)] for c in codes]})
+        better += int((model.predict(up)["price"].to_numpy() < base * (1 - 1e-9)).sum())
+    out["one_grade_better"] = better
+    return out
+
+
+def deal_calibration(model: PriceModel, test: pd.DataFrame) -> list[dict[str, Any]]:
+    """Asking prices drawn around each true price (x exp(N(0, 0.15))): the predicted probability
+    that the market price is above the asking price, against how often it was, in 10 bins."""
+    rng = np.random.default_rng(11)
+    asking = test[schema.TARGET].to_numpy() * np.exp(rng.normal(0, 0.15, len(test)))
+    prob = model.prob_above_matrix(features.encode(test).to_numpy(), asking)
+    above = test[schema.TARGET].to_numpy() > asking
+    bins = np.minimum((prob * 10).astype(int), 9)
+    rows = []
+    for b in range(10):
+        mask = bins == b
+        n = int(mask.sum())
+        if n:
+            rows.append(
+                {
+                    "bin": f"{b / 10:.1f}-{(b + 1) / 10:.1f}",
+                    "stones": n,
+                    "predicted": float(prob[mask].mean()),
+                    "observed": float(above[mask].mean()),
+                }
+            )
+    return rows

@@ -309,8 +309,8 @@ def fit(
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
-    # the range each stone gets: its difficulty learnt from half of the out-of-fold errors,
-    # calibrated on the other half (models.AdaptiveRange)
+    # the range each stone gets: its difficulty learnt from the out-of-fold errors, its scores
+    # cross-fitted (models.AdaptiveRange)
     ranges = (
         AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
         if np.isfinite(residuals).sum() >= MIN_CALIBRATION
