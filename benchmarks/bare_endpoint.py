@@ -1,0 +1,120 @@
+"""The yardstick of benchmarks/serving.py: the least a pricing endpoint can do, served the same way.
+
+    python benchmarks/bare_endpoint.py --port 8123 [--model PATH]
+
+A FastAPI app with a pydantic model of the nine columns and one XGBoost booster of 500 trees
+(depth 6, log price, grades as ordinal codes) trained on the public table at start-up (or loaded
+from --model): no storage, no ids, no access log, no ranges, no comparables. Three routes:
+  POST /price    one stone -> {"price"}
+  POST /explain  one stone -> {"price", "contributions"} (XGBoost's exact TreeSHAP, in log price)
+  POST /batch    {"diamonds": [stones]} -> {"prices": [...]}, one DataFrame, one predict call
+`appraiser serve` is measured against it in the same run, so the ratios hold on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import uvicorn
+import xgboost as xgb
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from appraiser import data, schema
+
+TREES = 500
+COLUMNS = list(schema.FEATURES)
+
+
+class Stone(BaseModel):
+    carat: float = Field(gt=0, le=10)
+    cut: Literal["Fair", "Good", "Very Good", "Premium", "Ideal"]
+    color: Literal["J", "I", "H", "G", "F", "E", "D"]
+    clarity: Literal["I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"]
+    depth: float = Field(gt=0, le=100)
+    table: float = Field(gt=0, le=100)
+    x: float = Field(gt=0, le=20)
+    y: float = Field(gt=0, le=20)
+    z: float = Field(gt=0, le=15)
+
+
+class Batch(BaseModel):
+    diamonds: list[Stone]
+
+
+CODES = {grade: {g: i for i, g in enumerate(order)} for grade, order in schema.GRADES.items()}
+
+
+def encode(frame: pd.DataFrame) -> np.ndarray:
+    out = frame[COLUMNS].copy()
+    for grade, codes in CODES.items():
+        out[grade] = out[grade].map(codes)
+    return out.to_numpy(dtype=np.float32)
+
+
+def booster(path: Path | None) -> xgb.Booster:
+    if path is not None and path.exists():
+        model = xgb.Booster()
+        model.load_model(str(path))
+        return model
+    stones = data.load(None).clean
+    matrix = xgb.DMatrix(encode(stones), label=np.log(stones["price"].to_numpy()))
+    params = {"max_depth": 6, "eta": 0.05, "tree_method": "hist", "nthread": 2}
+    model = xgb.train(params, matrix, num_boost_round=TREES)
+    if path is not None:
+        model.save_model(str(path))
+    return model
+
+
+def create_app(model: xgb.Booster) -> FastAPI:
+    app = FastAPI()
+    model.set_param({"nthread": 1})
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/price")
+    def price(stone: Stone) -> dict[str, float]:
+        row = encode(pd.DataFrame([stone.model_dump()]))
+        return {"price": float(np.exp(model.inplace_predict(row)[0]))}
+
+    @app.post("/explain")
+    def explain(stone: Stone) -> dict[str, object]:
+        matrix = xgb.DMatrix(encode(pd.DataFrame([stone.model_dump()])))
+        contributions = model.predict(matrix, pred_contribs=True)[0]
+        return {
+            "price": float(np.exp(contributions.sum())),
+            "contributions": dict(zip(COLUMNS, map(float, contributions[:-1]), strict=True)),
+        }
+
+    @app.post("/batch")
+    def batch(stones: Batch) -> dict[str, list[float]]:
+        rows = encode(pd.DataFrame([s.model_dump() for s in stones.diamonds]))
+        return {"prices": np.exp(model.inplace_predict(rows)).tolist()}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", type=Path, help="load (or train and save) the booster here")
+    args = parser.parse_args()
+    logging.getLogger("uvicorn.access").disabled = True
+    uvicorn.run(
+        create_app(booster(args.model)),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()
