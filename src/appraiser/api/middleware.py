@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # --- metrics (Prometheus); one registry per process ---------------------------------------------
@@ -26,6 +27,21 @@ WRITE_FAILURES = Gauge("appraiser_store_write_failures", "failed appraisal write
 REFUSED = Gauge("appraiser_appraisals_refused", "appraisals the store refused (logged, dropped)")
 DROPPED = Gauge("appraiser_appraisals_dropped", "appraisals dropped: too many waited for the store")
 QUEUED = Gauge("appraiser_appraisals_queued", "appraisals waiting to be written")
+
+_aggregated: CollectorRegistry | None = None
+
+
+def metrics_registry() -> CollectorRegistry:
+    """The registry `/metrics` reads: in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set, as
+    `appraiser serve` does) one that sums every worker's figures; else this process's own."""
+    global _aggregated
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    if _aggregated is None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        _aggregated = registry
+    return _aggregated
 
 
 # --- request-size limit and request timing ---------------------------------------------------

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appraiser import schema
 from appraiser.api import deps
+from appraiser.api.middleware import metrics_registry
 from appraiser.api.models import CURRENCY, ErrorOut, HealthOut
 from appraiser.config import MAX_BATCH
 
@@ -87,7 +88,7 @@ async def ready(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
 )
 async def metrics() -> Response:
     """Request latency by route and status, stones priced, the model served, store writes."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- pages and docs ---
