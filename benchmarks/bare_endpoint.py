@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import _bare
 import numpy as np
 import pandas as pd
 import uvicorn
@@ -25,10 +26,7 @@ import xgboost as xgb
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from appraiser import data, schema
-
-TREES = 500
-COLUMNS = list(schema.FEATURES)
+COLUMNS = _bare.COLUMNS
 
 
 class Stone(BaseModel):
@@ -47,30 +45,6 @@ class Batch(BaseModel):
     diamonds: list[Stone]
 
 
-CODES = {grade: {g: i for i, g in enumerate(order)} for grade, order in schema.GRADES.items()}
-
-
-def encode(frame: pd.DataFrame) -> np.ndarray:
-    out = frame[COLUMNS].copy()
-    for grade, codes in CODES.items():
-        out[grade] = out[grade].map(codes)
-    return out.to_numpy(dtype=np.float32)
-
-
-def booster(path: Path | None) -> xgb.Booster:
-    if path is not None and path.exists():
-        model = xgb.Booster()
-        model.load_model(str(path))
-        return model
-    stones = data.load(None).clean
-    matrix = xgb.DMatrix(encode(stones), label=np.log(stones["price"].to_numpy()))
-    params = {"max_depth": 6, "eta": 0.05, "tree_method": "hist", "nthread": 2}
-    model = xgb.train(params, matrix, num_boost_round=TREES)
-    if path is not None:
-        model.save_model(str(path))
-    return model
-
-
 def create_app(model: xgb.Booster) -> FastAPI:
     app = FastAPI()
     model.set_param({"nthread": 1})
@@ -81,12 +55,12 @@ def create_app(model: xgb.Booster) -> FastAPI:
 
     @app.post("/price")
     def price(stone: Stone) -> dict[str, float]:
-        row = encode(pd.DataFrame([stone.model_dump()]))
+        row = _bare.encode(pd.DataFrame([stone.model_dump()]))
         return {"price": float(np.exp(model.inplace_predict(row)[0]))}
 
     @app.post("/explain")
     def explain(stone: Stone) -> dict[str, object]:
-        matrix = xgb.DMatrix(encode(pd.DataFrame([stone.model_dump()])))
+        matrix = xgb.DMatrix(_bare.encode(pd.DataFrame([stone.model_dump()])))
         contributions = model.predict(matrix, pred_contribs=True)[0]
         return {
             "price": float(np.exp(contributions.sum())),
@@ -95,7 +69,7 @@ def create_app(model: xgb.Booster) -> FastAPI:
 
     @app.post("/batch")
     def batch(stones: Batch) -> dict[str, list[float]]:
-        rows = encode(pd.DataFrame([s.model_dump() for s in stones.diamonds]))
+        rows = _bare.encode(pd.DataFrame([s.model_dump() for s in stones.diamonds]))
         return {"prices": np.exp(model.inplace_predict(rows)).tolist()}
 
     return app
@@ -108,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("uvicorn.access").disabled = True
     uvicorn.run(
-        create_app(booster(args.model)),
+        create_app(_bare.booster(args.model)),
         host="127.0.0.1",
         port=args.port,
         access_log=False,

@@ -26,3 +26,40 @@ def test_error_lines_refer_to_the_file(trained, public, tmp_path):
     scored = score_frame(model, stones)
     assert np.isnan(scored.loc[4, "price"]) and "carat: not a number" in scored.loc[4, "error"]
     assert scored["price"].notna().sum() == 9
+
+
+def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path):
+    """Defect (issue 12): `appraiser predict` spent ~6 s starting up, importing MLflow and
+    scikit-learn and opening the tracking store, to read a model already on disk. It now takes
+    the champion's version from the store's promotion history and the files from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    from appraiser import registry
+
+    version = Appraiser.champion().version  # fills the cache, as any first load does
+    probe = (
+        "import sys\n"
+        "from appraiser.predict import Appraiser\n"
+        "a = Appraiser.for_scoring()\n"
+        "a.model.predict_matrix(__import__('numpy').ones((3, 7)))\n"
+        "print(a.version, sorted(m for m in ('mlflow', 'sklearn') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "APPRAISER_HOME": str(trained)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == [version, "[]"], done.stderr
+    assert version == registry.champion_version()
+
+
+def test_scoring_falls_back_to_the_registry_when_the_cache_is_empty(trained, tmp_path):
+    import shutil
+
+    from appraiser import model_cache
+
+    version = Appraiser.champion().version
+    shutil.rmtree(model_cache.folder(version))
+    assert Appraiser.for_scoring().version == version  # downloaded again through MLflow
+    assert model_cache.is_complete(version)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from appraiser import features, schema
 
 if TYPE_CHECKING:  # imported where used: a champion that needs neither loads faster
     import lightgbm as lgb
     import optuna
+    import xgboost as xgb
 
 BASELINE = "baseline"  # the contribution column holding the model's average log price
 # Training fits one thread per booster: on a small machine OpenMP threads that wait for a busy
@@ -295,6 +295,8 @@ class XGBoostMember(BoosterMember):
         self._treelite: Any = None  # the trees for treelite's GTIL, made on first use
 
     def _fit_trees(self, matrix: np.ndarray, target: np.ndarray) -> None:
+        import xgboost as xgb
+
         loss = self._loss()
         model = xgb.XGBRegressor(
             **self._booster_params(),
@@ -334,6 +336,8 @@ class XGBoostMember(BoosterMember):
         return np.asarray(booster.inplace_predict(matrix), dtype=float)
 
     def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
         booster = self._for(predict_threads(len(matrix), SHAP_COST))
         contribs = booster.predict(xgb.DMatrix(matrix, nthread=1), pred_contribs=True)
         return np.asarray(contribs, dtype=float)
@@ -342,6 +346,8 @@ class XGBoostMember(BoosterMember):
         self._fitted().save_model(path)
 
     def _load_trees(self, path: Path) -> None:
+        import xgboost as xgb
+
         self.booster = xgb.Booster(model_file=str(path))
         self._by_threads = {}
         self._treelite = None

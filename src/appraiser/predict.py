@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, features, registry, schema
+from appraiser import data, explain, features, model_cache, schema
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -86,19 +88,58 @@ def score_file(
     return BatchSummary(rows=rows, priced=priced, errors=rows - priced)
 
 
+@contextmanager
+def _boosters_without_estimators() -> Iterator[None]:
+    """LightGBM and XGBoost import scikit-learn when it is installed, only for their estimator
+    classes (LGBMRegressor...): most of their import time. Scoring uses their boosters alone, so a
+    process that has not imported scikit-learn yet (`appraiser predict`) loads them as if it were
+    absent. Not for a process that will train afterwards: its estimator classes would lack their
+    scikit-learn base, so nothing changes once scikit-learn or a booster library is imported."""
+    if any(name in sys.modules for name in ("sklearn", "lightgbm", "xgboost")):
+        yield
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # import sklearn -> ImportError
+    try:
+        yield
+    finally:
+        if sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
+
+
 class Appraiser:
     """The champion model, loaded once, with everything a caller needs to price stones."""
 
     def __init__(self, model: PriceModel, version: str) -> None:
         self.model = model
         self.version = version
-        self.index = explain.ReferenceIndex(model.reference)
+        self._index: explain.ReferenceIndex | None = None
         self.loaded_at = time.time()
+
+    @property
+    def index(self) -> explain.ReferenceIndex:
+        """The collection's k-d tree (comparables, sparse-region warnings), built on first use:
+        scoring a file needs neither."""
+        if self._index is None:
+            self._index = explain.ReferenceIndex(self.model.reference)
+        return self._index
 
     @classmethod
     def champion(cls) -> Appraiser:
+        from appraiser import registry  # MLflow: seconds to import, so only when needed
+
         version, model = registry.load_version()
         return cls(model, version)
+
+    @classmethod
+    def for_scoring(cls) -> Appraiser:
+        """The champion for scoring a file: the version the store's promotion history names,
+        loaded from this machine's cache without MLflow when it is there (start-up in a fraction
+        of a second); otherwise the registry's, as `champion()`."""
+        version = model_cache.stored_champion()
+        if version is not None and model_cache.is_complete(version):
+            with _boosters_without_estimators():
+                return cls(PriceModel.load(model_cache.pricer_folder(version)), version)
+        return cls.champion()
 
     def price(self, stones: pd.DataFrame) -> pd.DataFrame:
         """Validated stones -> price, price_low, price_high."""
@@ -192,6 +233,8 @@ class ChampionWatcher:
         """Poll once: load the champion if it changed. True when a new model was swapped in."""
         with self._lock:  # one load at a time (the poller and a promotion through the API)
             try:
+                from appraiser import registry
+
                 version = registry.champion_version()
                 if version is None or (self.current and self.current.version == version):
                     return False

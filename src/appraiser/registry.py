@@ -21,31 +21,24 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc import log_model as log_pyfunc_model
 from mlflow.tracking import MlflowClient
 
+from appraiser import model_cache
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
+from appraiser.model_cache import PRICER_ARTIFACT, RegistryError, RegistryUnavailable
 from appraiser.models import PriceModel
 from appraiser.scoring import score_frame
 
 CHAMPION = "champion"
-PRICER_ARTIFACT = "pricer"
+__all__ = ["RegistryError", "RegistryUnavailable"]  # defined in model_cache (light), raised here
 
 # MLflow is chatty about things a user can do nothing about (git not found, pip inference).
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-class RegistryError(RuntimeError):
-    """Something the user can fix about the registry (no champion yet, unknown version...)."""
-
-
-class RegistryUnavailable(RegistryError):
-    """The registry cannot be read (server down, store broken): never taken as "no champion"."""
 
 
 def client() -> MlflowClient:
@@ -203,8 +196,8 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
     version = version or champion_version()
     if version is None:
         raise RegistryError("no champion model yet: train one with `appraiser train`")
-    cache = settings().home.resolve() / "cache" / f"v{version}"
-    if not (cache / "MLmodel").exists():
+    cache = model_cache.folder(version)
+    if not model_cache.is_complete(version):
         client()
         cache.parent.mkdir(parents=True, exist_ok=True)
         # each process downloads into its own folder, then publishes it with one rename: several
@@ -223,8 +216,7 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    flavor = Model.load(str(cache)).flavors["python_function"]
-    return version, PriceModel.load(cache / flavor["artifacts"][PRICER_ARTIFACT]["path"])
+    return version, PriceModel.load(model_cache.pricer_folder(version))
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""The registered models' files on this machine, readable without MLflow.
+
+`registry.load_version` downloads a version once into APPRAISER_HOME/cache/vN; every later load of
+that version reads it from there. The champion's version is kept in the store too (the
+`promotions` history, written with every move of the alias: champion.py), so a command that only
+scores a file (`appraiser predict`) can find and load the champion without importing MLflow and
+opening the tracking store, seconds of start-up for a pure function of the files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from appraiser.config import settings
+
+PRICER_ARTIFACT = "pricer"  # the pyfunc artifact that holds the native model files
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(RuntimeError):
+    """Something the user can fix about the registry (no champion yet, unknown version...)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be read (server down, store broken): never taken as "no champion"."""
+
+
+def root() -> Path:
+    return settings().home.resolve() / "cache"
+
+
+def folder(version: str) -> Path:
+    return root() / f"v{version}"
+
+
+def is_complete(version: str) -> bool:
+    """A finished download (published with one rename, so never half a copy)."""
+    return (folder(version) / "MLmodel").exists()
+
+
+def pricer_folder(version: str) -> Path:
+    """The PriceModel's folder inside the cached pyfunc: read from its MLmodel file."""
+    import yaml
+
+    cached = folder(version)
+    spec = yaml.safe_load((cached / "MLmodel").read_text())
+    return cached / spec["flavors"]["python_function"]["artifacts"][PRICER_ARTIFACT]["path"]
+
+
+def stored_champion() -> str | None:
+    """The champion's version as the store's promotion history has it, or None when the store has
+    no history (a store from before it was kept) or cannot be read: the caller then asks MLflow."""
+    from sqlalchemy import select
+
+    from appraiser import store
+
+    try:
+        with store.session() as s:
+            latest = s.scalars(
+                select(store.Promotion.version).order_by(store.Promotion.id.desc()).limit(1)
+            ).first()
+    except Exception as exc:  # no table yet, no database: not this fast path's business
+        log.debug("no champion from the store's history: %s", exc)
+        return None
+    return str(latest) if latest is not None else None
