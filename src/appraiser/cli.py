@@ -164,11 +164,11 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write")],
 ) -> None:
     """Price every stone of a file; bad rows get a message in an `error` column."""
+    from appraiser.model_cache import RegistryError
     from appraiser.predict import Appraiser
-    from appraiser.registry import RegistryError
 
     try:
-        appraiser = Appraiser.champion()
+        appraiser = Appraiser.for_scoring()  # the cached champion, without importing MLflow
     except RegistryError as exc:
         raise fail(str(exc)) from exc
     total = None
