@@ -748,3 +748,122 @@ def test_compose_publishes_ports_on_this_machine_only(services):
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+# --- monitoring: Prometheus and Grafana -----------------------------------------------------------
+
+
+def mounts(service: dict) -> dict[str, Path]:
+    """Container path -> project path of a service's bind mounts (read-only ones required)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if source.startswith("."):
+            assert mode == ["ro"], f"{volume}: configuration is mounted read-only"
+            found[target] = REPO / source
+    return found
+
+
+def in_container(path: str, service: dict) -> Path:
+    """The project file a container path of `service` comes from."""
+    for target, source in mounts(service).items():
+        if path == target or path.startswith(target + "/"):
+            return source / Path(path).relative_to(target)
+    raise AssertionError(f"{path} is not mounted from the project")
+
+
+def test_monitoring_images_are_pinned_and_configured_from_the_repo(services):
+    for name, image in (("prometheus", "prom/prometheus"), ("grafana", "grafana/grafana")):
+        repository, _, tag = services[name]["image"].partition(":")
+        assert repository == image and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), (name, tag)
+        assert all(path.exists() for path in mounts(services[name]).values()), name
+    argv = services["prometheus"]["command"]
+    config_file = in_container(option(argv, "--config.file"), services["prometheus"])
+    config = yaml.safe_load(config_file.read_text())
+    # Prometheus scrapes the API where compose serves it
+    api_port = option(command_of(services["api"]), "--port")
+    targets = [
+        t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    ]
+    assert targets == [f"api:{api_port}"]
+    assert config["scrape_configs"][0].get("metrics_path", "/metrics") == "/metrics"
+    rule_files = [in_container(path, services["prometheus"]) for path in config["rule_files"]]
+    assert rule_files and all(path.is_file() for path in rule_files)
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards(services):
+    grafana = services["grafana"]
+    provisioning = in_container("/etc/grafana/provisioning", grafana)
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    url = urlsplit(source["url"])
+    published = {str(p).rsplit(":", 1)[1] for p in services["prometheus"]["ports"]}
+    assert source["type"] == "prometheus" and url.hostname == "prometheus"
+    assert str(url.port) in published
+    providers = yaml.safe_load((provisioning / "dashboards" / "appraiser.yml").read_text())
+    folder = in_container(providers["providers"][0]["options"]["path"], grafana)
+    dashboards = sorted(folder.glob("*.json"))
+    assert dashboards, "a dashboard is provisioned"
+    home = environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    assert home is None or in_container(home, grafana).is_file()
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        titles = {panel["title"] for panel in dashboard["panels"]}
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == source["uid"], (path.name, panel["title"])
+            assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
+        wanted = ("request rate", "error rate", "latency", "stones priced", "champion", "store")
+        for word in wanted:
+            assert any(word in t.lower() for t in titles), f"{path.name}: no {word} panel"
+
+
+def prometheus_metric_names() -> set[str]:
+    """The metric names the app defines (TYPE lines: also those with no sample yet), with the
+    sample names a histogram or counter adds."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    import appraiser.api.middleware  # noqa: F401  (defines the metrics)
+
+    names = set()
+    for line in generate_latest(REGISTRY).decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            if kind == "counter":
+                names.add(f"{name}_total")
+    return names
+
+
+def test_alert_rules_parse_and_name_metrics_the_app_defines(services):
+    config_file = in_container("/etc/prometheus/prometheus.yml", services["prometheus"])
+    (rules_path,) = yaml.safe_load(config_file.read_text())["rule_files"]
+    groups = yaml.safe_load(in_container(rules_path, services["prometheus"]).read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    alerts = {rule["alert"]: rule for rule in rules}
+    assert len(alerts) == len(rules), "alert names are unique"
+    for rule in rules:
+        assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule
+        assert re.fullmatch(r"\d+[smh]", rule["for"]) and rule["labels"]["severity"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+    defined = prometheus_metric_names()
+    for kind, metric in (
+        ("error", "appraiser_request_seconds_count"),
+        ("latency", "appraiser_request_seconds_bucket"),
+        ("coverage", "appraiser_batch_range_coverage_percent"),
+        ("drift", "appraiser_batch_drifted_features"),
+    ):
+        assert any(
+            kind in name.lower() and metric in rule["expr"] for name, rule in alerts.items()
+        ), f"no {kind} alert on {metric}"
+    dashboards = REPO / "deploy" / "grafana" / "dashboards"
+    texts = [rule["expr"] for rule in rules] + [
+        target["expr"]
+        for path in dashboards.glob("*.json")
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    used = {name for text in texts for name in re.findall(r"\bappraiser_[a-z0-9_]+", text)}
+    assert used and used <= defined, sorted(used - defined)

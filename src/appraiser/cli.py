@@ -975,32 +975,76 @@ def serve(
 
     Each process follows the registry: a newly promoted champion is served within
     APPRAISER_RELOAD_SECONDS, without a restart. Admin endpoints need APPRAISER_API_KEY.
+    With several workers, /metrics sums all of them (Prometheus multiprocess mode, in a fresh
+    temporary folder removed at exit). APPRAISER_LOG_FORMAT=json logs JSON lines, one per request.
     """
+    import os
+    import shutil
+    import tempfile
+
+    metrics_dir = None
+    if workers > 1:  # before anything imports prometheus_client, here or in a worker
+        metrics_dir = tempfile.mkdtemp(prefix="appraiser-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _serve(host, port, workers, access_log, forwarded_allow_ips)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+WORKER_START_SECONDS = 60  # `serve --workers N`: how long a worker may take to answer at first
+
+
+def _serve(
+    host: str, port: int, workers: int, access_log: bool, forwarded_allow_ips: str | None
+) -> None:
+    import logging.config
+
     import uvicorn
+    from rich.text import Text
 
     from appraiser import registry, store
     from appraiser.config import settings
 
+    log_config: dict[str, object] | None = None
+    say: Callable[[str], None] = console.print
+    if settings().log_format == "json":
+        from appraiser.api.middleware import json_log_config
+
+        log_config = json_log_config(access_log)
+        logging.config.dictConfig(log_config)
+        log = logging.getLogger("appraiser.serve")
+
+        def say(text: str) -> None:
+            log.info(Text.from_markup(text).plain)
+
     store.ready()  # migrate once here, not in every worker at the same moment
     champion = registry.champion_version()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    console.print(
+    say(
         f"Serving model v{champion} on http://{shown}:{port}/ (API docs: /docs)"
         if champion
         else "[yellow]No champion yet[/]: appraisals answer 503 until one is trained "
         "(`appraiser train`); the server picks it up by itself."
     )
     if settings().api_key is None:
-        console.print("Admin endpoints are disabled: set APPRAISER_API_KEY to enable them.")
+        say("Admin endpoints are disabled: set APPRAISER_API_KEY to enable them.")
     uvicorn.run(
         "appraiser.api:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        access_log=access_log,
+        # JSON: the request lines come from the app (TimeRequests), which knows route and model
+        access_log=access_log and log_config is None,
         forwarded_allow_ips=forwarded_allow_ips,
         log_level="info",
+        log_config=log_config or uvicorn.config.LOGGING_CONFIG,
+        # a worker answers the supervisor's pings only once its imports are done, which takes
+        # over uvicorn's 5 s on a busy machine: it would be killed and replaced again and again
+        timeout_worker_healthcheck=WORKER_START_SECONDS,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,13 @@ class Settings(BaseSettings):
     )
     reload_seconds: float = Field(
         default=2.0, description="how often a server checks the registry for a new champion"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "text: uvicorn's lines; json: one JSON object per line, as Google Cloud Logging "
+            "reads them, with one line per request (id, route, status, latency, model version)"
+        ),
     )
 
     @property

@@ -3,6 +3,10 @@ the API docs (served from assets installed with the package: nothing from anothe
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -10,14 +14,24 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
-from appraiser import schema
+from appraiser import schema, store
 from appraiser.api import deps
-from appraiser.api.middleware import metrics_registry
+from appraiser.api.middleware import (
+    BATCH_COVERAGE,
+    BATCH_DRIFTED,
+    BATCH_ID,
+    BATCH_STONES,
+    metrics_registry,
+    sync_live,
+)
 from appraiser.api.models import CURRENCY, ErrorOut, HealthOut
 from appraiser.config import MAX_BATCH
 
 router = APIRouter()
+logger = logging.getLogger(__name__)
+BATCH_FIGURES_SECONDS = 10.0  # a scrape reads the newest batch's screening at most this often
 WEB = Path(__file__).resolve().parents[2] / "web"
 DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))  # Swagger UI 5
 
@@ -87,8 +101,52 @@ async def ready(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics() -> Response:
-    """Request latency by route and status, stones priced, the model served, store writes."""
-    return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
+    """Request latency by route and status, stones priced, the model served, store writes, the
+    newest labelled batch's range coverage and drift; summed over the server's workers."""
+    return Response(await run_in_threadpool(_scrape), media_type=CONTENT_TYPE_LATEST)
+
+
+_batch_read_at = -math.inf
+
+
+def _scrape() -> bytes:
+    global _batch_read_at
+    sync_live()
+    if time.monotonic() - _batch_read_at > BATCH_FIGURES_SECONDS:
+        _batch_read_at = time.monotonic()
+        try:
+            _read_newest_batch()
+        except Exception as exc:  # the store unreachable: the figures stay as they were
+            logger.warning("could not read the newest batch's screening for /metrics: %s", exc)
+    return generate_latest(metrics_registry())
+
+
+def _read_newest_batch() -> None:
+    """The gauges of the newest labelled batch's screening (store table `evaluations`, written
+    when a batch is ingested): range coverage, drifted features (NaN: drift not measured, e.g.
+    a batch too small to judge), its size and id."""
+    from sqlalchemy import select
+
+    newest = (
+        select(store.Evaluation)
+        .where(store.Evaluation.kind == "batch")
+        .order_by(store.Evaluation.id.desc())
+        .limit(1)
+    )
+    with store.session() as s:
+        row = s.scalars(newest).first()
+        figures = (row.coverage, row.stones, row.batch_id, row.details) if row is not None else None
+    nan = float("nan")
+    if figures is None:
+        for gauge in (BATCH_COVERAGE, BATCH_DRIFTED, BATCH_STONES, BATCH_ID):
+            gauge.set(nan)
+        return
+    coverage, stones, batch_id, details = figures
+    drift = json.loads(details or "{}").get("drift") or []
+    BATCH_COVERAGE.set(nan if coverage is None else coverage)
+    BATCH_DRIFTED.set(sum(bool(r.get("drift")) for r in drift) if drift else nan)
+    BATCH_STONES.set(stones)
+    BATCH_ID.set(nan if batch_id is None else batch_id)
 
 
 # --- pages and docs ---
