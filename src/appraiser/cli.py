@@ -1048,5 +1048,25 @@ def _serve(
     )
 
 
+@app.command()
+def monitor(
+    as_json: Json = False,
+    hours: Annotated[
+        int, typer.Option(min=1, max=24 * 90, help="the window for appraisals and rejected rows")
+    ] = 24,
+) -> None:
+    """The running system in figures: appraisals per hour, the champion's history, its accuracy
+    from expert prices and labelled batches, drift, rejected rows, held batches (as GET
+    /v1/monitoring, without the server's request latency)."""
+    from appraiser import monitoring
+
+    figures = monitoring.overview(hours)
+    if as_json:
+        _print_json(figures)
+        return
+    for line in monitoring.summary(figures):
+        typer.echo(line)
+
+
 if __name__ == "__main__":
     app()

@@ -19,6 +19,7 @@ error (spread) that chance alone produces.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from scipy import stats
 
 from appraiser import schema
 from appraiser.models import PriceModel
+
+logger = logging.getLogger(__name__)
 
 HOLD_SHIFT = 0.10  # log points of systematic shift a market may move without review (~10%)
 HOLD_SPREAD = 2.0  # times the expected median absolute log error
@@ -74,6 +77,9 @@ class Screening:
     expected: dict[str, float] = field(default_factory=dict)
     held: list[str] = field(default_factory=list)  # why the batch is held (empty: it is not)
     worse: list[str] = field(default_factory=list)  # why the champion looks worse on it
+    # per feature, the batch against the stones the champion learned from (drift.drift_report
+    # rows), kept with the screening so drift can be followed batch by batch (monitoring.py)
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_held(self) -> bool:
@@ -185,4 +191,29 @@ def screen_with_champion(stones: pd.DataFrame) -> Screening | None:
     if version is None or stones.empty:
         return None
     version, model = registry.load_version(version)
-    return screen(model, version, stones)
+    result = screen(model, version, stones)
+    result.drift = batch_drift(model, stones)
+    return result
+
+
+def batch_drift(model: PriceModel, stones: pd.DataFrame) -> list[dict[str, Any]]:
+    """The batch's drift per feature against the model's training stones (drift.py), as plain
+    rows; empty when it cannot be measured (a drift failure never holds a batch)."""
+    from appraiser import drift
+
+    try:
+        report = drift.drift_report(stones, model.reference)
+    except Exception as exc:  # an old model without reference stones, an odd column
+        logger.warning("drift of the batch not measured: %s", exc)
+        return []
+    return [
+        {
+            "feature": str(r["feature"]),
+            "test": str(r["test"]),
+            "statistic": round(float(r["statistic"]), 6),
+            "p_value": float(r["p_value"]),
+            "effect": round(float(r["effect"]), 6),
+            "drift": bool(r["drift"]),
+        }
+        for r in report.to_dict("records")
+    ]

@@ -29,6 +29,7 @@ from appraiser.api.middleware import (
 )
 from appraiser.api.models import ErrorOut
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
+from appraiser.api.routers import monitoring as monitoring_routes
 from appraiser.config import Settings, settings
 from appraiser.predict import ChampionWatcher
 
@@ -91,6 +92,7 @@ def create_app(
     app.add_middleware(TimeRequests)
     for module in (appraisals, feedback, diamonds, models, admin, operations):
         app.include_router(module.router)
+    app.include_router(monitoring_routes.router)  # GET /v1/monitoring
     app.mount("/static", StaticFiles(directory=operations.WEB), name="static")
     app.mount("/docs/assets", StaticFiles(directory=operations.DOCS_ASSETS), name="docs-assets")
 

@@ -1,6 +1,7 @@
 // The admin page: the API key (session storage only), the review queue of experts' prices
 // (approve or reject each), CSV upload with its ingestion report, the model versions with their
-// metrics and a Promote button, and a background retrain with its status polled every 2 s.
+// metrics and a Promote button, a background retrain with its status polled every 2 s, and the
+// monitoring view (GET /v1/monitoring drawn as inline SVG).
 // Plain ES2020, no dependencies.
 "use strict";
 
@@ -457,7 +458,7 @@
       if (job.status === "succeeded" || job.status === "failed") {
         pollTimer = null;
         $("retrain").disabled = false;
-        if (job.status === "succeeded") await loadModels();
+        if (job.status === "succeeded") await Promise.allSettled([loadModels(), loadMonitoring()]);
         return;
       }
     } catch (error) {
@@ -488,12 +489,388 @@
     });
   }
 
+  // --- monitoring ---------------------------------------------------------------------------
+  // GET /v1/monitoring drawn as inline SVG built node by node (no markup from data, no library).
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const MAX_DRIFT_BATCHES = 24; // the newest batches in the drift map
+  const MAX_BATCH_ROWS = 10; // the newest labelled batches listed
+  let monitorRun = 0;
+
+  function svg(tag, attrs = {}, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value !== null && value !== undefined) node.setAttribute(key, String(value));
+    }
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  /** An <svg> that scales to its box, with a title and a description for screen readers. */
+  function chartSvg(width, height, title, description, className) {
+    const id = `mon-svg-${++chartSvg.count}`;
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-labelledby": `${id}-t ${id}-d`, class: `monitor-svg ${className || ""}`.trim(), preserveAspectRatio: "xMinYMin meet" });
+    root.append(svg("title", { id: `${id}-t` }, title), svg("desc", { id: `${id}-d` }, description));
+    return root;
+  }
+  chartSvg.count = 0;
+
+  const empty = (text) => el("p", { className: "monitor-empty", text });
+  const num = (v, digits = 1) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "\u2014");
+  const ms = (v) => (typeof v === "number" && Number.isFinite(v) ? `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms` : "\u2014");
+  const version = (v) => (v === null || v === undefined ? "unknown" : `v${v}`);
+  const clip = (text, n) => (text.length > n ? `${text.slice(0, n - 1)}\u2026` : text);
+
+  function hourLabel(iso) {
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime()) ? "" : date.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  }
+
+  function table(caption, headers, rows, className) {
+    return el(
+      "div",
+      { className: "table-wrap" },
+      el(
+        "table",
+        { className: className || null },
+        el("caption", { text: caption }),
+        el("thead", {}, el("tr", {}, ...headers.map(([text, isNum]) => el("th", { scope: "col", className: isNum ? "num" : null, text })))),
+        el("tbody", {}, ...rows)
+      )
+    );
+  }
+
+  // appraisals per hour: one bar per hour of the window
+  function drawHours(figures) {
+    const box = $("mon-hours");
+    const a = figures.appraisals;
+    const hours = a.per_hour || [];
+    if (!a.total) {
+      box.replaceChildren(empty(`No appraisals in the last ${plural(figures.hours, "hour", "hours")}.`));
+      return;
+    }
+    const W = 1040, H = 200, left = 44, right = 8, top = 12, bottom = 30;
+    const most = Math.max(1, ...hours.map((h) => h.count));
+    const step = (W - left - right) / Math.max(hours.length, 1);
+    const y = (v) => top + (H - top - bottom) * (1 - v / most);
+    const chart = chartSvg(W, H, "Appraisals per hour", `${count(a.total)} appraisals in the last ${plural(figures.hours, "hour", "hours")}; the busiest hour had ${count(most)}.`, "hours");
+    const grid = svg("g", { class: "axis", "aria-hidden": "true" });
+    for (const v of [0, most / 2, most]) {
+      grid.append(svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: v === 0 ? "baseline" : "gridline" }));
+      grid.append(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, count(Math.round(v))));
+    }
+    grid.append(svg("text", { x: left, y: H - 8, "text-anchor": "start" }, hourLabel(hours[0].hour)));
+    grid.append(svg("text", { x: W - right, y: H - 8, "text-anchor": "end" }, hourLabel(hours[hours.length - 1].hour)));
+    chart.append(grid);
+    const bars = svg("g", { class: "bars" });
+    hours.forEach((h, i) => {
+      if (!h.count) return;
+      const bar = svg("rect", { class: "bar", x: left + i * step + step * 0.1, y: y(h.count), width: Math.max(step * 0.8, 1), height: y(0) - y(h.count), "data-hour": h.hour, "data-count": h.count });
+      bar.append(svg("title", {}, `${hourLabel(h.hour)}: ${plural(h.count, "appraisal", "appraisals")}`));
+      bars.append(bar);
+    });
+    chart.append(bars);
+    const versions = (a.by_version || []).map((v) => `${version(v.version)}: ${count(v.count)}`).join(" \u00b7 ");
+    box.replaceChildren(el("div", { className: "monitor-scroll" }, chart), el("p", { className: "hint", text: `${count(a.total)} in all${versions ? ` (${versions})` : ""}.` }));
+  }
+
+  // latency: the request histogram's percentiles, and the pricing time stored per stone
+  function drawLatency(figures) {
+    const box = $("mon-latency-body");
+    const parts = [];
+    const req = figures.requests;
+    const appraising = req && req.appraising;
+    const stat = (label, value, id) => el("div", { className: "stat", "data-stat": id }, el("dt", { text: label }), el("dd", { text: value }));
+    if (appraising && appraising.count) {
+      parts.push(
+        el("p", { className: "hint", text: `Appraisal requests answered by this server since it started (${count(appraising.count)}):` }),
+        el("dl", { className: "stats compact", id: "mon-latency-stats" }, stat("p50", ms(appraising.p50_ms), "p50"), stat("p90", ms(appraising.p90_ms), "p90"), stat("p99", ms(appraising.p99_ms), "p99"))
+      );
+    } else {
+      parts.push(empty("No appraisal request timed by this server since it started."));
+    }
+    const pricing = figures.appraisals.pricing_ms;
+    if (pricing && pricing.n) {
+      parts.push(el("p", { className: "hint", text: `Pricing time per stone, stored with the window's appraisals (${count(pricing.n)}): p50 ${ms(pricing.p50)}, p90 ${ms(pricing.p90)}, p99 ${ms(pricing.p99)}.` }));
+    }
+    box.replaceChildren(...parts);
+  }
+
+  // rejected rows by reason: horizontal bars
+  function drawRejected(figures) {
+    const box = $("mon-rejected-body");
+    const reasons = figures.rejected.by_reason || [];
+    if (!reasons.length) {
+      box.replaceChildren(empty(`No rows rejected in batches of the last ${plural(figures.hours, "hour", "hours")}.`));
+      return;
+    }
+    const shown = reasons.slice(0, 8);
+    const most = Math.max(...shown.map((r) => r.rows));
+    const W = 460, row = 34, H = shown.length * row + 4, barMax = W - 60;
+    const chart = chartSvg(W, H, "Rejected rows by reason", `${count(figures.rejected.rows)} rows rejected; most often: ${shown[0].reason} (${count(shown[0].rows)}).`, "rejected");
+    shown.forEach((r, i) => {
+      const g = svg("g", { class: "reason", "data-reason": r.reason });
+      const width = Math.max((barMax * r.rows) / most, 2);
+      g.append(svg("title", {}, `${r.reason}: ${plural(r.rows, "row", "rows")}`));
+      g.append(svg("text", { x: 0, y: i * row + 12, class: "label" }, clip(r.reason, 56)));
+      g.append(svg("rect", { class: "bar bad", x: 0, y: i * row + 17, width, height: 12, rx: 2 }));
+      g.append(svg("text", { x: width + 6, y: i * row + 27, class: "value" }, count(r.rows)));
+      chart.append(g);
+    });
+    const more = reasons.length > shown.length ? ` (the ${shown.length} most frequent of ${reasons.length} reasons)` : "";
+    box.replaceChildren(el("div", { className: "monitor-scroll" }, chart), el("p", { className: "hint", text: `${plural(figures.rejected.rows, "row", "rows")} rejected${more}; a row may break several rules.` }));
+  }
+
+  // the champion's history: promotions and rollbacks, newest first
+  function drawHistory(figures) {
+    const box = $("mon-history-body");
+    const moves = (figures.champion_history || []).slice().reverse();
+    if (!moves.length) {
+      box.replaceChildren(empty("No champion move on record yet: train a model or promote a version."));
+      return;
+    }
+    const kinds = { gate: ["Promoted by the gate", "ok"], promote: ["Promoted by hand", ""], rollback: ["Rolled back", "warn"] };
+    const rows = moves.map((m) => {
+      const [label, tone] = kinds[m.kind] || [m.kind, ""];
+      return el(
+        "tr",
+        { "data-kind": m.kind, "data-version": m.version, className: m.version === figures.champion && m === moves[0] ? "champion" : null },
+        el("td", { text: fmtDate(m.at) }),
+        el("td", {}, el("span", { className: `badge ${tone}`.trim(), text: label })),
+        el("th", { scope: "row", text: `${version(m.version)}${m.previous ? ` (from ${version(m.previous)})` : ""}` }),
+        el("td", { text: m.actor }),
+        el("td", { text: m.reason })
+      );
+    });
+    box.replaceChildren(
+      el("p", { className: "hint", text: figures.champion ? `Version ${figures.champion} prices now.` : "No champion serves now." }),
+      table("Every move of the champion, newest first", [["When"], ["Move"], ["Champion"], ["Who"], ["Why"]], rows, "history")
+    );
+  }
+
+  // accuracy and coverage per version: bars of range coverage against the promised 90%
+  function drawAccuracy(figures) {
+    const box = $("mon-accuracy-body");
+    const acc = figures.accuracy;
+    const nominal = acc.nominal_coverage || 90;
+    const versions = new Map();
+    const entry = (v) => {
+      const key = v === null || v === undefined ? "?" : String(v);
+      if (!versions.has(key)) versions.set(key, { version: v, feedback: null, batches: null });
+      return versions.get(key);
+    };
+    for (const f of acc.feedback || []) entry(f.version).feedback = f;
+    for (const b of acc.batches_by_version || []) entry(b.version).batches = b;
+    const parts = [];
+    if (!versions.size) {
+      parts.push(empty("No reviewed expert prices yet, and no labelled batch screened by a champion yet: approve experts' prices above, or ingest priced stones."));
+      box.replaceChildren(...parts);
+      return;
+    }
+    const list = [...versions.values()];
+    const W = 1040, top = 20, rowH = 46, left = 70, right = 60, H = top + list.length * rowH + 24;
+    const x = (v) => left + ((W - left - right) * Math.min(Math.max(v, 0), 100)) / 100;
+    const chart = chartSvg(W, H, "Share of true prices inside the 90% range, per version", `Coverage from reviewed expert prices and from labelled batches; the ranges promise ${nominal}%.`, "accuracy");
+    const axis = svg("g", { class: "axis", "aria-hidden": "true" });
+    for (const v of [0, 50, 100]) {
+      axis.append(svg("line", { x1: x(v), x2: x(v), y1: top - 4, y2: H - 20, class: "gridline" }));
+      axis.append(svg("text", { x: x(v), y: H - 6, "text-anchor": "middle" }, `${v}%`));
+    }
+    chart.append(axis);
+    list.forEach((item, i) => {
+      const y0 = top + i * rowH;
+      const g = svg("g", { class: "version", "data-version": item.version === null ? "" : item.version });
+      g.append(svg("text", { x: left - 8, y: y0 + 20, "text-anchor": "end", class: "label" }, version(item.version)));
+      const series = [
+        ["experts", item.feedback, "expert prices"],
+        ["labelled", item.batches, "labelled batches"],
+      ];
+      series.forEach(([kind, fig, words], j) => {
+        const y = y0 + j * 17;
+        if (!fig || typeof fig.coverage !== "number") {
+          g.append(svg("text", { x: left + 4, y: y + 12, class: "none" }, `no ${words} yet`));
+          return;
+        }
+        const bar = svg("rect", { class: `bar ${kind}`, x: left, y, width: Math.max(x(fig.coverage) - left, 1), height: 14, rx: 2 });
+        const n = kind === "experts" ? plural(fig.n, "expert price", "expert prices") : `${plural(fig.batches, "batch", "batches")}, ${plural(fig.stones, "stone", "stones")}`;
+        bar.append(svg("title", {}, `${version(item.version)}, ${words}: ${num(fig.coverage)}% inside the range, MAPE ${num(fig.mape)}% (${n})`));
+        g.append(bar);
+        g.append(svg("text", { x: x(fig.coverage) + 4, y: y + 12, class: "value" }, `${num(fig.coverage)}%`));
+      });
+      chart.append(g);
+    });
+    chart.append(svg("line", { x1: x(nominal), x2: x(nominal), y1: top - 8, y2: H - 20, class: "nominal" }));
+    chart.append(svg("text", { x: x(nominal), y: top - 2, "text-anchor": "middle", class: "nominal-label" }, `${nominal}% promised`));
+    parts.push(
+      el("div", { className: "monitor-scroll" }, chart),
+      el("ul", { className: "monitor-legend" }, el("li", {}, el("span", { className: "swatch experts" }), "from reviewed expert prices"), el("li", {}, el("span", { className: "swatch labelled" }), "from newly labelled batches"))
+    );
+    const rows = list.map((item) =>
+      el(
+        "tr",
+        { "data-version": item.version === null ? "" : item.version },
+        el("th", { scope: "row", text: version(item.version) }),
+        el("td", { className: "num", text: item.feedback ? count(item.feedback.n) : "\u2014" }),
+        el("td", { className: "num", text: item.feedback ? num(item.feedback.mape) : "\u2014" }),
+        el("td", { className: "num", text: item.feedback ? num(item.feedback.coverage) : "\u2014" }),
+        el("td", { className: "num", text: item.batches ? count(item.batches.stones) : "\u2014" }),
+        el("td", { className: "num", text: item.batches ? num(item.batches.mape) : "\u2014" }),
+        el("td", { className: "num", text: item.batches ? num(item.batches.coverage) : "\u2014" })
+      )
+    );
+    parts.push(table("Per version: expert prices approved, and stones of the labelled batches it screened (held or dropped batches left out)", [["Version"], ["Expert prices", true], ["MAPE %", true], ["In range %", true], ["Batch stones", true], ["MAPE %", true], ["In range %", true]], rows, "accuracy"));
+    if (!(acc.feedback || []).length) parts.push(empty("No reviewed expert prices yet."));
+    if (!(acc.batches || []).length) parts.push(empty("No labelled batch screened by a champion yet."));
+    const batches = (acc.batches || []).slice(-MAX_BATCH_ROWS).reverse();
+    if (batches.length) {
+      const batchRows = batches.map((b) =>
+        el(
+          "tr",
+          { "data-batch": b.batch_id, className: b.held ? "flagged" : null },
+          el("th", { scope: "row", text: String(b.batch_id) }),
+          el("td", { text: fmtDate(b.at) }),
+          el("td", { text: version(b.version) }),
+          el("td", { className: "num", text: count(b.stones) }),
+          el("td", { className: "num", text: num(b.mape) }),
+          el("td", { className: "num", text: num(b.coverage) }),
+          el("td", { className: "num", text: typeof b.bias === "number" ? `${b.bias > 0 ? "+" : ""}${num(b.bias)}` : "\u2014" }),
+          el("td", { text: b.status || "" })
+        )
+      );
+      parts.push(table(`The champion on each newly labelled batch (the newest ${batches.length})`, [["Batch"], ["Screened"], ["Champion"], ["Stones", true], ["MAPE %", true], ["In range %", true], ["Shift %", true], ["Status"]], batchRows, "batches"));
+    }
+    box.replaceChildren(...parts);
+  }
+
+  // drift: a heat map, features by batch, the darker the larger the effect, flagged cells outlined
+  function drawDrift(figures) {
+    const box = $("mon-drift-body");
+    const d = figures.drift;
+    const batches = (d.batches || []).slice(-MAX_DRIFT_BATCHES);
+    if (!batches.length) {
+      box.replaceChildren(empty("No drift figures yet: each batch ingested while a champion serves is compared with the stones it learned from."));
+      return;
+    }
+    const features = d.features || [];
+    const cellW = 34, cellH = 22, left = 64, top = 26;
+    const W = left + batches.length * cellW + 8, H = top + features.length * cellH + 6;
+    const flagged = batches.reduce((n, b) => n + Object.values(b.features).filter((f) => f.drift).length, 0);
+    const chart = chartSvg(W, H, "Drift per feature, batch by batch", `${batches.length} batches; ${flagged} feature${flagged === 1 ? "" : "s"} flagged as drifting. Darker cells moved further from the training stones.`, "drift");
+    batches.forEach((b, j) => {
+      chart.append(svg("text", { x: left + j * cellW + cellW / 2, y: top - 8, "text-anchor": "middle", class: "col-label" }, `#${b.batch_id}`));
+    });
+    features.forEach((feature, i) => {
+      const row = svg("g", { class: "feature", "data-feature": feature });
+      row.append(svg("text", { x: left - 6, y: top + i * cellH + 15, "text-anchor": "end", class: "label" }, feature));
+      batches.forEach((b, j) => {
+        const f = b.features[feature];
+        if (!f) return;
+        const effect = typeof f.effect === "number" ? f.effect : 0;
+        const cls = `cell${f.drift ? " drift" : ""}${b.judged ? "" : " unjudged"}`;
+        const cell_ = svg("rect", { class: cls, x: left + j * cellW + 1, y: top + i * cellH + 1, width: cellW - 2, height: cellH - 2, rx: 2, "fill-opacity": (0.08 + 0.92 * Math.min(effect / 0.3, 1)).toFixed(3), "data-batch": b.batch_id });
+        const test = f.test === "KS" ? "KS statistic" : "total variation distance";
+        cell_.append(svg("title", {}, `batch ${b.batch_id}, ${feature}: ${test} ${num(effect, 3)}${typeof f.p_value === "number" ? `, p = ${f.p_value.toPrecision(2)}` : ""}${f.drift ? " \u2014 drifts" : ""}${b.judged ? "" : " (too few stones to judge)"}`));
+        row.append(cell_);
+      });
+      chart.append(row);
+    });
+    const thresholds = d.thresholds || {};
+    box.replaceChildren(
+      el("div", { className: "monitor-scroll" }, chart),
+      el("p", { className: "hint", text: `Each cell: how far a batch's feature moved from the champion's training stones (KS statistic for numbers, total variation distance for grades; darker is further). Outlined: significant and over ${thresholds.numbers ?? 0.1} (numbers) or ${thresholds.grades ?? 0.1} (grades). Pale cells with a dashed edge: batches too small to judge.` })
+    );
+  }
+
+  // held batches: release or drop each
+  function drawHeld(figures) {
+    const box = $("mon-held-body");
+    const held = figures.held_batches || [];
+    if (!held.length) {
+      box.replaceChildren(empty("No batch waits for review."));
+      return;
+    }
+    const rows = held.map((b) => {
+      const release = el("button", { type: "button", className: "small", "aria-label": `Release batch ${b.batch_id}`, text: "Release" });
+      const drop = el("button", { type: "button", className: "secondary small", "aria-label": `Drop batch ${b.batch_id}`, text: "Drop" });
+      const row = el(
+        "tr",
+        { "data-batch": b.batch_id },
+        el("th", { scope: "row", text: String(b.batch_id) }),
+        el("td", { text: fmtDate(b.received_at) }),
+        el("td", {}, el("span", { text: b.source }), el("span", { className: "hint block", text: clip(b.file_name, 80), title: b.file_name })),
+        el("td", { className: "num", text: count(b.rows_accepted) }),
+        el("td", { className: "held-why", text: b.summary || b.reason || "" }),
+        el("td", { className: "verdict" }, el("span", { className: "actions" }, release, drop))
+      );
+      release.addEventListener("click", () => setBatch(b.batch_id, "release", row));
+      drop.addEventListener("click", () => setBatch(b.batch_id, "drop", row));
+      return row;
+    });
+    box.replaceChildren(table(`${plural(held.length, "batch waits", "batches wait")} for review: held batches train nothing until released`, [["Batch"], ["Received"], ["Source"], ["Stones", true], ["Why held"], ["Review"]], rows, "held"));
+  }
+
+  async function setBatch(id, action, row) {
+    const key = currentKey();
+    if (!key) return;
+    hideAlert("monitor-error");
+    for (const b of row.querySelectorAll("button")) b.disabled = true;
+    try {
+      await api("POST", `/v1/batches/${encodeURIComponent(id)}/${action}`, { key });
+      await loadMonitoring(`Batch ${id} ${action === "release" ? "released: its stones train the next retrain" : "dropped: kept, never used"}.`);
+    } catch (error) {
+      onKeyError(error);
+      showAlert("monitor-error", error.message);
+      for (const b of row.querySelectorAll("button")) b.disabled = false;
+    }
+  }
+
+  const NEEDS_MONITOR_KEY = "Enter an admin API key above to see the monitoring figures.";
+
+  async function loadMonitoring(note) {
+    const key = $("api-key").value.trim() || storedKey();
+    const run = ++monitorRun;
+    hideAlert("monitor-error");
+    if (!key) {
+      $("monitor-body").hidden = true;
+      $("monitor-status").textContent = NEEDS_MONITOR_KEY;
+      return;
+    }
+    const hours = Number($("monitor-hours").value) || 24;
+    $("monitor-status").textContent = "Loading the monitoring figures\u2026";
+    let figures;
+    try {
+      figures = await api("GET", `/v1/monitoring?hours=${encodeURIComponent(hours)}`, { key });
+    } catch (error) {
+      if (run !== monitorRun) return;
+      onKeyError(error);
+      $("monitor-body").hidden = true;
+      showAlert("monitor-error", error.message);
+      $("monitor-status").textContent = "The monitoring figures could not be loaded.";
+      return;
+    }
+    if (run !== monitorRun) return;
+    for (const draw of [drawHours, drawLatency, drawRejected, drawHistory, drawAccuracy, drawDrift, drawHeld]) draw(figures);
+    $("monitor-body").hidden = false;
+    $("monitor-body").dataset.generated = figures.generated_at;
+    $("monitor-status").textContent = note || `Figures as of ${fmtDate(figures.generated_at)}.`;
+  }
+
+  function setUpMonitoring() {
+    $("monitor-refresh").addEventListener("click", () => {
+      if (currentKey()) loadMonitoring();
+    });
+    $("monitor-hours").addEventListener("change", () => loadMonitoring());
+    $("key-form").addEventListener("submit", () => loadMonitoring());
+    $("key-forget").addEventListener("click", () => loadMonitoring());
+  }
+
   setUpKey();
   setUpUpload();
   setUpRetrain();
+  setUpMonitoring();
   $("models-refresh").addEventListener("click", () => loadModels());
   $("review-refresh").addEventListener("click", () => loadReview({ ask: true }));
-  Promise.allSettled([loadModels(), loadReview()]).finally(() => {
+  Promise.allSettled([loadModels(), loadReview(), loadMonitoring()]).finally(() => {
     document.body.dataset.ready = "true";
   });
 })();
