@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 (r["bin"], f"{r['stones']:,}", f"{r['predicted']:.3f}", f"{r['observed']:.3f}")
                 for r in deals
             ],
-            "Deal check calibration (asking = true price x exp(N(0, 0.15)))",
+            "Deal check calibration (asking = model price x exp(N(0, 0.15)))",
         )
     )
     deal_gap = max(
@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "all_goals_met": all(g.met() for g in goals),
     }
     write_json(args.json, payload)
-    return 0
+    return 0 if payload["all_goals_met"] else 1
 
 
 if __name__ == "__main__":

@@ -209,11 +209,14 @@ def path_drops(model: PriceModel, stones: pd.DataFrame) -> dict[str, int]:
 
 
 def deal_calibration(model: PriceModel, test: pd.DataFrame) -> list[dict[str, Any]]:
-    """Asking prices drawn around each true price (x exp(N(0, 0.15))): the predicted probability
+    """Asking prices drawn around each model price (x exp(N(0, 0.15))): the predicted probability
     that the market price is above the asking price, against how often it was, in 10 bins."""
     rng = np.random.default_rng(11)
-    asking = test[schema.TARGET].to_numpy() * np.exp(rng.normal(0, 0.15, len(test)))
-    prob = model.prob_above_matrix(features.encode(test).to_numpy(), asking)
+    matrix = features.encode(test).to_numpy()
+    # around the model's price, not the true one: an asking price drawn from the truth would
+    # carry information about it, and a perfectly calibrated model would then show a gap
+    asking = model.predict_matrix(matrix)[0] * np.exp(rng.normal(0, 0.15, len(test)))
+    prob = model.prob_above_matrix(matrix, asking)
     above = test[schema.TARGET].to_numpy() > asking
     bins = np.minimum((prob * 10).astype(int), 9)
     rows = []

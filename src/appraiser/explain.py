@@ -60,11 +60,20 @@ def banded_halfwidths(
     return widths
 
 
-def dollars_from_log(log_contribs: np.ndarray) -> np.ndarray:
+def dollars_from_log(log_contribs: np.ndarray, log_price: np.ndarray | None = None) -> np.ndarray:
     """Log-price contributions (models.CONTRIBUTION_COLUMNS, baseline last) to dollars that add
-    up to the price, by the logarithmic-mean scaling above; the baseline becomes exp(b)."""
+    up to the price, by the logarithmic-mean scaling above; the baseline becomes exp(b).
+
+    Given the model's own `log_price`, the parts are first scaled to sum to log_price - baseline:
+    XGBoost returns contributions in single precision, whose sum misses the price by up to a
+    cent or two; scaled, the dollars add up to the price the model gives."""
     baseline = log_contribs[:, -1]
     parts = log_contribs[:, :-1]
+    if log_price is not None:
+        total = parts.sum(axis=1)
+        wanted = np.asarray(log_price, dtype=float) - baseline
+        ratio = np.divide(wanted, total, out=np.ones_like(total), where=np.abs(total) > 1e-9)
+        parts = parts * ratio[:, None]
     delta = parts.sum(axis=1)
     base_price = np.exp(baseline)
     # (exp(b + delta) - exp(b)) / delta, computed stably; -> exp(b) as delta -> 0
@@ -339,7 +348,7 @@ def explain_stones(
     index = index or ReferenceIndex(model.reference)
     matrix = features.encode_stones(stones)
     price, low, high = model.predict_matrix(matrix)
-    dollars = dollars_from_log(model.contributions_matrix(matrix))
+    dollars = dollars_from_log(model.contributions_matrix(matrix), np.log(price))
     what_ifs = grade_what_ifs(model, matrix)
     out = []
     for i, stone in enumerate(stones):

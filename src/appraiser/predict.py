@@ -162,9 +162,12 @@ class Appraiser:
         asking price, the deal check (`deal`: the probability the market pays more, a verdict).
         """
         matrix = features.encode_stones(stones)
-        price, low, high = (np.round(v, 2).tolist() for v in self.model.predict_matrix(matrix))
+        exact = self.model.predict_matrix(matrix)
+        price, low, high = (np.round(v, 2).tolist() for v in exact)
         dollars = (
-            np.round(dollars_from_log(self.model.contributions_matrix(matrix)), 2).tolist()
+            np.round(
+                dollars_from_log(self.model.contributions_matrix(matrix), np.log(exact[0])), 2
+            ).tolist()
             if explain
             else None
         )

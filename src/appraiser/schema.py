@@ -79,6 +79,8 @@ BOUNDS: dict[str, Bound] = {
     "price": Bound(0.0, 1_000_000.0),
 }
 
+ASKING_PRICE_HIGH = BOUNDS["price"].high * 10  # a seller's asking price (the deal check), USD
+
 # depth is defined as 2 z / (x + y) x 100; 99.8% of the public table's stones agree to within one
 # point, so a larger gap means one of the four numbers is wrong.
 DEPTH_TOLERANCE = 1.5

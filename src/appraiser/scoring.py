@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from appraiser import data, features
+from appraiser import data, features, schema
 from appraiser.models import PriceModel
 
 
@@ -31,15 +31,26 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
             values[good] = prices[column].to_numpy().round(2)
         out[column] = values
     if ASKING in out.columns:  # the deal check for rows with an asking price
+        from appraiser.explain import verdict
+
         asking = pd.to_numeric(out[ASKING], errors="coerce").to_numpy(dtype=float)
+        given = out[ASKING].notna().to_numpy() & (out[ASKING].astype(str).str.strip() != "")
         chance = np.full(len(out), np.nan)
+        verdicts = np.full(len(out), "", dtype=object)
+        deal_errors = np.full(len(out), "", dtype=object)
+        valid = np.isfinite(asking) & (asking > 0) & (asking <= ASKING_HIGH)
+        deal_errors[given & ~valid] = ASKING_RULE
         rows = np.flatnonzero(good)
-        usable = np.isfinite(asking[rows]) & (asking[rows] > 0)
+        usable = valid[rows]
         if usable.any():
             matrix = features.encode(checked.clean).to_numpy()[usable]
             found = model.prob_above_matrix(matrix, asking[rows[usable]])
             chance[rows[usable]] = np.clip(found, 0.001, 0.999).round(3)
+            # from the unrounded probability, as the single-stone answer does
+            verdicts[rows[usable]] = [verdict(p) for p in found.tolist()]
         out["bargain_probability"] = chance
+        out["verdict"] = verdicts
+        out["deal_error"] = deal_errors
     errors = np.full(len(out), "", dtype=object)
     errors[~good] = checked.rejected["reasons"].to_numpy()
     out["error"] = errors
@@ -47,3 +58,5 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
 
 
 ASKING = "asking_price"  # an optional column: adds bargain_probability, P(market > asking)
+ASKING_HIGH = schema.ASKING_PRICE_HIGH
+ASKING_RULE = f"asking_price: must be a number > 0 and <= {ASKING_HIGH:,.0f} (no deal check)"

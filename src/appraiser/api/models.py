@@ -115,8 +115,10 @@ class DiamondIn(schema.Diamond):
 
     asking_price: float | None = Field(
         default=None,
+        strict=True,  # a number: not "1000" or true (JSON integers are fine)
+        allow_inf_nan=False,
         gt=0,
-        le=schema.BOUNDS["price"].high * 10,
+        le=schema.ASKING_PRICE_HIGH,
         description="USD: adds `deal`, the probability that the market pays more, and a verdict",
     )
 
@@ -144,7 +146,7 @@ class PriceListOut(BaseModel):
     rows: list[dict[str, Any]] = Field(
         description="each row as sent, plus price, price_low, price_high, warnings and error "
         "(the reasons a row was refused; empty when priced); with an asking_price column, "
-        "bargain_probability and verdict"
+        "bargain_probability, verdict and deal_error (why an asking price could not be used)"
     )
     priced: int
     refused: int

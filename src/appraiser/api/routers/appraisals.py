@@ -14,7 +14,7 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from appraiser import feedback, schema, store
-from appraiser.api import deps
+from appraiser.api import batch_input, deps
 from appraiser.api.batching import Overloaded
 from appraiser.api.middleware import PRICED
 from appraiser.api.models import (
@@ -103,6 +103,22 @@ async def appraise(
     return await ctx.batcher.price(diamond.model_dump(), explain, comparables)
 
 
+def _validated_by_pydantic(body: bytes) -> list[dict[str, Any]]:
+    try:
+        batch = BatchIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from exc
+    if len(batch.diamonds) > MAX_BATCH:
+        raise HTTPException(
+            413, f"{len(batch.diamonds):,} stones: send at most {MAX_BATCH:,} per request"
+        )
+    if not batch.diamonds:
+        raise HTTPException(422, "diamonds: send at least one stone")
+    return [d.model_dump() for d in batch.diamonds]
+
+
 @router.post(
     "/batch",
     response_model=BatchOut,
@@ -137,21 +153,13 @@ async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) ->
     if ctx.batch_slots.locked():  # a cap on batch calls in flight: past it, say so at once
         raise Overloaded(f"{ctx.config.max_batch_calls} batch calls are being priced")
     async with ctx.batch_slots:
-        # parsed and validated straight from the bytes by pydantic (Rust): the body is read here
-        # rather than declared, because FastAPI's generic path costs twice as much
-        try:
-            batch = BatchIn.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
-            ) from exc
-        if len(batch.diamonds) > MAX_BATCH:
-            raise HTTPException(
-                413, f"{len(batch.diamonds):,} stones: send at most {MAX_BATCH:,} per request"
-            )
-        if not batch.diamonds:
-            raise HTTPException(422, "diamonds: send at least one stone")
-        stones = [d.model_dump() for d in batch.diamonds]
+        # the body is read here rather than declared (FastAPI's generic path costs twice as
+        # much); a valid batch is checked column by column, anything else by pydantic (Rust),
+        # whose errors name the stone, the field and the rule
+        body = await request.body()
+        stones = batch_input.valid_stones(body)
+        if stones is None:
+            stones = _validated_by_pydantic(body)
         answers = await run_in_threadpool(price_and_store, ctx, stones, False, 0, "batch")
     # the answers are built to BatchOut's schema: written as JSON in one go (Rust), where
     # FastAPI's validation and encoding of 1,000 answers would cost more than pricing them
@@ -202,7 +210,7 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from appraiser import data, explain, features
+    from appraiser import data, features
     from appraiser.scoring import ASKING, score_frame
 
     wanted = {*schema.COLUMNS, ASKING}
@@ -244,10 +252,8 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
             for k, v in record.items()
         }
         record["warnings"] = warnings[i]
-        chance = record.get("bargain_probability")
-        asking = record.get("asking_price")
-        if chance is not None and asking not in (None, ""):
-            record["verdict"] = explain.verdict(float(chance))
+        if not record.get("verdict"):  # verdicts come from score_frame (unrounded probability)
+            record.pop("verdict", None)
         rows.append({str(k): v for k, v in record.items()})
     return {
         "rows": rows,

@@ -1,0 +1,77 @@
+"""The batch fast path (api.batch_input) accepts exactly what pydantic accepts, dumps the same."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from appraiser import schema
+from appraiser.api.batch_input import valid_stones
+from appraiser.api.models import BatchIn
+from appraiser.config import MAX_BATCH
+
+
+def _pydantic(body: bytes) -> list[dict[str, Any]] | None:
+    try:
+        batch = BatchIn.model_validate_json(body)
+    except ValidationError:
+        return None
+    if not 0 < len(batch.diamonds) <= MAX_BATCH:
+        return None
+    return [d.model_dump() for d in batch.diamonds]
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 200),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1, max_value=120),
+    st.sampled_from(["1.1", "Ideal", "Excellent", "", "VS1", "D"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@st.composite
+def stones(draw: st.DrawFn) -> dict[str, Any]:
+    stone: dict[str, Any] = schema.example_stone()
+    stone["carat"] = draw(st.floats(0.2, 3.0))
+    scale = stone["carat"] ** (1 / 3) / 1.1 ** (1 / 3)
+    for axis in ("x", "y", "z"):
+        stone[axis] = round(stone[axis] * scale, 2)
+    stone["depth"] = round(schema.depth_from_measurements(stone["x"], stone["y"], stone["z"]), 1)
+    for grade, order in schema.GRADES.items():
+        stone[grade] = draw(st.sampled_from(order))
+    if draw(st.booleans()):
+        stone["asking_price"] = draw(st.one_of(st.none(), st.integers(1, 50_000)))
+    for _ in range(draw(st.integers(0, 2))):  # spoil a field, add one, or drop one
+        action = draw(st.sampled_from(["set", "add", "drop"]))
+        field = draw(st.sampled_from([*schema.FEATURES, "asking_price"]))
+        if action == "set":
+            stone[field] = draw(ODD_VALUES)
+        elif action == "add":
+            stone[draw(st.sampled_from(["colour", "price", "id"]))] = 1
+        else:
+            stone.pop(field, None)
+    return stone
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(stones(), min_size=0, max_size=6))
+def test_the_fast_path_agrees_with_pydantic(batch: list[dict[str, Any]]) -> None:
+    body = json.dumps({"diamonds": batch}).encode()
+    fast, slow = valid_stones(body), _pydantic(body)
+    # never accepts what pydantic refuses, takes every batch it accepts, dumps the same stones
+    assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b'{"diamonds": {}}', b'{"diamonds": [], "x": 1}', b'{"diamonds": [NaN]}'],
+)
+def test_odd_bodies_go_to_pydantic(body: bytes) -> None:
+    assert valid_stones(body) is None
