@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 FRANCESCO = Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data" / "diamonds.csv"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Without APPRAISER_TEST_POSTGRES_URL, PostgreSQL tests get a throwaway server: tests/pg.py."""
+    from tests import pg
+
+    pg.start_throwaway()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests import pg
+
+    pg.stop_throwaway()
+
+
 def use_home(path: Path) -> None:
     os.environ["APPRAISER_HOME"] = str(path)
     settings.cache_clear()
