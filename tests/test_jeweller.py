@@ -141,14 +141,49 @@ def test_the_api_answers_the_deal_check_single_and_batch(
 
 
 def test_a_file_with_asking_prices_gets_a_bargain_probability(trained, public) -> None:
+    """Review defects: an unusable asking price (-5, 1e300, "abc") was silently ignored, and a
+    list's verdict came from the rounded probability (could disagree with the single answer)."""
     model = Appraiser.champion().model
     raw = public.sample(20, random_state=14).drop(columns="price").reset_index(drop=True)
-    raw["asking_price"] = [1000.0, "", -5, *([5000.0] * 17)]
+    raw["asking_price"] = [1000.0, "", -5, 1e300, "abc", *([5000.0] * 15)]
     scored = score_frame(model, raw.astype(str))
     assert "bargain_probability" in scored.columns
-    assert scored["bargain_probability"][[1, 2]].isna().all()  # no usable asking price
-    assert scored["bargain_probability"].drop([1, 2]).between(0, 1).all()
-    assert isinstance(scored, pd.DataFrame)
+    unusable = [1, 2, 3, 4]
+    assert scored["bargain_probability"][unusable].isna().all()
+    assert scored["deal_error"][1] == ""  # nothing asked: nothing wrong
+    assert all("asking_price" in scored["deal_error"][i] for i in (2, 3, 4))
+    assert (scored["error"][unusable] == "").all()  # the stones themselves are still priced
+    assert scored["bargain_probability"].drop(unusable).between(0, 1).all()
+    assert (scored["verdict"].drop(unusable) != "").all()
+    single = Appraiser.champion().appraise(
+        raw.drop(columns="asking_price")
+        .iloc[[0]]
+        .astype({c: float for c in schema.NUMERIC_FEATURES})
+        .to_dict(orient="records"),
+        asking_prices=[1000.0],
+    )[0]
+    assert scored["verdict"][0] == single["deal"]["verdict"]
+
+
+def test_no_probability_for_an_asking_price_that_is_not_a_price(trained) -> None:
+    """Review defect: -5, NaN or inf got a probability (0.0004: "above market"), 0 "below"."""
+    model = Appraiser.champion().model
+    matrix = features.encode_stones([schema.example_stone()] * 5)
+    chance = model.prob_above_matrix(matrix, np.array([-5.0, 0.0, np.nan, np.inf, 5000.0]))
+    assert np.isnan(chance[:4]).all() and 0 < chance[4] < 1
+
+
+def test_reasons_add_up_to_the_models_own_price() -> None:
+    """Review defect: XGBoost's single-precision contributions missed the price by up to $0.015
+    and the API's baseline absorbed it, varying from stone to stone."""
+    rng = np.random.default_rng(3)
+    log_price = rng.uniform(6, 9, 200)
+    baseline = np.full(200, 7.5)
+    parts = rng.normal(0, 0.3, (200, len(features.REASONS)))
+    parts[:, 0] += (log_price - baseline - parts.sum(axis=1)) + rng.normal(0, 2e-6, 200)
+    dollars = explain.dollars_from_log(np.column_stack([parts, baseline]), log_price)
+    assert np.abs(dollars.sum(axis=1) - np.exp(log_price)).max() < 1e-6
+    assert np.allclose(dollars[:, -1], np.exp(7.5))  # one baseline for every stone
 
 
 def test_a_stone_few_resemble_is_warned_about(trained) -> None:
