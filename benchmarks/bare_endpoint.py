@@ -20,7 +20,6 @@ from typing import Literal
 
 import _bare
 import numpy as np
-import pandas as pd
 import uvicorn
 import xgboost as xgb
 from fastapi import FastAPI
@@ -45,6 +44,24 @@ class Batch(BaseModel):
     diamonds: list[Stone]
 
 
+def row(stone: Stone) -> list[float]:
+    """One stone as the booster's row: numbers as they come, grades as ordinal codes."""
+    return [
+        stone.carat,
+        CUT[stone.cut],
+        COLOR[stone.color],
+        CLARITY[stone.clarity],
+        stone.depth,
+        stone.table,
+        stone.x,
+        stone.y,
+        stone.z,
+    ]
+
+
+CUT, COLOR, CLARITY = (_bare.CODES[g] for g in ("cut", "color", "clarity"))
+
+
 def create_app(model: xgb.Booster) -> FastAPI:
     app = FastAPI()
     model.set_param({"nthread": 1})
@@ -55,12 +72,12 @@ def create_app(model: xgb.Booster) -> FastAPI:
 
     @app.post("/price")
     def price(stone: Stone) -> dict[str, float]:
-        row = _bare.encode(pd.DataFrame([stone.model_dump()]))
-        return {"price": float(np.exp(model.inplace_predict(row)[0]))}
+        matrix = np.asarray([row(stone)], dtype=np.float32)
+        return {"price": float(np.exp(model.inplace_predict(matrix)[0]))}
 
     @app.post("/explain")
     def explain(stone: Stone) -> dict[str, object]:
-        matrix = xgb.DMatrix(_bare.encode(pd.DataFrame([stone.model_dump()])))
+        matrix = xgb.DMatrix(np.asarray([row(stone)], dtype=np.float32), nthread=1)
         contributions = model.predict(matrix, pred_contribs=True)[0]
         return {
             "price": float(np.exp(contributions.sum())),
@@ -69,8 +86,8 @@ def create_app(model: xgb.Booster) -> FastAPI:
 
     @app.post("/batch")
     def batch(stones: Batch) -> dict[str, list[float]]:
-        rows = _bare.encode(pd.DataFrame([s.model_dump() for s in stones.diamonds]))
-        return {"prices": np.exp(model.inplace_predict(rows)).tolist()}
+        matrix = np.asarray([row(s) for s in stones.diamonds], dtype=np.float32)
+        return {"prices": np.exp(model.inplace_predict(matrix)).tolist()}
 
     return app
 
