@@ -75,3 +75,10 @@ def test_the_fast_path_agrees_with_pydantic(batch: list[dict[str, Any]]) -> None
 )
 def test_odd_bodies_go_to_pydantic(body: bytes) -> None:
     assert valid_stones(body) is None
+
+
+def test_a_grade_that_is_not_a_string_goes_to_pydantic() -> None:
+    """Found by the property test: a list as a grade raised TypeError (unhashable): a 500."""
+    for odd in (["Ideal"], {"a": 1}, 3):
+        body = json.dumps({"diamonds": [{**schema.example_stone(), "cut": odd}]}).encode()
+        assert valid_stones(body) is None

@@ -50,7 +50,8 @@ def valid_stones(body: bytes) -> list[dict[str, Any]] | None:
             return None
         columns[name] = column
     for name, order in schema.GRADES.items():
-        if not {stone[name] for stone in stones} <= set(order):
+        values = [stone[name] for stone in stones]
+        if not all(type(v) is str for v in values) or not set(values) <= set(order):
             return None
     if schema.depth_inconsistent(columns["depth"], columns["x"], columns["y"], columns["z"]).any():
         return None
