@@ -82,3 +82,10 @@ def test_a_grade_that_is_not_a_string_goes_to_pydantic() -> None:
     for odd in (["Ideal"], {"a": 1}, 3):
         body = json.dumps({"diamonds": [{**schema.example_stone(), "cut": odd}]}).encode()
         assert valid_stones(body) is None
+
+
+def test_an_integer_too_large_for_a_float_goes_to_pydantic() -> None:
+    """Review defect: a 400-digit carat raised OverflowError in the fast path: a 500."""
+    body = json.dumps({"diamonds": [{**schema.example_stone(), "carat": 10**400}]}).encode()
+    assert valid_stones(body) is None
+    assert _pydantic(body) is None

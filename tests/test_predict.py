@@ -41,8 +41,9 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
     version = Appraiser.champion().version  # fills the cache, as any first load does
     probe = (
         "import sys\n"
-        "from appraiser.predict import Appraiser\n"
-        "a = Appraiser.for_scoring()\n"
+        "from appraiser.predict import Appraiser, boosters_without_estimators\n"
+        "with boosters_without_estimators():\n"
+        "    a = Appraiser.for_scoring()\n"
         "a.model.predict_matrix(__import__('numpy').ones((3, 7)))\n"
         "print(a.version, sorted(m for m in ('mlflow', 'sklearn') if m in sys.modules))\n"
     )

@@ -165,10 +165,13 @@ def predict(
 ) -> None:
     """Price every stone of a file; bad rows get a message in an `error` column."""
     from appraiser.model_cache import RegistryError
-    from appraiser.predict import Appraiser
+    from appraiser.predict import Appraiser, boosters_without_estimators
 
     try:
-        appraiser = Appraiser.for_scoring()  # the cached champion, without importing MLflow
+        # the cached champion, without importing MLflow; a command that only scores and exits,
+        # so the boosters may load without their scikit-learn estimator classes
+        with boosters_without_estimators():
+            appraiser = Appraiser.for_scoring()
     except RegistryError as exc:
         raise fail(str(exc)) from exc
     total = None

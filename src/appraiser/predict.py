@@ -89,7 +89,7 @@ def score_file(
 
 
 @contextmanager
-def _boosters_without_estimators() -> Iterator[None]:
+def boosters_without_estimators() -> Iterator[None]:
     """LightGBM and XGBoost import scikit-learn when it is installed, only for their estimator
     classes (LGBMRegressor...): most of their import time. Scoring uses their boosters alone, so a
     process that has not imported scikit-learn yet (`appraiser predict`) loads them as if it were
@@ -137,8 +137,7 @@ class Appraiser:
         of a second); otherwise the registry's, as `champion()`."""
         version = model_cache.stored_champion()
         if version is not None and model_cache.is_complete(version):
-            with _boosters_without_estimators():
-                return cls(PriceModel.load(model_cache.pricer_folder(version)), version)
+            return cls(PriceModel.load(model_cache.pricer_folder(version)), version)
         return cls.champion()
 
     def price(self, stones: pd.DataFrame) -> pd.DataFrame:

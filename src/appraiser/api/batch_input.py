@@ -45,7 +45,10 @@ def valid_stones(body: bytes) -> list[dict[str, Any]] | None:
         values = [stone[name] for stone in stones]
         if not all(type(v) is float or type(v) is int for v in values):  # strict: no "1.1", true
             return None
-        column = np.asarray(values, dtype=float)
+        try:
+            column = np.asarray(values, dtype=float)
+        except OverflowError:  # an integer of hundreds of digits: pydantic says what is wrong
+            return None
         if not np.isfinite(column).all() or schema.BOUNDS[name].violated(column).any():
             return None
         columns[name] = column
