@@ -15,6 +15,9 @@ from appraiser.config import settings
 
 REPO = Path(__file__).resolve().parents[1]
 FRANCESCO = Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data" / "diamonds.csv"))
+# Compiling a champion's trees (native.py) takes seconds per promotion; tests promote hundreds of
+# times, so it is off here and tests/test_native.py turns it on where it is the subject.
+os.environ["APPRAISER_NATIVE_TREES"] = "false"
 
 
 def pytest_configure(config: pytest.Config) -> None:

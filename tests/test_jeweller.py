@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import evaluate, explain, features, schema
+from appraiser import data, evaluate, explain, features, schema
 from appraiser.api import create_app
 from appraiser.config import settings
 from appraiser.models import AdaptiveRange
@@ -201,6 +201,23 @@ def test_a_stone_few_resemble_is_warned_about(trained) -> None:
     assert any("few stones" in w for w in answers[1]["warnings"])
     share = index.sparse(features.encode(index.frame).to_numpy()).mean()
     assert share < 0.02  # by construction about 1% of the collection's own stones
+
+
+def test_the_sparse_shortcut_answers_as_the_full_neighbour_query() -> None:
+    """`sparse` settles most stones from their nearest stone alone; every answer must be the one
+    the full SPARSE_K-neighbour query gives, near the limit included."""
+    stones = data.load(None).clean.sample(3000, random_state=3)
+    index = explain.ReferenceIndex(stones)
+    matrix = features.encode(stones).to_numpy()
+    rng = np.random.default_rng(5)
+    asked = matrix[rng.integers(0, len(matrix), 4000)]
+    asked[:, 1:4] *= rng.lognormal(0, rng.choice([0.002, 0.02, 0.1], (len(asked), 1)), (4000, 3))
+    asked[:, 0] *= rng.lognormal(0, 0.1, len(asked))
+    scaled = index._points(asked) / index._scale
+    distances, _ = index._tree.query(scaled, k=explain.SPARSE_K)
+    full = distances[:, -1] > index.sparse_distance
+    assert 0.05 < full.mean() < 0.95  # both answers are common, so the test can fail
+    assert index.sparse(asked).tolist() == full.tolist()
 
 
 def test_grade_coverage_reports_each_level_with_an_interval_around_it() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from appraiser import store
@@ -175,6 +175,37 @@ def test_writer_drops_only_the_row_the_store_refuses(url: str, stone: dict) -> N
     for row in fine:
         assert store.get_appraisal(row["uid"], url=url) is not None
     writer.close()
+
+
+def test_bulk_insert_stores_what_the_orm_would(url: str, stone: dict) -> None:
+    """The writer's driver-level insert (store.bulk_insert) against SQLAlchemy's own: every
+    column reads back the same, the time zone and missing values included."""
+    store.upgrade(url)
+    when = store.utcnow()
+    rows = [
+        store.appraisal_row(
+            stone,
+            1234.5,
+            price_low=1000.0,
+            price_high=1500.25,
+            model_version="7",
+            latency_ms=0.25,
+            warnings=["few stones"],
+            created_at=when,
+        ),
+        store.appraisal_row(stone, 99.0, created_at=when),  # no range, model or latency
+    ]
+    twins = [{**row, "uid": row["uid"][:-1] + "x"} for row in rows]
+    with store.engine(url).begin() as conn:
+        store.bulk_insert(conn, store.APPRAISALS, rows)
+        conn.execute(insert(store.APPRAISALS), twins)
+    with store.session(url) as s:
+        found = {a.uid: a for a in s.scalars(select(store.Appraisal))}
+    columns = [c.key for c in store.APPRAISALS.columns if c.key not in ("id", "uid")]
+    for row, twin in zip(rows, twins, strict=True):
+        mine, theirs = found[row["uid"]], found[twin["uid"]]
+        assert [getattr(mine, c) for c in columns] == [getattr(theirs, c) for c in columns]
+        assert mine.created_at.replace(tzinfo=None) == when.replace(tzinfo=None)
 
 
 def test_jobs_are_recorded(url: str) -> None:

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     reload_seconds: float = Field(
         default=2.0, description="how often a server checks the registry for a new champion"
     )
+    native_trees: bool = Field(
+        default=True,
+        description=(
+            "price with the LightGBM trees compiled for this machine (lleaves, cached under "
+            "`home`/cache/native): the same prices, several times faster"
+        ),
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description=(

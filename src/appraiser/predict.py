@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, features, model_cache, schema
+from appraiser import data, explain, features, model_cache, native, schema
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -137,8 +137,12 @@ class Appraiser:
         of a second); otherwise the registry's, as `champion()`."""
         version = model_cache.stored_champion()
         if version is not None and model_cache.is_complete(version):
-            return cls(PriceModel.load(model_cache.pricer_folder(version)), version)
-        return cls.champion()
+            appraiser = cls(PriceModel.load(model_cache.pricer_folder(version)), version)
+        else:
+            appraiser = cls.champion()
+        # compiled once per version on this machine: a file is scored several times faster
+        native.attach(appraiser.model, build=True)
+        return appraiser
 
     def price(self, stones: pd.DataFrame) -> pd.DataFrame:
         """Validated stones -> price, price_low, price_high."""
@@ -241,6 +245,8 @@ class ChampionWatcher:
                 if version is None or (self.current and self.current.version == version):
                     return False
                 loaded_version, model = registry.load_version(version)
+                # LightGBM serves until this machine's compiled trees are ready (native.py)
+                native.attach_in_background(model, f"v{loaded_version}")
                 fresh = Appraiser(model, loaded_version)
                 # warm every path (thread settings, treelite trees) before the first request
                 example = [schema.example_stone()]

@@ -25,7 +25,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc import log_model as log_pyfunc_model
 from mlflow.tracking import MlflowClient
 
-from appraiser import model_cache
+from appraiser import model_cache, native
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
 from appraiser.model_cache import PRICER_ARTIFACT, RegistryError, RegistryUnavailable
 from appraiser.models import PriceModel
@@ -216,7 +216,9 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return version, PriceModel.load(model_cache.pricer_folder(version))
+    model = PriceModel.load(model_cache.pricer_folder(version))
+    native.attach(model, build=False)  # this machine's compiled trees, when already made
+    return version, model
 
 
 @dataclass

@@ -38,6 +38,7 @@ from appraiser import (
     features,
     gate,
     lineage,
+    native,
     registry,
     schema,
     screening,
@@ -709,6 +710,8 @@ def fit_and_register(
             "and run it again."
         ) from exc
     promoted, said = _promote(logged.version, decision, actor)
+    if promoted:  # compiled now, the new champion's servers find its fast trees ready
+        native.attach(fitted.final, build=True)
     champion_after: str | None = decision.champion
     try:  # after the move, a failure is a warning: the version and the move stand
         tracking.record_outcome(logged.run_id, promoted, said)
