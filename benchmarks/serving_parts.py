@@ -1,0 +1,140 @@
+"""Where a served price's time goes, part by part, before and after each speed-up of issue 12.
+
+    python benchmarks/serving_parts.py [--home DIR] [--repeats N]
+
+In this process, on 1,000 real public stones and on one, with the champion of --home (default
+.appraiser, the one `make run` trains; see benchmarks/serving.py for training one):
+1. the champion's LightGBM forests (price and spread) by LightGBM, then compiled for this machine
+   (native.py, lleaves); the largest difference between the two in log price;
+2. the sparse-region check: the full 10-neighbour k-d tree query against the shortcut
+   (ReferenceIndex.sparse), and whether their answers agree;
+3. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
+   store.bulk_insert.
+Each figure is the median of --repeats runs, the methods interleaved so drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _bench import REPO, format_table, use_home
+
+from appraiser import data, explain, features, native, schema
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, default=REPO / ".appraiser", help="APPRAISER_HOME")
+    parser.add_argument("--repeats", type=int, default=30, help="runs of each method")
+    return parser.parse_args(argv)
+
+
+def medians(methods: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Milliseconds per call, median over `repeats` interleaved rounds."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for method in methods.values():
+        method()  # warm
+    for _ in range(repeats):
+        for name, method in methods.items():
+            started = time.perf_counter()
+            method()
+            times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    use_home(args.home.expanduser().resolve())
+    from appraiser.predict import Appraiser
+
+    appraiser = Appraiser.for_scoring()  # compiles the forests when this machine has none yet
+    model = appraiser.model
+    stones = data.load(None).clean.sample(1000, random_state=0)
+    matrix = features.encode(stones).to_numpy()
+    one = matrix[:1]
+    rows: list[list[object]] = []
+
+    for forest in native.forests(model):
+        compiled, booster = forest.holder.native, forest.booster
+        if compiled is None:
+            print(f"{forest.role}: not compiled on this machine (APPRAISER_NATIVE_TREES?)")
+            continue
+        gap = np.abs(compiled.predict(matrix, n_jobs=1) - booster.predict(matrix)).max()
+        for label, rows_in in (("1,000 stones", matrix), ("1 stone", one)):
+            took = medians(
+                {
+                    "lightgbm": lambda m=rows_in, b=booster: b.predict(m, num_threads=1),
+                    "compiled": lambda m=rows_in, c=compiled: c.predict(m, n_jobs=1),
+                },
+                args.repeats,
+            )
+            rows.append(
+                [f"{forest.role} trees, {label} (1 thread)", took["lightgbm"], took["compiled"]]
+            )
+        print(f"{forest.role}: largest difference in log price {gap:.1e}")
+
+    index = appraiser.index
+    points = index._points(matrix) / index._scale
+
+    def full() -> np.ndarray:
+        distances, _ = index._tree.query(points, k=explain.SPARSE_K)
+        return np.asarray(distances[:, -1] > index.sparse_distance)
+
+    same = bool((full() == index.sparse(matrix)).all())
+    took = medians({"full": full, "shortcut": lambda: index.sparse(matrix)}, args.repeats)
+    rows.append(["sparse-region check, 1,000 stones", took["full"], took["shortcut"]])
+    print(f"sparse-region check: the shortcut gives the full query's answers: {same}")
+
+    rows.append(["store 1,000 appraisals (SQLite)", *store_rows(args.repeats)])
+    print()
+    print(
+        format_table(
+            ["part", "before ms", "after ms", "speed-up"],
+            [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in rows],
+            title="Median milliseconds per call",
+        )
+    )
+
+
+def store_rows(repeats: int) -> tuple[float, float]:
+    from sqlalchemy import insert
+
+    from appraiser import store
+
+    url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'parts.db'}"
+    store.upgrade(url)
+    engine = store.engine(url)
+    stone = schema.example_stone()
+
+    def batch() -> list[dict[str, Any]]:
+        now = store.utcnow()
+        return [
+            store.appraisal_row(stone, 1234.5, price_low=1000.0, price_high=1500.0,
+                                model_version="1", latency_ms=0.1, created_at=now, uid=uid)
+            for uid in store.new_uids(1000)
+        ]  # fmt: skip
+
+    def by_sqlalchemy() -> None:
+        rows = batch()
+        with engine.begin() as conn:
+            conn.execute(insert(store.APPRAISALS), rows)
+
+    def by_driver() -> None:
+        rows = batch()
+        with engine.begin() as conn:
+            store.bulk_insert(conn, store.APPRAISALS, rows)
+
+    took = medians({"sqlalchemy": by_sqlalchemy, "driver": by_driver}, repeats)
+    building = medians({"rows": batch}, repeats)["rows"]  # the same in both: taken out
+    return took["sqlalchemy"] - building, took["driver"] - building
+
+
+if __name__ == "__main__":
+    main()
