@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stones = data.load(None).clean.sample(1000, random_state=0)
     matrix = features.encode(stones).to_numpy()
     one = matrix[:1]
-    rows: list[list[object]] = []
+    rows: list[tuple[str, float, float]] = []
 
     for forest in native.forests(model):
         compiled, booster = forest.holder.native, forest.booster
@@ -68,15 +68,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         gap = np.abs(compiled.predict(matrix, n_jobs=1) - booster.predict(matrix)).max()
         for label, rows_in in (("1,000 stones", matrix), ("1 stone", one)):
-            took = medians(
-                {
-                    "lightgbm": lambda m=rows_in, b=booster: b.predict(m, num_threads=1),
-                    "compiled": lambda m=rows_in, c=compiled: c.predict(m, n_jobs=1),
-                },
-                args.repeats,
-            )
+
+            def by_lightgbm(m: np.ndarray = rows_in, b: Any = booster) -> Any:
+                return b.predict(m, num_threads=1)
+
+            def by_compiled(m: np.ndarray = rows_in, c: Any = compiled) -> Any:
+                return c.predict(m, n_jobs=1)
+
+            took = medians({"lightgbm": by_lightgbm, "compiled": by_compiled}, args.repeats)
             rows.append(
-                [f"{forest.role} trees, {label} (1 thread)", took["lightgbm"], took["compiled"]]
+                (f"{forest.role} trees, {label} (1 thread)", took["lightgbm"], took["compiled"])
             )
         print(f"{forest.role}: largest difference in log price {gap:.1e}")
 
@@ -89,10 +90,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     same = bool((full() == index.sparse(matrix)).all())
     took = medians({"full": full, "shortcut": lambda: index.sparse(matrix)}, args.repeats)
-    rows.append(["sparse-region check, 1,000 stones", took["full"], took["shortcut"]])
+    rows.append(("sparse-region check, 1,000 stones", took["full"], took["shortcut"]))
     print(f"sparse-region check: the shortcut gives the full query's answers: {same}")
 
-    rows.append(["store 1,000 appraisals (SQLite)", *store_rows(args.repeats)])
+    rows.append(("store 1,000 appraisals (SQLite)", *store_rows(args.repeats)))
     print()
     print(
         format_table(
