@@ -216,6 +216,12 @@ def test_the_sparse_shortcut_answers_as_the_full_neighbour_query() -> None:
     scaled = index._points(asked) / index._scale
     distances, _ = index._tree.query(scaled, k=explain.SPARSE_K)
     full = distances[:, -1] > index.sparse_distance
+    # the bound the shortcut rests on: SPARSE_K stones (the nearest one and its SPARSE_K - 1
+    # nearest others) lie within nearest + its reach, so the SPARSE_K-th is no farther
+    own, _ = index._tree.query(index._points(matrix) / index._scale, k=explain.SPARSE_K)
+    assert np.array_equal(index._own_reach, own[:, -1])
+    nearest, which = index._tree.query(scaled, k=1)
+    assert (distances[:, -1] <= nearest + index._own_reach[which] + 1e-12).all()
     assert 0.05 < full.mean() < 0.95  # both answers are common, so the test can fail
     assert index.sparse(asked).tolist() == full.tolist()
 

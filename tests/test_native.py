@@ -1,5 +1,6 @@
-"""Compiled trees (native.py): the same prices as LightGBM, found again from the cache, never
-trusted when they disagree, and picked up by a server while it serves."""
+"""Compiled trees (native.py): the same prices as LightGBM, found again from the cache without
+compiling, never run when damaged, disagreeing or writable by others, and picked up by a server
+while it serves."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import features, model_cache, native, registry
+from appraiser import features, native, registry
 from appraiser.api import create_app
 from appraiser.config import settings
-from appraiser.models import LightGBMMember, PriceModel
+from appraiser.models import CANDIDATES, AdaptiveRange, PriceModel
 from appraiser.predict import Appraiser, ChampionWatcher
 
 
@@ -26,74 +28,136 @@ def compiling(home_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     settings.cache_clear()
 
 
-def _lightgbm_only(model: PriceModel) -> PriceModel:
-    """The model with every compiled forest taken away: LightGBM's own answers."""
-    fresh = PriceModel.load(model_cache.pricer_folder(registry.champion_version() or ""))
-    assert not any(f.compiled for f in native.forests(fresh))
-    return fresh
-
-
-def test_compiled_trees_price_as_lightgbm_does(compiling: Path, public) -> None:
-    version, model = registry.load_version()
-    assert native.forests(model), "the test champion has LightGBM trees (member or spread)"
-    assert not any(f.compiled for f in native.forests(model))  # nothing compiled yet
-    assert native.attach(model, build=True)
-    assert all(f.compiled for f in native.forests(model))
-
-    stones = public.sample(3000, random_state=7)
+@pytest.fixture(scope="module")
+def forest_model(public: pd.DataFrame) -> PriceModel:
+    """A small model with every kind of LightGBM forest: a booster, a random forest (rf mode,
+    averaged trees) and a range's spread model."""
+    stones = public.sample(2000, random_state=11).reset_index(drop=True)
+    log_price = features.log_price(stones["price"])
+    members = [
+        CANDIDATES["lightgbm"].build({"n_estimators": 60}).fit(stones, log_price),
+        CANDIDATES["random_forest"]
+        .build({"n_estimators": 15, "num_leaves": 31})
+        .fit(stones, log_price),
+    ]
     matrix = features.encode(stones).to_numpy()
-    reference = _lightgbm_only(model)
-    for got, want in zip(
-        model.predict_matrix(matrix), reference.predict_matrix(matrix), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-12)
-    for one in range(3):  # a lone stone takes another path through lleaves
-        np.testing.assert_allclose(
-            model.predict_matrix(matrix[one : one + 1])[0],
-            reference.predict_matrix(matrix[one : one + 1])[0],
-            rtol=1e-12,
-        )
-
-    # a second load finds the compiled code in the cache, without compiling
-    started = time.perf_counter()
-    _, again = registry.load_version(version)
-    assert all(f.compiled for f in native.forests(again))
-    assert time.perf_counter() - started < 30
-    assert sorted(p.suffix for p in native.folder().iterdir()) == sorted(
-        [".o", ".sha256", ".txt"] * len(native.forests(model))
+    residuals = np.random.default_rng(0).normal(0, 0.1, len(stones)) * (1 + matrix[:, 0])
+    return PriceModel(
+        members=members,
+        weights=[0.5, 0.5],
+        intervals=[0.1] * 5,
+        coverage=0.9,
+        reference=stones,
+        ranges=AdaptiveRange.fit(matrix, residuals, 0.9, seed=0),
     )
 
 
-def test_a_damaged_compiled_file_is_never_used(compiling: Path) -> None:
-    """Defect: machine code damaged on disk was run, and crashed the process (SIGSEGV)."""
-    _, model = registry.load_version()
+def _fresh(model: PriceModel) -> PriceModel:
+    """The same model, nothing compiled (the boosters are shared, the `native` slots not)."""
+    import copy
+
+    clone = copy.copy(model)
+    clone.members = [copy.copy(m) for m in model.members]
+    for member in clone.members:
+        member.native = None  # type: ignore[attr-defined]
+    clone.ranges = copy.copy(model.ranges)
+    assert clone.ranges is not None
+    clone.ranges.native = None
+    assert not any(f.compiled for f in native.forests(clone))
+    return clone
+
+
+def _matrix(public: pd.DataFrame) -> np.ndarray:
+    return features.encode(public.sample(3000, random_state=7)).to_numpy()
+
+
+def test_every_kind_of_forest_prices_through_its_compiled_code(
+    compiling: Path, forest_model: PriceModel, public: pd.DataFrame, monkeypatch
+) -> None:
+    model = _fresh(forest_model)
+    assert sorted(f.role for f in native.forests(model)) == ["lightgbm", "random_forest", "spread"]
+    matrix = _matrix(public)
+    want = forest_model.predict_matrix(matrix)  # LightGBM's own answers
     assert native.attach(model, build=True)
+    for forest in native.forests(model):  # from here on LightGBM must not be asked
+        monkeypatch.setattr(forest.booster, "predict", _must_not_run)
+    for got, expected in zip(model.predict_matrix(matrix), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    for one in range(3):  # a lone stone takes another path through lleaves
+        np.testing.assert_allclose(
+            model.predict_matrix(matrix[one : one + 1])[0], want[0][one : one + 1], rtol=1e-12
+        )
+
+
+def _must_not_run(*_: object, **__: object) -> None:
+    raise AssertionError("LightGBM was asked although compiled trees were in place")
+
+
+def test_the_cache_is_used_without_compiling_again(
+    compiling: Path, forest_model: PriceModel, monkeypatch
+) -> None:
+    assert native.attach(_fresh(forest_model), build=True)
+
+    def no_compiling(*_: object) -> None:
+        raise AssertionError("compiled again although the cache holds the code")
+
+    monkeypatch.setattr(native, "_build_in_child", no_compiling)
+    assert native.attach(_fresh(forest_model), build=True)
+    assert sorted(p.suffix for p in native.folder().iterdir()) == sorted(
+        [".lock", ".o", ".sha256", ".txt"] * 3
+    )
+
+
+def test_a_damaged_compiled_file_is_never_run(compiling: Path, forest_model: PriceModel) -> None:
+    """Defect: machine code damaged on disk was run, and crashed the process (SIGSEGV)."""
+    assert native.attach(_fresh(forest_model), build=True)
     for compiled in native.folder().glob("*.o"):
         compiled.write_bytes(b"\0" * 64)  # not machine code
-
-    _, reloaded = registry.load_version()  # load_version only looks in the cache
-    assert not any(f.compiled for f in native.forests(reloaded))
-    assert native.attach(reloaded, build=True)  # compiled afresh
-    assert all(f.compiled for f in native.forests(reloaded))
+    again = _fresh(forest_model)
+    assert not native.attach(again, build=False)  # only looks in the cache: finds nothing usable
+    assert native.attach(again, build=True)  # compiled afresh
 
 
-def test_compiled_trees_that_disagree_are_refused(
-    compiling: Path, monkeypatch: pytest.MonkeyPatch
+def test_code_others_may_write_is_never_run(compiling: Path, forest_model: PriceModel) -> None:
+    assert native.attach(_fresh(forest_model), build=True)
+    for compiled in native.folder().glob("*.o"):
+        compiled.chmod(0o666)
+    assert not native.attach(_fresh(forest_model), build=False)
+
+
+def test_compiled_trees_that_disagree_are_refused_for_good(
+    compiling: Path, forest_model: PriceModel, monkeypatch
 ) -> None:
-    _, model = registry.load_version()
-    member = next(f for f in native.forests(model) if isinstance(f.holder, LightGBMMember))
-    real = member.booster.predict
-    monkeypatch.setattr(member.booster, "predict", lambda m, **kw: real(m, **kw) + 1e-6)
-    native.attach(model, build=True)
-    assert member.holder.native is None  # LightGBM keeps the member
-    key = native._key(native._model_text(member.booster))
-    assert not (native.folder() / f"{key}.sha256").exists()  # the next build starts afresh
-
-
-def test_switched_off_nothing_is_compiled(home_copy: Path) -> None:
-    assert not settings().native_trees  # tests run with it off (conftest)
-    _, model = registry.load_version()
+    model = _fresh(forest_model)
+    forest = next(f for f in native.forests(model) if f.role == "lightgbm")
+    real = forest.booster.predict
+    monkeypatch.setattr(forest.booster, "predict", lambda m, **kw: real(m, **kw) + 1e-6)
     assert not native.attach(model, build=True)
+    assert forest.holder.native is None  # LightGBM keeps it; the other forests are compiled
+    assert [f.role for f in native.forests(model) if not f.compiled] == ["lightgbm"]
+    assert len(list(native.folder().glob("*.refused"))) == 1
+
+    builds = []
+    monkeypatch.setattr(native, "_build_in_child", lambda *a: builds.append(a))
+    native.attach(model, build=True)
+    assert builds == []  # not compiled again and again
+
+
+def test_a_forest_past_the_size_limit_stays_with_lightgbm(
+    compiling: Path, forest_model: PriceModel, monkeypatch
+) -> None:
+    model = _fresh(forest_model)
+    leaves = {f.role: native._leaves(native._model_text(f.booster)) for f in native.forests(model)}
+    smallest = min(leaves, key=leaves.__getitem__)
+    assert sorted(leaves.values())[0] < sorted(leaves.values())[1]
+    monkeypatch.setattr(native, "MAX_LEAVES", leaves[smallest])  # the others have more
+    assert not native.attach(model, build=True)
+    assert [f.role for f in native.forests(model) if f.compiled] == [smallest]
+
+
+def test_switched_off_nothing_is_compiled(home_copy: Path, forest_model: PriceModel) -> None:
+    assert not settings().native_trees  # tests run with it off (conftest)
+    assert not native.attach(_fresh(forest_model), build=True)
     assert not native.folder().exists()
 
 
@@ -105,8 +169,8 @@ def test_a_server_prices_with_lightgbm_until_its_compiled_trees_are_ready(
         first = client.post("/v1/appraisals", json=stone)
         assert first.status_code == 200
         current = watcher.current
-        assert current is not None
-        deadline = time.monotonic() + 120
+        assert current is not None and native.forests(current.model)
+        deadline = time.monotonic() + 300
         while not all(f.compiled for f in native.forests(current.model)):
             assert time.monotonic() < deadline, "the trees were not compiled in the background"
             time.sleep(0.2)
@@ -116,10 +180,10 @@ def test_a_server_prices_with_lightgbm_until_its_compiled_trees_are_ready(
         assert second.json()["price_low"] == first.json()["price_low"]
 
 
-def test_the_predict_command_compiles_once_and_reuses(compiling: Path) -> None:
+def test_the_predict_command_compiles_once_then_loads(compiling: Path, monkeypatch) -> None:
     appraiser = Appraiser.for_scoring()
+    assert native.forests(appraiser.model)
     assert all(f.compiled for f in native.forests(appraiser.model))
-    files = sorted(native.folder().iterdir())
-    again = Appraiser.for_scoring()
-    assert all(f.compiled for f in native.forests(again.model))
-    assert sorted(native.folder().iterdir()) == files
+    monkeypatch.setattr(native, "_build_in_child", _must_not_run)
+    _, again = registry.load_version()  # a server's load: the cache only
+    assert all(f.compiled for f in native.forests(again))

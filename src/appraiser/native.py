@@ -2,25 +2,34 @@
 
 LightGBM walks its trees one stone at a time through a generic interpreter; lleaves compiles the
 same trees with LLVM into a function that returns the same values (to about 1e-15 in log price:
-only the order of the additions differs) about six times faster, one stone or a million
-(benchmarks/serving.py, benchmarks/predict_throughput.py). Explanations (TreeSHAP) stay with
-LightGBM; every price, range and deal check uses the compiled trees once they are ready.
+only the order of the additions differs) about five times faster, one stone or a million
+(benchmarks/serving_parts.py). Explanations (TreeSHAP) stay with LightGBM; every price, range
+and deal check uses the compiled trees once they are ready.
 
 Compiled code is specific to a CPU, so it never travels with a model: it lives in this machine's
-model cache (`APPRAISER_HOME/cache/native`), named by a hash of the trees, the CPU and the
-compiler's version. Before a compiled forest is used it must give LightGBM's answers on the
-model's own reference stones, so a damaged or stale file can cost speed but never a price; any
-failure leaves LightGBM in place. `APPRAISER_NATIVE_TREES=false` turns all of it off.
+model cache (`APPRAISER_HOME/cache/native`), named by a hash of the trees, the CPU, the compiler's
+version and its options. Compiling runs in a child process (LLVM keeps memory until its process
+ends, and lleaves' code generation holds the GIL), one at a time per forest across processes (a
+file lock). What is loaded is exactly what was compiled (its SHA-256, a file owned by this user
+and writable by no one else) and must give LightGBM's answers on the model's reference stones and
+on stones at the edges of what it accepts, so a damaged or stale file can cost speed but never a
+price; a forest whose compiled code disagrees is marked and never compiled again. Any failure
+leaves LightGBM in place. `APPRAISER_NATIVE_TREES=false` turns all of it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +45,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBE_STONES = 512  # reference stones a compiled forest must price as LightGBM does
+MIN_PROBE_STONES = 50  # fewer: nothing to check compiled code against, so it is not used
 TOLERANCE = 1e-9  # in log price: the additions' order moves the result by about 1e-15
+# Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in 7 s
+# here; a 300-tree forest of 255 leaves took 49 s and 560 MB. Larger forests stay with LightGBM.
+MAX_LEAVES = 30_000
+COMPILE_SECONDS = 900  # a compile that takes longer is abandoned (LightGBM keeps the forest)
+# the compiler's options, in the cache key: code compiled one way is never loaded another way
+OPTIONS: dict[str, Any] = {"finline": False, "fblocksize": 34, "fcodemodel": "large"}
+
+_in_flight: set[str] = set()  # forests this process is compiling (one thread each)
+_in_flight_lock = threading.Lock()
 
 
 @dataclass
@@ -56,7 +75,13 @@ class Forest:
 
 
 def enabled() -> bool:
-    return settings().native_trees
+    if not settings().native_trees:
+        return False
+    try:  # not installable everywhere (llvmlite wheels lag new Pythons): then LightGBM
+        import lleaves  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def forests(model: PriceModel) -> list[Forest]:
@@ -83,6 +108,11 @@ def _model_text(booster: Any) -> str:
     return text
 
 
+def _leaves(text: str) -> int:
+    counts = (line.split("=", 1)[1] for line in text.splitlines() if line.startswith("num_leaves="))
+    return sum(int(count) for count in counts)
+
+
 def _key(text: str) -> str:
     from importlib.metadata import version
 
@@ -92,76 +122,163 @@ def _key(text: str) -> str:
         cpu_features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:  # LLVM could not tell: the name alone
         cpu_features = ""
-    compilers = f"{version('lleaves')}|{version('llvmlite')}"
-    machine = f"{llvm.get_host_cpu_name()}|{cpu_features}|{compilers}"
+    compiler = f"{version('lleaves')}|{version('llvmlite')}|{json.dumps(OPTIONS, sort_keys=True)}"
+    machine = f"{llvm.get_host_cpu_name()}|{cpu_features}|{compiler}"
     trees = text.split("\nend of trees", 1)[0]  # not the training parameters after them
     return hashlib.sha256(f"{machine}\n{trees}".encode()).hexdigest()[:24]
 
 
 def _probe(model: PriceModel) -> np.ndarray:
+    """Reference stones, then stones at and past the edges of every column (a compiled tree
+    walks another branch there), for compiled code to be checked on."""
     reference = model.reference
     step = max(len(reference) // PROBE_STONES, 1)
-    return features.encode(reference.iloc[::step].head(PROBE_STONES)).to_numpy()
+    typical = features.encode(reference.iloc[::step].head(PROBE_STONES)).to_numpy()
+    if len(typical) < MIN_PROBE_STONES:
+        raise ValueError(f"{len(typical)} reference stones, fewer than {MIN_PROBE_STONES}")
+    low, high, middle = typical.min(axis=0), typical.max(axis=0), np.median(typical, axis=0)
+    edges = []
+    for j in range(typical.shape[1]):
+        for value in (low[j], high[j], low[j] - abs(low[j]) - 1, high[j] + abs(high[j]) + 1):
+            row = middle.copy()
+            row[j] = value
+            edges.append(row)
+    return np.ascontiguousarray(np.vstack([typical, np.asarray(edges)]))
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# --- the cache's files ----------------------------------------------------------------------
 
 
 def _publish(path: Path, content: str | bytes) -> None:
     """Write a file whole or not at all: under a name of its own, then renamed into place."""
     staged = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    if isinstance(content, str):
-        staged.write_text(content)
-    else:
-        staged.write_bytes(content)
-    staged.replace(path)
-
-
-def _sealed(compiled: Path, seal: Path) -> bool:
-    """True when the machine code is exactly the file that was compiled: it is run without any
-    other check, and a damaged file would crash the process rather than raise."""
     try:
-        return seal.read_text().strip() == _digest(compiled)
+        if isinstance(content, str):
+            staged.write_text(content)
+        else:
+            staged.write_bytes(content)
+        staged.chmod(0o644)  # whatever the umask: _safe refuses files others may write
+        staged.replace(path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _safe(path: Path) -> bool:
+    """Owned by this user and writable by no one else: machine code is run as it is."""
+    try:
+        info = path.stat()
     except OSError:
         return False
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
-def _compile(text: str, source: Path, compiled: Path, seal: Path) -> None:
+def _verified_code(compiled: Path, seal: Path) -> bytes | None:
+    """The compiled code, read once, when it is exactly what was compiled; else None."""
+    if not (_safe(compiled.parent) and _safe(compiled) and _safe(seal)):
+        return None
+    try:
+        code, expected = compiled.read_bytes(), seal.read_text().strip()
+    except OSError:
+        return None
+    return code if hashlib.sha256(code).hexdigest() == expected else None
+
+
+@contextlib.contextmanager
+def _locked(base: Path) -> Iterator[None]:
+    """One compile of a forest at a time on this machine (the lock ends with its process)."""
+    import fcntl
+
+    with open(base.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compile_forest(source: Path, compiled: Path, seal: Path) -> None:
+    """Compile the LightGBM text `source` into `compiled`, sealed by its SHA-256 in `seal` (run
+    in a child process: `python -m appraiser.native SOURCE COMPILED SEAL`)."""
     import lleaves
 
-    source.parent.mkdir(parents=True, exist_ok=True)
-    _publish(source, text)
     scratch = Path(tempfile.mkdtemp(dir=source.parent, prefix=".compiling-"))
     try:  # lleaves writes its cache file only where none exists: a folder of our own
-        lleaves.Model(model_file=str(source)).compile(
-            cache=str(scratch / compiled.name), finline=False
-        )
-        code = (scratch / compiled.name).read_bytes()
+        lleaves.Model(model_file=str(source)).compile(cache=str(scratch / "code.o"), **OPTIONS)
+        code = (scratch / "code.o").read_bytes()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _publish(compiled, code)
     _publish(seal, hashlib.sha256(code).hexdigest())  # last: only a whole file is ever sealed
 
 
-def _load_or_build(forest: Forest, probe: np.ndarray, build: bool) -> bool:
-    """Give `forest` its compiled trees from the cache, compiling them first when `build`;
-    True when they are in place (and agree with LightGBM on `probe`)."""
+def _build_in_child(source: Path, compiled: Path, seal: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "appraiser.native", str(source), str(compiled), str(seal)],
+        capture_output=True,
+        text=True,
+        timeout=COMPILE_SECONDS,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"the compiler exited with {done.returncode}: {last[:300]}")
+
+
+def _load(source: Path, code: bytes) -> Any:
+    """lleaves' model running `code`, loaded from a private copy (so the bytes checked are the
+    bytes run, whatever happens to the cache file meanwhile)."""
     import lleaves
 
-    text = _model_text(forest.booster)
-    base = folder() / _key(text)
-    source, compiled, seal = (base.with_suffix(s) for s in (".txt", ".o", ".sha256"))
-    if not (source.exists() and _sealed(compiled, seal)):
-        if not build:
+    handle, private = tempfile.mkstemp(dir=source.parent, prefix=".loading-", suffix=".o")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(code)
+        native = lleaves.Model(model_file=str(source))
+        native.compile(cache=private, **OPTIONS)  # the code is in memory once this returns
+    finally:
+        os.unlink(private)
+    return native
+
+
+def _agrees(native: Any, booster: Any, probe: np.ndarray) -> bool:
+    expected = np.asarray(booster.predict(probe, num_threads=1), dtype=float)
+    for threads in (1, 2):  # one stone at a time, and the rows split over threads
+        got = np.asarray(native.predict(probe, n_jobs=threads), dtype=float)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=TOLERANCE):
             return False
-        _compile(text, source, compiled, seal)
-    native = lleaves.Model(model_file=str(source))
-    native.compile(cache=str(compiled), finline=False)
-    expected = np.asarray(forest.booster.predict(probe, num_threads=1), dtype=float)
-    got = np.asarray(native.predict(probe, n_jobs=1), dtype=float)
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=TOLERANCE):
-        seal.unlink(missing_ok=True)  # stale: the next build makes it again
+    return True
+
+
+def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
+    """Give `forest` its compiled trees from the cache, compiling them first when `build_it`;
+    True when they are in place (and agree with LightGBM on `probe`)."""
+    text = _model_text(forest.booster)
+    if _leaves(text) > MAX_LEAVES:
+        logger.info("the %s trees stay with LightGBM: %d leaves", forest.role, _leaves(text))
+        return False
+    base = folder() / _key(text)
+    source, compiled, seal, refused = (
+        base.with_suffix(s) for s in (".txt", ".o", ".sha256", ".refused")
+    )
+    if refused.exists():  # compiled once and found wrong: not again with this compiler
+        return False
+    code = _verified_code(compiled, seal)
+    if code is None:
+        if not build_it:
+            return False
+        base.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with _locked(base):
+            code = _verified_code(compiled, seal)  # another process may have compiled it
+            if code is None:
+                _publish(source, text)
+                _build_in_child(source, compiled, seal)
+                code = _verified_code(compiled, seal)
+                if code is None:
+                    raise RuntimeError("the compiler left no sealed code")
+    if not source.exists() or source.read_text() != text:
+        _publish(source, text)
+    native = _load(source, code)
+    if not _agrees(native, forest.booster, probe):
+        _publish(refused, f"compiled code disagreed with LightGBM ({compiled.name})\n")
         raise RuntimeError(f"compiled {forest.role} trees disagree with LightGBM; not used")
     forest.holder.native = native  # one assignment: a request sees the old or the new, whole
     return True
@@ -176,7 +293,7 @@ def attach(model: PriceModel, *, build: bool) -> bool:
         return all(f.compiled for f in forests(model))
     try:
         probe = _probe(model)
-    except Exception as exc:  # no reference stones to check against: do not use compiled code
+    except Exception as exc:  # nothing to check compiled code against: do not use it
         logger.warning("compiled trees not used: no stones to check them on (%s)", exc)
         return False
     for forest in wanted:
@@ -187,13 +304,33 @@ def attach(model: PriceModel, *, build: bool) -> bool:
     return all(f.compiled for f in forests(model))
 
 
-def attach_in_background(model: PriceModel, name: str = "") -> threading.Thread | None:
+def attach_in_background(model: PriceModel, name: str) -> threading.Thread | None:
     """`attach(build=True)` in a daemon thread (the caller serves with LightGBM meanwhile and
-    picks up each compiled forest as it lands); None when there is nothing to do."""
+    picks up each compiled forest as it lands); None when there is nothing to do or `name` is
+    already being compiled by this process."""
     if not enabled() or attach(model, build=False):
         return None
-    thread = threading.Thread(
-        target=attach, args=(model,), kwargs={"build": True}, name=f"compile-{name}", daemon=True
-    )
+    with _in_flight_lock:
+        if name in _in_flight:
+            return None
+        _in_flight.add(name)
+
+    def run() -> None:
+        try:
+            attach(model, build=True)
+        finally:
+            with _in_flight_lock:
+                _in_flight.discard(name)
+
+    thread = threading.Thread(target=run, name=f"compile-{name}", daemon=True)
     thread.start()
     return thread
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    source, compiled, seal = (Path(a) for a in (argv or sys.argv[1:]))
+    compile_forest(source, compiled, seal)
+
+
+if __name__ == "__main__":
+    main()

@@ -245,8 +245,6 @@ class ChampionWatcher:
                 if version is None or (self.current and self.current.version == version):
                     return False
                 loaded_version, model = registry.load_version(version)
-                # LightGBM serves until this machine's compiled trees are ready (native.py)
-                native.attach_in_background(model, f"v{loaded_version}")
                 fresh = Appraiser(model, loaded_version)
                 # warm every path (thread settings, treelite trees) before the first request
                 example = [schema.example_stone()]
@@ -259,6 +257,8 @@ class ChampionWatcher:
             self.current = fresh
             self.reloads += 1
             self.last_error = None
+            # LightGBM serves until this machine's compiled trees are ready (native.py)
+            native.attach_in_background(fresh.model, f"v{fresh.version}")
             logger.info("serving model version %s (%s)", fresh.version, fresh.model.name)
             return True
 

@@ -709,9 +709,9 @@ def fit_and_register(
             "Its MLflow run is marked FAILED when the registry could be reached; fix the cause "
             "and run it again."
         ) from exc
+    if decision.promote:  # compiled before the move: the servers find the new champion's
+        native.attach(fitted.final, build=True)  # fast trees ready, and none compiles them
     promoted, said = _promote(logged.version, decision, actor)
-    if promoted:  # compiled now, the new champion's servers find its fast trees ready
-        native.attach(fitted.final, build=True)
     champion_after: str | None = decision.champion
     try:  # after the move, a failure is a warning: the version and the move stand
         tracking.record_outcome(logged.run_id, promoted, said)
