@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ TOLERANCE = 1e-9  # in log price: the additions' order moves the result by about
 # here; a 300-tree forest of 255 leaves took 49 s and 560 MB. Larger forests stay with LightGBM.
 MAX_LEAVES = 30_000
 COMPILE_SECONDS = 900  # a compile that takes longer is abandoned (LightGBM keeps the forest)
+RETRY_SECONDS = 3600  # after the compiler failed on a forest, LightGBM for this long
 # the compiler's options, in the cache key: code compiled one way is never loaded another way
 OPTIONS: dict[str, Any] = {"finline": False, "fblocksize": 34, "fcodemodel": "large"}
 
@@ -174,7 +176,7 @@ def _safe(path: Path) -> bool:
 
 def _verified_code(compiled: Path, seal: Path) -> bytes | None:
     """The compiled code, read once, when it is exactly what was compiled; else None."""
-    if not (_safe(compiled.parent) and _safe(compiled) and _safe(seal)):
+    if not (_safe(compiled) and _safe(seal)):
         return None
     try:
         code, expected = compiled.read_bytes(), seal.read_text().strip()
@@ -184,16 +186,68 @@ def _verified_code(compiled: Path, seal: Path) -> bytes | None:
 
 
 @contextlib.contextmanager
-def _locked(base: Path) -> Iterator[None]:
-    """One compile of a forest at a time on this machine (the lock ends with its process)."""
+def _locked(base: Path) -> Iterator[bool]:
+    """One compile of a forest at a time on this machine (the lock ends with its process);
+    yields False when another held it past COMPILE_SECONDS (then leave the forest be)."""
     import fcntl
 
-    with open(base.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle = os.open(base.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + COMPILE_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.5)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
+
+
+def _usable_folder() -> Path | None:
+    """The cache folder, made or mended to be ours and writable by no one else; None (and a
+    warning, once) when it cannot be: code from there would never be run, so none is compiled."""
+    where = folder()
+    try:
+        where.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if where.stat().st_uid == os.getuid() and where.stat().st_mode & 0o022:
+            where.chmod(0o755)  # made group-writable by a umask or a volume mount
+    except OSError as exc:
+        _warn_once(f"folder:{where}", "compiled trees not used: %s cannot be made (%s)", where, exc)
+        return None
+    if not _safe(where):
+        _warn_once(
+            f"folder:{where}",
+            "compiled trees not used: %s is not owned by this user or others may write to it",
+            where,
+        )
+        return None
+    return where
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def _sweep(where: Path) -> None:
+    """Leftovers of compiles that were killed (a timeout, a process that ended mid-write)."""
+    stale = time.time() - COMPILE_SECONDS
+    for path in [*where.glob(".compiling-*"), *where.glob("*.part")]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < stale:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def compile_forest(source: Path, compiled: Path, seal: Path) -> None:
@@ -201,7 +255,7 @@ def compile_forest(source: Path, compiled: Path, seal: Path) -> None:
     in a child process: `python -m appraiser.native SOURCE COMPILED SEAL`)."""
     import lleaves
 
-    scratch = Path(tempfile.mkdtemp(dir=source.parent, prefix=".compiling-"))
+    scratch = Path(tempfile.mkdtemp(dir=compiled.parent, prefix=".compiling-"))
     try:  # lleaves writes its cache file only where none exists: a folder of our own
         lleaves.Model(model_file=str(source)).compile(cache=str(scratch / "code.o"), **OPTIONS)
         code = (scratch / "code.o").read_bytes()
@@ -211,31 +265,32 @@ def compile_forest(source: Path, compiled: Path, seal: Path) -> None:
     _publish(seal, hashlib.sha256(code).hexdigest())  # last: only a whole file is ever sealed
 
 
-def _build_in_child(source: Path, compiled: Path, seal: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "appraiser.native", str(source), str(compiled), str(seal)],
-        capture_output=True,
-        text=True,
-        timeout=COMPILE_SECONDS,
-    )
+def _build_in_child(text: str, compiled: Path, seal: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="appraiser-trees-") as private:
+        source = Path(private) / "trees.txt"
+        source.write_text(text)
+        done = subprocess.run(  # -P: nothing from the current folder shadows a module
+            [sys.executable, "-P", "-m", "appraiser.native", str(source), str(compiled), str(seal)],
+            capture_output=True,
+            text=True,
+            timeout=COMPILE_SECONDS,
+        )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"the compiler exited with {done.returncode}: {last[:300]}")
 
 
-def _load(source: Path, code: bytes) -> Any:
-    """lleaves' model running `code`, loaded from a private copy (so the bytes checked are the
-    bytes run, whatever happens to the cache file meanwhile)."""
+def _load(text: str, code: bytes) -> Any:
+    """lleaves' model running `code`, loaded from a private copy outside the cache (the bytes
+    checked are the bytes run, and a read-only cache still serves)."""
     import lleaves
 
-    handle, private = tempfile.mkstemp(dir=source.parent, prefix=".loading-", suffix=".o")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(code)
+    with tempfile.TemporaryDirectory(prefix="appraiser-trees-") as private:
+        source, copy = Path(private) / "trees.txt", Path(private) / "code.o"
+        source.write_text(text)
+        copy.write_bytes(code)
         native = lleaves.Model(model_file=str(source))
-        native.compile(cache=private, **OPTIONS)  # the code is in memory once this returns
-    finally:
-        os.unlink(private)
+        native.compile(cache=str(copy), **OPTIONS)  # the code is in memory once this returns
     return native
 
 
@@ -255,28 +310,45 @@ def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
     if _leaves(text) > MAX_LEAVES:
         logger.info("the %s trees stay with LightGBM: %d leaves", forest.role, _leaves(text))
         return False
-    base = folder() / _key(text)
-    source, compiled, seal, refused = (
-        base.with_suffix(s) for s in (".txt", ".o", ".sha256", ".refused")
+    where = _usable_folder()
+    if where is None:
+        return False
+    base = where / _key(text)
+    compiled, seal, refused, failed = (
+        base.with_suffix(s) for s in (".o", ".sha256", ".refused", ".failed")
     )
     if refused.exists():  # compiled once and found wrong: not again with this compiler
+        _warn_once(
+            str(refused),
+            "the %s trees stay with LightGBM: their compiled code disagreed with it once "
+            "(delete %s to try again)",
+            forest.role,
+            refused,
+        )
         return False
     code = _verified_code(compiled, seal)
     if code is None:
         if not build_it:
             return False
-        base.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        with _locked(base):
+        with contextlib.suppress(OSError):
+            if time.time() - failed.stat().st_mtime < RETRY_SECONDS:
+                return False  # the compiler failed lately: LightGBM until the back-off ends
+        with _locked(base) as mine:
+            if not mine:
+                raise RuntimeError("another process has been compiling these trees too long")
+            _sweep(where)
             code = _verified_code(compiled, seal)  # another process may have compiled it
             if code is None:
-                _publish(source, text)
-                _build_in_child(source, compiled, seal)
+                try:
+                    _build_in_child(text, compiled, seal)
+                except Exception as exc:
+                    _publish(failed, f"{exc}\n")
+                    raise
+                failed.unlink(missing_ok=True)
                 code = _verified_code(compiled, seal)
                 if code is None:
                     raise RuntimeError("the compiler left no sealed code")
-    if not source.exists() or source.read_text() != text:
-        _publish(source, text)
-    native = _load(source, code)
+    native = _load(text, code)
     if not _agrees(native, forest.booster, probe):
         _publish(refused, f"compiled code disagreed with LightGBM ({compiled.name})\n")
         raise RuntimeError(f"compiled {forest.role} trees disagree with LightGBM; not used")
