@@ -7,6 +7,7 @@ APPRAISER_DATABASE_URL is set. The schema is owned by the Alembic migrations in
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -677,6 +678,13 @@ class AppraisalWriter:
         return True
 
 
+@functools.lru_cache(maxsize=32)
+def _insert_statement(table: Table, dialect: Any, keys: tuple[str, ...]) -> Any:
+    """The INSERT for these columns, compiled once per dialect (a writer flushing a few rows
+    many times a second spent more compiling it than inserting)."""
+    return insert(table).compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+
+
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows in one executemany of the driver's own statement.
 
@@ -690,7 +698,7 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         return
     keys = list(rows[0])
     dialect = conn.dialect
-    compiled = insert(table).compile(dialect=dialect, column_keys=keys, for_executemany=True)
+    compiled = _insert_statement(table, dialect, tuple(keys))
     order = list(compiled.positiontup or []) if compiled.positional else keys
     if set(compiled.binds) != set(keys) or any(row.keys() != rows[0].keys() for row in rows):
         conn.execute(insert(table), rows)
