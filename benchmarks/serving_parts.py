@@ -5,7 +5,8 @@
 In this process, on 1,000 real public stones and on one, with the champion of --home (default
 .appraiser, the one `make run` trains; see benchmarks/serving.py for training one):
 1. the champion's LightGBM forests (price and spread) by LightGBM, then compiled for this machine
-   (native.py, lleaves); the largest difference between the two in log price;
+   (native.py, lleaves); the largest difference between the two in log price, and how long one
+   compile takes;
 2. the sparse-region check: the full 10-neighbour k-d tree query against the shortcut
    (ReferenceIndex.sparse), and whether their answers agree;
 3. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
@@ -80,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 (f"{forest.role} trees, {label} (1 thread)", took["lightgbm"], took["compiled"])
             )
         print(f"{forest.role}: largest difference in log price {gap:.1e}")
+        text = native._model_text(booster)
+        with tempfile.TemporaryDirectory() as scratch:  # once more, from scratch, timed
+            source = Path(scratch) / "trees.txt"
+            source.write_text(text)
+            started = time.perf_counter()
+            native.compile_forest(source, Path(scratch) / "code.o", Path(scratch) / "code.sha256")
+            took_s = time.perf_counter() - started
+        print(f"{forest.role}: compiled in {took_s:.1f} s ({native._leaves(text):,} leaves)")
 
     index = appraiser.index
     points = index._points(matrix) / index._scale

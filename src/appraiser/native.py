@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 PROBE_STONES = 512  # reference stones a compiled forest must price as LightGBM does
 MIN_PROBE_STONES = 50  # fewer: nothing to check compiled code against, so it is not used
 TOLERANCE = 1e-9  # in log price: the additions' order moves the result by about 1e-15
-# Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in 7 s
-# here; a 300-tree forest of 255 leaves took 49 s and 560 MB. Larger forests stay with LightGBM.
+# Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in about
+# 7 s here (benchmarks/serving_parts.py); a review reported a 300-tree forest of 255 leaves
+# taking 49 s and 560 MB. Larger forests stay with LightGBM.
 MAX_LEAVES = 30_000
 COMPILE_SECONDS = 900  # a compile that takes longer is abandoned (LightGBM keeps the forest)
 RETRY_SECONDS = 3600  # after the compiler failed on a forest, LightGBM for this long
@@ -307,8 +308,9 @@ def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
     """Give `forest` its compiled trees from the cache, compiling them first when `build_it`;
     True when they are in place (and agree with LightGBM on `probe`)."""
     text = _model_text(forest.booster)
-    if _leaves(text) > MAX_LEAVES:
-        logger.info("the %s trees stay with LightGBM: %d leaves", forest.role, _leaves(text))
+    leaves = _leaves(text)
+    if leaves > MAX_LEAVES:
+        logger.info("the %s trees stay with LightGBM: %d leaves", forest.role, leaves)
         return False
     where = _usable_folder()
     if where is None:
@@ -378,9 +380,10 @@ def attach(model: PriceModel, *, build: bool) -> bool:
 
 def attach_in_background(model: PriceModel, name: str) -> threading.Thread | None:
     """`attach(build=True)` in a daemon thread (the caller serves with LightGBM meanwhile and
-    picks up each compiled forest as it lands); None when there is nothing to do or `name` is
-    already being compiled by this process."""
-    if not enabled() or attach(model, build=False):
+    picks up each compiled forest as it lands); None when every forest is compiled already
+    (registry.load_version attaches what the cache holds) or `name` is being compiled by this
+    process."""
+    if not enabled() or all(f.compiled for f in forests(model)):  # the load looked in the cache
         return None
     with _in_flight_lock:
         if name in _in_flight:

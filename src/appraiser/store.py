@@ -689,7 +689,7 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     """Insert rows in one executemany of the driver's own statement.
 
     SQLAlchemy's executemany processes every parameter of every row in Python: for 1,000
-    appraisals on SQLite that took 27 ms against 17 ms here (benchmarks/serving_parts.py), where
+    appraisals on SQLite that took 31 ms against 22 ms here (benchmarks/serving_parts.py), where
     each column's bind processor (SQLite keeps datetimes as text) is applied directly and nothing
     else is. Rows that do not all carry the same columns as the statement (a default to fill in)
     take SQLAlchemy's way.
