@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,6 +275,45 @@ def test_the_micro_batcher_queue_is_bounded(home_copy: Path, monkeypatch, stone:
             w.cancel()
 
     asyncio.run(run())
+
+
+def test_a_lone_plain_price_skips_the_thread_hop_but_company_is_batched(stone: dict) -> None:
+    from appraiser.api.batching import MicroBatcher
+
+    async def run() -> None:
+        threads: list[tuple[str, int]] = []
+
+        def price(stones: list, explain: bool, comparables: int) -> list:
+            threads.append((threading.current_thread().name, len(stones)))
+            return [{"n": len(stones)} for _ in stones]
+
+        alone = [True]
+        batcher = MicroBatcher(price, alone=lambda: alone[0])
+        loop_thread = threading.current_thread().name
+        assert await batcher.price(stone, False, 0) == {"n": 1}
+        assert threads[-1] == (loop_thread, 1) and batcher.inline == 1
+        # explained: seconds of work, never in the event loop
+        await batcher.price(stone, True, 0)
+        assert threads[-1][0].startswith("pricer") and batcher.inline == 1
+        alone[0] = False  # others in flight: they share one model call in the pricer thread
+        answers = await asyncio.gather(*(batcher.price(stone, False, 0) for _ in range(5)))
+        assert batcher.inline == 1 and threads[-1][0].startswith("pricer")
+        assert sum(n for _, n in threads[2:]) == 5 and max(a["n"] for a in answers) > 1
+        batcher.close()
+
+    asyncio.run(run())
+
+
+def test_a_lone_request_through_the_api_is_priced_inline(client: TestClient, stone: dict) -> None:
+    batcher = client.app.state.ctx.batcher  # type: ignore[attr-defined]
+    before = batcher.inline
+    plain = client.post("/v1/appraisals", json=stone)
+    assert plain.status_code == 200 and batcher.inline == before + 1
+    body = plain.json()
+    assert set(body) >= {"id", "price", "price_low", "price_high", "coverage", "model_version"}
+    assert body["currency"] == "USD" and isinstance(body["warnings"], list)
+    explained = client.post("/v1/appraisals?explain=true", json=stone).json()
+    assert batcher.inline == before + 1 and explained["price"] == body["price"]
 
 
 def test_too_many_batch_calls_at_once_get_503(client: TestClient, stone: dict) -> None:

@@ -112,3 +112,47 @@ def test_francescos_planted_defects_are_all_found():
     assert reasons.str.contains("x must be > 0").sum() == 1
     assert reasons.str.contains("depth must agree").sum() == 5
     assert len(result.clean) == 5000 - len(result.rejected)
+
+
+@pytest.mark.parametrize("fault", [None, "price", "cut", "carat", "x", "z", "y", "duplicate"])
+def test_the_column_wise_check_agrees_with_pandera_on_each_fault(fault, monkeypatch):
+    """A table is taken without pandera only when pandera would find nothing in it; any fault
+    still gets pandera's exact reasons."""
+    rows = data.read_table(None).sample(300, random_state=0).reset_index(drop=True)
+    faults = {
+        "price": "-1",
+        "cut": "Excellent",
+        "carat": "11",
+        "x": None,
+        "z": "3.0",
+        "y": "58.9",
+    }
+    if fault == "duplicate":
+        rows.loc[299] = rows.loc[5]
+    elif fault is not None:
+        rows.loc[7, fault] = faults[fault]
+    fast = data.validate(rows)
+    calls: list[bool] = []
+    monkeypatch.setattr(data, "_breaks_no_rule", lambda *a: calls.append(True) and False)
+    slow = data.validate(rows)
+    assert calls, "the pandera path ran"
+    pd.testing.assert_frame_equal(fast.clean, slow.clean)
+    pd.testing.assert_frame_equal(fast.rejected, slow.rejected)
+    assert fast.reasons == slow.reasons and (len(fast.rejected) == 0) == (fault is None)
+
+
+def test_a_clean_file_is_scored_without_importing_pandera(tmp_path):
+    import subprocess
+    import sys
+
+    stones = data.read_table(None).head(20).drop(columns="price")
+    path = tmp_path / "clean.csv"
+    stones.to_csv(path, index=False)
+    code = (
+        "import sys; from appraiser import data; "
+        f"r = data.load({str(path)!r}, labelled=False); "
+        "assert len(r.clean) == 20, r.rejected; "
+        "print('pandera' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"

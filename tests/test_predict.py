@@ -45,9 +45,11 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
         "with boosters_without_estimators():\n"
         "    a = Appraiser.for_scoring()\n"
         "a.model.predict_matrix(__import__('numpy').ones((3, 7)))\n"
-        "print(a.version, sorted(m for m in ('mlflow', 'sklearn') if m in sys.modules))\n"
+        "print(a.version, sorted(m for m in ('mlflow', 'sklearn', 'sqlalchemy', 'pandera')"
+        " if m in sys.modules))\n"
     )
     env = {**os.environ, "APPRAISER_HOME": str(trained)}
+    env.pop("APPRAISER_DATABASE_URL", None)  # the default SQLite store: read without SQLAlchemy
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
@@ -64,3 +66,18 @@ def test_scoring_falls_back_to_the_registry_when_the_cache_is_empty(trained, tmp
     shutil.rmtree(model_cache.folder(version))
     assert Appraiser.for_scoring().version == version  # downloaded again through MLflow
     assert model_cache.is_complete(version)
+
+
+def test_the_champion_read_without_sqlalchemy_is_the_stores(trained, tmp_path, monkeypatch):
+    """model_cache reads the default SQLite store's promotion history with sqlite3 (start-up):
+    the same answer as store.Promotion read through SQLAlchemy; None with no store or table."""
+    from appraiser import model_cache, registry, store
+
+    monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)
+    first = registry.champion_version()
+    assert first is not None and model_cache.stored_champion() == first
+    monkeypatch.setenv("APPRAISER_DATABASE_URL", store.database_url())  # the same file
+    assert model_cache.stored_champion() == first  # now read through SQLAlchemy
+    assert model_cache._stored_champion_sqlite(tmp_path / "none.db") is None
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert model_cache._stored_champion_sqlite(tmp_path / "empty.db") is None

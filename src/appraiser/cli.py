@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appraiser import audit, data, evaluate, schema
+from appraiser import data, evaluate, schema
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 
 if TYPE_CHECKING:
@@ -369,6 +369,7 @@ def retrain(
     as_json: Json = False,
 ) -> None:
     """Train a challenger on the store's stones; it replaces the champion only on evidence."""
+    from appraiser import audit
     from appraiser.locking import PipelineBusy
     from appraiser.pipeline import retrain as run_retrain
     from appraiser.registry import RegistryError
@@ -405,7 +406,7 @@ def promote_cmd(
     ] = None,
 ) -> None:
     """Make a version the champion (a person's decision, recorded as such)."""
-    from appraiser import champion
+    from appraiser import audit, champion
     from appraiser.locking import PipelineBusy
     from appraiser.registry import RegistryError
 
@@ -423,7 +424,7 @@ def promote_cmd(
 @models_app.command("rollback")
 def rollback_cmd() -> None:
     """Give the champion alias back to the champion the current one replaced."""
-    from appraiser import champion
+    from appraiser import audit, champion
     from appraiser.locking import PipelineBusy
     from appraiser.registry import RegistryError
 
@@ -551,6 +552,7 @@ def batches(
 
 
 def _set_status(batch_id: int, status: str) -> None:
+    from appraiser import audit
     from appraiser.ingest import set_batch_status
 
     try:
@@ -582,7 +584,7 @@ def feedback_send(
     price: Annotated[float, typer.Argument(help="the expert's price, USD")],
 ) -> None:
     """Send an expert's price for a past appraisal: kept as pending until an admin approves it."""
-    from appraiser import feedback
+    from appraiser import audit, feedback
 
     bound = schema.BOUNDS[schema.TARGET]
     if bound.violated(price):
@@ -640,7 +642,7 @@ def feedback_list(
 
 
 def _review(feedback_id: int, approve: bool, note: str | None) -> None:
-    from appraiser import feedback
+    from appraiser import audit, feedback
 
     try:
         done = feedback.review(feedback_id, approve=approve, actor=audit.cli_actor(), note=note)
@@ -684,7 +686,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="who holds it (unique)")],
 ) -> None:
     """Make an API key. It is printed once, on the last line: only its hash is kept."""
-    from appraiser import auth
+    from appraiser import audit, auth
 
     try:
         key = auth.create_key(name, role.value, actor=audit.cli_actor())
@@ -719,7 +721,7 @@ def keys_list(as_json: Json = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
     """Revoke a key: refused at once here, within seconds by running servers."""
-    from appraiser import auth
+    from appraiser import audit, auth
 
     try:
         auth.revoke_key(name, actor=audit.cli_actor())
@@ -736,6 +738,8 @@ def audit_cmd(
     as_json: Json = False,
 ) -> None:
     """The audit trail, newest first: who did what, when."""
+    from appraiser import audit
+
     if action is not None and action not in audit.ACTIONS:
         raise fail(f"--action: one of {', '.join(audit.ACTIONS)}", code=2)
     found = audit.events(limit=limit, action=action, actor=actor)

@@ -14,6 +14,7 @@ DEFAULT_TRIALS = 12  # Optuna trials per tuned candidate
 DEFAULT_TIMEOUT = 120.0  # seconds of tuning in all, shared by the tuned candidates
 RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that call for a retrain
 EXPERIMENT = "diamond-appraiser"
+STORE_FILE = "appraiser.db"  # the SQLite store under APPRAISER_HOME when no database is named
 MAX_BATCH = 10_000  # stones per POST /v1/appraisals/batch
 
 

@@ -12,13 +12,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaErrors
 
 from appraiser import schema
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 PUBLIC_TABLE = "public ggplot2 diamonds table (plotnine)"
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -97,6 +99,8 @@ def fingerprint(frame: pd.DataFrame) -> str:
 @cache  # built once per kind: batch scoring validates every chunk with it
 def _frame_schema(labelled: bool, dedupe: bool) -> pa.DataFrameSchema:
     """The pandera schema for a diamonds frame whose numeric columns are already floats."""
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {}
     numeric = schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES
     for name in numeric:
@@ -126,6 +130,42 @@ def _frame_schema(labelled: bool, dedupe: bool) -> pa.DataFrameSchema:
         unique=list(schema.COLUMNS if labelled else schema.FEATURES) if dedupe else None,
         report_duplicates="exclude_first",
     )
+
+
+def _schema_faults(frame: pd.DataFrame, labelled: bool, dedupe: bool) -> list[tuple[int, str]]:
+    """(row, reason) for every fault pandera finds in a frame of floats and grades."""
+    from pandera.errors import SchemaErrors
+
+    try:
+        _frame_schema(labelled, dedupe).validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        cases = cases[cases["index"].notna()]
+        return [
+            (int(index), _reason(str(check), column))
+            for check, column, index in zip(
+                cases["check"], cases["column"], cases["index"], strict=True
+            )
+        ]
+    return []
+
+
+def _breaks_no_rule(frame: pd.DataFrame, labelled: bool, dedupe: bool) -> bool:
+    """True when no row breaks a rule of _frame_schema, checked column by column with the same
+    rules (schema.BOUNDS, schema.GRADES, the depth rule, duplicates). Then pandera, whose import
+    and backends cost a one-stone `appraiser predict` most of a second, need not run: this check
+    only skips work for a clean table, pandera still names every fault of any other."""
+    for name in schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES:
+        values = frame[name].to_numpy(dtype=float)
+        if np.isnan(values).any() or schema.BOUNDS[name].violated(values).any():
+            return False
+    for name in schema.GRADE_COLUMNS:
+        if not frame[name].isin(schema.GRADES[name]).all():  # None is in no grade list
+            return False
+    if schema.depth_inconsistent(frame["depth"], frame["x"], frame["y"], frame["z"]).any():
+        return False
+    key = list(schema.COLUMNS if labelled else schema.FEATURES)
+    return not (dedupe and frame.duplicated(subset=key).any())
 
 
 def _reason(check: str, column: object) -> str:
@@ -192,16 +232,9 @@ def validate(
     for name in schema.GRADE_COLUMNS:
         frame[name] = raw[name].astype(object).where(raw[name].notna(), None)
 
-    try:
-        _frame_schema(labelled, dedupe).validate(frame, lazy=True)
-    except SchemaErrors as exc:
-        cases = exc.failure_cases
-        cases = cases[cases["index"].notna()]
-        for check, column, index in zip(
-            cases["check"], cases["column"], cases["index"], strict=True
-        ):
-            reason = _reason(str(check), column)
-            row = problems.setdefault(int(index), [])
+    if not _breaks_no_rule(frame, labelled, dedupe):
+        for index, reason in _schema_faults(frame, labelled, dedupe):
+            row = problems.setdefault(index, [])
             if reason not in row:
                 row.append(reason)
 

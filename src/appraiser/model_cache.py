@@ -10,9 +10,12 @@ opening the tracking store, seconds of start-up for a pure function of the files
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
-from appraiser.config import settings
+from appraiser.config import STORE_FILE, settings
 
 PRICER_ARTIFACT = "pricer"  # the pyfunc artifact that holds the native model files
 
@@ -52,6 +55,8 @@ def pricer_folder(version: str) -> Path:
 def stored_champion() -> str | None:
     """The champion's version as the store's promotion history has it, or None when the store has
     no history (a store from before it was kept) or cannot be read: the caller then asks MLflow."""
+    if not os.environ.get("APPRAISER_DATABASE_URL"):  # the default SQLite store
+        return _stored_champion_sqlite(settings().home.resolve() / STORE_FILE)
     from sqlalchemy import select
 
     from appraiser import store
@@ -65,3 +70,20 @@ def stored_champion() -> str | None:
         log.debug("no champion from the store's history: %s", exc)
         return None
     return str(latest) if latest is not None else None
+
+
+def _stored_champion_sqlite(path: Path) -> str | None:
+    """stored_champion for the default SQLite store, read with the standard library's driver
+    (read-only): SQLAlchemy's import alone is a tenth of `appraiser predict`'s start-up. The
+    query is store.Promotion's (tests/test_predict.py checks the two reads agree)."""
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            latest = connection.execute(
+                "SELECT version FROM promotions ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+    except sqlite3.Error as exc:  # no table yet: not this fast path's business
+        log.debug("no champion from the store's history: %s", exc)
+        return None
+    return str(latest[0]) if latest is not None else None

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from appraiser import schema
-from appraiser.config import settings
+from appraiser.config import STORE_FILE, settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def database_url() -> str:
     if not url:
         home = settings().home.resolve()
         home.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{home / 'appraiser.db'}"
+        return f"sqlite:///{home / STORE_FILE}"
     return driver_url(url)
 
 

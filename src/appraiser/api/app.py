@@ -26,6 +26,7 @@ from appraiser.api.middleware import (
     LimitBodySize,
     SecurityHeaders,
     TimeRequests,
+    requests_in_flight,
 )
 from appraiser.api.models import ErrorOut
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
@@ -56,7 +57,11 @@ def create_app(
         batch_slots=asyncio.Semaphore(max(cfg.max_batch_calls, 1)),
         limits=deps.make_limits(cfg.rate_limit),
     )
-    ctx.batcher = MicroBatcher(functools.partial(appraisals.price_and_store, ctx), cfg.max_queued)
+    ctx.batcher = MicroBatcher(
+        functools.partial(appraisals.price_and_store, ctx),
+        cfg.max_queued,
+        alone=lambda: requests_in_flight() <= 1,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -23,16 +23,24 @@ class MicroBatcher:
     requests that arrived during a call share the next one, which spreads the boosters' fixed
     cost per call (a few hundred microseconds) over all of them. The answers are the same as
     pricing each stone alone. The queue is bounded (`max_queued`): past it, Overloaded.
+
+    A plain price (no explanation, no comparables) asked when `alone()` says no other request is
+    in flight and nothing is queued is priced right here, in the event loop: the two thread
+    hops cost a lone request more than its price does, and with nothing else in flight no one
+    waits for the loop meanwhile.
     """
 
     def __init__(
         self,
         price: Callable[[list[dict[str, Any]], bool, int], list[dict[str, Any]]],
         max_queued: int = 2000,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
         self._price = price
+        self._alone = alone
         self.max_queued = max_queued
         self._queue: list[Pending] = []
+        self.inline = 0  # requests priced in the event loop (alone): tests and benchmarks read it
         self._running = False
         self._task: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None  # made when first needed (and again
@@ -41,6 +49,9 @@ class MicroBatcher:
     async def price(self, stone: dict[str, Any], explain: bool, comparables: int) -> dict:
         if len(self._queue) >= self.max_queued:  # a bounded wait: past it, say so at once
             raise Overloaded(f"{len(self._queue):,} stones are waiting to be priced")
+        if not (self._running or self._queue or explain or comparables) and self._alone():
+            self.inline += 1
+            return self._price([stone], explain, comparables)[0]
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((stone, explain, comparables, future))
         if not self._running:

@@ -303,11 +303,19 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+_in_flight = 0  # HTTP requests this process is handling; touched only in the event loop
+
+
+def requests_in_flight() -> int:
+    return _in_flight
+
+
 class TimeRequests:
     """Prometheus request histogram by route template (not raw path: ids would explode it); with
     APPRAISER_LOG_FORMAT=json also one JSON log line per request, with its id (the caller's
     X-Request-ID, else a new one, sent back in X-Request-ID), route, status, latency and the
-    model version served when it ended."""
+    model version served when it ended. It also counts the requests in flight (the pricer
+    prices a lone one without a thread hop: batching.MicroBatcher)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -317,9 +325,17 @@ class TimeRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.json_log:
-            await self._logged(scope, receive, send)
-            return
+        global _in_flight
+        _in_flight += 1
+        try:
+            if self.json_log:
+                await self._logged(scope, receive, send)
+            else:
+                await self._timed(scope, receive, send)
+        finally:
+            _in_flight -= 1
+
+    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         status = 500
 
