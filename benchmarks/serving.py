@@ -1,6 +1,6 @@
 """Serving benchmark: `appraiser serve` on loopback, beside a bare endpoint and `mlflow serve`.
 
-    python benchmarks/serving.py [--home DIR] [--seconds S] [--skip-mlflow] [--json OUT]
+    python benchmarks/serving.py [--home DIR] [--seconds S] [--rounds N] [--skip-mlflow] [--json F]
 
 Goals (issue 12), as ratios against the bare endpoint (benchmarks/bare_endpoint.py: pydantic, one
 XGBoost booster of 500 trees, no storage, no log) measured in the same run, so they hold on any
@@ -15,9 +15,10 @@ The appraiser keeps validation, ids, storage and the access log on.
    (about 20 microseconds of client CPU per request, so the client is not what is measured),
    each connection sending its next request when the previous answer arrived. Stones are real
    public stones, a different one per request. Every answer must be 200.
-4. The bare endpoint under the same four loads, then the same model in-process
-   (Appraiser.appraise), and `mlflow models serve` of the registered version (its /invocations
-   endpoint) under the same load generator.
+4. The bare endpoint, running beside it, under the same four loads: each load in --rounds short
+   turns that alternate between the two servers (this machine's speed drifts by tens of percent
+   within minutes; in turns, the drift slows both alike), then `mlflow models serve` of the
+   registered version (its /invocations endpoint) under the same load generator.
 The machine's cores are shared by the server and the client (2 cores here).
 """
 
@@ -47,6 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, default=REPO / ".appraiser", help="APPRAISER_HOME")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load run")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="turns per load, alternating the two servers"
+    )
     parser.add_argument("--skip-mlflow", action="store_true", help="skip `mlflow models serve`")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return parser.parse_args(argv)
@@ -74,6 +78,17 @@ class Load:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000
+
+    def __add__(self, other: Load) -> Load:
+        """Two rounds of the same load as one: their requests, seconds and latencies."""
+        return Load(
+            self.name,
+            self.concurrency,
+            self.requests + other.requests,
+            self.seconds + other.seconds,
+            self.latencies + other.latencies,
+            self.rows_per_request,
+        )
 
 
 def _request(path: str, body: bytes, port: int) -> bytes:
@@ -245,32 +260,38 @@ bare_checks = {"single": _has_price, "explain": _bare_reasons, "batch": _thousan
 
 
 def four_loads(
-    port: int,
-    paths: dict[str, str],
+    servers: dict[str, tuple[int, dict[str, str], dict[str, Callable[[bytes], None]]]],
     singles: list[bytes],
     batches: list[bytes],
     seconds: float,
-    checks: dict[str, Callable[[bytes], None]],
-) -> dict[str, Load]:
-    """A lone client, 32 clients, explained stones over 8, batches of 1,000 over 2."""
-    single, explained = checks["single"], checks["explain"]
-    return {
-        "c1": load(f"POST {paths['c1']}", port, paths["c1"], singles, 1, seconds, single),
-        "c32": load(f"POST {paths['c32']}", port, paths["c32"], singles, 32, seconds, single),
-        "explain": load(
-            f"POST {paths['explain']}", port, paths["explain"], singles, 8, seconds, explained
-        ),
-        "batch": load(
-            f"POST {paths['batch']} (1,000 stones)",
-            port,
-            paths["batch"],
-            batches,
-            2,
-            seconds,
-            checks["batch"],
-            rows_per_request=1000,
-        ),
+    rounds: int,
+) -> dict[str, dict[str, Load]]:
+    """A lone client, 32 clients, explained stones over 8, batches of 1,000 over 2, on each
+    server (name -> port, paths, checks). Each load runs in `rounds` short rounds that alternate
+    between the servers, so a machine whose speed drifts during the run slows both alike."""
+    loads = {
+        "c1": (singles, 1, 1, "single"),
+        "c32": (singles, 32, 1, "single"),
+        "explain": (singles, 8, 1, "explain"),
+        "batch": (batches, 2, 1000, "batch"),
     }
+    out: dict[str, dict[str, Load]] = {name: {} for name in servers}
+    for kind, (bodies, concurrency, rows, check) in loads.items():
+        for _ in range(rounds):
+            for name, (port, paths, checks) in servers.items():
+                label = f"POST {paths[kind]}" + (" (1,000 stones)" if kind == "batch" else "")
+                got = load(
+                    label,
+                    port,
+                    paths[kind],
+                    bodies,
+                    concurrency,
+                    seconds / rounds,
+                    checks[check],
+                    rows_per_request=rows,
+                )
+                out[name][kind] = out[name][kind] + got if kind in out[name] else got
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -291,9 +312,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     results: dict[str, Any] = {"champion": {"version": version, "model": model_name}}
 
-    port = free_port()
+    port, bport = free_port(), free_port()
     log = home / "serving-benchmark.log"
-    print(f"\n`appraiser serve` (1 worker, access log on, to {log}):")
+    print(f"\n`appraiser serve` (1 worker, access log on, to {log}) and the bare endpoint")
+    print("(benchmarks/bare_endpoint.py: pydantic + one 500-tree XGBoost booster), in turns:")
     server = start(
         [sys.executable, "-m", "appraiser.cli", "serve", "--port", str(port), "--workers", "1"],
         port,
@@ -301,30 +323,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         log,
     )
     try:
-        runs = four_loads(port, APPRAISER_PATHS, singles, batches, args.seconds, appraiser_checks)
+        bare = start(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("bare_endpoint.py")),
+                "--port",
+                str(bport),
+                "--model",
+                str(home / "bare-xgboost-500.json"),  # trained once, then reused
+            ],
+            bport,
+            "/health",
+            home / "bare-endpoint.log",
+        )
+        try:
+            both = four_loads(
+                {
+                    "appraiser": (port, APPRAISER_PATHS, appraiser_checks),
+                    "bare": (bport, BARE_PATHS, bare_checks),
+                },
+                singles,
+                batches,
+                args.seconds,
+                args.rounds,
+            )
+        finally:
+            stop(bare)
     finally:
         stop(server)
-
-    bport = free_port()
-    print("\nBare endpoint (benchmarks/bare_endpoint.py: pydantic + one 500-tree XGBoost booster):")
-    bare = start(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("bare_endpoint.py")),
-            "--port",
-            str(bport),
-            "--model",
-            str(home / "bare-xgboost-500.json"),  # trained once, then reused
-        ],
-        bport,
-        "/health",
-        home / "bare-endpoint.log",
-    )
-    try:
-        bare_runs = four_loads(bport, BARE_PATHS, singles, batches, args.seconds, bare_checks)
-    finally:
-        stop(bare)
-    runs.update({f"bare_{k}": v for k, v in bare_runs.items()})
+    runs = dict(both["appraiser"])
+    runs.update({f"bare_{k}": v for k, v in both["bare"].items()})
 
     if not args.skip_mlflow:
         mport = free_port()

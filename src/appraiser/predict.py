@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, features, model_cache, native, schema
+from appraiser import data, explain, features, model_cache, native, schema, treeshap
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -246,6 +246,7 @@ class ChampionWatcher:
                     return False
                 loaded_version, model = registry.load_version(version)
                 fresh = Appraiser(model, loaded_version)
+                treeshap.attach(model)  # explanations from tables: many times LightGBM's speed
                 # warm every path (thread settings, treelite trees) before the first request
                 example = [schema.example_stone()]
                 fresh.appraise(example)

@@ -1,0 +1,90 @@
+"""TreeSHAP from tables (treeshap.py): LightGBM's contributions, to rounding, without LightGBM."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from appraiser import features, treeshap
+
+
+@pytest.fixture(scope="module")
+def stones(public: pd.DataFrame) -> np.ndarray:
+    return features.encode(public.sample(3000, random_state=3)).to_numpy()
+
+
+def booster(stones: np.ndarray, **params: object) -> lgb.Booster:
+    target = stones[:, 0] * 2 + stones[:, 1] * 0.1 + np.sin(stones[:, 4])
+    settings = {"num_leaves": 15, "learning_rate": 0.1, "verbose": -1, **params}
+    return lgb.train(settings, lgb.Dataset(stones, target), num_boost_round=60)
+
+
+@pytest.mark.parametrize("params", [{}, {"bagging_fraction": 0.7, "bagging_freq": 1}])
+def test_the_tables_give_lightgbms_contributions(stones: np.ndarray, params: dict) -> None:
+    model = booster(stones, **params)
+    tables = treeshap.LeafTables.build(model)
+    assert tables is not None
+    for rows in (stones[:1], stones[:7], stones, tables.probe()):
+        expected = model.predict(rows, pred_contrib=True)
+        np.testing.assert_allclose(tables.contributions(rows), expected, rtol=0, atol=1e-10)
+    # additive: contributions and the expected value sum to the prediction
+    np.testing.assert_allclose(
+        tables.contributions(stones).sum(axis=1), model.predict(stones), rtol=0, atol=1e-10
+    )
+
+
+def test_a_categorical_split_is_left_to_lightgbm(stones: np.ndarray) -> None:
+    codes = stones.copy()  # column 5 holds the color's code
+    target = np.isin(np.round(codes[:, 5]), [1, 3]).astype(float)
+    data = lgb.Dataset(codes, target, categorical_feature=[5])
+    model = lgb.train({"num_leaves": 7, "verbose": -1, "min_data_per_group": 5}, data, 20)
+    assert "'=='" in str(model.dump_model()) and treeshap.LeafTables.build(model) is None
+
+
+def test_tables_that_disagree_with_lightgbm_are_not_used(stones: np.ndarray, monkeypatch) -> None:
+    model = booster(stones)
+    real = treeshap.LeafTables.contributions
+    monkeypatch.setattr(treeshap.LeafTables, "contributions", lambda self, m: real(self, m) + 1e-7)
+    assert treeshap.LeafTables.build(model) is None
+
+
+def test_the_served_champion_explains_from_tables(home_copy, monkeypatch) -> None:
+    """The champion a server loads explains without LightGBM's TreeSHAP, with the same dollars."""
+    from appraiser import schema
+    from appraiser.models import LightGBMMember
+    from appraiser.predict import ChampionWatcher
+
+    watcher = ChampionWatcher()
+    assert watcher.check() and watcher.current is not None
+    model = watcher.current.model
+    members = [m for m in model.members if isinstance(m, LightGBMMember)]
+    if not members:
+        pytest.skip("the test champion has no LightGBM member")
+    assert all(m.tables is not None for m in members)
+    stones = [schema.example_stone(), {**schema.example_stone(), "carat": 2.1, "x": 8.2}]
+    with_tables = watcher.current.appraise(stones, explain=True)
+    saved = [m.tables for m in members]
+    for m in members:
+        m.tables = None
+    by_lightgbm = watcher.current.appraise(stones, explain=True)
+    assert with_tables == by_lightgbm
+    for m, tables in zip(members, saved, strict=True):
+        m.tables = tables
+        monkeypatch.setattr(m, "booster", _NoTreeShap(m.booster))
+    assert watcher.current.appraise(stones, explain=True) == with_tables
+
+
+class _NoTreeShap:
+    """A booster that refuses pred_contrib: explanations must come from the tables."""
+
+    def __init__(self, real: lgb.Booster) -> None:
+        self.real = real
+
+    def predict(self, *args: object, **kwargs: object) -> np.ndarray:
+        assert not kwargs.get("pred_contrib"), "LightGBM's TreeSHAP was asked"
+        return self.real.predict(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
