@@ -66,6 +66,8 @@ def one_draw(path: Path, public: pd.DataFrame, collection: pd.DataFrame, n: int,
     m1, m2 = (registry.load_version(v.version)[1] for v in (v1, v2))
     truth = unseen["price"].to_numpy(float)
     a1, a2 = (ape(truth, m.predict(unseen)["price"].to_numpy()) for m in (m1, m2))
+    if "priced" not in seen:  # the gate judged no stone cross-fitted: nothing more to say
+        return {"seed": seed, "promoted": v2.champion, "decision": v2.decision}
     priced = seen["priced"]
     judged_truth = priced["price"].to_numpy(float)
     cf_gain = (

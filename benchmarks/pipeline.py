@@ -1,12 +1,12 @@
 """Pipeline benchmark: the flow of issue 9 on Francesco's collection and fresh public stones.
 
-    python benchmarks/pipeline.py [--data CSV] [--fresh 5000] [--json out.json]
+    python benchmarks/pipeline.py [--data CSV] [--fresh 5000] [--seed 0] [--json out.json]
 
 In a fresh APPRAISER_HOME, with the default tuning budget:
 1. `train --data collection` -> v1 (trained on every stone of the collection);
-2. ingest the collection and 5,000 fresh public stones (not in it), `retrain` -> v2: judged only on
-   stones neither model trained on (reference stones, and v2's training stones v1 never saw,
-   cross-fitted); v1 and v2 then scored on public stones in no set;
+2. ingest the collection and 5,000 fresh public stones (not in it; drawn with --seed), `retrain`
+   -> v2: judged only on stones neither model trained on (reference stones, and v2's training
+   stones v1 never saw, cross-fitted); v1 and v2 then scored on public stones in no set;
 3. twice: 200 more same-population stones, `retrain`: the gate should promote nothing;
 4. a batch of 600 stones marked up 30% dropped in the inbox, one pass: held, champion unchanged;
 5. one `pipeline run` pass with 5,000 more stones through the inbox (timed);
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--fresh", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0, help="draw of the fresh stones")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     path = resolve_data(args.data, required=True)
@@ -54,7 +55,7 @@ def main() -> None:
     key = list(schema.COLUMNS)
     others = public.merge(mine.drop_duplicates(), on=key, how="left", indicator=True)
     others = others[others["_merge"] == "left_only"].drop(columns="_merge")
-    others = others.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    others = others.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
     fresh, more, test = (
         others.iloc[: args.fresh],
         others.iloc[args.fresh : 2 * args.fresh],

@@ -9,7 +9,10 @@ In this process, on 1,000 real public stones and on one, with the champion of --
    compile takes;
 2. the sparse-region check: the full 10-neighbour k-d tree query against the shortcut
    (ReferenceIndex.sparse), and whether their answers agree;
-3. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
+3. the price model's exact contributions (TreeSHAP) for 8 stones (a micro-batch of explained
+   requests) and for one: LightGBM's against the tables of treeshap.py, their largest difference,
+   and how long making and checking the tables takes;
+4. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
    store.bulk_insert.
 Each figure is the median of --repeats runs, the methods interleaved so drift hits both alike.
 """
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 from _bench import REPO, format_table, use_home
 
-from appraiser import data, explain, features, native, schema
+from appraiser import data, explain, features, native, schema, treeshap
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -89,6 +92,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             native.compile_forest(source, Path(scratch) / "code.o", Path(scratch) / "code.sha256")
             took_s = time.perf_counter() - started
         print(f"{forest.role}: compiled in {took_s:.1f} s ({native._leaves(text):,} leaves)")
+
+    from appraiser.models import LightGBMMember
+
+    for member in (m for m in model.members if isinstance(m, LightGBMMember)):
+        started = time.perf_counter()
+        tables = treeshap.LeafTables.build(member._fitted())
+        built_s = time.perf_counter() - started
+        if tables is None:
+            print(f"{member.kind}: no TreeSHAP tables (a split they do not model, or too large)")
+            continue
+        shap_gap = np.abs(
+            tables.contributions(matrix) - member._fitted().predict(matrix, pred_contrib=True)
+        ).max()
+        print(
+            f"{member.kind} TreeSHAP tables: made and checked in {built_s:.1f} s; largest "
+            f"difference from LightGBM's contributions on the 1,000 stones {shap_gap:.1e}"
+        )
+        for label, rows_in in (("8 stones", matrix[:8]), ("1 stone", one)):
+
+            def by_treeshap(m: np.ndarray = rows_in, b: Any = member._fitted()) -> Any:
+                return b.predict(m, pred_contrib=True, num_threads=1)
+
+            def by_tables(m: np.ndarray = rows_in, t: Any = tables) -> Any:
+                return t.contributions(m)
+
+            took = medians({"lightgbm": by_treeshap, "tables": by_tables}, args.repeats)
+            rows.append(
+                (f"explanation, {label} (LightGBM's TreeSHAP, 1 thread)", took["lightgbm"],
+                 took["tables"])
+            )  # fmt: skip
 
     index = appraiser.index
     points = index._points(matrix) / index._scale

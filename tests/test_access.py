@@ -314,6 +314,10 @@ def test_a_lone_request_through_the_api_is_priced_inline(client: TestClient, sto
     assert body["currency"] == "USD" and isinstance(body["warnings"], list)
     explained = client.post("/v1/appraisals?explain=true", json=stone).json()
     assert batcher.inline == before + 1 and explained["price"] == body["price"]
+    # written without the response model, the body is still exactly what it would have made
+    from appraiser.api.models import AppraisalOut
+
+    assert body == AppraisalOut.model_validate(body).model_dump(mode="json", exclude_none=True)
 
 
 def test_too_many_batch_calls_at_once_get_503(client: TestClient, stone: dict) -> None:

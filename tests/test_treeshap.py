@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -62,6 +64,8 @@ def test_the_served_champion_explains_from_tables(home_copy, monkeypatch) -> Non
     members = [m for m in model.members if isinstance(m, LightGBMMember)]
     if not members:
         pytest.skip("the test champion has no LightGBM member")
+    assert watcher.tables_thread is not None  # made in the background: LightGBM meanwhile
+    watcher.tables_thread.join(timeout=120)
     assert all(m.tables is not None for m in members)
     stones = [schema.example_stone(), {**schema.example_stone(), "carat": 2.1, "x": 8.2}]
     with_tables = watcher.current.appraise(stones, explain=True)
@@ -70,10 +74,22 @@ def test_the_served_champion_explains_from_tables(home_copy, monkeypatch) -> Non
         m.tables = None
     by_lightgbm = watcher.current.appraise(stones, explain=True)
     assert with_tables == by_lightgbm
-    for m, tables in zip(members, saved, strict=True):
+    real: list = [m.booster for m in members]
+    for m, tables, booster_of in zip(members, saved, real, strict=True):
         m.tables = tables
-        monkeypatch.setattr(m, "booster", _NoTreeShap(m.booster))
+        monkeypatch.setattr(m, "booster", _NoTreeShap(booster_of))
     assert watcher.current.appraise(stones, explain=True) == with_tables
+    # a missing value goes LightGBM's own way (its default side), so LightGBM explains it
+    member = members[0]
+    monkeypatch.setattr(member, "booster", real[0])
+    gap = features.encode_stones(stones).astype(float)
+    gap[0, 1] = np.nan
+    np.testing.assert_allclose(
+        member._tree_contributions(gap),
+        real[0].predict(gap, pred_contrib=True),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 class _NoTreeShap:
@@ -82,7 +98,7 @@ class _NoTreeShap:
     def __init__(self, real: lgb.Booster) -> None:
         self.real = real
 
-    def predict(self, *args: object, **kwargs: object) -> np.ndarray:
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
         assert not kwargs.get("pred_contrib"), "LightGBM's TreeSHAP was asked"
         return self.real.predict(*args, **kwargs)
 

@@ -18,6 +18,15 @@ STORE_FILE = "appraiser.db"  # the SQLite store under APPRAISER_HOME when no dat
 MAX_BATCH = 10_000  # stones per POST /v1/appraisals/batch
 
 
+class StoreSettings(BaseSettings):
+    """APPRAISER_DATABASE_URL alone (store.database_url reads it on every call; `appraiser
+    predict` reads it before choosing how to open the store)."""
+
+    model_config = SettingsConfigDict(env_prefix="APPRAISER_", extra="ignore")
+
+    database_url: str | None = None
+
+
 class Settings(BaseSettings):
     """Where the appraiser keeps its state and finds its data; every field has a working default."""
 

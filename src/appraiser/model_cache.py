@@ -10,12 +10,11 @@ opening the tracking store, seconds of start-up for a pure function of the files
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from appraiser.config import STORE_FILE, settings
+from appraiser.config import STORE_FILE, StoreSettings, settings
 
 PRICER_ARTIFACT = "pricer"  # the pyfunc artifact that holds the native model files
 
@@ -55,7 +54,7 @@ def pricer_folder(version: str) -> Path:
 def stored_champion() -> str | None:
     """The champion's version as the store's promotion history has it, or None when the store has
     no history (a store from before it was kept) or cannot be read: the caller then asks MLflow."""
-    if not os.environ.get("APPRAISER_DATABASE_URL"):  # the default SQLite store
+    if not StoreSettings().database_url:  # the default SQLite store, as store.database_url
         return _stored_champion_sqlite(settings().home.resolve() / STORE_FILE)
     from sqlalchemy import select
 

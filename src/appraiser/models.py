@@ -397,7 +397,7 @@ class LightGBMMember(BoosterMember):
 
     def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
         tables = self.tables  # read once: made meanwhile, it is swapped in whole
-        if tables is not None:
+        if tables is not None and not np.isnan(matrix).any():  # NaN: LightGBM's own rule
             return np.asarray(tables.contributions(matrix))
         threads = self._threads(len(matrix), SHAP_COST)
         raw = self._fitted().predict(matrix, pred_contrib=True, num_threads=threads)

@@ -234,6 +234,7 @@ class ChampionWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.tables_thread: threading.Thread | None = None  # the last model's TreeSHAP tables
 
     def check(self) -> bool:
         """Poll once: load the champion if it changed. True when a new model was swapped in."""
@@ -246,7 +247,6 @@ class ChampionWatcher:
                     return False
                 loaded_version, model = registry.load_version(version)
                 fresh = Appraiser(model, loaded_version)
-                treeshap.attach(model)  # explanations from tables: many times LightGBM's speed
                 # warm every path (thread settings, treelite trees) before the first request
                 example = [schema.example_stone()]
                 fresh.appraise(example)
@@ -258,8 +258,10 @@ class ChampionWatcher:
             self.current = fresh
             self.reloads += 1
             self.last_error = None
-            # LightGBM serves until this machine's compiled trees are ready (native.py)
+            # LightGBM serves until this machine's compiled trees are ready (native.py), and
+            # explains until the TreeSHAP tables are (treeshap.py)
             native.attach_in_background(fresh.model, f"v{fresh.version}")
+            self.tables_thread = treeshap.attach_in_background(fresh.model)
             logger.info("serving model version %s (%s)", fresh.version, fresh.model.name)
             return True
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_json
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -45,7 +44,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from appraiser import schema
-from appraiser.config import STORE_FILE, settings
+from appraiser.config import STORE_FILE, StoreSettings, settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 logger = logging.getLogger(__name__)
@@ -54,14 +53,6 @@ logger = logging.getLogger(__name__)
 def utcnow() -> datetime:
     """The current time in UTC (stored with every batch, appraisal and feedback)."""
     return datetime.now(UTC)
-
-
-class StoreSettings(BaseSettings):
-    """APPRAISER_DATABASE_URL, read here because config.py is shared with other work."""
-
-    model_config = SettingsConfigDict(env_prefix="APPRAISER_", extra="ignore")
-
-    database_url: str | None = None
 
 
 def database_url() -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-MAX_TABLE_ROWS = 2_000_000  # (leaf, pattern) rows: 7 features x 8 bytes each, ~110 MB at most
+# Bounds on what a forest's tables may hold (rows of 7 floats: 2M rows are 110 MB); past them,
+# LightGBM explains. Every bound is checked from the dump, before anything is allocated.
+MAX_TABLE_ROWS = 2_000_000  # threshold-grid cells of all trees, and (leaf, pattern) rows
+MAX_TREE_WORK = 2_000_000  # one tree's cells x its splits or leaves (the arrays filling its cells)
 TOLERANCE = 1e-9  # in log price, per contribution, against LightGBM on the probe stones
 PROBE_STONES = 256
 CHUNK = 64  # stones per gather (a chunk's table rows fit in a few MB)
@@ -237,7 +241,7 @@ class LeafTables:
     @classmethod
     def from_dump(cls, dump: dict[str, Any]) -> LeafTables | None:
         trees: list[list[_Leaf]] = []
-        cells = 0
+        cells = patterns = 0
         for tree in dump["tree_info"]:
             found = _leaves(tree)
             if found is None:
@@ -246,8 +250,11 @@ class LeafTables:
             for leaf in found:
                 for _, feature, threshold, _ in leaf.conditions:
                     sizes.setdefault(feature, set()).add(threshold)
-            cells += math.prod(len(v) + 1 for v in sizes.values())
-            if cells > MAX_TABLE_ROWS:
+            tree_cells = math.prod(len(v) + 1 for v in sizes.values())
+            cells += tree_cells
+            patterns += sum(1 << len(leaf.features) for leaf in found)
+            work = tree_cells * max(sum(len(leaf.conditions) for leaf in found), len(found))
+            if max(cells, patterns) > MAX_TABLE_ROWS or work > MAX_TREE_WORK:
                 return None
             trees.append(found)
         if not trees:
@@ -289,7 +296,8 @@ class LeafTables:
         return out
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
-        """(stones, features + 1): each feature's contribution, then the expected value."""
+        """(stones, features + 1): each feature's contribution, then the expected value. For
+        stones without missing values (LightGBM sends those its own way: ask it)."""
         matrix = np.asarray(matrix, dtype=float)
         out = np.empty((len(matrix), self.features + 1))
         out[:, -1] = self.expected
@@ -301,6 +309,20 @@ class LeafTables:
                 rows = rows + self.lookup[f][:, bins]
             out[start : start + CHUNK, :-1] = self.table[rows].sum(axis=0)
         return out
+
+
+def attach_in_background(model: Any) -> threading.Thread | None:
+    """`attach(model)` in a daemon thread: LightGBM explains until the tables are in place
+    (a few seconds for the default champion); None when there is nothing to make."""
+    from appraiser.models import LightGBMMember
+
+    if not any(
+        isinstance(m, LightGBMMember) and m.booster and m.tables is None for m in model.members
+    ):
+        return None
+    thread = threading.Thread(target=attach, args=(model,), name="treeshap-tables", daemon=True)
+    thread.start()
+    return thread
 
 
 def attach(model: Any) -> bool:

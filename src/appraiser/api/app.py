@@ -23,10 +23,10 @@ from appraiser.api.middleware import (
     REFUSED,
     WRITE_FAILURES,
     WRITTEN,
+    InFlight,
     LimitBodySize,
     SecurityHeaders,
     TimeRequests,
-    requests_in_flight,
 )
 from appraiser.api.models import ErrorOut
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
@@ -57,10 +57,11 @@ def create_app(
         batch_slots=asyncio.Semaphore(max(cfg.max_batch_calls, 1)),
         limits=deps.make_limits(cfg.rate_limit),
     )
+    in_flight = InFlight()  # this app's requests (TimeRequests counts them)
     ctx.batcher = MicroBatcher(
         functools.partial(appraisals.price_and_store, ctx),
         cfg.max_queued,
-        alone=lambda: requests_in_flight() <= 1,
+        alone=lambda: in_flight.count <= 1,
     )
 
     @asynccontextmanager
@@ -94,7 +95,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(TimeRequests)
+    app.add_middleware(TimeRequests, in_flight=in_flight)
     for module in (appraisals, feedback, diamonds, models, admin, operations):
         app.include_router(module.router)
     app.include_router(monitoring_routes.router)  # GET /v1/monitoring

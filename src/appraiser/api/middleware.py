@@ -303,11 +303,11 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-_in_flight = 0  # HTTP requests this process is handling; touched only in the event loop
+class InFlight:
+    """HTTP requests an app is handling now (counted by TimeRequests in the event loop)."""
 
-
-def requests_in_flight() -> int:
-    return _in_flight
+    def __init__(self) -> None:
+        self.count = 0
 
 
 class TimeRequests:
@@ -317,23 +317,23 @@ class TimeRequests:
     model version served when it ended. It also counts the requests in flight (the pricer
     prices a lone one without a thread hop: batching.MicroBatcher)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: InFlight | None = None) -> None:
         self.app = app
         self.json_log = settings().log_format == "json"
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        global _in_flight
-        _in_flight += 1
+        self.in_flight.count += 1
         try:
             if self.json_log:
                 await self._logged(scope, receive, send)
             else:
                 await self._timed(scope, receive, send)
         finally:
-            _in_flight -= 1
+            self.in_flight.count -= 1
 
     async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
