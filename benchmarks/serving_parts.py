@@ -13,7 +13,10 @@ In this process, on 1,000 real public stones and on one, with the champion of --
    requests) and for one: LightGBM's against the tables of treeshap.py, their largest difference,
    and how long making and checking the tables takes;
 4. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
-   store.bulk_insert.
+   store.bulk_insert;
+5. one batch of 1,000 stones through the steps of POST /v1/appraisals/batch in process (no HTTP,
+   the storing in 4), beside the bare endpoint's /batch steps (its booster is the one
+   benchmarks/serving.py saves as .appraiser/bare-xgboost-500.json).
 Each figure is the median of --repeats runs, the methods interleaved so drift hits both alike.
 """
 
@@ -144,6 +147,65 @@ def main(argv: Sequence[str] | None = None) -> None:
             title="Median milliseconds per call",
         )
     )
+    print()
+    steps = batch_steps(appraiser, stones, args.repeats)
+    print(format_table(["step", "ms"], steps, title="One batch of 1,000 stones, in process"))
+
+
+def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
+    """Where POST /v1/appraisals/batch spends its CPU on 1,000 stones, without HTTP (the steps of
+    routers.appraisals.appraise_batch and price_and_store), beside the bare endpoint's /batch."""
+    import json
+
+    import bare_endpoint
+    import xgboost as xgb
+    from pydantic_core import to_json
+
+    from appraiser import store
+    from appraiser.api import batch_input
+
+    body = json.dumps({"diamonds": stones[list(schema.FEATURES)].to_dict("records")}).encode()
+    valid = batch_input.valid_stones(body)
+    assert valid is not None
+    for stone in valid:
+        stone.pop("asking_price")
+    answers = appraiser.appraise(valid)
+
+    def rows() -> list[dict[str, Any]]:
+        now, uids = store.utcnow(), store.new_uids(len(valid))
+        return [
+            store.appraisal_row(s, a["price"], price_low=a["price_low"],
+                                price_high=a["price_high"], model_version="1", latency_ms=0.1,
+                                warnings=a["warnings"], created_at=now, uid=uid)
+            for s, a, uid in zip(valid, answers, uids, strict=True)
+        ]  # fmt: skip
+
+    matrix = features.encode_stones(valid)
+    booster = xgb.Booster()
+    booster.load_model(str(REPO / ".appraiser" / "bare-xgboost-500.json"))
+    booster.set_param({"nthread": 1})
+    bare_batch = bare_endpoint.Batch.model_validate_json(body)
+    bare_matrix = np.asarray([bare_endpoint.row(d) for d in bare_batch.diamonds], np.float32)
+    took = medians(
+        {
+            "appraiser: validate (column-wise)": lambda: batch_input.valid_stones(body),
+            "appraiser: encode": lambda: features.encode_stones(valid),
+            "appraiser: price and range": lambda: appraiser.model.predict_matrix(matrix),
+            "appraiser: warnings": lambda: appraiser.index.warnings_all(matrix, valid),
+            "appraiser: appraise (the three above and the answers)": lambda: appraiser.appraise(
+                valid
+            ),
+            "appraiser: 1,000 stored rows built": rows,
+            "appraiser: answers as JSON": lambda: to_json({"appraisals": answers}),
+            "bare: validate (pydantic)": lambda: bare_endpoint.Batch.model_validate_json(body),
+            "bare: rows": lambda: np.asarray(
+                [bare_endpoint.row(d) for d in bare_batch.diamonds], np.float32
+            ),
+            "bare: one booster": lambda: booster.inplace_predict(bare_matrix),
+        },
+        repeats,
+    )
+    return [[name, f"{ms:.2f}"] for name, ms in took.items()]
 
 
 def store_rows(repeats: int) -> tuple[float, float]:
