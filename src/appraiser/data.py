@@ -151,18 +151,15 @@ def _schema_faults(frame: pd.DataFrame, labelled: bool, dedupe: bool) -> list[tu
 
 
 def _breaks_no_rule(frame: pd.DataFrame, labelled: bool, dedupe: bool) -> bool:
-    """True when no row breaks a rule of _frame_schema, checked column by column with the same
-    rules (schema.BOUNDS, schema.GRADES, the depth rule, duplicates). Then pandera, whose import
-    and backends cost a one-stone `appraiser predict` most of a second, need not run: this check
-    only skips work for a clean table, pandera still names every fault of any other."""
-    for name in schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES:
-        values = frame[name].to_numpy(dtype=float)
-        if np.isnan(values).any() or schema.BOUNDS[name].violated(values).any():
-            return False
-    for name in schema.GRADE_COLUMNS:
-        if not frame[name].isin(schema.GRADES[name]).all():  # None is in no grade list
-            return False
-    if schema.depth_inconsistent(frame["depth"], frame["x"], frame["y"], frame["z"]).any():
+    """True when no row breaks a rule of _frame_schema (schema.columns_break_no_rule, and no
+    duplicate). Then pandera, whose import and backends cost a one-stone `appraiser predict` most
+    of a second, need not run: this only skips work for a clean table; pandera still names
+    every fault of any other."""
+    numeric = schema.NUMERIC_COLUMNS if labelled else schema.NUMERIC_FEATURES
+    if not schema.columns_break_no_rule(
+        {name: frame[name].to_numpy(dtype=float) for name in numeric},
+        {name: frame[name] for name in schema.GRADE_COLUMNS},  # None is in no grade list
+    ):
         return False
     key = list(schema.COLUMNS if labelled else schema.FEATURES)
     return not (dedupe and frame.duplicated(subset=key).any())

@@ -6,7 +6,7 @@ so no grade list or bound is written twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
 
@@ -97,6 +97,22 @@ def depth_from_measurements(x: Any, y: Any, z: Any) -> Any:
 def depth_inconsistent(depth: Any, x: Any, y: Any, z: Any) -> Any:
     """True where the stated depth disagrees with 2 z / (x + y) beyond DEPTH_TOLERANCE."""
     return abs(depth - depth_from_measurements(x, y, z)) > DEPTH_TOLERANCE
+
+
+def columns_break_no_rule(numeric: Mapping[str, Any], grades: Mapping[str, Iterable[Any]]) -> bool:
+    """True when stones given column by column (arrays of floats for NUMERIC_FEATURES and maybe
+    the price, the values of each grade column) break none of the rules above: every number
+    finite and within its bound, every grade one of its column's, the depth consistent. The
+    column-wise fast paths (a clean file, a valid API batch) ask this first and leave every
+    other case to the validators that name the field and the rule."""
+    for name, values in numeric.items():
+        column = np.asarray(values, dtype=float)
+        if not np.isfinite(column).all() or BOUNDS[name].violated(column).any():
+            return False
+    if any(not set(values) <= set(GRADES[name]) for name, values in grades.items()):
+        return False
+    inconsistent = depth_inconsistent(numeric["depth"], numeric["x"], numeric["y"], numeric["z"])
+    return not np.asarray(inconsistent).any()
 
 
 # Carat bands: the slices errors are reported by, and the groups price ranges are calibrated in

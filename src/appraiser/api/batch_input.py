@@ -46,17 +46,13 @@ def valid_stones(body: bytes) -> list[dict[str, Any]] | None:
         if not all(type(v) is float or type(v) is int for v in values):  # strict: no "1.1", true
             return None
         try:
-            column = np.asarray(values, dtype=float)
+            columns[name] = np.asarray(values, dtype=float)
         except OverflowError:  # an integer of hundreds of digits: pydantic says what is wrong
             return None
-        if not np.isfinite(column).all() or schema.BOUNDS[name].violated(column).any():
-            return None
-        columns[name] = column
-    for name, order in schema.GRADES.items():
-        values = [stone[name] for stone in stones]
-        if not all(type(v) is str for v in values) or not set(values) <= set(order):
-            return None
-    if schema.depth_inconsistent(columns["depth"], columns["x"], columns["y"], columns["z"]).any():
+    grades = {name: [stone[name] for stone in stones] for name in schema.GRADES}
+    if any(not all(type(v) is str for v in values) for values in grades.values()):
+        return None
+    if not schema.columns_break_no_rule(columns, grades):
         return None
     asking = [stone.get(ASKING) for stone in stones]
     for value in asking:
