@@ -49,6 +49,23 @@ def resolve_data(given: Path | None, *, required: bool) -> Path | None:
     return None
 
 
+def others_shuffled(public: Any, collection: Any, seed: int) -> Any:
+    """The public stones not in the collection (all ten columns compared), shuffled with `seed`:
+    the pipeline benchmarks draw fresh, extra and unseen stones from it in this order."""
+    from appraiser import schema
+
+    key = list(schema.COLUMNS)
+    others = public.merge(collection.drop_duplicates(), on=key, how="left", indicator=True)
+    others = others[others["_merge"] == "left_only"].drop(columns="_merge")
+    return others.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def unseen_stones(others: Any, fresh: int) -> Any:
+    """What pipeline.py's stones leave of `others` (the fresh and "more" sets first, 1,000 spare
+    stones last): the stones no model of a run sees, to score its versions on."""
+    return others.iloc[2 * fresh : len(others) - 1000]
+
+
 def use_home(home: Path) -> None:
     """Point this process (and the children it starts) at `home` as APPRAISER_HOME.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _bench import resolve_data
+from _bench import others_shuffled, resolve_data
 
 
 def ape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -32,13 +32,9 @@ def ape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def one_seed(collection: pd.DataFrame, public: pd.DataFrame, fresh_n: int, seed: int) -> dict:
-    from appraiser import schema
     from appraiser.train import _fit_model, cross_fitted_prices, fit
 
-    key = list(schema.COLUMNS)
-    others = public.merge(collection.drop_duplicates(), on=key, how="left", indicator=True)
-    others = others[others["_merge"] == "left_only"].drop(columns="_merge")
-    others = others.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    others = others_shuffled(public, collection, seed)
     fresh, test = others.iloc[:fresh_n], others.iloc[fresh_n : fresh_n + 10_000]
     options: dict = {"trials": 1, "timeout": 60, "candidates": ["lightgbm"], "seed": 42}
     options["show_progress"] = False

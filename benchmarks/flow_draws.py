@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import resolve_data
+from _bench import others_shuffled, resolve_data, unseen_stones
 from pipeline import fresh_home
 
 
@@ -33,16 +33,13 @@ def ape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def one_draw(path: Path, public: pd.DataFrame, collection: pd.DataFrame, n: int, seed: int) -> dict:
-    from appraiser import registry, schema, train
+    from appraiser import registry, train
     from appraiser.ingest import ingest_file
     from appraiser.pipeline import retrain
 
     fresh_home()
-    key = list(schema.COLUMNS)
-    others = public.merge(collection.drop_duplicates(), on=key, how="left", indicator=True)
-    others = others[others["_merge"] == "left_only"].drop(columns="_merge")
-    others = others.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    fresh, unseen = others.iloc[:n], others.iloc[2 * n : len(others) - 1000]
+    others = others_shuffled(public, collection, seed)
+    fresh, unseen = others.iloc[:n], unseen_stones(others, n)
     work = Path(tempfile.mkdtemp(prefix="appraiser-draws-"))
     fresh.to_csv(work / "fresh.csv", index=False)
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import resolve_data, write_json
+from _bench import others_shuffled, resolve_data, unseen_stones, write_json
 
 
 def fresh_home() -> Path:
@@ -44,7 +44,7 @@ def main() -> None:
     path = resolve_data(args.data, required=True)
     assert path is not None
 
-    from appraiser import data, evaluate, registry, schema
+    from appraiser import data, evaluate, registry
     from appraiser.ingest import ingest_file
     from appraiser.pipeline import retrain, run_pass
     from appraiser.train import train
@@ -52,16 +52,9 @@ def main() -> None:
     fresh_home()
     public = data.load(None).clean
     mine = data.load(path).clean
-    key = list(schema.COLUMNS)
-    others = public.merge(mine.drop_duplicates(), on=key, how="left", indicator=True)
-    others = others[others["_merge"] == "left_only"].drop(columns="_merge")
-    others = others.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
-    fresh, more, test = (
-        others.iloc[: args.fresh],
-        others.iloc[args.fresh : 2 * args.fresh],
-        others.iloc[2 * args.fresh :],
-    )
-    test = test.iloc[: len(test) - 1000]
+    others = others_shuffled(public, mine, args.seed)
+    fresh, more = others.iloc[: args.fresh], others.iloc[args.fresh : 2 * args.fresh]
+    test = unseen_stones(others, args.fresh)
     spare = others.iloc[len(others) - 1000 :]  # the same-population extras and the marked-up batch
     work = Path(tempfile.mkdtemp(prefix="appraiser-pipeline-files-"))
     fresh.to_csv(work / "fresh.csv", index=False)

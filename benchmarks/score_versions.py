@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from _bench import resolve_data
+from _bench import others_shuffled, resolve_data, unseen_stones
 
 
 def main() -> None:
@@ -30,14 +30,10 @@ def main() -> None:
     path = resolve_data(args.data, required=True)
     os.environ["APPRAISER_HOME"] = str(args.home)
     os.environ["APPRAISER_NATIVE_TREES"] = "false"
-    from appraiser import data, registry, schema
+    from appraiser import data, registry
 
     public, mine = data.load(None).clean, data.load(path).clean
-    key = list(schema.COLUMNS)
-    others = public.merge(mine.drop_duplicates(), on=key, how="left", indicator=True)
-    others = others[others["_merge"] == "left_only"].drop(columns="_merge")
-    others = others.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
-    unseen = others.iloc[2 * args.fresh : len(others) - 1000]
+    unseen = unseen_stones(others_shuffled(public, mine, args.seed), args.fresh)
     truth = unseen["price"].to_numpy(float)
     apes = {}
     for version in args.versions:

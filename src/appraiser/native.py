@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 PROBE_STONES = 512  # reference stones a compiled forest must price as LightGBM does
 MIN_PROBE_STONES = 50  # fewer: nothing to check compiled code against, so it is not used
 TOLERANCE = 1e-9  # in log price: the additions' order moves the result by about 1e-15
-# Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in 6-7
+# Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in 5-7
 # s here (benchmarks/serving_parts.py); a review reported a 300-tree forest of 255 leaves
 # taking 49 s and 560 MB. Larger forests stay with LightGBM.
 MAX_LEAVES = 30_000

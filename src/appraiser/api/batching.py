@@ -40,7 +40,7 @@ class MicroBatcher:
         self._alone = alone
         self.max_queued = max_queued
         self._queue: list[Pending] = []
-        self.inline = 0  # requests priced in the event loop (alone): tests and benchmarks read it
+        self.inline = 0  # requests priced in the event loop (alone), for tests and debugging
         self._running = False
         self._task: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None  # made when first needed (and again
