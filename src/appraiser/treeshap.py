@@ -1,8 +1,8 @@
 """Exact TreeSHAP contributions of a LightGBM forest of small trees, read from tables made once.
 
 LightGBM's `predict(pred_contrib=True)` runs path-dependent TreeSHAP (Lundberg et al. 2020) for
-every stone: O(leaves x depth^2) per tree, about 2.7 ms per stone for the default champion's 600
-trees of 15 leaves, most of an explained request's cost. The same values can be tabulated:
+every stone: O(leaves x depth^2) per tree, 1.7-3.2 ms per stone for the default champion's 600
+trees of 15 leaves here, most of an explained request's cost. The same values can be tabulated:
 
 1. Per leaf (as in Fast TreeSHAP v2, Yang 2021). A leaf with value v whose path splits on the
    features U (d of them) is a game on its own: with o_j = 1 when the stone takes the leaf's side
@@ -18,8 +18,9 @@ trees of 15 leaves, most of an explained request's cost. The same values can be 
    its leaves' rows at one stone of the cell).
 A stone is then placed once in each feature's sorted thresholds (all trees'), which gives its cell
 in every tree: one table row per tree. The same numbers as LightGBM to rounding (1e-14 here),
-10-20 times faster; `LeafTables.build` checks them against LightGBM on stones at and beside every
-threshold, and declines (LightGBM explains) a split it does not model or a grid too large.
+7-12 times faster here (benchmarks/serving_parts.py); `LeafTables.build` checks them against
+LightGBM on stones at and beside every threshold, and declines (LightGBM explains) a split it does
+not model or a grid too large.
 """
 
 from __future__ import annotations
