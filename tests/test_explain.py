@@ -72,3 +72,25 @@ def test_warnings_for_stones_outside_the_collection(public):
     warnings = explain.warnings_for(public, heavy)
     assert any("carat 8" in w and "outside" in w for w in warnings)
     assert explain.warnings_for(public, schema.example_stone()) == []
+
+
+def test_warnings_all_gives_each_stones_warnings(public):
+    """The vectorised check (warnings_all) against the one-stone sentences, on ordinary stones
+    and on each kind of unusual one: outside a range, an unseen grade trio, a sparse region."""
+    small = public[~((public.cut == "Fair") & (public.color == "J"))].head(3000)
+    index = explain.ReferenceIndex(small)
+    example = schema.example_stone()
+    odd = [
+        {**example, "carat": 9.0},
+        {**example, "depth": small["depth"].max() + 1, "z": example["z"]},
+        {**example, "table": small["table"].min() - 1},
+        {**example, "cut": "Fair", "color": "J"},  # left out of the collection above
+        {**example, "carat": 0.2, "x": 9.0, "y": 2.0},  # a shape nothing resembles
+    ]
+    stones = [*public.tail(200)[list(schema.FEATURES)].to_dict("records"), *odd]
+    matrix = features.encode_stones(stones)
+    got = index.warnings_all(matrix, stones)
+    assert got == [index.warnings(stone) for stone in stones]
+    assert all(got[-len(odd) :]) and sum(map(bool, got)) < len(stones) / 2
+    assert any("few stones" in w for w in got[-1])
+    assert len({id(w) for w in got}) == len(got)  # a list of its own for each answer

@@ -13,6 +13,7 @@ price equally get equal dollars. When p = B the factor is B itself (the limit).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +151,9 @@ def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
 
 
 GradeKey = tuple[str, str, str]
+_NUMERIC = operator.itemgetter(*schema.NUMERIC_FEATURES)
+_GRADE_AT = [features.ENCODED.index(c) for c in schema.GRADE_COLUMNS]
+_GRADE_PLACES = np.array([100 * 100, 100, 1], dtype=np.int64)  # each grade has under 100 codes
 SPARSE_K = 10  # neighbours that describe a stone's surroundings
 SPARSE_QUANTILE = 0.99  # farther than this share of the collection's own stones: sparse
 
@@ -178,6 +182,20 @@ class ReferenceIndex:
             (str(key[0]), str(key[1]), str(key[2])): np.asarray(rows, dtype=np.int64)
             for key, rows in keys.groupby(list(schema.GRADE_COLUMNS), sort=False).indices.items()
         }
+        # the same, as arrays for warnings_all: bounds in NUMERIC_FEATURES order, each known
+        # (cut, color, clarity) as one number of its grade codes
+        self._low = np.array([self.low[c] for c in schema.NUMERIC_FEATURES])
+        self._high = np.array([self.high[c] for c in schema.NUMERIC_FEATURES])
+        codes = {c: {g: i for i, g in enumerate(order)} for c, order in schema.GRADES.items()}
+        self._group_codes = np.array(
+            [
+                sum(codes[c][g] * place for c, g, place in zip(schema.GRADE_COLUMNS, key,
+                                                               _GRADE_PLACES.tolist(), strict=True))
+                for key in self.groups
+                if all(g in codes[c] for c, g in zip(schema.GRADE_COLUMNS, key, strict=True))
+            ],
+            dtype=np.int64,
+        )  # fmt: skip
 
     def _density_index(self) -> None:
         """A k-d tree of the collection in the model's terms (log carat, shape, grade codes, each
@@ -264,27 +282,18 @@ class ReferenceIndex:
     def warnings_all(
         self, matrix: np.ndarray, stones: Sequence[Mapping[str, Any]]
     ) -> list[list[str]]:
-        """`warnings` for many stones, given their encoded matrix too: one vectorised range
-        check; the sentences are written only for the stones that need them."""
-        size = ("carat", "x", "y", "z")
-        values = np.array([[float(stone[c]) for c in size] for stone in stones]).reshape(-1, 4)
-        low = np.array([self.low[c] for c in size])
-        high = np.array([self.high[c] for c in size])
-        beyond = (values < low) | (values > high)
-        outside = [bool(b) for b in np.any(beyond, axis=1)]
-        lonely = self.sparse(matrix).tolist()
-        depth_low, depth_high = self.low["depth"], self.high["depth"]
-        table_low, table_high = self.low["table"], self.high["table"]
-        out: list[list[str]] = []
-        for stone, out_of_range, alone in zip(stones, outside, lonely, strict=True):
-            usual = (
-                not out_of_range
-                and not alone
-                and depth_low <= stone["depth"] <= depth_high
-                and table_low <= stone["table"] <= table_high
-                and self._key(stone) in self.groups
-            )
-            out.append([] if usual else self.warnings(stone, sparse=alone))
+        """`warnings` for many stones, given their encoded matrix too: the range, grade and
+        density checks vectorised; the sentences are written only for the stones that need them
+        (a fresh empty list for the others)."""
+        values = np.array([_NUMERIC(stone) for stone in stones], dtype=float).reshape(-1, 6)
+        outside = ((values < self._low) | (values > self._high)).any(axis=1)
+        grades = matrix[:, _GRADE_AT].astype(np.int64)
+        unknown = ~np.isin(grades @ _GRADE_PLACES, self._group_codes)
+        lonely = self.sparse(matrix)
+        unusual = np.flatnonzero(outside | unknown | lonely).tolist()
+        out: list[list[str]] = [[] for _ in range(len(stones))]
+        for i in unusual:
+            out[i] = self.warnings(stones[i], sparse=bool(lonely[i]))
         return out
 
     def warnings(self, stone: Mapping[str, Any], sparse: bool | None = None) -> list[str]:

@@ -6,6 +6,7 @@ the same function at serving time as at training time: there is nothing to drift
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,15 +77,16 @@ def heavier(stones: pd.DataFrame, factor: float) -> pd.DataFrame:
     )
 
 
+_SIZE = operator.itemgetter("carat", "x", "y", "z")
+
+
 def encode_stones(stones: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """The model matrix for validated stones given as mappings (API requests), without pandas.
 
     Row for row the same numbers as `encode`; a few microseconds per stone instead of a
     millisecond of DataFrame overhead, which is most of a single appraisal's cost otherwise.
     """
-    raw = np.array(
-        [[float(stone[c]) for c in ("carat", "x", "y", "z")] for stone in stones], dtype=np.float64
-    ).reshape(len(stones), 4)
+    raw = np.array([_SIZE(stone) for stone in stones], dtype=np.float64).reshape(len(stones), 4)
     return _assemble(
         raw[:, 0],
         raw[:, 1],

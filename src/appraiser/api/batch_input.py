@@ -10,6 +10,7 @@ path decides nothing it could get wrong, it only skips work for a valid batch.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -20,14 +21,21 @@ from appraiser.config import MAX_BATCH
 
 FEATURES = tuple(schema.FEATURES)
 ASKING = "asking_price"
-_PLAIN = frozenset(FEATURES)
-_WITH_ASKING = frozenset((*FEATURES, ASKING))
+_N_PLAIN = len(FEATURES)
+_NUMERIC = itemgetter(*schema.NUMERIC_FEATURES)
+_GRADE = itemgetter(*schema.GRADE_COLUMNS)
+_NUMBER = frozenset((float, int))
+_FLOAT = frozenset((float,))
+_STRING = frozenset((str,))
 _ASKING_HIGH = schema.ASKING_PRICE_HIGH
 
 
 def valid_stones(body: bytes) -> list[dict[str, Any]] | None:
-    """The stones of a valid batch body as BatchIn would dump them (numbers as floats,
-    `asking_price` None when not sent), or None when anything is off, for pydantic to explain."""
+    """The stones of a valid batch body, or None when anything is off, for pydantic to explain.
+
+    Each stone is as BatchIn would dump it (numbers as floats), except that `asking_price` is
+    left out when not sent. A batch of floats without asking prices (the common case) is
+    returned as parsed: building 1,000 new dicts cost a third of the check."""
     try:
         payload = from_json(body)
     except ValueError:
@@ -37,33 +45,47 @@ def valid_stones(body: bytes) -> list[dict[str, Any]] | None:
     stones = payload["diamonds"]
     if type(stones) is not list or not 0 < len(stones) <= MAX_BATCH:
         return None
+    asked = False
     for stone in stones:
-        if type(stone) is not dict or (stone.keys() != _PLAIN and stone.keys() != _WITH_ASKING):
+        if type(stone) is not dict:
             return None
+        if len(stone) != _N_PLAIN:
+            if len(stone) != _N_PLAIN + 1 or ASKING not in stone:
+                return None
+            asked = True
+    try:  # with the sizes above, every feature present means no unknown field
+        numeric_rows = [_NUMERIC(stone) for stone in stones]
+        grade_rows = [_GRADE(stone) for stone in stones]
+    except KeyError:
+        return None
     columns: dict[str, np.ndarray] = {}
-    for name in schema.NUMERIC_FEATURES:
-        values = [stone[name] for stone in stones]
-        if not all(type(v) is float or type(v) is int for v in values):  # strict: no "1.1", true
+    all_floats = True
+    for name, values in zip(schema.NUMERIC_FEATURES, zip(*numeric_rows, strict=True), strict=True):
+        kinds = set(map(type, values))
+        if not kinds <= _NUMBER:  # strict: no "1.1", no true
             return None
+        all_floats = all_floats and kinds == _FLOAT
         try:
             columns[name] = np.asarray(values, dtype=float)
         except OverflowError:  # an integer of hundreds of digits: pydantic says what is wrong
             return None
-    grades = {name: [stone[name] for stone in stones] for name in schema.GRADES}
-    if any(not all(type(v) is str for v in values) for values in grades.values()):
+    grades = dict(zip(schema.GRADE_COLUMNS, zip(*grade_rows, strict=True), strict=True))
+    if any(not set(map(type, values)) <= _STRING for values in grades.values()):
         return None
     if not schema.columns_break_no_rule(columns, grades):
         return None
-    asking = [stone.get(ASKING) for stone in stones]
+    asking = [stone.get(ASKING) for stone in stones] if asked else []
     for value in asking:
         if value is not None and (type(value) not in (int, float) or not 0 < value <= _ASKING_HIGH):
             return None
+    if all_floats and not asked:
+        return stones
     numeric = {name: column.tolist() for name, column in columns.items()}
     out = []
     for i, stone in enumerate(stones):
         row = {name: stone[name] for name in FEATURES}
         for name, values in numeric.items():
             row[name] = values[i]
-        row[ASKING] = None if asking[i] is None else float(asking[i])
+        row[ASKING] = None if not asked or asking[i] is None else float(asking[i])
         out.append(row)
     return out
