@@ -18,6 +18,9 @@ FRANCESCO = Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data
 # Compiling a champion's trees (native.py) takes seconds per promotion; tests promote hundreds of
 # times, so it is off here and tests/test_native.py turns it on where it is the subject.
 os.environ["APPRAISER_NATIVE_TREES"] = "false"
+# Freezing the heap after each load (a server's setting) would cost tests a full collection per
+# app start and keep each test's garbage: tests/test_heap.py turns it on where it is the subject.
+os.environ["APPRAISER_SETTLE_HEAP"] = "false"
 
 
 def pytest_configure(config: pytest.Config) -> None:

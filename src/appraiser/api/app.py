@@ -52,7 +52,7 @@ def create_app(
     cfg = config or settings()
     ctx = deps.Context(
         config=cfg,
-        champions=watcher or ChampionWatcher(cfg.reload_seconds),
+        champions=watcher or ChampionWatcher(cfg.reload_seconds, settle_heap=cfg.settle_heap),
         batcher=MicroBatcher(lambda *a: [], cfg.max_queued),  # priced below, once ctx exists
         batch_slots=asyncio.Semaphore(max(cfg.max_batch_calls, 1)),
         limits=deps.make_limits(cfg.rate_limit),
