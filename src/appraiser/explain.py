@@ -153,7 +153,9 @@ def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
 GradeKey = tuple[str, str, str]
 _NUMERIC = operator.itemgetter(*schema.NUMERIC_FEATURES)
 _GRADE_AT = [features.ENCODED.index(c) for c in schema.GRADE_COLUMNS]
-_GRADE_PLACES = np.array([100 * 100, 100, 1], dtype=np.int64)  # each grade has under 100 codes
+_SIZES = [len(order) for order in schema.GRADES.values()]
+_TRIO_PLACES = np.array([_SIZES[1] * _SIZES[2], _SIZES[2], 1], dtype=np.int64)  # mixed radix
+_TRIOS = int(np.prod(_SIZES))
 SPARSE_K = 10  # neighbours that describe a stone's surroundings
 SPARSE_QUANTILE = 0.99  # farther than this share of the collection's own stones: sparse
 
@@ -182,20 +184,16 @@ class ReferenceIndex:
             (str(key[0]), str(key[1]), str(key[2])): np.asarray(rows, dtype=np.int64)
             for key, rows in keys.groupby(list(schema.GRADE_COLUMNS), sort=False).indices.items()
         }
-        # the same, as arrays for warnings_all: bounds in NUMERIC_FEATURES order, each known
-        # (cut, color, clarity) as one number of its grade codes
+        # the same, as arrays for warnings_all: bounds in NUMERIC_FEATURES order; each
+        # (cut, color, clarity) numbered by its grade codes, and whether the collection has it
         self._low = np.array([self.low[c] for c in schema.NUMERIC_FEATURES])
         self._high = np.array([self.high[c] for c in schema.NUMERIC_FEATURES])
         codes = {c: {g: i for i, g in enumerate(order)} for c, order in schema.GRADES.items()}
-        self._group_codes = np.array(
-            [
-                sum(codes[c][g] * place for c, g, place in zip(schema.GRADE_COLUMNS, key,
-                                                               _GRADE_PLACES.tolist(), strict=True))
-                for key in self.groups
-                if all(g in codes[c] for c, g in zip(schema.GRADE_COLUMNS, key, strict=True))
-            ],
-            dtype=np.int64,
-        )  # fmt: skip
+        self._known_trio = np.zeros(_TRIOS, dtype=bool)
+        for key in self.groups:
+            if all(g in codes[c] for c, g in zip(schema.GRADE_COLUMNS, key, strict=True)):
+                trio = [codes[c][g] for c, g in zip(schema.GRADE_COLUMNS, key, strict=True)]
+                self._known_trio[int(np.dot(trio, _TRIO_PLACES))] = True
 
     def _density_index(self) -> None:
         """A k-d tree of the collection in the model's terms (log carat, shape, grade codes, each
@@ -287,8 +285,7 @@ class ReferenceIndex:
         (a fresh empty list for the others)."""
         values = np.array([_NUMERIC(stone) for stone in stones], dtype=float).reshape(-1, 6)
         outside = ((values < self._low) | (values > self._high)).any(axis=1)
-        grades = matrix[:, _GRADE_AT].astype(np.int64)
-        unknown = ~np.isin(grades @ _GRADE_PLACES, self._group_codes)
+        unknown = ~self._known_trio[matrix[:, _GRADE_AT].astype(np.int64) @ _TRIO_PLACES]
         lonely = self.sparse(matrix)
         unusual = np.flatnonzero(outside | unknown | lonely).tolist()
         out: list[list[str]] = [[] for _ in range(len(stones))]

@@ -48,10 +48,10 @@ def shape(
     mean = (x + y) / 2
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         raw = (mean / np.cbrt(carat), x / y, z / mean)
-    # a valid stone may still be absurd (x = 1e-300 mm): the boosters need finite numbers
-    spread, ratio, depth_ratio = (
-        np.clip(np.nan_to_num(v, nan=0.0, posinf=SHAPE_LIMIT), 0.0, SHAPE_LIMIT) for v in raw
-    )
+    # a valid stone may still be absurd (x = 1e-300 mm): the boosters need finite numbers. fmax
+    # and fmin pass over NaN (-> 0) and bound infinities: nan_to_num and clip's answer at a tenth
+    # of their cost on one stone (~40 us of a lone request)
+    spread, ratio, depth_ratio = (np.fmin(np.fmax(v, 0.0), SHAPE_LIMIT) for v in raw)
     return spread, ratio, depth_ratio
 
 
