@@ -94,3 +94,5 @@ def test_warnings_all_gives_each_stones_warnings(public):
     assert all(got[-len(odd) :]) and sum(map(bool, got)) < len(stones) / 2
     assert any("few stones" in w for w in got[-1])
     assert len({id(w) for w in got}) == len(got)  # a list of its own for each answer
+    few = len(odd) + 2  # a few stones take the per-stone path: the same answers
+    assert index.warnings_all(matrix[-few:], stones[-few:]) == got[-few:]

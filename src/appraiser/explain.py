@@ -153,6 +153,7 @@ def deal(asking_price: float, bargain_probability: float) -> dict[str, Any]:
 GradeKey = tuple[str, str, str]
 _NUMERIC = operator.itemgetter(*schema.NUMERIC_FEATURES)
 _GRADE_AT = [features.ENCODED.index(c) for c in schema.GRADE_COLUMNS]
+_FEW = 16  # up to this many stones, warnings_all checks each one in Python
 _SIZES = [len(order) for order in schema.GRADES.values()]
 _TRIO_PLACES = np.array([_SIZES[1] * _SIZES[2], _SIZES[2], 1], dtype=np.int64)  # mixed radix
 _TRIOS = int(np.prod(_SIZES))
@@ -283,10 +284,13 @@ class ReferenceIndex:
         """`warnings` for many stones, given their encoded matrix too: the range, grade and
         density checks vectorised; the sentences are written only for the stones that need them
         (a fresh empty list for the others)."""
+        lonely = self.sparse(matrix)
+        if len(stones) <= _FEW:  # numpy's per-call cost outweighs a few stones' Python checks
+            alone = lonely.tolist()
+            return [self.warnings(s, sparse=a) for s, a in zip(stones, alone, strict=True)]
         values = np.array([_NUMERIC(stone) for stone in stones], dtype=float).reshape(-1, 6)
         outside = ((values < self._low) | (values > self._high)).any(axis=1)
         unknown = ~self._known_trio[matrix[:, _GRADE_AT].astype(np.int64) @ _TRIO_PLACES]
-        lonely = self.sparse(matrix)
         unusual = np.flatnonzero(outside | unknown | lonely).tolist()
         out: list[list[str]] = [[] for _ in range(len(stones))]
         for i in unusual:
