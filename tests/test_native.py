@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from appraiser import features, native, registry
 from appraiser.api import create_app
 from appraiser.config import settings
-from appraiser.models import CANDIDATES, AdaptiveRange, PriceModel
+from appraiser.models import CANDIDATES, AdaptiveRange, LazyBooster, PriceModel
 from appraiser.predict import Appraiser, ChampionWatcher
 
 pytest.importorskip("lleaves")  # not installed past Python 3.13 (pyproject.toml)
@@ -106,8 +106,22 @@ def test_the_cache_is_used_without_compiling_again(
     monkeypatch.setattr(native, "_build_in_child", no_compiling)
     assert native.attach(_fresh(forest_model), build=True)
     assert sorted(p.suffix for p in native.folder().iterdir()) == sorted(
-        [".lock", ".o", ".sha256"] * 3
+        [".lock", ".o", ".sha256", ".npz"] * 3  # .answers.npz: LightGBM's, to check the code
     )
+
+
+def test_answers_kept_beside_the_code_that_disagree_refuse_it(
+    compiling: Path, forest_model: PriceModel
+) -> None:
+    assert native.attach(_fresh(forest_model), build=True)
+    for kept in native.folder().glob("*.answers.npz"):
+        with np.load(kept) as saved:
+            probe, expected = saved["probe"], saved["expected"]
+        kept.unlink()
+        np.savez(kept.with_suffix(""), probe=probe, expected=expected + 1e-6)  # adds .npz back
+        kept.chmod(0o644)
+    assert not native.attach(_fresh(forest_model), build=False)
+    assert len(list(native.folder().glob("*.refused"))) == 3
 
 
 def test_a_folder_others_may_write_is_mended_or_left_alone(
@@ -218,5 +232,8 @@ def test_the_predict_command_compiles_once_then_loads(compiling: Path, monkeypat
     monkeypatch.setattr(native, "_build_in_child", _must_not_run)
     again = Appraiser.for_scoring()  # would compile if the cache did not serve
     assert all(f.compiled for f in native.forests(again.model))
+    # and checked against the answers LightGBM gave the first time: LightGBM not even loaded
+    assert all(isinstance(f.booster, LazyBooster) for f in native.forests(again.model))
+    assert not any(f.booster._booster for f in native.forests(again.model))
     _, loaded = registry.load_version()  # a server's load: the cache only
     assert all(f.compiled for f in native.forests(loaded))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -353,6 +354,37 @@ class XGBoostMember(BoosterMember):
         self._treelite = None
 
 
+class LazyBooster:
+    """A saved LightGBM booster, read from its text file when first used.
+
+    Scoring with the trees compiled for this machine (native.py) needs only the text: importing
+    LightGBM (and SciPy with it) and parsing 600 trees was a fifth of `appraiser predict`'s
+    start-up. Anything else asked of it (predict, dump_model, ...) loads the booster once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.text = path.read_text()
+        self._booster: lgb.Booster | None = None
+        self._lock = threading.Lock()
+
+    def model_to_string(self) -> str:
+        return self.text
+
+    @property
+    def loaded(self) -> lgb.Booster:
+        with self._lock:
+            if self._booster is None:
+                import lightgbm as lgb
+
+                self._booster = lgb.Booster(model_str=self.text)
+            return self._booster
+
+    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
+        if name.startswith("__") or name in ("_booster", "_lock", "text"):
+            raise AttributeError(name)
+        return getattr(self.loaded, name)
+
+
 class LightGBMMember(BoosterMember):
     """Gradient-boosted trees (LightGBM) with monotone constraints."""
 
@@ -407,9 +439,7 @@ class LightGBMMember(BoosterMember):
         self._fitted().save_model(str(path))
 
     def _load_trees(self, path: Path) -> None:
-        import lightgbm as lgb
-
-        self.booster = lgb.Booster(model_file=str(path))
+        self.booster = cast("lgb.Booster", LazyBooster(path))  # behaves as one: see LazyBooster
         self.native = self.tables = None
         self.threads = PREDICT_THREADS
 
@@ -662,11 +692,7 @@ class AdaptiveRange:
 
     @classmethod
     def load(cls, folder: Path, state: dict[str, Any]) -> AdaptiveRange:
-        booster = None
-        if state.get("file"):
-            import lightgbm as lgb
-
-            booster = lgb.Booster(model_file=str(folder / state["file"]))
+        booster = LazyBooster(folder / state["file"]) if state.get("file") else None
         return cls(booster, np.asarray(state["scores"], dtype=float), float(state["coverage"]))
 
 

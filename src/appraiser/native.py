@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -295,13 +296,29 @@ def _load(text: str, code: bytes) -> Any:
     return native
 
 
-def _agrees(native: Any, booster: Any, probe: np.ndarray) -> bool:
-    expected = np.asarray(booster.predict(probe, num_threads=1), dtype=float)
+def _agrees(native: Any, probe: np.ndarray, expected: np.ndarray) -> bool:
     for threads in (1, 2):  # one stone at a time, and the rows split over threads
         got = np.asarray(native.predict(probe, n_jobs=threads), dtype=float)
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=TOLERANCE):
             return False
     return True
+
+
+def _lightgbm_answers(forest: Forest, probe: np.ndarray, answers: Path) -> tuple[np.ndarray, ...]:
+    """Stones to check the compiled trees on and LightGBM's predictions for them: kept beside
+    the compiled code (keyed by the same trees) once LightGBM has made them, so a later load
+    checks the code without importing LightGBM (a fifth of `appraiser predict`'s start-up)."""
+    if _safe(answers):
+        try:
+            with np.load(answers) as kept:  # no pickles: arrays only
+                return np.ascontiguousarray(kept["probe"]), np.asarray(kept["expected"])
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable: made again below
+    expected = np.asarray(forest.booster.predict(probe, num_threads=1), dtype=float)
+    buffer = io.BytesIO()
+    np.savez(buffer, probe=probe, expected=expected)
+    _publish(answers, buffer.getvalue())
+    return probe, expected
 
 
 def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
@@ -316,8 +333,8 @@ def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
     if where is None:
         return False
     base = where / _key(text)
-    compiled, seal, refused, failed = (
-        base.with_suffix(s) for s in (".o", ".sha256", ".refused", ".failed")
+    compiled, seal, refused, failed, answers = (
+        base.with_suffix(s) for s in (".o", ".sha256", ".refused", ".failed", ".answers.npz")
     )
     if refused.exists():  # compiled once and found wrong: not again with this compiler
         _warn_once(
@@ -351,7 +368,7 @@ def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
                 if code is None:
                     raise RuntimeError("the compiler left no sealed code")
     native = _load(text, code)
-    if not _agrees(native, forest.booster, probe):
+    if not _agrees(native, *_lightgbm_answers(forest, probe, answers)):
         _publish(refused, f"compiled code disagreed with LightGBM ({compiled.name})\n")
         raise RuntimeError(f"compiled {forest.role} trees disagree with LightGBM; not used")
     forest.holder.native = native  # one assignment: a request sees the old or the new, whole
