@@ -20,18 +20,20 @@ leaves LightGBM in place. `APPRAISER_NATIVE_TREES=false` turns all of it off.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,11 +115,12 @@ def _model_text(booster: Any) -> str:
 
 
 def _leaves(text: str) -> int:
-    counts = (line.split("=", 1)[1] for line in text.splitlines() if line.startswith("num_leaves="))
-    return sum(int(count) for count in counts)
+    return sum(int(count) for count in re.findall(r"^num_leaves=(\d+)", text, re.MULTILINE))
 
 
-def _key(text: str) -> str:
+@functools.cache
+def _machine() -> str:
+    """This machine and compiler, as compiled code depends on them (asked of LLVM once)."""
     from importlib.metadata import version
 
     import llvmlite.binding as llvm
@@ -127,9 +130,12 @@ def _key(text: str) -> str:
     except RuntimeError:  # LLVM could not tell: the name alone
         cpu_features = ""
     compiler = f"{version('lleaves')}|{version('llvmlite')}|{json.dumps(OPTIONS, sort_keys=True)}"
-    machine = f"{llvm.get_host_cpu_name()}|{cpu_features}|{compiler}"
+    return f"{llvm.get_host_cpu_name()}|{cpu_features}|{compiler}"
+
+
+def _key(text: str) -> str:
     trees = text.split("\nend of trees", 1)[0]  # not the training parameters after them
-    return hashlib.sha256(f"{machine}\n{trees}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{_machine()}\n{trees}".encode()).hexdigest()[:24]
 
 
 def _probe(model: PriceModel) -> np.ndarray:
@@ -304,7 +310,9 @@ def _agrees(native: Any, probe: np.ndarray, expected: np.ndarray) -> bool:
     return True
 
 
-def _lightgbm_answers(forest: Forest, probe: np.ndarray, answers: Path) -> tuple[np.ndarray, ...]:
+def _lightgbm_answers(
+    forest: Forest, probe: Callable[[], np.ndarray], answers: Path
+) -> tuple[np.ndarray, ...]:
     """Stones to check the compiled trees on and LightGBM's predictions for them: kept beside
     the compiled code (keyed by the same trees) once LightGBM has made them, so a later load
     checks the code without importing LightGBM (a fifth of `appraiser predict`'s start-up)."""
@@ -314,14 +322,15 @@ def _lightgbm_answers(forest: Forest, probe: np.ndarray, answers: Path) -> tuple
                 return np.ascontiguousarray(kept["probe"]), np.asarray(kept["expected"])
         except (OSError, KeyError, ValueError):
             pass  # unreadable: made again below
-    expected = np.asarray(forest.booster.predict(probe, num_threads=1), dtype=float)
+    stones = probe()
+    expected = np.asarray(forest.booster.predict(stones, num_threads=1), dtype=float)
     buffer = io.BytesIO()
-    np.savez(buffer, probe=probe, expected=expected)
+    np.savez(buffer, probe=stones, expected=expected)
     _publish(answers, buffer.getvalue())
-    return probe, expected
+    return stones, expected
 
 
-def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
+def _load_or_build(forest: Forest, probe: Callable[[], np.ndarray], build_it: bool) -> bool:
     """Give `forest` its compiled trees from the cache, compiling them first when `build_it`;
     True when they are in place (and agree with LightGBM on `probe`)."""
     text = _model_text(forest.booster)
@@ -349,6 +358,7 @@ def _load_or_build(forest: Forest, probe: np.ndarray, build_it: bool) -> bool:
     if code is None:
         if not build_it:
             return False
+        probe()  # raises when there are no stones to check code on: then none is compiled
         with contextlib.suppress(OSError):
             if time.time() - failed.stat().st_mtime < RETRY_SECONDS:
                 return False  # the compiler failed lately: LightGBM until the back-off ends
@@ -382,11 +392,9 @@ def attach(model: PriceModel, *, build: bool) -> bool:
     wanted = [f for f in forests(model) if not f.compiled]
     if not enabled() or not wanted:
         return all(f.compiled for f in forests(model))
-    try:
-        probe = _probe(model)
-    except Exception as exc:  # nothing to check compiled code against: do not use it
-        logger.warning("compiled trees not used: no stones to check them on (%s)", exc)
-        return False
+    # made only for trees whose answers are not kept yet (a load from the cache needs none); a
+    # model without enough stones to make it keeps LightGBM for those trees, as logged below
+    probe = functools.cache(lambda: _probe(model))
     for forest in wanted:
         try:
             _load_or_build(forest, probe, build)
