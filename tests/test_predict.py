@@ -42,10 +42,10 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
     probe = (
         "import sys\n"
         "from appraiser.predict import Appraiser, boosters_without_estimators\n"
-        "with boosters_without_estimators():\n"
+        "with boosters_without_estimators():  # as `appraiser predict` does\n"
         "    a = Appraiser.for_scoring()\n"
-        "a.model.predict_matrix(__import__('numpy').ones((3, 7)))\n"
-        "print(a.version, sorted(m for m in ('mlflow', 'sklearn', 'sqlalchemy', 'pandera')"
+        "    a.model.predict_matrix(__import__('numpy').ones((3, 7)))\n"
+        "print(a.version, sorted(m for m in ('mlflow', 'sklearn', 'sqlalchemy', 'pandera', 'yaml')"
         " if m in sys.modules))\n"
     )
     env = {**os.environ, "APPRAISER_HOME": str(trained)}
@@ -55,6 +55,14 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
     )
     assert done.stdout.split() == [version, "[]"], done.stderr
     assert version == registry.champion_version()
+
+
+def test_the_cached_model_is_found_where_its_mlmodel_file_says(trained):
+    from appraiser import model_cache
+
+    version = Appraiser.champion().version  # fills the cache
+    cached = model_cache.folder(version)
+    assert model_cache.pricer_folder(version) == model_cache._pricer_folder_by_mlmodel(cached)
 
 
 def test_scoring_falls_back_to_the_registry_when_the_cache_is_empty(trained, tmp_path):

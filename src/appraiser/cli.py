@@ -167,29 +167,32 @@ def predict(
     from appraiser.model_cache import RegistryError
     from appraiser.predict import Appraiser, boosters_without_estimators
 
-    try:
-        # the cached champion, without importing MLflow; a command that only scores and exits,
-        # so the boosters may load without their scikit-learn estimator classes
-        with boosters_without_estimators():
-            appraiser = Appraiser.for_scoring()
-    except RegistryError as exc:
-        raise fail(str(exc)) from exc
-    total = None
-    if input_path.suffix.lower() == ".csv" and input_path.exists():
-        with input_path.open("rb") as fh:
-            total = max(sum(1 for _ in fh) - 1, 0)
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.completed:,} rows"),
-        TimeRemainingColumn(),
-        console=err,
-    ) as progress:
-        task = progress.add_task("scoring", total=total)
+    # the cached champion, without importing MLflow; a command that only scores and exits, so
+    # the boosters may load without their scikit-learn estimator classes, at the load or when
+    # first asked to predict (models.LazyBooster)
+    with boosters_without_estimators():
         try:
-            summary = appraiser.score_file(input_path, output, lambda n: progress.advance(task, n))
-        except data.DataError as exc:
+            appraiser = Appraiser.for_scoring()
+        except RegistryError as exc:
             raise fail(str(exc)) from exc
+        total = None
+        if input_path.suffix.lower() == ".csv" and input_path.exists():
+            with input_path.open("rb") as fh:
+                total = max(sum(1 for _ in fh) - 1, 0)
+        with Progress(
+            TextColumn("scoring"),
+            BarColumn(),
+            TextColumn("{task.completed:,} rows"),
+            TimeRemainingColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("scoring", total=total)
+            try:
+                summary = appraiser.score_file(
+                    input_path, output, lambda n: progress.advance(task, n)
+                )
+            except data.DataError as exc:
+                raise fail(str(exc)) from exc
     console.print(
         f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
         f"error (see the `error` column) -> {output} (model v{appraiser.version})"

