@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -67,13 +68,29 @@ WARM_UP_LIMIT_SECONDS = 180.0
 
 
 def wait_until_idle(pid: int, limit: float = WARM_UP_LIMIT_SECONDS) -> float:
-    """Wait until process `pid` spends under 5% of a core for 2 s (Linux /proc), at most `limit`
-    seconds; returns the seconds waited. A fixed pause was too short on a slow day."""
+    """Wait until process `pid` and its children (a compile runs in one) spend under 5% of a
+    core for 2 s (Linux /proc), at most `limit` seconds; returns the seconds waited. A fixed
+    pause was too short on a slow day."""
     tick = os.sysconf("SC_CLK_TCK")
 
+    def family(root: int) -> list[int]:
+        found, todo = [], [root]
+        while todo:
+            current = todo.pop()
+            found.append(current)
+            for task in Path(f"/proc/{current}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(child) for child in task.read_text().split())
+        return found
+
     def cpu_seconds() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        total = 0.0
+        for member in family(pid):
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+                # its own time and its reaped children's (a compile that just ended)
+                total += sum(int(f) for f in fields[11:15]) / tick
+        return total
 
     started = time.monotonic()
     while time.monotonic() - started < limit:
@@ -82,6 +99,7 @@ def wait_until_idle(pid: int, limit: float = WARM_UP_LIMIT_SECONDS) -> float:
         if cpu_seconds() - before < 0.1:
             break
     return time.monotonic() - started
+
 
 # load -> (concurrency, stones per request, answer check); bodies: single stones or batches
 LOADS = {

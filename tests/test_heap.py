@@ -54,11 +54,13 @@ def test_a_server_settles_its_heap_after_loading_the_champion(trained, monkeypat
     monkeypatch.setenv("APPRAISER_SETTLE_HEAP", "true")
     settings.cache_clear()
     gc.unfreeze()
-    app = create_app()
-    with TestClient(app):
-        champions = app.state.ctx.champions
-        assert champions.settling is not None
-        champions.settling.join(60)
-        assert gc.get_freeze_count() > 10_000  # the model, its collection, the libraries
-        assert gc.get_threshold()[0] == predict.YOUNG_GENERATION
-    settings.cache_clear()
+    try:
+        app = create_app()
+        with TestClient(app):
+            champions = app.state.ctx.champions
+            assert champions.settling is not None
+            champions.settling.join(60)
+            assert gc.get_freeze_count() > 10_000  # the model, its collection, the libraries
+            assert gc.get_threshold()[0] == predict.YOUNG_GENERATION
+    finally:
+        settings.cache_clear()

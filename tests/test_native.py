@@ -110,27 +110,33 @@ def test_the_cache_is_used_without_compiling_again(
     )
 
 
-def test_answers_kept_beside_the_code_that_disagree_refuse_it(
+def test_kept_answers_that_are_wrong_damaged_or_stale_are_made_again(
     compiling: Path, forest_model: PriceModel
 ) -> None:
+    """LightGBM's answers kept beside the code spare a load LightGBM; when they disagree with the
+    code, cannot be read, or come from another LightGBM version, LightGBM is asked again (and
+    has the last word): good code is never refused for a bad answers file."""
     assert native.attach(_fresh(forest_model), build=True)
-    for kept in native.folder().glob("*.answers.npz"):
-        with np.load(kept) as saved:
-            probe, expected = saved["probe"], saved["expected"]
-        kept.unlink()
-        np.savez(kept.with_suffix(""), probe=probe, expected=expected + 1e-6)  # adds .npz back
-        kept.chmod(0o644)
-    assert not native.attach(_fresh(forest_model), build=False)
-    assert len(list(native.folder().glob("*.refused"))) == 3
-
-
-def test_a_folder_others_may_write_is_mended_or_left_alone(
-    compiling: Path, forest_model: PriceModel
-) -> None:
-    native.folder().mkdir(parents=True)
-    native.folder().chmod(0o775)  # as a umask of 002 or a volume mount makes it
-    assert native.attach(_fresh(forest_model), build=True)
-    assert not native.folder().stat().st_mode & 0o022
+    kept = sorted(native.folder().glob("*.answers.npz"))
+    assert len(kept) == 3
+    with np.load(kept[0]) as saved:
+        wrong = {name: saved[name] for name in saved.files}
+    wrong["expected"] = wrong["expected"] + 1e-6
+    np.savez(kept[0].with_suffix(""), **wrong)  # savez adds .npz back
+    kept[1].write_bytes(b"")  # damaged
+    with np.load(kept[2]) as saved:
+        stale = {name: saved[name] for name in saved.files}
+    np.savez(kept[2].with_suffix(""), **{**stale, "lightgbm": np.array("0.0.1")})
+    for path in kept:
+        path.chmod(0o644)
+    again = _fresh(forest_model)
+    assert native.attach(again, build=False)  # every forest compiled, nothing refused
+    assert not list(native.folder().glob("*.refused"))
+    for path in kept:  # made again by LightGBM, whole and current
+        with np.load(path) as saved:
+            assert str(saved["lightgbm"]) == native._lightgbm_version()
+    with np.load(kept[0]) as saved:
+        assert not np.array_equal(saved["expected"], wrong["expected"])
 
 
 def test_a_failing_compiler_is_not_run_again_at_once(

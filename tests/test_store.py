@@ -224,3 +224,32 @@ def test_jobs_are_recorded(url: str) -> None:
     assert found["result"] == {"version": "2"} and found["params"] == {"trials": 2}
     assert store.active_job("retrain", url=url) is None
     assert store.get_job("nope", url=url) is None
+
+
+def test_writer_writes_a_large_submission_in_statements_of_max_rows(
+    url: str, stone: dict, monkeypatch
+) -> None:
+    """Defect (review): one queued item became a whole request, so a 10,000-stone batch went in
+    one statement past max_rows. Each statement now holds max_rows rows at most, and a refused
+    row in a later chunk drops only itself."""
+    store.upgrade(url)
+    sizes: list[int] = []
+    real = store.bulk_insert
+
+    def counting(conn, table, rows):  # type: ignore[no-untyped-def]
+        sizes.append(len(rows))
+        return real(conn, table, rows)
+
+    monkeypatch.setattr(store, "bulk_insert", counting)
+    writer = store.AppraisalWriter(url, interval=0.05, max_rows=40)
+    taken = store.appraisal_row(stone, 1.0)
+    writer.submit([taken])
+    assert writer.flush(timeout=20)
+    rows = [store.appraisal_row(stone, 2.0 + i) for i in range(100)]
+    rows[70] = dict(taken)  # refused by the unique index, in the second chunk
+    writer.submit(rows)
+    assert writer.flush(timeout=20)
+    assert max(sizes) <= 40 and sum(sizes[1:]) >= 100
+    assert writer.written == 100 and writer.refused == 1 and writer.queued == 0
+    assert all(store.get_appraisal(r["uid"], url=url) for r in rows[:70] + rows[71:])
+    writer.close()

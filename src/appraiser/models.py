@@ -372,6 +372,9 @@ class LazyBooster:
 
     @property
     def loaded(self) -> lgb.Booster:
+        booster = self._booster
+        if booster is not None:
+            return booster
         with self._lock:
             if self._booster is None:
                 import lightgbm as lgb
@@ -380,8 +383,8 @@ class LazyBooster:
             return self._booster
 
     def __getattr__(self, name: str) -> Any:  # only for what this class does not define
-        if name.startswith("__") or name in ("_booster", "_lock", "text"):
-            raise AttributeError(name)
+        if name.startswith("__") or name in ("_booster", "_lock", "text", "loaded"):
+            raise AttributeError(name)  # never recurse, whatever failed
         return getattr(self.loaded, name)
 
 

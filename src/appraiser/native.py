@@ -311,23 +311,33 @@ def _agrees(native: Any, probe: np.ndarray, expected: np.ndarray) -> bool:
 
 
 def _lightgbm_answers(
-    forest: Forest, probe: Callable[[], np.ndarray], answers: Path
-) -> tuple[np.ndarray, ...]:
-    """Stones to check the compiled trees on and LightGBM's predictions for them: kept beside
-    the compiled code (keyed by the same trees) once LightGBM has made them, so a later load
-    checks the code without importing LightGBM (a fifth of `appraiser predict`'s start-up)."""
-    if _safe(answers):
+    forest: Forest, probe: Callable[[], np.ndarray], answers: Path, *, fresh: bool = False
+) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    """Stones to check the compiled trees on and LightGBM's predictions for them, and whether
+    they were kept (rather than made now): kept beside the compiled code (keyed by the same
+    trees) once LightGBM has made them, so a later load checks the code without importing
+    LightGBM (a fifth of `appraiser predict`'s start-up). Kept answers count only when this
+    LightGBM version made them and they read whole; `fresh` asks LightGBM regardless."""
+    if not fresh and _safe(answers):
         try:
             with np.load(answers) as kept:  # no pickles: arrays only
-                return np.ascontiguousarray(kept["probe"]), np.asarray(kept["expected"])
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable: made again below
+                if str(kept["lightgbm"]) == _lightgbm_version():
+                    stones = np.ascontiguousarray(kept["probe"])
+                    return (stones, np.asarray(kept["expected"], dtype=float)), True
+        except Exception:  # empty, truncated, not a zip...: made again below
+            logger.info("the kept answers %s are unreadable: asking LightGBM again", answers.name)
     stones = probe()
     expected = np.asarray(forest.booster.predict(stones, num_threads=1), dtype=float)
     buffer = io.BytesIO()
-    np.savez(buffer, probe=stones, expected=expected)
+    np.savez(buffer, probe=stones, expected=expected, lightgbm=np.array(_lightgbm_version()))
     _publish(answers, buffer.getvalue())
-    return stones, expected
+    return (stones, expected), False
+
+
+def _lightgbm_version() -> str:
+    from importlib.metadata import version  # without importing LightGBM itself
+
+    return version("lightgbm")
 
 
 def _load_or_build(forest: Forest, probe: Callable[[], np.ndarray], build_it: bool) -> bool:
@@ -378,7 +388,11 @@ def _load_or_build(forest: Forest, probe: Callable[[], np.ndarray], build_it: bo
                 if code is None:
                     raise RuntimeError("the compiler left no sealed code")
     native = _load(text, code)
-    if not _agrees(native, *_lightgbm_answers(forest, probe, answers)):
+    (stones, expected), kept = _lightgbm_answers(forest, probe, answers)
+    if not _agrees(native, stones, expected) and kept:
+        # the kept answers may be what is wrong: LightGBM itself has the last word
+        (stones, expected), _ = _lightgbm_answers(forest, probe, answers, fresh=True)
+    if not _agrees(native, stones, expected):
         _publish(refused, f"compiled code disagreed with LightGBM ({compiled.name})\n")
         raise RuntimeError(f"compiled {forest.role} trees disagree with LightGBM; not used")
     forest.holder.native = native  # one assignment: a request sees the old or the new, whole

@@ -222,18 +222,25 @@ YOUNG_GENERATION = 20_000  # objects allocated between collections of the younge
 
 
 def settle_heap_after(threads: Sequence[threading.Thread | None]) -> None:
-    """Once `threads` (a load's background work) end, settle the heap for serving.
+    """Settle the heap for serving now (a model was just loaded), and again once `threads` (the
+    load's background work: compiled trees, TreeSHAP tables) end.
 
     A loaded server holds ~400,000 objects the garbage collector tracks (the collection's
     values, the libraries); a full collection walks them all (~0.3 s here) and came every few
     seconds under batch load, pausing every request. gc.freeze() moves them to a generation no
     collection visits; the young generation is enlarged so a request's objects mostly die before
     a collection promotes them. What the previous champion left in reference cycles is collected
-    first (unfreeze, collect): one pause per model load instead of one every few seconds.
+    first (unfreeze, collect): a pause or two per model load instead of one every few seconds.
     """
-    for thread in threads:
-        if thread is not None:
-            thread.join()
+    _settle_heap()
+    pending = [thread for thread in threads if thread is not None]
+    for thread in pending:
+        thread.join()
+    if pending:
+        _settle_heap()
+
+
+def _settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -610,12 +610,19 @@ class AppraisalWriter:
                     pending.extend(item)
                     if deadline is None:
                         deadline = time.monotonic() + self.interval
-            if pending and not self._write(pending):
+            # at most max_rows per statement: one submitted list may be a 10,000-stone batch
+            while pending:
+                chunk = pending[: self.max_rows]
+                size = len(chunk)
+                written = self._write(chunk)  # row by row, it takes what it wrote out of chunk
+                del pending[: size if written else size - len(chunk)]
+                if not written:
+                    break
+            if pending:
                 # the store is down: keep the rows, retry after a pause (never a busy loop, even
                 # with interval=0)
                 time.sleep(min(max(self.interval * 5, 0.1), 2.0))
                 continue
-            pending = []
             for waiter in waiters:
                 waiter.set()
             waiters = []
@@ -724,8 +731,8 @@ def _bound(values: list[Any], processor: Callable[[Any], Any] | None) -> list[An
         memo: dict[tuple[Any, Any], Any] = {}
         out = []
         for value in values:
-            if value is None:
-                out.append(None)
+            if not isinstance(value, datetime):  # None, or whatever the processor makes of it
+                out.append(None if value is None else processor(value))
                 continue
             key = (value, value.utcoffset())
             if key not in memo:
