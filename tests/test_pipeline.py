@@ -275,3 +275,30 @@ def test_a_killed_retrain_changes_nothing(tmp_path, public):
     assert registry.champion_version() == v1.version
     assert len(ingest.accepted_stones()) == stones and len(ingest.rejected()) == rejected
     assert Appraiser.champion().price(public.head(3))["price"].notna().all()
+
+
+def test_a_busy_pass_and_a_refused_file_do_not_fail_the_pass(tmp_path):
+    """Defect (issue 13): a pass that found another running exited 1, and one bad supplier file
+    failed the whole pass: a scheduler (Cloud Run jobs) alerts on both. Both now exit 0; the
+    busy pass touches nothing, the bad file goes to failed/ with its reason."""
+    import json
+
+    use_home(tmp_path / "home")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "garbage.csv").write_bytes(b"\x00\x01\x02 not a table")
+    command = ["pipeline", "run", "--inbox", str(inbox), "--threshold", "100000", "--json"]
+    runner = CliRunner()
+    with lock_held_elsewhere():
+        busy = runner.invoke(app, command)
+    assert busy.exit_code == 0, busy.output
+    assert json.loads(busy.stdout)["busy"] is True
+    assert (inbox / "garbage.csv").exists()  # left for the running pass or the next one
+
+    done = runner.invoke(app, command)
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert report["busy"] is False and [f["file"] for f in report["failed"]] == ["garbage.csv"]
+    assert (inbox / "failed" / "garbage.csv.reason.txt").read_text().strip()
+    text = runner.invoke(app, command[:-1])  # as people see it: said, and still exit 0
+    assert text.exit_code == 0

@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from appraiser import store
+from appraiser import schema, store
 from tests import pg
 
 
@@ -236,7 +236,7 @@ def test_writer_writes_a_large_submission_in_statements_of_max_rows(
     sizes: list[int] = []
     real = store.bulk_insert
 
-    def counting(conn, table, rows):  # type: ignore[no-untyped-def]
+    def counting(conn, table, rows):
         sizes.append(len(rows))
         return real(conn, table, rows)
 
@@ -253,3 +253,49 @@ def test_writer_writes_a_large_submission_in_statements_of_max_rows(
     assert writer.written == 100 and writer.refused == 1 and writer.queued == 0
     assert all(store.get_appraisal(r["uid"], url=url) for r in rows[:70] + rows[71:])
     writer.close()
+
+
+def test_check_mode_never_migrates_and_db_upgrade_does(url: str, monkeypatch) -> None:
+    """Issue 13: `appraiser db upgrade` migrates once per deploy; processes set to
+    APPRAISER_MIGRATE=check only check, and refuse an outdated store with the command to run."""
+    from typer.testing import CliRunner
+
+    from appraiser.cli import app
+
+    monkeypatch.setenv("APPRAISER_MIGRATE", "check")
+    runner = CliRunner()
+    with pytest.raises(store.StoreOutdated, match="appraiser db upgrade"):
+        store.ready(url)
+    assert "appraisals" not in inspect(store.engine(url)).get_table_names()  # nothing created
+    outdated = runner.invoke(app, ["db", "upgrade", "--check"])
+    assert outdated.exit_code == 1 and "no schema yet" in outdated.output
+
+    done = runner.invoke(app, ["db", "upgrade"])
+    assert done.exit_code == 0, done.output
+    current, head = store.revisions(url)
+    assert current == head and head in done.output and "was empty" in done.output
+    assert "appraisals" in inspect(store.engine(url)).get_table_names()
+    assert runner.invoke(app, ["db", "upgrade", "--check"]).exit_code == 0
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0  # again: nothing to do
+    store.ready(url)  # current: a checking process works
+    store.record_appraisal(schema.example_stone(), 1000.0, url=url)
+
+
+def test_the_pool_follows_the_settings(monkeypatch) -> None:
+    """Issue 13: pool size, overflow and pre-ping from the environment (a Cloud SQL connection
+    budget is instances x (size + overflow)); SQLite files keep no pre-ping."""
+    monkeypatch.setenv("APPRAISER_POOL_SIZE", "3")
+    monkeypatch.setenv("APPRAISER_MAX_OVERFLOW", "2")
+    monkeypatch.setenv("APPRAISER_POOL_PRE_PING", "false")
+    url = "postgresql+psycopg://nobody@127.0.0.1:9/nothing"  # never connected to
+    try:
+        eng = store.engine(url)
+        assert eng.pool.size() == 3 and eng.pool._max_overflow == 2  # type: ignore[attr-defined]
+        assert eng.pool._pre_ping is False  # type: ignore[attr-defined]
+    finally:
+        store.dispose(url)
+    monkeypatch.delenv("APPRAISER_POOL_PRE_PING")
+    try:
+        assert store.engine(url).pool._pre_ping is True  # type: ignore[attr-defined]
+    finally:
+        store.dispose(url)

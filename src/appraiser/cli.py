@@ -40,6 +40,8 @@ feedback_app = typer.Typer(help="Experts' prices: send, and review them before t
 app.add_typer(feedback_app, name="feedback")
 keys_app = typer.Typer(help="API keys with roles (staff, expert, admin); only hashes are kept.")
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The store's schema: migrate it once per deploy, or check it is current.")
+app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True)
 
@@ -766,10 +768,16 @@ def pipeline_run(
     slice_tolerance: SliceTolerance = 1.0,
     as_json: Json = False,
 ) -> None:
-    """One pass, for cron, systemd or Cloud Run: ingest, screen, check drift, retrain if due."""
+    """One pass, for cron, systemd or Cloud Run: ingest, screen, check drift, retrain if due.
+
+    Exits 0 when the pass did its job, also when another pass was running (nothing to do: the
+    running one or the next takes the files) and when a file was refused (it is moved to failed/
+    with its reason, and the rest of the inbox is taken): a scheduler alerts on exit statuses,
+    and neither is a failure of this pass. Exits 1 when training or the registry failed."""
     from appraiser.locking import PipelineBusy
     from appraiser.pipeline import run_pass
     from appraiser.registry import RegistryError
+    from appraiser.store import StoreOutdated
     from appraiser.train import TrainingError
 
     try:
@@ -781,14 +789,18 @@ def pipeline_run(
             policy=_policy(margin, slice_tolerance),
             show_progress=not as_json,
         )
-    except (PipelineBusy, TrainingError, RegistryError) as exc:
+    except PipelineBusy as exc:
+        if as_json:
+            _print_json({"busy": True, "message": str(exc)})
+        else:
+            console.print(f"[yellow]Nothing done:[/] {exc}")
+        return
+    except (TrainingError, RegistryError, StoreOutdated) as exc:
         raise fail(str(exc)) from exc
     if as_json:
         _print_json(report.to_dict())
     else:
         _print_pass(report)
-    if report.failed:
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -1034,7 +1046,10 @@ def _serve(
     # every record (the logging HOWTO's "Optimization"): a tenth of a lone request's server time
     # went there with the access log on. (Workers of `--workers N` are fresh processes.)
     logging._srcfile = None
-    store.ready()  # migrate once here, not in every worker at the same moment
+    try:
+        store.ready()  # migrate once here (or check), not in every worker at the same moment
+    except store.StoreOutdated as exc:
+        raise fail(str(exc)) from exc
     champion = registry.champion_version()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     say(
@@ -1080,6 +1095,34 @@ def monitor(
         return
     for line in monitoring.summary(figures):
         typer.echo(line)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    check: Annotated[
+        bool, typer.Option("--check", help="only say whether the schema is current (exit 1: not)")
+    ] = False,
+) -> None:
+    """Bring the store's schema up to date (APPRAISER_DATABASE_URL, or SQLite under
+    APPRAISER_HOME): the deploy step before new servers and jobs start, which then only check it
+    (APPRAISER_MIGRATE=check). Safe to run again, and from several processes at once."""
+    from appraiser import store
+
+    shown = store.engine().url.render_as_string(hide_password=True)
+    if check:
+        try:
+            store.check_schema()
+        except store.StoreOutdated as exc:
+            raise fail(str(exc)) from exc
+        console.print(f"The store's schema is current ({store.revisions()[0]}): {shown}")
+        return
+    before, head = store.revisions()
+    store.upgrade()
+    console.print(
+        f"The store's schema is at {head}"
+        + ("" if before == head else f" (was {before or 'empty'})")
+        + f": {shown}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,33 @@ MAX_BATCH = 10_000  # stones per POST /v1/appraisals/batch
 
 
 class StoreSettings(BaseSettings):
-    """APPRAISER_DATABASE_URL alone (store.database_url reads it on every call; `appraiser
-    predict` reads it before choosing how to open the store)."""
+    """The store's settings, read on every use (store.database_url on every call; `appraiser
+    predict` reads the URL before choosing how to open the store)."""
 
     model_config = SettingsConfigDict(env_prefix="APPRAISER_", extra="ignore")
 
     database_url: str | None = None
+    migrate: Literal["auto", "check"] = Field(
+        default="auto",
+        description=(
+            "auto: each process brings the store's schema up to date on first use (one machine); "
+            "check: processes only check it is current and refuse to work on an older one, "
+            "`appraiser db upgrade` migrates once per deploy (runtime roles need no DDL rights)"
+        ),
+    )
+    pool_size: int = Field(
+        default=5, ge=1, description="connections kept open per process (PostgreSQL)"
+    )
+    max_overflow: int = Field(
+        default=10, ge=0, description="connections opened past pool_size at peaks (PostgreSQL)"
+    )
+    pool_pre_ping: bool = Field(
+        default=True,
+        description=(
+            "test a pooled connection before use and replace a dead one (PostgreSQL: a restart, "
+            "failover or idle timeout drops them); SQLite files never need it"
+        ),
+    )
 
 
 class Settings(BaseSettings):

@@ -271,6 +271,7 @@ class PassReport:
         """What scripts need (`appraiser pipeline run --json`)."""
         result = self.result
         return {
+            "busy": False,  # True (and nothing else) when another pass held the lock
             "ingested": [
                 {
                     "file": r.path,

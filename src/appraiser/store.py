@@ -340,9 +340,19 @@ def engine(url: str | None = None) -> Engine:
 
             # a server database may drop pooled connections (restart, failover, idle timeout):
             # test each at checkout and replace a dead one, or a request fails on it; a SQLite
-            # file's connections cannot go stale, so spare the hot paths the extra statement
-            server = make_url(url).get_backend_name() != "sqlite"
-            eng = create_engine(url, pool_pre_ping=server)
+            # file's connections cannot go stale, so spare the hot paths the extra statement.
+            # The pool's size is the server's: instances x (size + overflow) must stay under
+            # the database's max_connections (docs/cloud-architecture.md)
+            wanted = StoreSettings()
+            if make_url(url).get_backend_name() == "sqlite":
+                eng = create_engine(url, pool_pre_ping=False)
+            else:
+                eng = create_engine(
+                    url,
+                    pool_pre_ping=wanted.pool_pre_ping,
+                    pool_size=wanted.pool_size,
+                    max_overflow=wanted.max_overflow,
+                )
             if eng.dialect.name == "sqlite":
                 event.listen(eng, "connect", _sqlite_pragmas)
             _engines[url] = eng
@@ -416,11 +426,42 @@ def _migration_file_lock(eng: Engine) -> Iterator[None]:
         yield
 
 
+class StoreOutdated(RuntimeError):
+    """The store's schema is not the one this version of the code needs."""
+
+
+def revisions(url: str | None = None) -> tuple[str | None, str]:
+    """(the store's schema revision, None for an empty store; the revision this code needs)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    eng = engine(url)
+    head = ScriptDirectory.from_config(alembic_config(str(eng.url))).get_current_head()
+    assert head is not None, "the packaged migrations have a head"
+    with eng.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision(), head
+
+
+def check_schema(url: str | None = None) -> None:
+    """Raise StoreOutdated unless the store's schema is the one this code needs."""
+    current, head = revisions(url)
+    if current != head:
+        said = "has no schema yet" if current is None else f"is at revision {current}"
+        raise StoreOutdated(
+            f"the store {said}; this version needs {head}: run `appraiser db upgrade` "
+            "(APPRAISER_MIGRATE=check: this process does not migrate)"
+        )
+
+
 def ready(url: str | None = None) -> Engine:
-    """The engine with its schema up to date; migrations run once per URL per process."""
+    """The engine with its schema up to date: migrated once per URL per process, or with
+    APPRAISER_MIGRATE=check only checked (StoreOutdated when it is not current)."""
     url = driver_url(url or database_url())
     if url not in _ready:
-        upgrade(url)
+        if StoreSettings().migrate == "check":
+            check_schema(url)
+        else:
+            upgrade(url)
         _ready.add(url)
     return engine(url)
 
