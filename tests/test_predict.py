@@ -89,3 +89,35 @@ def test_the_champion_read_without_sqlalchemy_is_the_stores(trained, tmp_path, m
     assert model_cache._stored_champion_sqlite(tmp_path / "none.db") is None
     (tmp_path / "empty.db").write_bytes(b"")
     assert model_cache._stored_champion_sqlite(tmp_path / "empty.db") is None
+
+
+def test_old_cached_versions_are_pruned(tmp_path):
+    """Issue 13: cache/vN folders were never removed (on Cloud Run the cache is in memory).
+    The loaded version and the newest three stay; a download a dead process left goes."""
+    import os
+    import time
+
+    from appraiser import model_cache
+    from tests.conftest import use_home
+
+    use_home(tmp_path / "home")
+    root = model_cache.root()
+    for n in range(1, 8):
+        (root / f"v{n}").mkdir(parents=True)
+        (root / f"v{n}" / "MLmodel").write_text("flavors: {}\n")
+    old, fresh = root / "v9.partial-abc", root / "v9.partial-def"
+    old.mkdir()
+    fresh.mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    (root / "native").mkdir()  # compiled trees: not a version
+    removed = model_cache.prune(loaded="2")
+    assert sorted(removed, key=int) == ["1", "3", "4"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "native",
+        "v2",
+        "v5",
+        "v6",
+        "v7",
+        "v9.partial-def",
+    ]

@@ -10,13 +10,18 @@ opening the tracking store, seconds of start-up for a pure function of the files
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
-from contextlib import closing
+import time
+from contextlib import closing, suppress
 from pathlib import Path
 
 from appraiser.config import STORE_FILE, StoreSettings, settings
 
 PRICER_ARTIFACT = "pricer"  # the pyfunc artifact that holds the native model files
+# cached versions kept: the newest (the champion, usually) and the ones a rollback would want
+KEEP_VERSIONS = 3
+PARTIAL_HOURS = 1.0  # a half-finished download older than this was left by a process that died
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,33 @@ def folder(version: str) -> Path:
 def is_complete(version: str) -> bool:
     """A finished download (published with one rename, so never half a copy)."""
     return (folder(version) / "MLmodel").exists()
+
+
+def prune(loaded: str, keep: int = KEEP_VERSIONS) -> list[str]:
+    """Remove the cached versions but `loaded` and the `keep` newest, and downloads left half-way
+    by a process that died; returns the versions removed. Each version is a few MB of files and
+    the cache is never read again for old ones; on Cloud Run it lives on the in-memory disk.
+    A process still loading a removed version fails that load and downloads it again."""
+    base = root()
+    cached = sorted(
+        (p for p in base.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
+        key=lambda p: int(p.name[1:]),
+        reverse=True,
+    )
+    kept = {p.name for p in cached[:keep]} | {f"v{loaded}"}
+    removed = []
+    for path in cached:
+        if path.name not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name[1:])
+    stale = time.time() - PARTIAL_HOURS * 3600
+    for partial in base.glob("v*.partial-*"):
+        with suppress(OSError):
+            if partial.stat().st_mtime < stale:
+                shutil.rmtree(partial, ignore_errors=True)
+    if removed:
+        log.info("removed cached model versions %s", ", ".join(removed))
+    return removed
 
 
 def pricer_folder(version: str) -> Path:

@@ -216,6 +216,7 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        model_cache.prune(loaded=version)  # a new version landed: the oldest go
     model = PriceModel.load(model_cache.pricer_folder(version))
     native.attach(model, build=False)  # this machine's compiled trees, when already made
     return version, model
