@@ -89,8 +89,19 @@ def _reap(job_id: str, process: subprocess.Popen[bytes]) -> None:
         )
 
 
-def run(job_id: str) -> None:
-    """Do a queued job (in this process) and record how it ended."""
+def status(job_id: str) -> dict[str, Any] | None:
+    """A job as the store has it, a queued or running one first checked for a lost process
+    (then reported failed): a job whose process died with no one watching would otherwise read
+    `running` for ever."""
+    job = store.get_job(job_id)
+    if job is not None and job["status"] in ("queued", "running") and _abandoned(job_id):
+        job = store.get_job(job_id)
+    return job
+
+
+def run(job_id: str) -> bool:
+    """Do a queued job (in this process) and record how it ended; True when it succeeded (the
+    process's exit status says the same, for whatever launched it)."""
     from appraiser import pipeline
 
     job = store.get_job(job_id)
@@ -113,14 +124,15 @@ def run(job_id: str) -> None:
             finished_at=store.utcnow(),
             error=f"{type(exc).__name__}: {exc}",
         )
-        return
+        return False
     store.update_job(
         job_id,
         status="succeeded",
         finished_at=store.utcnow(),
         result={"version": result.version, **result.to_dict()},
     )
+    return True
 
 
 if __name__ == "__main__":
-    run(sys.argv[1])
+    sys.exit(0 if run(sys.argv[1]) else 1)

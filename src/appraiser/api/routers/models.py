@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from appraiser import champion, jobs, registry, store
+from appraiser import champion, jobs, registry
 from appraiser.api import deps
 from appraiser.api.models import (
     ERRORS,
@@ -182,7 +182,7 @@ async def retrain(who: deps.Admin, params: RetrainIn | None = None) -> dict[str,
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="A background job's status")
 async def job(job_id: JobId, who: deps.Appraising) -> dict[str, Any]:
     """Its status and result; why it failed (the process's own words) only for admins."""
-    found = await run_in_threadpool(store.get_job, job_id)
+    found = await run_in_threadpool(jobs.status, job_id)  # a lost process reads failed
     if found is None:
         raise HTTPException(404, f"no job with id {job_id}")
     if found["error"] and not deps.is_admin(who):
