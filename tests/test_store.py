@@ -290,12 +290,12 @@ def test_the_pool_follows_the_settings(monkeypatch) -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:9/nothing"  # never connected to
     try:
         eng = store.engine(url)
-        assert eng.pool.size() == 3 and eng.pool._max_overflow == 2  # type: ignore[attr-defined]
-        assert eng.pool._pre_ping is False  # type: ignore[attr-defined]
+        assert eng.pool.size() == 3 and eng.pool._max_overflow == 2
+        assert eng.pool._pre_ping is False
     finally:
         store.dispose(url)
     monkeypatch.delenv("APPRAISER_POOL_PRE_PING")
     try:
-        assert store.engine(url).pool._pre_ping is True  # type: ignore[attr-defined]
+        assert store.engine(url).pool._pre_ping is True
     finally:
         store.dispose(url)

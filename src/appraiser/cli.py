@@ -1097,6 +1097,56 @@ def monitor(
         typer.echo(line)
 
 
+@app.command("export")
+def export_cmd(
+    day: Annotated[
+        str | None, typer.Option(help="the UTC day, YYYY-MM-DD (default: yesterday)")
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="a folder or fsspec URL (gs://bucket/prefix); default APPRAISER_HOME/exports"
+        ),
+    ] = None,
+) -> None:
+    """Write a day's appraisals and the expert prices reviewed that day as Parquet (partitioned
+    by day, with each labelled stone whole): for the warehouse, and before `retention`."""
+    import datetime as dt
+
+    from appraiser import archive
+    from appraiser.config import settings
+
+    try:
+        when = (
+            dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date() - dt.timedelta(1)
+        )
+    except ValueError as exc:
+        raise fail(f"--day: a date as YYYY-MM-DD, not {day!r}", code=2) from exc
+    target = to or str(settings().home.resolve() / "exports")
+    done = archive.export_day(when, target)
+    console.print(
+        f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
+        + ", ".join(done.files)
+    )
+
+
+@app.command("retention")
+def retention_cmd(
+    days: Annotated[int, typer.Option(min=1, help="keep appraisals served in the last DAYS days")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False,
+) -> None:
+    """Delete served appraisals older than DAYS days (export them first), never one an expert
+    priced: the label needs its stone."""
+    from appraiser import archive
+
+    pruned = archive.prune_appraisals(days, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"Before {pruned.cutoff:%Y-%m-%d %H:%M} UTC: {verb} {pruned.deleted:,} appraisals; "
+        f"kept {pruned.kept_labelled:,} that experts priced."
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     check: Annotated[

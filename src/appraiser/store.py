@@ -159,7 +159,9 @@ class Appraisal(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid: Mapped[str] = mapped_column(String(32), index=True, unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     input: Mapped[str] = mapped_column(Text)
     price: Mapped[float] = mapped_column(Double)
     price_low: Mapped[float | None] = mapped_column(Double)

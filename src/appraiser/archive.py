@@ -1,0 +1,180 @@
+"""A day of the store as Parquet files, and the retention rule for served appraisals.
+
+`export_day` writes one UTC day's appraisals and the expert prices reviewed that day to any fsspec
+URL (a folder, `gs://bucket/prefix` with gcsfs installed, `memory://` in tests), one Parquet file
+per table under `appraisals/day=YYYY-MM-DD/` and `feedback/day=YYYY-MM-DD/`: the layout BigQuery
+and Spark read as a date-partitioned table. Each feedback row carries its stone's nine features,
+so the archive holds every labelled stone whole.
+
+`prune_appraisals` deletes served appraisals older than a window, never one that an expert priced:
+the feedback table points at its appraisal, and training reads a labelled stone from that
+appraisal's `input` (docs/cloud-architecture.md, section 13). Run it after the export of the days
+it removes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import delete, func, select
+
+from appraiser import schema, store
+from appraiser.store import Appraisal, Feedback
+
+REVIEWED = ("approved", "rejected")
+
+
+@dataclass
+class Exported:
+    day: date
+    appraisals: int
+    feedback: int
+    files: list[str]
+
+
+@dataclass
+class Pruned:
+    cutoff: datetime
+    deleted: int
+    kept_labelled: int  # appraisals past the window kept because an expert priced them
+    dry_run: bool
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def _stone_columns(inputs: list[str]) -> dict[str, list[Any]]:
+    stones = [json.loads(text) for text in inputs]
+    return {name: [stone.get(name) for stone in stones] for name in schema.FEATURES}
+
+
+def _write(table: pa.Table, target: str, kind: str, day: date) -> str:
+    import fsspec
+
+    path = f"{target.rstrip('/')}/{kind}/day={day.isoformat()}/{kind}.parquet"
+    fs, inner = fsspec.core.url_to_fs(path)
+    fs.makedirs(inner.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(inner, "wb") as out:
+        pq.write_table(table, out)
+    return path
+
+
+def export_day(day: date, target: str, url: str | None = None) -> Exported:
+    """Write `day`'s appraisals and the feedback reviewed that day (UTC) under `target`."""
+    start, end = day_bounds(day)
+    store.ready(url)
+    with store.session(url) as s:
+        served = s.execute(
+            select(
+                Appraisal.uid,
+                Appraisal.created_at,
+                Appraisal.input,
+                Appraisal.price,
+                Appraisal.price_low,
+                Appraisal.price_high,
+                Appraisal.model_version,
+                Appraisal.latency_ms,
+                Appraisal.warnings,
+            )
+            .where(Appraisal.created_at >= start, Appraisal.created_at < end)
+            .order_by(Appraisal.id)
+        ).all()
+        reviewed = s.execute(
+            select(
+                Appraisal.uid,
+                Appraisal.input,
+                Feedback.price,
+                Feedback.status,
+                Feedback.actor,
+                Feedback.stone_key,
+                Feedback.flag,
+                Feedback.created_at,
+                Feedback.reviewed_by,
+                Feedback.reviewed_at,
+                Feedback.review_note,
+            )
+            .join(Appraisal, Feedback.appraisal_id == Appraisal.id)
+            .where(
+                Feedback.status.in_(REVIEWED),
+                Feedback.reviewed_at >= start,
+                Feedback.reviewed_at < end,
+            )
+            .order_by(Feedback.id)
+        ).all()
+    when = pa.timestamp("us", tz="UTC")
+    appraisals = pa.table(
+        {
+            "id": pa.array([r.uid for r in served], pa.string()),
+            "created_at": pa.array([_utc(r.created_at) for r in served], when),
+            **{
+                name: pa.array(values)
+                for name, values in _stone_columns([r.input for r in served]).items()
+            },
+            "price": pa.array([r.price for r in served], pa.float64()),
+            "price_low": pa.array([r.price_low for r in served], pa.float64()),
+            "price_high": pa.array([r.price_high for r in served], pa.float64()),
+            "model_version": pa.array([r.model_version for r in served], pa.string()),
+            "latency_ms": pa.array([r.latency_ms for r in served], pa.float64()),
+            "warnings": pa.array([r.warnings or "[]" for r in served], pa.string()),
+        }
+    )
+    feedback = pa.table(
+        {
+            "appraisal_id": pa.array([r.uid for r in reviewed], pa.string()),
+            **{
+                name: pa.array(values)
+                for name, values in _stone_columns([r.input for r in reviewed]).items()
+            },
+            "expert_price": pa.array([r.price for r in reviewed], pa.float64()),
+            "status": pa.array([r.status for r in reviewed], pa.string()),
+            "actor": pa.array([r.actor for r in reviewed], pa.string()),
+            "stone_key": pa.array([r.stone_key for r in reviewed], pa.string()),
+            "flag": pa.array([r.flag for r in reviewed], pa.string()),
+            "sent_at": pa.array([_utc(r.created_at) for r in reviewed], when),
+            "reviewed_by": pa.array([r.reviewed_by for r in reviewed], pa.string()),
+            "reviewed_at": pa.array([_utc(r.reviewed_at) for r in reviewed], when),
+            "review_note": pa.array([r.review_note for r in reviewed], pa.string()),
+        }
+    )
+    files = [
+        _write(appraisals, target, "appraisals", day),
+        _write(feedback, target, "feedback", day),
+    ]
+    return Exported(day, len(served), len(reviewed), files)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A stored time as UTC (SQLite gives it back without its zone; the store writes UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def prune_appraisals(
+    older_than_days: int, url: str | None = None, *, dry_run: bool = False
+) -> Pruned:
+    """Delete appraisals served more than `older_than_days` days ago, except those an expert
+    priced (any feedback, whatever its status: the stone is the label's other half)."""
+    if older_than_days < 1:
+        raise ValueError("older_than_days: keep at least one day")
+    cutoff = store.utcnow() - timedelta(days=older_than_days)
+    labelled = select(Feedback.appraisal_id)
+    old = Appraisal.created_at < cutoff
+    store.ready(url)
+    with store.session(url) as s, s.begin():
+        deletable = s.scalar(
+            select(func.count()).select_from(Appraisal).where(old, Appraisal.id.not_in(labelled))
+        )
+        kept = s.scalar(
+            select(func.count()).select_from(Appraisal).where(old, Appraisal.id.in_(labelled))
+        )
+        if not dry_run:
+            s.execute(delete(Appraisal).where(old, Appraisal.id.not_in(labelled)))
+    return Pruned(cutoff, int(deletable or 0), int(kept or 0), dry_run)
