@@ -47,3 +47,14 @@ def test_a_job_whose_process_was_lost_reads_failed(tmp_path: Path) -> None:
     lost = jobs.status(job_id)  # no one holds the lock: the process is gone
     assert lost is not None and lost["status"] == "failed" and "lost" in lost["error"]
     assert jobs.status("0" * 32) is None
+
+
+def test_a_job_that_ended_is_never_called_lost(tmp_path: Path) -> None:
+    """Review: a status check that took the lock as the job released it overwrote its ending."""
+    use_home(tmp_path / "home")
+    job_id = store.create_job(jobs.RETRAIN, {})
+    long_ago = store.utcnow() - timedelta(seconds=jobs.STARTUP_GRACE + 60)
+    store.update_job(job_id, status="succeeded", created_at=long_ago, result={"version": "2"})
+    assert not jobs._abandoned(job_id)  # what start_retrain asks: the lock is free, yet it ended
+    done = jobs.status(job_id)
+    assert done is not None and done["status"] == "succeeded" and done["error"] is None

@@ -111,11 +111,12 @@ def test_old_cached_versions_are_pruned(tmp_path):
     hours_ago = time.time() - 2 * 3600
     os.utime(old, (hours_ago, hours_ago))
     (root / "native").mkdir()  # compiled trees: not a version
-    removed = model_cache.prune(loaded="2")
-    assert sorted(removed, key=int) == ["1", "3", "4"]
+    removed = model_cache.prune(loaded="2", also=["3"])  # 3: the champion
+    assert sorted(removed, key=int) == ["1", "4"]
     assert sorted(p.name for p in root.iterdir()) == [
         "native",
         "v2",
+        "v3",
         "v5",
         "v6",
         "v7",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,9 +49,17 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _stone_columns(inputs: list[str]) -> dict[str, list[Any]]:
+def _stone_columns(inputs: list[str]) -> dict[str, pa.Array]:
+    """The nine features as typed columns (the same types on an empty day: a warehouse merges
+    the days' files by schema)."""
     stones = [json.loads(text) for text in inputs]
-    return {name: [stone.get(name) for stone in stones] for name in schema.FEATURES}
+    return {
+        name: pa.array(
+            [stone.get(name) for stone in stones],
+            pa.string() if name in schema.GRADES else pa.float64(),
+        )
+        for name in schema.FEATURES
+    }
 
 
 def _write(table: pa.Table, target: str, kind: str, day: date) -> str:
@@ -113,10 +120,7 @@ def export_day(day: date, target: str, url: str | None = None) -> Exported:
         {
             "id": pa.array([r.uid for r in served], pa.string()),
             "created_at": pa.array([_utc(r.created_at) for r in served], when),
-            **{
-                name: pa.array(values)
-                for name, values in _stone_columns([r.input for r in served]).items()
-            },
+            **_stone_columns([r.input for r in served]),
             "price": pa.array([r.price for r in served], pa.float64()),
             "price_low": pa.array([r.price_low for r in served], pa.float64()),
             "price_high": pa.array([r.price_high for r in served], pa.float64()),
@@ -128,10 +132,7 @@ def export_day(day: date, target: str, url: str | None = None) -> Exported:
     feedback = pa.table(
         {
             "appraisal_id": pa.array([r.uid for r in reviewed], pa.string()),
-            **{
-                name: pa.array(values)
-                for name, values in _stone_columns([r.input for r in reviewed]).items()
-            },
+            **_stone_columns([r.input for r in reviewed]),
             "expert_price": pa.array([r.price for r in reviewed], pa.float64()),
             "status": pa.array([r.status for r in reviewed], pa.string()),
             "actor": pa.array([r.actor for r in reviewed], pa.string()),

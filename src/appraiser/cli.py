@@ -1115,6 +1115,7 @@ def export_cmd(
 
     from appraiser import archive
     from appraiser.config import settings
+    from appraiser.store import StoreOutdated
 
     try:
         when = (
@@ -1123,7 +1124,12 @@ def export_cmd(
     except ValueError as exc:
         raise fail(f"--day: a date as YYYY-MM-DD, not {day!r}", code=2) from exc
     target = to or str(settings().home.resolve() / "exports")
-    done = archive.export_day(when, target)
+    try:
+        done = archive.export_day(when, target)
+    except StoreOutdated as exc:
+        raise fail(str(exc)) from exc
+    except (ImportError, ValueError, OSError) as exc:  # gs:// without gcsfs, a bad URL, a disk
+        raise fail(f"--to {target}: {exc}") from exc
     console.print(
         f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
         + ", ".join(done.files)
@@ -1138,8 +1144,12 @@ def retention_cmd(
     """Delete served appraisals older than DAYS days (export them first), never one an expert
     priced: the label needs its stone."""
     from appraiser import archive
+    from appraiser.store import StoreOutdated
 
-    pruned = archive.prune_appraisals(days, dry_run=dry_run)
+    try:
+        pruned = archive.prune_appraisals(days, dry_run=dry_run)
+    except StoreOutdated as exc:
+        raise fail(str(exc)) from exc
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"Before {pruned.cutoff:%Y-%m-%d %H:%M} UTC: {verb} {pruned.deleted:,} appraisals; "

@@ -109,6 +109,17 @@ class Settings(BaseSettings):
             "`home`/cache/native): the same prices, several times faster"
         ),
     )
+    job_launcher: Literal["local", "cloud-run"] = Field(
+        default="local",
+        description=(
+            "how POST /v1/retrain starts its job: local, a process on this machine; cloud-run, an "
+            "execution of the Cloud Run job APPRAISER_RETRAIN_JOB with the job id as argument"
+        ),
+    )
+    retrain_job: str | None = Field(
+        default=None,
+        description="the Cloud Run job to run: projects/PROJECT/locations/REGION/jobs/NAME",
+    )
     settle_heap: bool = Field(
         default=True,
         description=(

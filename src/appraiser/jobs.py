@@ -8,18 +8,26 @@ in training take nothing else down.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
 from typing import Any
 
 from appraiser import audit, store
+from appraiser.config import settings
+
+logger = logging.getLogger(__name__)
 
 RETRAIN = "retrain"
 
 
 class JobConflict(RuntimeError):
     """A job of the same kind is already queued or running."""
+
+
+class JobLaunchFailed(RuntimeError):
+    """The job could not be started (the job is recorded as failed)."""
 
 
 def start_retrain(params: dict[str, Any], *, actor: str) -> str:
@@ -29,6 +37,15 @@ def start_retrain(params: dict[str, Any], *, actor: str) -> str:
     if running is not None and not _abandoned(running):
         raise JobConflict(f"a retrain is already under way (job {running})")
     job_id = store.create_job(RETRAIN, params)
+    if settings().job_launcher == "cloud-run":
+        _start_cloud_run(job_id)
+    else:
+        _start_local(job_id)
+    audit.record(actor, "retrain_started", job_id=job_id, **params)
+    return job_id
+
+
+def _start_local(job_id: str) -> None:
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "appraiser.jobs", job_id],
@@ -41,8 +58,43 @@ def start_retrain(params: dict[str, Any], *, actor: str) -> str:
         _fail(job_id, f"the job process could not start: {exc}")
         raise
     threading.Thread(target=_reap, args=(job_id, process), daemon=True).start()
-    audit.record(actor, "retrain_started", job_id=job_id, **params)
-    return job_id
+
+
+def cloud_run_client() -> Any:
+    """The Cloud Run Admin API client (the runtime service account's credentials); tests give
+    it a transport of their own."""
+    from google.cloud import run_v2
+
+    return run_v2.JobsClient()
+
+
+def _start_cloud_run(job_id: str) -> None:
+    """Start an execution of the retrain job with this job's id as its argument, and return
+    without waiting: the execution reports through the jobs table as a local process does, and
+    a lost one reads failed (`status`)."""
+    from google.cloud import run_v2
+
+    job_name = settings().retrain_job
+    if not job_name:
+        _fail(job_id, "APPRAISER_RETRAIN_JOB is not set")
+        raise JobLaunchFailed("APPRAISER_JOB_LAUNCHER=cloud-run needs APPRAISER_RETRAIN_JOB")
+    request = run_v2.RunJobRequest(
+        name=job_name,
+        overrides=run_v2.RunJobRequest.Overrides(
+            container_overrides=[
+                run_v2.RunJobRequest.Overrides.ContainerOverride(
+                    args=["python", "-m", "appraiser.jobs", job_id]
+                )
+            ]
+        ),
+    )
+    try:
+        operation = cloud_run_client().run_job(request=request)
+    except Exception as exc:  # the API refused or could not be reached: say so, keep no job
+        _fail(job_id, f"the Cloud Run job could not start: {type(exc).__name__}: {exc}")
+        raise JobLaunchFailed(f"the Cloud Run job {job_name} could not start: {exc}") from exc
+    execution = getattr(getattr(operation, "metadata", None), "name", "") or "an execution"
+    logger.info("retrain job %s runs as %s of %s", job_id, execution, job_name)
 
 
 STARTUP_GRACE = 120.0  # seconds a new job's process may take to import and take the lock
@@ -63,11 +115,13 @@ def _abandoned(job_id: str) -> bool:
     if (store.utcnow() - created).total_seconds() < STARTUP_GRACE:
         return False
     try:
-        with pipeline.exclusive():
-            pass
+        with pipeline.exclusive():  # held while deciding: the job cannot end meanwhile
+            again = store.get_job(job_id)  # it may have ended just before the lock was free
+            if again is None or again["status"] not in ("queued", "running"):
+                return False
+            _fail(job_id, "the job's process was lost (found without the pipeline lock)")
     except pipeline.PipelineBusy:
         return False  # a pass or this job holds the lock: it is alive
-    _fail(job_id, "the job's process was lost (found without the pipeline lock)")
     return True
 
 
@@ -109,29 +163,30 @@ def run(job_id: str) -> bool:
         raise KeyError(f"no job with id {job_id}")
     store.update_job(job_id, status="running", started_at=store.utcnow())
     params = job["params"]
+    # how the job ended is written while the lock is held: a status check (`status`) that took
+    # the lock the moment it was released would otherwise find a finished job "lost"
     try:
         with pipeline.exclusive():
-            result = pipeline.retrain(
-                trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
-                timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
-                show_progress=False,
-                actor=f"api job {job_id}",
+            try:
+                result = pipeline.retrain(
+                    trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
+                    timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
+                    show_progress=False,
+                    actor=f"api job {job_id}",
+                )
+            except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
+                _fail(job_id, f"{type(exc).__name__}: {exc}")
+                return False
+            store.update_job(
+                job_id,
+                status="succeeded",
+                finished_at=store.utcnow(),
+                result={"version": result.version, **result.to_dict()},
             )
-    except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
-        store.update_job(
-            job_id,
-            status="failed",
-            finished_at=store.utcnow(),
-            error=f"{type(exc).__name__}: {exc}",
-        )
+            return True
+    except pipeline.PipelineBusy as exc:  # another pass or retrain runs: this one does not
+        _fail(job_id, f"PipelineBusy: {exc}")
         return False
-    store.update_job(
-        job_id,
-        status="succeeded",
-        finished_at=store.utcnow(),
-        result={"version": result.version, **result.to_dict()},
-    )
-    return True
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ On GCP the MLflow server is a private Cloud Run service (docs/cloud-architecture
 must carry an ID token whose audience is the service's URL, or Cloud Run's IAM check refuses it.
 MLflow asks every registered request-header provider (the `mlflow.request_header_provider` entry
 point, pyproject.toml) for headers; this one answers only when the tracking URI is an
-`https://….run.app` URL, with a token for the environment's credentials (the service account on
-Cloud Run, `gcloud auth application-default login` on a laptop), kept until it nears expiry.
+`https://….run.app` URL, with a token for the environment's service account (the metadata server
+on Cloud Run, or a key or impersonation file named by GOOGLE_APPLICATION_CREDENTIALS elsewhere:
+google-auth mints ID tokens from those, not from a user's `gcloud auth application-default
+login`), kept until it nears expiry.
 Everywhere else (a local file, SQLite, an `http://` server) it adds nothing.
 
 MLflow imports this module whenever it loads: it imports nothing heavy until a token is needed.

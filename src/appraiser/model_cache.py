@@ -13,6 +13,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Sequence
 from contextlib import closing, suppress
 from pathlib import Path
 
@@ -47,18 +48,19 @@ def is_complete(version: str) -> bool:
     return (folder(version) / "MLmodel").exists()
 
 
-def prune(loaded: str, keep: int = KEEP_VERSIONS) -> list[str]:
-    """Remove the cached versions but `loaded` and the `keep` newest, and downloads left half-way
-    by a process that died; returns the versions removed. Each version is a few MB of files and
-    the cache is never read again for old ones; on Cloud Run it lives on the in-memory disk.
-    A process still loading a removed version fails that load and downloads it again."""
+def prune(loaded: str, keep: int = KEEP_VERSIONS, *, also: Sequence[str] = ()) -> list[str]:
+    """Remove the cached versions but `loaded`, `also` (the champion) and the `keep` newest, and
+    downloads left half-way by a process that died; returns the versions removed. Each version
+    is a few MB of files; on Cloud Run the cache lives on the in-memory disk. A server still
+    loading a removed version fails that load and its watcher downloads it again at its next
+    check."""
     base = root()
     cached = sorted(
         (p for p in base.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
         key=lambda p: int(p.name[1:]),
         reverse=True,
     )
-    kept = {p.name for p in cached[:keep]} | {f"v{loaded}"}
+    kept = {p.name for p in cached[:keep]} | {f"v{v}" for v in (loaded, *also)}
     removed = []
     for path in cached:
         if path.name not in kept:

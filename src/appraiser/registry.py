@@ -216,7 +216,9 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        model_cache.prune(loaded=version)  # a new version landed: the oldest go
+        # a new version landed: the oldest go, never the champion (a challenger may be newer)
+        champion = champion_version()
+        model_cache.prune(loaded=version, also=[champion] if champion else [])
     model = PriceModel.load(model_cache.pricer_folder(version))
     native.attach(model, build=False)  # this machine's compiled trees, when already made
     return version, model

@@ -434,25 +434,44 @@ class StoreOutdated(RuntimeError):
 
 def revisions(url: str | None = None) -> tuple[str | None, str]:
     """(the store's schema revision, None for an empty store; the revision this code needs)."""
+    current, head, _ = _revisions(url)
+    return current, head
+
+
+def _revisions(url: str | None) -> tuple[str | None, str, bool]:
+    """The store's revision, this code's head, and whether this code knows the store's."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     eng = engine(url)
-    head = ScriptDirectory.from_config(alembic_config(str(eng.url))).get_current_head()
+    scripts = ScriptDirectory.from_config(alembic_config(str(eng.url)))
+    head = scripts.get_current_head()
     assert head is not None, "the packaged migrations have a head"
     with eng.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision(), head
+        current = MigrationContext.configure(connection).get_current_revision()
+    known = current is None or any(s.revision == current for s in scripts.walk_revisions())
+    return current, head, known
 
 
 def check_schema(url: str | None = None) -> None:
-    """Raise StoreOutdated unless the store's schema is the one this code needs."""
-    current, head = revisions(url)
-    if current != head:
-        said = "has no schema yet" if current is None else f"is at revision {current}"
-        raise StoreOutdated(
-            f"the store {said}; this version needs {head}: run `appraiser db upgrade` "
-            "(APPRAISER_MIGRATE=check: this process does not migrate)"
+    """Raise StoreOutdated unless the store's schema is the one this code needs. A schema newer
+    than this code (a deploy migrated it while this older revision still runs, or a rollback)
+    is accepted with a warning: migrations only add to the schema."""
+    current, head, known = _revisions(url)
+    if current == head:
+        return
+    if not known:
+        logger.warning(
+            "the store's schema (revision %s) is newer than this code's (%s): working on",
+            current,
+            head,
         )
+        return
+    said = "has no schema yet" if current is None else f"is at revision {current}"
+    raise StoreOutdated(
+        f"the store {said}; this version needs {head}: run `appraiser db upgrade` "
+        "(APPRAISER_MIGRATE=check: this process does not migrate)"
+    )
 
 
 def ready(url: str | None = None) -> Engine:

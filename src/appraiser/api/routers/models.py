@@ -172,6 +172,8 @@ async def retrain(who: deps.Admin, params: RetrainIn | None = None) -> dict[str,
         )
     except jobs.JobConflict as exc:
         raise HTTPException(409, str(exc)) from exc
+    except jobs.JobLaunchFailed as exc:  # the platform refused it: not the client's mistake
+        raise HTTPException(503, str(exc)) from exc
     return {
         "job_id": job_id,
         "status_url": f"/v1/jobs/{job_id}",
