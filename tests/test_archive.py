@@ -55,9 +55,9 @@ def test_a_day_is_exported_with_its_reviewed_prices_and_their_stones(url: str) -
     empty = archive.export_day(store.utcnow().date() - timedelta(days=30), "memory://w2", url=url)
     assert (empty.appraisals, empty.feedback) == (0, 0)
     assert _read(empty.files[0]) == []
-    with fsspec.open(empty.files[0], "rb") as f:  # an empty day has the same column types
-        with fsspec.open(done.files[0], "rb") as g:
-            assert pq.read_schema(f) == pq.read_schema(g)
+    # an empty day has the same column types
+    with fsspec.open(empty.files[0], "rb") as f, fsspec.open(done.files[0], "rb") as g:
+        assert pq.read_schema(f) == pq.read_schema(g)
 
 
 def test_retention_never_deletes_a_stone_an_expert_priced(url: str, tmp_path: Path) -> None:
