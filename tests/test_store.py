@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -293,13 +294,14 @@ def test_the_pool_follows_the_settings(monkeypatch) -> None:
     monkeypatch.setenv("APPRAISER_POOL_PRE_PING", "false")
     url = "postgresql+psycopg://nobody@127.0.0.1:9/nothing"  # never connected to
     try:
-        eng = store.engine(url)
-        assert eng.pool.size() == 3 and eng.pool._max_overflow == 2
-        assert eng.pool._pre_ping is False
+        pool: Any = store.engine(url).pool  # a QueuePool: its size and overflow
+        assert pool.size() == 3 and pool._max_overflow == 2
+        assert pool._pre_ping is False
     finally:
         store.dispose(url)
     monkeypatch.delenv("APPRAISER_POOL_PRE_PING")
     try:
-        assert store.engine(url).pool._pre_ping is True
+        again: Any = store.engine(url).pool
+        assert again._pre_ping is True
     finally:
         store.dispose(url)
