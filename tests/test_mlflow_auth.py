@@ -74,13 +74,18 @@ def test_a_token_is_kept_until_it_expires(credentials: list[FakeCredentials]) ->
 
 
 def test_mlflow_sends_the_token_to_a_server_on_cloud_run(
-    credentials: list[FakeCredentials], monkeypatch: pytest.MonkeyPatch
+    credentials: list[FakeCredentials],
 ) -> None:
     """Through MLflow's own registry of providers (the package's entry point)."""
+    import mlflow
     from mlflow.tracking.request_header.registry import resolve_request_headers
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{SERVICE}/")
-    headers = resolve_request_headers()
-    assert headers["Authorization"] == f"Bearer token-1-for-{SERVICE}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert "Authorization" not in resolve_request_headers()
+    before = mlflow.get_tracking_uri()  # other tests set it for this process
+    try:
+        mlflow.set_tracking_uri(f"{SERVICE}/")
+        headers = resolve_request_headers()
+        assert headers["Authorization"] == f"Bearer token-1-for-{SERVICE}"
+        mlflow.set_tracking_uri("http://127.0.0.1:5000")
+        assert "Authorization" not in resolve_request_headers()
+    finally:
+        mlflow.set_tracking_uri(before)
