@@ -90,7 +90,7 @@ def _start_cloud_run(job_id: str) -> None:
     )
     try:
         operation = cloud_run_client().run_job(request=request)
-    except Exception as exc:  # the API refused or could not be reached: say so, keep no job
+    except Exception as exc:  # the API refused or could not be reached: the job reads failed
         _fail(job_id, f"the Cloud Run job could not start: {type(exc).__name__}: {exc}")
         raise JobLaunchFailed(f"the Cloud Run job {job_name} could not start: {exc}") from exc
     execution = getattr(getattr(operation, "metadata", None), "name", "") or "an execution"
@@ -117,7 +117,7 @@ def _abandoned(job_id: str) -> bool:
     try:
         with pipeline.exclusive():  # held while deciding: the job cannot end meanwhile
             again = store.get_job(job_id)  # it may have ended just before the lock was free
-            if again is None or again["status"] not in ("queued", "running"):
+            if again is None or again["status"] not in store.JOB_ACTIVE:
                 return False
             _fail(job_id, "the job's process was lost (found without the pipeline lock)")
     except pipeline.PipelineBusy:
@@ -133,7 +133,7 @@ def _reap(job_id: str, process: subprocess.Popen[bytes]) -> None:
     """Wait for the job's process; if it died without saying how it ended, mark the job failed."""
     _, stderr = process.communicate()
     job = store.get_job(job_id)
-    if job is not None and job["status"] in ("queued", "running"):
+    if job is not None and job["status"] in store.JOB_ACTIVE:
         tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
         store.update_job(
             job_id,
@@ -148,7 +148,7 @@ def status(job_id: str) -> dict[str, Any] | None:
     (then reported failed): a job whose process died with no one watching would otherwise read
     `running` for ever."""
     job = store.get_job(job_id)
-    if job is not None and job["status"] in ("queued", "running") and _abandoned(job_id):
+    if job is not None and job["status"] in store.JOB_ACTIVE and _abandoned(job_id):
         job = store.get_job(job_id)
     return job
 

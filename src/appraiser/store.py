@@ -230,6 +230,9 @@ class AuditEvent(Base):
     details: Mapped[str] = mapped_column(Text)
 
 
+JOB_ACTIVE = ("queued", "running")  # a job's statuses before it ends
+
+
 class Job(Base):
     """Work started through the API (a retrain), run by another process; any API process reports
     on it. `status`: queued, running, succeeded or failed; `result` and `params` are JSON text."""
@@ -855,6 +858,4 @@ def active_job(kind: str, url: str | None = None) -> str | None:
     """The id of a queued or running job of this kind, if any."""
     ready(url)
     with session(url) as s:
-        return s.scalar(
-            select(Job.id).where(Job.kind == kind, Job.status.in_(("queued", "running"))).limit(1)
-        )
+        return s.scalar(select(Job.id).where(Job.kind == kind, Job.status.in_(JOB_ACTIVE)).limit(1))
