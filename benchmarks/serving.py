@@ -482,22 +482,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             ["endpoint", "concurrency", "req/s", "rows/s", "p50 ms", "p99 ms"], rows, "Loopback"
         )
     )
-    ratio_of = {
-        "c32": lambda a, b: a.per_second / b.per_second,
-        "c1": lambda a, b: a.percentile(50) / b.percentile(50),
-        "explain": lambda a, b: a.per_second / b.per_second,
-        "batch": lambda a, b: a.rows_per_second / b.rows_per_second,
-    }
+    per_second = lambda a, b: a.per_second / b.per_second  # noqa: E731
+    # load -> (figure's key, label, how the two runs compare, goal's low, goal's high)
     goal_of = {
-        "c32": ("single_c32", "single stones/s at 32 connections, x bare", 1.2, None),
-        "c1": ("lone_p50", "a lone request's p50, x bare", None, 1.1),
-        "explain": ("explained", "explained stones/s (8 connections), x bare", 2.0, None),
-        "batch": ("batch_rows", "rows/s in batches of 1,000, x bare", 1.0, None),
+        "c32": ("single_c32", "single stones/s at 32 connections, x bare", per_second, 1.2, None),
+        "c1": (
+            "lone_p50",
+            "a lone request's p50, x bare",
+            lambda a, b: a.percentile(50) / b.percentile(50),
+            None,
+            1.1,
+        ),
+        "explain": (
+            "explained",
+            "explained stones/s (8 connections), x bare",
+            per_second,
+            2.0,
+            None,
+        ),
+        "batch": (
+            "batch_rows",
+            "rows/s in batches of 1,000, x bare",
+            lambda a, b: a.rows_per_second / b.rows_per_second,
+            1.0,
+            None,
+        ),
     }
     ratios, goals = {}, []
     for kind in args.loads:
-        key, label, low, high = goal_of[kind]
-        ratios[key] = ratio_of[kind](runs[kind], runs[f"bare_{kind}"])
+        key, label, ratio, low, high = goal_of[kind]
+        ratios[key] = ratio(runs[kind], runs[f"bare_{kind}"])
         goals.append(Goal(label, ratios[key], "x", low=low, high=high))
     print()
     print(goals_table(goals))
