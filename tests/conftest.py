@@ -36,6 +36,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     pg.stop_throwaway()
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_uri() -> Iterator[None]:
+    """A test that leaves MLFLOW_TRACKING_URI behind makes every later test share its registry
+    (mlflow.set_tracking_uri exports it): fail the test that leaked it, not twenty others."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    after = {name: os.environ.get(name) for name in names}
+    assert after == before, f"the test left MLflow's environment changed: {before} -> {after}"
+
+
 def use_home(path: Path) -> None:
     os.environ["APPRAISER_HOME"] = str(path)
     settings.cache_clear()

@@ -77,9 +77,16 @@ def test_mlflow_sends_the_token_to_a_server_on_cloud_run(
     credentials: list[FakeCredentials],
 ) -> None:
     """Through MLflow's own registry of providers (the package's entry point)."""
+    import os
+
     import mlflow
     from mlflow.tracking.request_header.registry import resolve_request_headers
 
+    # set_tracking_uri exports MLFLOW_TRACKING_URI; left behind, every later test would read it as
+    # a user's server and share one registry (CI's 21 failures), so the environment is put back
+    exported = {
+        name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
     before = mlflow.get_tracking_uri()  # other tests set it for this process
     try:
         mlflow.set_tracking_uri(f"{SERVICE}/")
@@ -89,3 +96,8 @@ def test_mlflow_sends_the_token_to_a_server_on_cloud_run(
         assert "Authorization" not in resolve_request_headers()
     finally:
         mlflow.set_tracking_uri(before)
+        for name, value in exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
