@@ -12,9 +12,11 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install the pinned, hash-checked dependencies
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt infra/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
+	# the Pulumi program (infra/) and its offline tests; never in the image
+	$(BIN)/python -m pip install --quiet --require-hashes -r infra/requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -32,8 +34,8 @@ train: install  ## train on DATA (default: the public table), e.g. make train DA
 	$(APPRAISER) train $(if $(DATA),--data $(DATA))
 
 lint: install  ## ruff
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks infra
+	$(BIN)/ruff format --check src tests benchmarks infra
 
 typecheck: install  ## mypy
 	$(BIN)/mypy
@@ -57,9 +59,10 @@ benchmark: install  ## print accuracy, timing and throughput figures
 mlflow-ui: install  ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .appraiser)/mlflow.db --port 5000
 
-requirements:  ## re-pin requirements.txt (dev) and requirements-runtime.txt (the container) from pyproject.toml
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.txt
+requirements:  ## re-pin requirements.txt (dev), requirements-runtime.txt (the container) and infra/requirements.txt (Pulumi)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --constraint infra/constraints.txt -o requirements.txt
 	echo 'setuptools>=75' | $(BIN)/uv pip compile pyproject.toml - --generate-hashes --python-version 3.11 --constraint requirements.txt -o requirements-runtime.txt
+	$(BIN)/uv pip compile infra/requirements.in --generate-hashes --python-version 3.11 --constraint requirements.txt -o infra/requirements.txt
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .appraiser .mypy_cache .ruff_cache .pytest_cache

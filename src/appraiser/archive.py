@@ -4,7 +4,10 @@
 URL (a folder, `gs://bucket/prefix` with gcsfs installed, `memory://` in tests), one Parquet file
 per table under `appraisals/day=YYYY-MM-DD/` and `feedback/day=YYYY-MM-DD/`: the layout BigQuery
 and Spark read as a date-partitioned table. Each feedback row carries its stone's nine features,
-so the archive holds every labelled stone whole.
+so the archive holds every labelled stone whole. With a BigQuery dataset named
+(APPRAISER_BIGQUERY_DATASET), files written to gs:// are then loaded into its tables
+`appraisals` and `feedback`, one ingestion-time partition per day, replaced on a re-export (load
+jobs are free; the dataset's partition expiry is the warehouse's retention).
 
 `prune_appraisals` deletes served appraisals older than a window, never one that an expert priced:
 the feedback table points at its appraisal, and training reads a labelled stone from that
@@ -34,6 +37,7 @@ class Exported:
     appraisals: int
     feedback: int
     files: list[str]
+    loaded: list[str] | None = None  # BigQuery partitions written, when a dataset was named
 
 
 @dataclass
@@ -73,8 +77,13 @@ def _write(table: pa.Table, target: str, kind: str, day: date) -> str:
     return path
 
 
-def export_day(day: date, target: str, url: str | None = None) -> Exported:
-    """Write `day`'s appraisals and the feedback reviewed that day (UTC) under `target`."""
+def export_day(
+    day: date, target: str, url: str | None = None, bigquery: str | None = None
+) -> Exported:
+    """Write `day`'s appraisals and the feedback reviewed that day (UTC) under `target`, then
+    load them into the BigQuery dataset `bigquery` (PROJECT.DATASET) when one is named."""
+    if bigquery and not target.startswith("gs://"):
+        raise ValueError(f"BigQuery loads files from gs:// only; the export goes to {target}")
     start, end = day_bounds(day)
     store.ready(url)
     with store.session(url) as s:
@@ -148,7 +157,32 @@ def export_day(day: date, target: str, url: str | None = None) -> Exported:
         _write(appraisals, target, "appraisals", day),
         _write(feedback, target, "feedback", day),
     ]
-    return Exported(day, len(served), len(reviewed), files)
+    loaded = load_into_bigquery(files, day, bigquery) if bigquery else None
+    return Exported(day, len(served), len(reviewed), files, loaded)
+
+
+def load_into_bigquery(files: list[str], day: date, dataset: str) -> list[str]:
+    """Load each exported file into `dataset.<kind>$YYYYMMDD`, replacing that day's partition,
+    so exporting a day twice leaves it once. Returns the partitions written."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.cloud import bigquery
+
+    client = bigquery.Client(project=dataset.split(".", 1)[0])
+    config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.PARQUET,
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        time_partitioning=bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY),
+    )
+    written = []
+    for uri in files:
+        kind = uri.rsplit("/", 3)[-3]  # .../<kind>/day=YYYY-MM-DD/<kind>.parquet
+        partition = f"{dataset}.{kind}${day:%Y%m%d}"
+        try:
+            client.load_table_from_uri(uri, partition, job_config=config).result()
+        except GoogleAPIError as exc:  # the CLI reports OSError with the target, no traceback
+            raise OSError(f"BigQuery load of {uri} into {partition}: {exc}") from exc
+        written.append(partition)
+    return written
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -1105,7 +1105,10 @@ def export_cmd(
     to: Annotated[
         str | None,
         typer.Option(
-            help="a folder or fsspec URL (gs://bucket/prefix); default APPRAISER_HOME/exports"
+            help=(
+                "a folder or fsspec URL (gs://bucket/prefix); default APPRAISER_EXPORT_TO, "
+                "else APPRAISER_HOME/exports"
+            )
         ),
     ] = None,
 ) -> None:
@@ -1123,17 +1126,20 @@ def export_cmd(
         )
     except ValueError as exc:
         raise fail(f"--day: a date as YYYY-MM-DD, not {day!r}", code=2) from exc
-    target = to or str(settings().home.resolve() / "exports")
+    cfg = settings()
+    target = to or cfg.export_to or str(cfg.home.resolve() / "exports")
     try:
-        done = archive.export_day(when, target)
+        done = archive.export_day(when, target, bigquery=cfg.bigquery_dataset)
     except StoreOutdated as exc:
         raise fail(str(exc)) from exc
-    except (ImportError, ValueError, OSError) as exc:  # gs:// without gcsfs, a bad URL, a disk
+    except (ImportError, ValueError, OSError) as exc:  # a bad URL, a disk, BigQuery without gs://
         raise fail(f"--to {target}: {exc}") from exc
     console.print(
         f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
         + ", ".join(done.files)
     )
+    if done.loaded:
+        console.print("Loaded into BigQuery: " + ", ".join(done.loaded))
 
 
 @app.command("retention")

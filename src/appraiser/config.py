@@ -120,6 +120,17 @@ class Settings(BaseSettings):
         default=None,
         description="the Cloud Run job to run: projects/PROJECT/locations/REGION/jobs/NAME",
     )
+    export_to: str | None = Field(
+        default=None,
+        description="where `appraiser export` writes: a folder or fsspec URL (gs://bucket/prefix)",
+    )
+    bigquery_dataset: str | None = Field(
+        default=None,
+        description=(
+            "PROJECT.DATASET: `appraiser export` to gs:// then loads the day into its tables "
+            "`appraisals` and `feedback` (one partition per day, replaced on a re-export)"
+        ),
+    )
     settle_heap: bool = Field(
         default=True,
         description=(

@@ -1,0 +1,708 @@
+"""The design (docs/cloud-architecture.md) as Pulumi resources, for one load level (spec.py).
+
+`build(level, config)` declares everything a project needs: the network and Cloud SQL (private
+IP only, point-in-time recovery, deletion protection, IAM database authentication), the buckets,
+the Artifact Registry repository, secrets, one service account per component with exactly the
+IAM table's roles, the Cloud Run services and jobs, Cloud Scheduler, Eventarc with its workflow,
+and alert policies on metrics the app exports. Nested arguments use the provider's `...Args`
+classes, never dicts: a misspelled argument is then a TypeError when the program runs (and in
+the offline tests), not a key the provider would silently drop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.spec import (
+    GRANTS,
+    IMAGE_UID,
+    INBOX_MOUNT,
+    RUNTIME_ACCOUNTS,
+    SECRETS,
+    SERVE,
+    Grant,
+    Job,
+    Level,
+    Service,
+)
+
+run = gcp.cloudrunv2
+
+SIDECAR_IMAGE = (
+    "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
+)
+APIS = (
+    "run.googleapis.com",
+    "sqladmin.googleapis.com",
+    "secretmanager.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "eventarc.googleapis.com",
+    "workflows.googleapis.com",
+    "workflowexecutions.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "compute.googleapis.com",
+    "monitoring.googleapis.com",
+    "bigquery.googleapis.com",
+    "iap.googleapis.com",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What differs between projects: set with `pulumi config set` (Pulumi.<stack>.yaml)."""
+
+    project: str
+    image: str  # by digest: ...@sha256:...
+    secret_versions: dict[str, int]  # pinned: a deploy names the version it was tested with
+    alert_email: str
+    region: str = "us-central1"
+
+    @classmethod
+    def from_pulumi(cls) -> Config:
+        cfg = pulumi.Config("appraiser")
+        return cls(
+            project=pulumi.Config("gcp").require("project"),
+            image=cfg.require("image"),
+            secret_versions={k: int(v) for k, v in cfg.require_object("secretVersions").items()},
+            alert_email=cfg.require("alertEmail"),
+            region=pulumi.Config("gcp").get("region") or "us-central1",
+        )
+
+
+@dataclass
+class Built:
+    """Handles on what `build` declared, by name (for exports and the tests)."""
+
+    accounts: dict[str, gcp.serviceaccount.Account] = field(default_factory=dict)
+    secrets: dict[str, gcp.secretmanager.Secret] = field(default_factory=dict)
+    buckets: dict[str, gcp.storage.Bucket] = field(default_factory=dict)
+    services: dict[str, run.Service] = field(default_factory=dict)
+    jobs: dict[str, run.Job] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def member(account: gcp.serviceaccount.Account) -> pulumi.Output[str]:
+    return account.email.apply(lambda email: f"serviceAccount:{email}")
+
+
+def mlflow_url(project_number: str, region: str) -> str:
+    """Cloud Run's deterministic URL: known before the service exists, so clients and the
+    server's allowed host can name it without a cycle."""
+    return f"https://mlflow-{project_number}.{region}.run.app"
+
+
+def build(level: Level, config: Config) -> Built:
+    built = Built()
+    project, region = config.project, config.region
+    number = gcp.organizations.get_project(project_id=project).number
+    apis = [
+        gcp.projects.Service(api.split(".")[0], service=api, disable_on_destroy=False)
+        for api in APIS
+    ]
+    after_apis = pulumi.ResourceOptions(depends_on=apis)
+
+    # --- identities ---------------------------------------------------------------------------
+    for name in dict.fromkeys(g.account for g in GRANTS):
+        built.accounts[name] = gcp.serviceaccount.Account(
+            name, account_id=name, display_name=f"appraiser {name}", opts=after_apis
+        )
+
+    # --- network and database -------------------------------------------------------------------
+    vpc = gcp.compute.Network("appraiser-vpc", auto_create_subnetworks=False, opts=after_apis)
+    subnet = gcp.compute.Subnetwork(
+        "appraiser-run", network=vpc.id, region=region, ip_cidr_range="10.8.0.0/24"
+    )
+    peering_range = gcp.compute.GlobalAddress(
+        "private-services",
+        purpose="VPC_PEERING",
+        address_type="INTERNAL",
+        prefix_length=16,
+        network=vpc.id,
+    )
+    peering = gcp.servicenetworking.Connection(
+        "private-services",
+        network=vpc.id,
+        service="servicenetworking.googleapis.com",
+        reserved_peering_ranges=[peering_range.name],
+    )
+    db = level.database
+    sql = gcp.sql.DatabaseInstance(
+        "appraiser-sql",
+        database_version="POSTGRES_16",
+        region=region,
+        deletion_protection=True,  # Pulumi refuses to delete it
+        settings=gcp.sql.DatabaseInstanceSettingsArgs(
+            tier=db.tier,
+            edition="ENTERPRISE",
+            availability_type="REGIONAL" if db.high_availability else "ZONAL",
+            disk_size=db.disk_gb,
+            disk_autoresize=True,
+            deletion_protection_enabled=True,  # and so does the Cloud SQL API itself
+            ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
+                ipv4_enabled=False,
+                private_network=vpc.id,
+                ssl_mode="ENCRYPTED_ONLY",
+            ),
+            backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
+                enabled=True,
+                point_in_time_recovery_enabled=True,
+                transaction_log_retention_days=7,
+                start_time="03:00",
+            ),
+            database_flags=[
+                gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(
+                    name="cloudsql.iam_authentication", value="on"
+                ),
+                gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(
+                    name="max_connections", value=str(db.max_connections)
+                ),
+            ],
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[peering]),
+    )
+    for database in ("appraiser", "mlflow"):
+        gcp.sql.Database(database, name=database, instance=sql.name)
+    # database users that log in with their service account's IAM identity, not a password
+    for name in RUNTIME_ACCOUNTS:
+        gcp.sql.User(
+            f"db-{name}",
+            instance=sql.name,
+            type="CLOUD_IAM_SERVICE_ACCOUNT",
+            name=built.accounts[name].email.apply(
+                lambda email: email.removesuffix(".gserviceaccount.com")
+            ),
+        )
+
+    # --- storage, images, secrets, warehouse ---------------------------------------------------
+    def bucket(name: str, **kwargs: Any) -> gcp.storage.Bucket:
+        built.buckets[name] = gcp.storage.Bucket(
+            name,
+            name=f"{project}-{name}",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            **kwargs,
+        )
+        return built.buckets[name]
+
+    inbox = bucket(
+        "inbox",
+        location=region.upper(),
+        # a processed file is in the store (its batch, stones and rejected rows): 90 days is
+        # for an audit; failed files stay until someone reads their reason
+        lifecycle_rules=[
+            gcp.storage.BucketLifecycleRuleArgs(
+                action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                    age=90, matches_prefixes=["processed/"]
+                ),
+            )
+        ],
+    )
+    # dual-region: the MLflow models must outlive a region outage (section 11)
+    bucket(
+        "mlflow-artifacts",
+        location="US",
+        custom_placement_config=gcp.storage.BucketCustomPlacementConfigArgs(
+            data_locations=["US-CENTRAL1", "US-EAST1"]
+        ),
+        versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+    )
+    exports = bucket("exports", location=region.upper())
+    repository = gcp.artifactregistry.Repository(
+        "appraiser",
+        repository_id="appraiser",
+        location="us",  # multi-region, for the same reason
+        format="DOCKER",
+        opts=after_apis,
+    )
+    for name in SECRETS:
+        built.secrets[name] = gcp.secretmanager.Secret(
+            name,
+            secret_id=name,
+            replication=gcp.secretmanager.SecretReplicationArgs(
+                auto=gcp.secretmanager.SecretReplicationAutoArgs()
+            ),
+            opts=after_apis,
+        )
+    dataset = gcp.bigquery.Dataset(
+        "appraiser",
+        dataset_id="appraiser",
+        location="US",
+        default_partition_expiration_ms=level.bigquery_partition_days * 86_400_000,
+        opts=after_apis,
+    )
+
+    # --- Cloud Run ----------------------------------------------------------------------------
+    tracking = mlflow_url(number, region)
+    retrain_job = f"projects/{project}/locations/{region}/jobs/appraiser-retrain"
+    app_env = {
+        "MLFLOW_TRACKING_URI": tracking,
+        "APPRAISER_MIGRATE": "check",  # only the migrate job changes the schema
+        "APPRAISER_POOL_SIZE": str(level.pool.size),
+        "APPRAISER_MAX_OVERFLOW": str(level.pool.overflow),
+        "APPRAISER_POOL_PRE_PING": "true",
+        "APPRAISER_LOG_FORMAT": "json",
+    }
+
+    def secret_envs(
+        pairs: tuple[tuple[str, str], ...],
+    ) -> list[run.ServiceTemplateContainerEnvArgs]:
+        return [
+            run.ServiceTemplateContainerEnvArgs(
+                name=env,
+                value_source=run.ServiceTemplateContainerEnvValueSourceArgs(
+                    secret_key_ref=run.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
+                        secret=built.secrets[secret].secret_id,
+                        version=str(config.secret_versions[secret]),
+                    )
+                ),
+            )
+            for env, secret in pairs
+        ]
+
+    def plain_envs(values: dict[str, str]) -> list[run.ServiceTemplateContainerEnvArgs]:
+        return [run.ServiceTemplateContainerEnvArgs(name=k, value=v) for k, v in values.items()]
+
+    network = run.ServiceTemplateVpcAccessArgs(
+        network_interfaces=[
+            run.ServiceTemplateVpcAccessNetworkInterfaceArgs(network=vpc.id, subnetwork=subnet.id)
+        ],
+        egress="PRIVATE_RANGES_ONLY",
+    )
+    cloudsql_volume = run.ServiceTemplateVolumeArgs(
+        name="cloudsql",
+        cloud_sql_instance=run.ServiceTemplateVolumeCloudSqlInstanceArgs(
+            instances=[sql.connection_name]
+        ),
+    )
+    cloudsql_mount = run.ServiceTemplateContainerVolumeMountArgs(
+        name="cloudsql", mount_path="/cloudsql"
+    )
+
+    def api_service(spec: Service) -> run.Service:
+        env = {
+            **app_env,
+            "APPRAISER_RELOAD_SECONDS": "2",
+            "APPRAISER_JOB_LAUNCHER": "cloud-run",
+            "APPRAISER_RETRAIN_JOB": retrain_job,
+        }
+        command, args = SERVE
+        app = run.ServiceTemplateContainerArgs(
+            name="appraiser",
+            image=config.image,
+            commands=list(command),
+            args=list(args),
+            ports=run.ServiceTemplateContainerPortsArgs(container_port=8000),
+            envs=plain_envs(env) + secret_envs(spec.secrets),
+            resources=run.ServiceTemplateContainerResourcesArgs(
+                limits={"cpu": str(spec.cpu), "memory": f"{spec.memory_gib:g}Gi"},
+                cpu_idle=not spec.instance_billing,
+                startup_cpu_boost=True,
+            ),
+            startup_probe=run.ServiceTemplateContainerStartupProbeArgs(
+                http_get=run.ServiceTemplateContainerStartupProbeHttpGetArgs(path="/ready"),
+                period_seconds=5,
+                failure_threshold=24,
+            ),
+            volume_mounts=[cloudsql_mount],
+        )
+        collector = run.ServiceTemplateContainerArgs(
+            name="collector",
+            image=SIDECAR_IMAGE,
+            depends_ons=["appraiser"],
+            resources=run.ServiceTemplateContainerResourcesArgs(
+                limits={"cpu": "500m", "memory": "512Mi"}
+            ),
+        )
+        return run.Service(
+            spec.name,
+            name=spec.name,
+            location=region,
+            ingress="INGRESS_TRAFFIC_ALL",
+            iap_enabled=spec.iap,
+            template=run.ServiceTemplateArgs(
+                service_account=built.accounts[spec.account].email,
+                scaling=run.ServiceTemplateScalingArgs(
+                    min_instance_count=spec.min_instances, max_instance_count=spec.max_instances
+                ),
+                max_instance_request_concurrency=spec.concurrency,
+                containers=[app, collector],
+                volumes=[cloudsql_volume],
+                vpc_access=network,
+            ),
+            opts=after_apis,
+        )
+
+    for spec in level.services:
+        built.services[spec.name] = api_service(spec)
+
+    mlflow_env: dict[str, pulumi.Input[str]] = {
+        "MLFLOW_ARTIFACTS_DESTINATION": built.buckets["mlflow-artifacts"].name.apply(
+            lambda name: f"gs://{name}"
+        ),
+        "MLFLOW_SERVER_ALLOWED_HOSTS": tracking.removeprefix("https://"),
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(level.mlflow_pool.size),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(level.mlflow_pool.overflow),
+    }
+    built.services["mlflow"] = run.Service(
+        "mlflow",
+        name="mlflow",
+        location=region,
+        ingress="INGRESS_TRAFFIC_ALL",  # IAM checks every call (design section 7)
+        template=run.ServiceTemplateArgs(
+            service_account=built.accounts["sa-mlflow"].email,
+            scaling=run.ServiceTemplateScalingArgs(
+                min_instance_count=0, max_instance_count=level.mlflow_max_instances
+            ),
+            containers=[
+                run.ServiceTemplateContainerArgs(
+                    name="mlflow",
+                    image=config.image,
+                    commands=["mlflow"],
+                    args=[
+                        "server",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        "8080",
+                        "--workers",
+                        str(level.mlflow_workers),
+                        "--serve-artifacts",
+                    ],
+                    ports=run.ServiceTemplateContainerPortsArgs(container_port=8080),
+                    envs=[
+                        run.ServiceTemplateContainerEnvArgs(name=k, value=v)
+                        for k, v in mlflow_env.items()
+                    ]
+                    + secret_envs((("MLFLOW_BACKEND_STORE_URI", "mlflow-db-url"),)),
+                    resources=run.ServiceTemplateContainerResourcesArgs(
+                        limits={"cpu": "1", "memory": "2Gi"}
+                    ),
+                    volume_mounts=[cloudsql_mount],
+                )
+            ],
+            volumes=[cloudsql_volume],
+            vpc_access=network,
+        ),
+        opts=after_apis,
+    )
+
+    def job(spec: Job) -> run.Job:
+        env: dict[str, pulumi.Input[str]] = {
+            **app_env,
+            "APPRAISER_POOL_SIZE": str(level.job_pool.size),
+            "APPRAISER_MAX_OVERFLOW": str(level.job_pool.overflow),
+        }
+        if spec.migrates:
+            env["APPRAISER_MIGRATE"] = "auto"
+        if spec.name == "appraiser-export":
+            env["APPRAISER_EXPORT_TO"] = exports.name.apply(lambda name: f"gs://{name}")
+            env["APPRAISER_BIGQUERY_DATASET"] = dataset.dataset_id.apply(lambda d: f"{project}.{d}")
+        volumes = [
+            run.JobTemplateTemplateVolumeArgs(
+                name="cloudsql",
+                cloud_sql_instance=run.JobTemplateTemplateVolumeCloudSqlInstanceArgs(
+                    instances=[sql.connection_name]
+                ),
+            )
+        ]
+        mounts = [
+            run.JobTemplateTemplateContainerVolumeMountArgs(name="cloudsql", mount_path="/cloudsql")
+        ]
+        if spec.inbox_volume:
+            volumes.append(
+                run.JobTemplateTemplateVolumeArgs(
+                    name="inbox",
+                    gcs=run.JobTemplateTemplateVolumeGcsArgs(
+                        bucket=inbox.name,
+                        mount_options=[f"uid={IMAGE_UID}", f"gid={IMAGE_UID}"],
+                    ),
+                )
+            )
+            mounts.append(
+                run.JobTemplateTemplateContainerVolumeMountArgs(
+                    name="inbox", mount_path=INBOX_MOUNT
+                )
+            )
+        return run.Job(
+            spec.name,
+            name=spec.name,
+            location=region,
+            template=run.JobTemplateArgs(
+                task_count=1,
+                parallelism=1,
+                template=run.JobTemplateTemplateArgs(
+                    service_account=built.accounts[spec.account].email,
+                    max_retries=0,  # the next scheduled pass is the retry
+                    timeout=f"{spec.timeout_seconds}s",
+                    containers=[
+                        run.JobTemplateTemplateContainerArgs(
+                            image=config.image,
+                            commands=list(spec.command),
+                            args=list(spec.args),
+                            envs=[
+                                run.JobTemplateTemplateContainerEnvArgs(name=k, value=v)
+                                for k, v in env.items()
+                            ]
+                            + [
+                                run.JobTemplateTemplateContainerEnvArgs(
+                                    name=name,
+                                    value_source=run.JobTemplateTemplateContainerEnvValueSourceArgs(
+                                        secret_key_ref=run.JobTemplateTemplateContainerEnvValueSourceSecretKeyRefArgs(
+                                            secret=built.secrets[secret].secret_id,
+                                            version=str(config.secret_versions[secret]),
+                                        )
+                                    ),
+                                )
+                                for name, secret in spec.secrets
+                            ],
+                            resources=run.JobTemplateTemplateContainerResourcesArgs(
+                                limits={"cpu": str(spec.cpu), "memory": f"{spec.memory_gib:g}Gi"}
+                            ),
+                            volume_mounts=mounts,
+                        )
+                    ],
+                    volumes=volumes,
+                    vpc_access=run.JobTemplateTemplateVpcAccessArgs(
+                        network_interfaces=[
+                            run.JobTemplateTemplateVpcAccessNetworkInterfaceArgs(
+                                network=vpc.id, subnetwork=subnet.id
+                            )
+                        ],
+                        egress="PRIVATE_RANGES_ONLY",
+                    ),
+                ),
+            ),
+            opts=after_apis,
+        )
+
+    for spec_job in level.jobs:
+        built.jobs[spec_job.name] = job(spec_job)
+
+    # --- IAM: exactly the table's grants ---------------------------------------------------------
+    for grant in GRANTS:
+        _grant(grant, built, project, region, repository, dataset)
+    # Google's own agents: IAP calls the shop service; Cloud Storage publishes bucket events
+    gcp.cloudrunv2.ServiceIamMember(
+        "iap-invokes-shop",
+        name=built.services["appraiser-shop"].name,
+        location=region,
+        role="roles/run.invoker",
+        member=f"serviceAccount:service-{number}@gcp-sa-iap.iam.gserviceaccount.com",
+    )
+    storage_agent = gcp.storage.get_project_service_account(project=project)
+    gcp.projects.IAMMember(
+        "gcs-publishes-events",
+        project=project,
+        role="roles/pubsub.publisher",
+        member=f"serviceAccount:{storage_agent.email_address}",
+    )
+
+    # --- triggers: the schedule, the nightly export, an upload ------------------------------------
+    def run_uri(name: str) -> str:
+        return (
+            f"https://run.googleapis.com/v2/projects/{project}/locations/{region}/jobs/{name}:run"
+        )
+
+    for name, schedule in (
+        ("appraiser-pipeline", level.pipeline_schedule),
+        ("appraiser-export", level.export_schedule),
+    ):
+        gcp.cloudscheduler.Job(
+            f"schedule-{name}",
+            region=region,
+            schedule=schedule,
+            time_zone="Etc/UTC",
+            http_target=gcp.cloudscheduler.JobHttpTargetArgs(
+                uri=run_uri(name),
+                http_method="POST",
+                oauth_token=gcp.cloudscheduler.JobHttpTargetOauthTokenArgs(
+                    service_account_email=built.accounts["sa-scheduler"].email
+                ),
+            ),
+            opts=after_apis,
+        )
+    workflow = gcp.workflows.Workflow(
+        "inbox-upload",
+        region=region,
+        service_account=built.accounts["sa-events"].id,
+        source_contents=_WORKFLOW.replace("JOB_URI", run_uri("appraiser-pipeline")),
+        opts=after_apis,
+    )
+    gcp.eventarc.Trigger(
+        "inbox-upload",
+        location=region,
+        matching_criterias=[
+            gcp.eventarc.TriggerMatchingCriteriaArgs(
+                attribute="type", value="google.cloud.storage.object.v1.finalized"
+            ),
+            gcp.eventarc.TriggerMatchingCriteriaArgs(attribute="bucket", value=inbox.name),
+        ],
+        destination=gcp.eventarc.TriggerDestinationArgs(workflow=workflow.id),
+        service_account=built.accounts["sa-events"].email,
+        opts=after_apis,
+    )
+
+    _alerts(level, config)
+    built.extra.update(sql=sql, repository=repository, dataset=dataset, workflow=workflow)
+    pulumi.export("mlflow_url", tracking)
+    pulumi.export("image_repository", f"us-docker.pkg.dev/{project}/appraiser")
+    for name, service in built.services.items():
+        pulumi.export(f"{name}_url", service.uri)
+    return built
+
+
+# The workflow an upload starts: files the pass itself moved (processed/, failed/, reasons) are
+# ignored; anything else starts a pipeline execution (a pass already running makes it exit busy).
+_WORKFLOW = """\
+main:
+  params: [event]
+  steps:
+    - skip_own_moves:
+        switch:
+          - condition: ${text.match_regex(event.data.name, "^(processed|failed)/")}
+            return: "ignored: moved by a pass"
+    - run_pass:
+        call: http.post
+        args:
+          url: JOB_URI
+          auth:
+            type: OAuth2
+        result: execution
+    - done:
+        return: ${execution.body.name}
+"""
+
+
+def _grant(
+    grant: Grant,
+    built: Built,
+    project: str,
+    region: str,
+    repository: gcp.artifactregistry.Repository,
+    dataset: gcp.bigquery.Dataset,
+) -> None:
+    who = member(built.accounts[grant.account])
+    label = f"{grant.account}-{grant.role.removeprefix('roles/')}-{grant.name or 'project'}"
+    if grant.on == "project":
+        gcp.projects.IAMMember(label, project=project, role=grant.role, member=who)
+    elif grant.on == "secret":
+        gcp.secretmanager.SecretIamMember(
+            label, secret_id=built.secrets[grant.name].id, role=grant.role, member=who
+        )
+    elif grant.on == "bucket":
+        gcp.storage.BucketIAMMember(
+            label, bucket=built.buckets[grant.name].name, role=grant.role, member=who
+        )
+    elif grant.on == "service":
+        gcp.cloudrunv2.ServiceIamMember(
+            label,
+            name=built.services[grant.name].name,
+            location=region,
+            role=grant.role,
+            member=who,
+        )
+    elif grant.on == "job":
+        gcp.cloudrunv2.JobIamMember(
+            label, name=built.jobs[grant.name].name, location=region, role=grant.role, member=who
+        )
+    elif grant.on == "repository":
+        gcp.artifactregistry.RepositoryIamMember(
+            label,
+            repository=repository.name,
+            location=repository.location,
+            role=grant.role,
+            member=who,
+        )
+    elif grant.on == "account":  # deploys may run services and jobs as this account only
+        gcp.serviceaccount.IAMMember(
+            label, service_account_id=built.accounts[grant.name].name, role=grant.role, member=who
+        )
+    elif grant.on == "dataset":
+        gcp.bigquery.DatasetIamMember(
+            label, dataset_id=dataset.dataset_id, role=grant.role, member=who
+        )
+    else:  # pragma: no cover - Target is a closed Literal
+        raise ValueError(f"no way to grant on {grant.on!r}")
+
+
+# Alert policies on what the app exports (`GET /metrics`, scraped by the sidecar into Managed
+# Service for Prometheus, queried here in PromQL) and on Cloud Run's and Cloud SQL's own metrics.
+PROMQL_ALERTS = {
+    "appraisals not reaching the store": (
+        "sum(rate(appraiser_store_write_failures_total[5m])) > 0",
+        "300s",
+    ),
+    "appraisals dropped": ("sum(increase(appraiser_appraisals_dropped_total[10m])) > 0", "0s"),
+    "instances disagree on the champion": (
+        "max(appraiser_champion_version) - min(appraiser_champion_version) > 0",
+        "300s",
+    ),
+    # the champion's version, not the load counter: every new instance's first load counts too
+    "promotion happened": ("changes(max(appraiser_champion_version)[10m:1m]) > 0", "0s"),
+    "newest batch drifts": ("max(appraiser_batch_drifted_features) > 0", "0s"),
+}
+BUILT_IN_ALERTS = {
+    "pipeline execution failed": (
+        'metric.type = "run.googleapis.com/job/completed_execution_count"'
+        ' AND resource.type = "cloud_run_job" AND metric.labels.result = "failed"',
+        0.0,
+    ),
+}
+
+
+def _alerts(level: Level, config: Config) -> None:
+    channel = gcp.monitoring.NotificationChannel(
+        "operators", type="email", labels={"email_address": config.alert_email}
+    )
+    for title, (query, duration) in PROMQL_ALERTS.items():
+        gcp.monitoring.AlertPolicy(
+            title.replace(" ", "-"),
+            display_name=title,
+            combiner="OR",
+            notification_channels=[channel.id],
+            conditions=[
+                gcp.monitoring.AlertPolicyConditionArgs(
+                    display_name=title,
+                    condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
+                        query=query, duration=duration
+                    ),
+                )
+            ],
+        )
+    budget = int(level.database.max_connections * 0.8)
+    thresholds = {
+        **BUILT_IN_ALERTS,
+        "database connections over 80%": (
+            'metric.type = "cloudsql.googleapis.com/database/postgresql/num_backends"'
+            ' AND resource.type = "cloudsql_database"',
+            float(budget),
+        ),
+    }
+    for title, (metric_filter, threshold) in thresholds.items():
+        gcp.monitoring.AlertPolicy(
+            title.replace(" ", "-").replace("%", "pct"),
+            display_name=title,
+            combiner="OR",
+            notification_channels=[channel.id],
+            conditions=[
+                gcp.monitoring.AlertPolicyConditionArgs(
+                    display_name=title,
+                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                        filter=metric_filter,
+                        comparison="COMPARISON_GT",
+                        threshold_value=threshold,
+                        duration="300s",
+                        aggregations=[
+                            gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                                alignment_period="300s", per_series_aligner="ALIGN_MAX"
+                            )
+                        ],
+                    ),
+                )
+            ],
+        )
