@@ -281,7 +281,8 @@ def _parse(group: Any, argv: list[str]) -> None:
     ctx = group.make_context(group.name or "cli", list(argv), resilient_parsing=False)
     while hasattr(ctx.command, "get_command"):
         # the subcommand's name: click 8.3 keeps it in _protected_args (protected_args before)
-        ahead = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+        ahead = getattr(ctx, "_protected_args", None)
+        ahead = [*(ctx.protected_args if ahead is None else ahead), *ctx.args]
         if not ahead:
             break
         name, *rest = ahead
