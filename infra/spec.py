@@ -113,7 +113,9 @@ class Grant:
     name: str = ""  # the resource's name; "" for the project
 
 
-RUNTIME_ACCOUNTS = ("sa-api", "sa-pipeline", "sa-mlflow", "sa-migrate", "sa-export")
+# the app's identities, which log in to the database with IAM (APPRAISER_DATABASE_IAM_AUTH); the
+# MLflow server keeps a password in its backend URI (MLflow has no such hook)
+IAM_DATABASE_USERS = ("sa-api", "sa-pipeline", "sa-migrate", "sa-export")
 
 GRANTS: tuple[Grant, ...] = (
     # the API services
@@ -133,7 +135,6 @@ GRANTS: tuple[Grant, ...] = (
     Grant("sa-pipeline", "roles/storage.objectUser", "bucket", "inbox"),
     # the MLflow server
     Grant("sa-mlflow", "roles/cloudsql.client", "project"),
-    Grant("sa-mlflow", "roles/cloudsql.instanceUser", "project"),  # IAM database login
     Grant("sa-mlflow", "roles/secretmanager.secretAccessor", "secret", "mlflow-db-url"),
     Grant("sa-mlflow", "roles/storage.objectUser", "bucket", "mlflow-artifacts"),
     # the migrate job: the only identity whose database role may change the schema

@@ -18,9 +18,9 @@ import pulumi_gcp as gcp
 
 from infra.spec import (
     GRANTS,
+    IAM_DATABASE_USERS,
     IMAGE_UID,
     INBOX_MOUNT,
-    RUNTIME_ACCOUNTS,
     SECRETS,
     SERVE,
     Grant,
@@ -167,7 +167,7 @@ def build(level: Level, config: Config) -> Built:
     for database in ("appraiser", "mlflow"):
         gcp.sql.Database(database, name=database, instance=sql.name)
     # database users that log in with their service account's IAM identity, not a password
-    for name in RUNTIME_ACCOUNTS:
+    for name in IAM_DATABASE_USERS:
         gcp.sql.User(
             f"db-{name}",
             instance=sql.name,
@@ -245,6 +245,7 @@ def build(level: Level, config: Config) -> Built:
         "APPRAISER_POOL_SIZE": str(level.pool.size),
         "APPRAISER_MAX_OVERFLOW": str(level.pool.overflow),
         "APPRAISER_POOL_PRE_PING": "true",
+        "APPRAISER_DATABASE_IAM_AUTH": "true",  # the URL secrets name IAM users, no passwords
         "APPRAISER_LOG_FORMAT": "json",
     }
 

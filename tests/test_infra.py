@@ -195,7 +195,7 @@ def test_cloud_sql_is_private_recoverable_and_protected(
     assert int(flags["max_connections"]) == spec.LEVELS[level].database.max_connections
     assert settings["tier"] == spec.LEVELS[level].database.tier
     iam_users = {u.inputs["name"] for u in of_type(declared[level], "User")}
-    assert iam_users == {f"{a}@appraiser-test.iam" for a in spec.RUNTIME_ACCOUNTS}
+    assert iam_users == {f"{a}@appraiser-test.iam" for a in spec.IAM_DATABASE_USERS}
 
 
 @pytest.mark.parametrize("level", LEVELS)

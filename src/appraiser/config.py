@@ -46,6 +46,13 @@ class StoreSettings(BaseSettings):
             "failover or idle timeout drops them); SQLite files never need it"
         ),
     )
+    database_iam_auth: bool = Field(
+        default=False,
+        description=(
+            "Cloud SQL IAM database login: each connection's password is the service account's "
+            "access token (cloudsql_auth.py); the URL names its IAM user and no password"
+        ),
+    )
 
 
 class Settings(BaseSettings):

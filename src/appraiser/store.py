@@ -358,6 +358,10 @@ def engine(url: str | None = None) -> Engine:
                     pool_size=wanted.pool_size,
                     max_overflow=wanted.max_overflow,
                 )
+                if wanted.database_iam_auth:
+                    from appraiser import cloudsql_auth
+
+                    cloudsql_auth.install(eng)
             if eng.dialect.name == "sqlite":
                 event.listen(eng, "connect", _sqlite_pragmas)
             _engines[url] = eng
