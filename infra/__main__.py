@@ -12,4 +12,5 @@ import pulumi
 from infra.spec import LEVELS
 from infra.stack import Config, build
 
-build(LEVELS[pulumi.get_stack()], Config.from_pulumi())
+# `shop`, or `shop-east` for the same level elsewhere (section 15): the part before the hyphen
+build(LEVELS[pulumi.get_stack().split("-", 1)[0]], Config.from_pulumi())

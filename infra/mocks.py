@@ -43,6 +43,9 @@ class Recorder(Mocks):
             outputs["connectionName"] = f"{self.project}:us-central1:{args.name}"
         elif args.typ == "gcp:cloudrunv2/service:Service":
             outputs["uri"] = f"https://{inputs['name']}-{PROJECT_NUMBER}.us-central1.run.app"
+        elif args.typ == "gcp:projects/serviceIdentity:ServiceIdentity":
+            agent = inputs["service"].split(".")[0]
+            outputs["email"] = f"service-{PROJECT_NUMBER}@gcp-sa-{agent}.iam.gserviceaccount.com"
         elif args.typ == "gcp:secretmanager/secret:Secret":
             outputs["id"] = f"projects/{self.project}/secrets/{inputs['secretId']}"
         return f"{args.name}-id", outputs
@@ -56,8 +59,14 @@ class Recorder(Mocks):
         raise NotImplementedError(f"the offline run has no answer for {args.token}")
 
 
-def declare(level: Level, project: str = "appraiser-test") -> list[Declared]:
-    """Every resource `stack.build` declares for `level`, inputs resolved."""
+@dataclass
+class Offline:
+    declared: list[Declared]  # every resource, inputs resolved
+    built: Any  # stack.Built: the program's own handles
+
+
+def declare(level: Level, project: str = "appraiser-test", stage: str = "full") -> Offline:
+    """What `stack.build` declares for `level` at `stage`, run against the mocks."""
     from infra import stack
 
     recorder = Recorder(project)
@@ -67,16 +76,19 @@ def declare(level: Level, project: str = "appraiser-test") -> list[Declared]:
         image=f"us-docker.pkg.dev/{project}/appraiser/appraiser@sha256:{'0' * 64}",
         secret_versions={name: 3 for name in SECRETS},
         alert_email="operators@example.com",
+        stage=stage,  # type: ignore[arg-type]  # build() refuses an unknown stage
+        staff_group="group:staff@example.com",
     )
+    built: list[Any] = []
 
     @pulumi.runtime.test  # waits until every output has resolved
     def program() -> None:
-        stack.build(level, config)
+        built.append(stack.build(level, config))
 
     program()
-    return recorder.declared
+    return Offline(recorder.declared, built[0] if built else None)
 
 
 if __name__ == "__main__":
-    for found in declare(LEVELS[sys.argv[1] if len(sys.argv) > 1 else "shop"]):
+    for found in declare(LEVELS[sys.argv[1] if len(sys.argv) > 1 else "shop"]).declared:
         print(found.type, found.name, json.dumps(found.inputs, default=str)[:200])

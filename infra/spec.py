@@ -82,7 +82,9 @@ class Level:
     jobs: tuple[Job, ...]
     database: Database
     pool: Pool  # the app's servers (APPRAISER_POOL_SIZE, APPRAISER_MAX_OVERFLOW)
-    mlflow_pool: Pool  # each MLflow server worker (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE, ...)
+    # each MLflow server worker holds two engines (tracking and model registry), each with this
+    # pool (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE, MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW)
+    mlflow_pool: Pool
     mlflow_workers: int
     mlflow_max_instances: int
     pipeline_schedule: str  # cron, in the scheduler's time zone (UTC)
@@ -119,7 +121,6 @@ IAM_DATABASE_USERS = ("sa-api", "sa-pipeline", "sa-migrate", "sa-export")
 
 GRANTS: tuple[Grant, ...] = (
     # the API services
-    Grant("sa-api", "roles/cloudsql.client", "project"),
     Grant("sa-api", "roles/cloudsql.instanceUser", "project"),  # IAM database login
     Grant("sa-api", "roles/secretmanager.secretAccessor", "secret", "store-db-url"),
     Grant("sa-api", "roles/secretmanager.secretAccessor", "secret", "admin-api-key"),
@@ -128,17 +129,14 @@ GRANTS: tuple[Grant, ...] = (
     Grant("sa-api", "roles/run.viewer", "job", "appraiser-retrain"),
     Grant("sa-api", "roles/monitoring.metricWriter", "project"),
     # the pipeline and retrain jobs
-    Grant("sa-pipeline", "roles/cloudsql.client", "project"),
     Grant("sa-pipeline", "roles/cloudsql.instanceUser", "project"),  # IAM database login
     Grant("sa-pipeline", "roles/secretmanager.secretAccessor", "secret", "pipeline-db-url"),
     Grant("sa-pipeline", "roles/run.invoker", "service", "mlflow"),
     Grant("sa-pipeline", "roles/storage.objectUser", "bucket", "inbox"),
     # the MLflow server
-    Grant("sa-mlflow", "roles/cloudsql.client", "project"),
     Grant("sa-mlflow", "roles/secretmanager.secretAccessor", "secret", "mlflow-db-url"),
     Grant("sa-mlflow", "roles/storage.objectUser", "bucket", "mlflow-artifacts"),
     # the migrate job: the only identity whose database role may change the schema
-    Grant("sa-migrate", "roles/cloudsql.client", "project"),
     Grant("sa-migrate", "roles/cloudsql.instanceUser", "project"),  # IAM database login
     Grant("sa-migrate", "roles/secretmanager.secretAccessor", "secret", "migrate-db-url"),
     # Cloud Scheduler: starts the pipeline and export jobs (run.invoker holds run.jobs.run)
@@ -149,7 +147,6 @@ GRANTS: tuple[Grant, ...] = (
     Grant("sa-events", "roles/workflows.invoker", "project"),
     Grant("sa-events", "roles/run.invoker", "job", "appraiser-pipeline"),
     # the nightly export to Cloud Storage and BigQuery
-    Grant("sa-export", "roles/cloudsql.client", "project"),
     Grant("sa-export", "roles/cloudsql.instanceUser", "project"),  # IAM database login
     Grant("sa-export", "roles/secretmanager.secretAccessor", "secret", "export-db-url"),
     Grant("sa-export", "roles/bigquery.dataEditor", "dataset", "appraiser"),
@@ -179,7 +176,7 @@ SECRETS = (
 
 # --- the containers --------------------------------------------------------------------------
 
-SERVE = ("appraiser",), ("serve", "--host", "0.0.0.0", "--port", "8000", "--no-access-log")
+SERVE = ("appraiser",), ("serve", "--host", "0.0.0.0", "--no-access-log")  # + --port
 API_SECRETS = (("APPRAISER_DATABASE_URL", "store-db-url"), ("APPRAISER_API_KEY", "admin-api-key"))
 PIPELINE_SECRETS = (("APPRAISER_DATABASE_URL", "pipeline-db-url"),)
 
@@ -252,7 +249,7 @@ LEVELS: dict[str, Level] = {
                 "db-g1-small", 0, 1.7, False, 10, 5, max_connections=50, hourly_price=0.035
             ),
             pool=Pool(3, 2),
-            mlflow_pool=Pool(2, 1),
+            mlflow_pool=Pool(1, 1),
             mlflow_workers=2,
             mlflow_max_instances=1,
             pipeline_schedule="*/15 * * * *",
@@ -272,7 +269,7 @@ LEVELS: dict[str, Level] = {
             jobs=_jobs(2, 4),
             database=Database("db-custom-1-3840", 1, 3.75, True, 20, 10, max_connections=100),
             pool=Pool(3, 2),
-            mlflow_pool=Pool(2, 1),
+            mlflow_pool=Pool(1, 1),
             mlflow_workers=2,
             mlflow_max_instances=2,
             pipeline_schedule="*/15 * * * *",
@@ -293,7 +290,7 @@ LEVELS: dict[str, Level] = {
             jobs=_jobs(4, 8),
             database=Database("db-custom-2-8192", 2, 8, True, 500, 500, max_connections=400),
             pool=Pool(5, 5),
-            mlflow_pool=Pool(2, 1),
+            mlflow_pool=Pool(1, 1),
             mlflow_workers=2,
             mlflow_max_instances=4,
             pipeline_schedule="*/15 * * * *",

@@ -11,7 +11,7 @@ the offline tests), not a key the provider would silently drop."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_gcp as gcp
@@ -48,7 +48,14 @@ APIS = (
     "monitoring.googleapis.com",
     "bigquery.googleapis.com",
     "iap.googleapis.com",
+    "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "pubsub.googleapis.com",  # Eventarc's transport for Cloud Storage events
 )
+# the port the app serves on in Cloud Run: the Prometheus collector's default scrape target
+# (RunMonitoring's default endpoint is :8080/metrics), so it needs no configuration of its own
+APP_PORT = 8080
+MLFLOW_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class Config:
     secret_versions: dict[str, int]  # pinned: a deploy names the version it was tested with
     alert_email: str
     region: str = "us-central1"
+    # what to declare: "foundation" (no Cloud Run yet: the secrets get their versions, the image
+    # is pushed), "jobs" (+ MLflow and the jobs: migrate, first champion), "full" (+ the API)
+    stage: Literal["foundation", "jobs", "full"] = "full"
+    staff_group: str | None = None  # e.g. group:staff@example.com, may open the shop through IAP
 
     @classmethod
     def from_pulumi(cls) -> Config:
@@ -70,6 +81,8 @@ class Config:
             secret_versions={k: int(v) for k, v in cfg.require_object("secretVersions").items()},
             alert_email=cfg.require("alertEmail"),
             region=pulumi.Config("gcp").get("region") or "us-central1",
+            stage=cfg.get("stage") or "full",  # type: ignore[arg-type]  # checked in build()
+            staff_group=cfg.get("staffGroup"),
         )
 
 
@@ -83,6 +96,7 @@ class Built:
     services: dict[str, run.Service] = field(default_factory=dict)
     jobs: dict[str, run.Job] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    protected: list[pulumi.Resource] = field(default_factory=list)  # data: never destroyed
 
 
 def member(account: gcp.serviceaccount.Account) -> pulumi.Output[str]:
@@ -96,6 +110,8 @@ def mlflow_url(project_number: str, region: str) -> str:
 
 
 def build(level: Level, config: Config) -> Built:
+    if config.stage not in ("foundation", "jobs", "full"):
+        raise ValueError(f"appraiser:stage is foundation, jobs or full, not {config.stage!r}")
     built = Built()
     project, region = config.project, config.region
     number = gcp.organizations.get_project(project_id=project).number
@@ -104,6 +120,8 @@ def build(level: Level, config: Config) -> Built:
         for api in APIS
     ]
     after_apis = pulumi.ResourceOptions(depends_on=apis)
+    # what holds data is protected: `pulumi destroy` (or a replacement) stops at it
+    keep = pulumi.ResourceOptions(depends_on=apis, protect=True)
 
     # --- identities ---------------------------------------------------------------------------
     for name in dict.fromkeys(g.account for g in GRANTS):
@@ -132,6 +150,7 @@ def build(level: Level, config: Config) -> Built:
     db = level.database
     sql = gcp.sql.DatabaseInstance(
         "appraiser-sql",
+        name="appraiser-sql",  # the name the secrets and the docs use (not an auto-name)
         database_version="POSTGRES_16",
         region=region,
         deletion_protection=True,  # Pulumi refuses to delete it
@@ -162,10 +181,19 @@ def build(level: Level, config: Config) -> Built:
                 ),
             ],
         ),
-        opts=pulumi.ResourceOptions(depends_on=[peering]),
+        opts=pulumi.ResourceOptions(depends_on=[peering], protect=True),
     )
+    built.protected.append(sql)
     for database in ("appraiser", "mlflow"):
-        gcp.sql.Database(database, name=database, instance=sql.name)
+        built.protected.append(
+            gcp.sql.Database(
+                database,
+                name=database,
+                instance=sql.name,
+                deletion_policy="ABANDON",  # removing it from the stack never drops the data
+                opts=pulumi.ResourceOptions(protect=True),
+            )
+        )
     # database users that log in with their service account's IAM identity, not a password
     for name in IAM_DATABASE_USERS:
         gcp.sql.User(
@@ -184,8 +212,11 @@ def build(level: Level, config: Config) -> Built:
             name=f"{project}-{name}",
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
+            force_destroy=False,
+            opts=keep,
             **kwargs,
         )
+        built.protected.append(built.buckets[name])
         return built.buckets[name]
 
     inbox = bucket(
@@ -228,18 +259,35 @@ def build(level: Level, config: Config) -> Built:
             ),
             opts=after_apis,
         )
-    dataset = gcp.bigquery.Dataset(
-        "appraiser",
-        dataset_id="appraiser",
-        location="US",
-        default_partition_expiration_ms=level.bigquery_partition_days * 86_400_000,
-        opts=after_apis,
-    )
+    dataset = gcp.bigquery.Dataset("appraiser", dataset_id="appraiser", location="US", opts=keep)
+    built.protected.append(dataset)
+    # the export's tables, one partition per day (archive.load_into_bigquery): appraisals expire
+    # with the warehouse's retention; the experts' prices never do (they are the labels)
+    for table, days in (("appraisals", level.bigquery_partition_days), ("feedback", None)):
+        built.protected.append(
+            gcp.bigquery.Table(
+                f"bq-{table}",
+                dataset_id=dataset.dataset_id,
+                table_id=table,
+                time_partitioning=gcp.bigquery.TableTimePartitioningArgs(
+                    type="DAY", expiration_ms=days * 86_400_000 if days else None
+                ),
+                deletion_protection=True,
+                opts=keep,
+            )
+        )
+
+    # --- IAM: exactly the table's grants (those on Cloud Run resources once these exist) ----------
+    secret_grants = [
+        _grant(grant, built, project, region, repository, dataset)
+        for grant in GRANTS
+        if grant.on not in ("service", "job")
+    ]
 
     # --- Cloud Run ----------------------------------------------------------------------------
     tracking = mlflow_url(number, region)
     retrain_job = f"projects/{project}/locations/{region}/jobs/appraiser-retrain"
-    app_env = {
+    app_env: dict[str, pulumi.Input[str]] = {
         "MLFLOW_TRACKING_URI": tracking,
         "APPRAISER_MIGRATE": "check",  # only the migrate job changes the schema
         "APPRAISER_POOL_SIZE": str(level.pool.size),
@@ -265,7 +313,9 @@ def build(level: Level, config: Config) -> Built:
             for env, secret in pairs
         ]
 
-    def plain_envs(values: dict[str, str]) -> list[run.ServiceTemplateContainerEnvArgs]:
+    def plain_envs(
+        values: dict[str, pulumi.Input[str]],
+    ) -> list[run.ServiceTemplateContainerEnvArgs]:
         return [run.ServiceTemplateContainerEnvArgs(name=k, value=v) for k, v in values.items()]
 
     network = run.ServiceTemplateVpcAccessArgs(
@@ -274,15 +324,9 @@ def build(level: Level, config: Config) -> Built:
         ],
         egress="PRIVATE_RANGES_ONLY",
     )
-    cloudsql_volume = run.ServiceTemplateVolumeArgs(
-        name="cloudsql",
-        cloud_sql_instance=run.ServiceTemplateVolumeCloudSqlInstanceArgs(
-            instances=[sql.connection_name]
-        ),
-    )
-    cloudsql_mount = run.ServiceTemplateContainerVolumeMountArgs(
-        name="cloudsql", mount_path="/cloudsql"
-    )
+    # the database is reached over TCP at its private IP through Direct VPC egress (Cloud Run's
+    # /cloudsql socket is for instances with a public IP); the URL secrets carry the address
+    # and sslmode=require (the instance accepts encrypted connections only)
 
     def api_service(spec: Service) -> run.Service:
         env = {
@@ -296,8 +340,8 @@ def build(level: Level, config: Config) -> Built:
             name="appraiser",
             image=config.image,
             commands=list(command),
-            args=list(args),
-            ports=run.ServiceTemplateContainerPortsArgs(container_port=8000),
+            args=[*args, "--port", str(APP_PORT)],
+            ports=run.ServiceTemplateContainerPortsArgs(container_port=APP_PORT),
             envs=plain_envs(env) + secret_envs(spec.secrets),
             resources=run.ServiceTemplateContainerResourcesArgs(
                 limits={"cpu": str(spec.cpu), "memory": f"{spec.memory_gib:g}Gi"},
@@ -309,7 +353,6 @@ def build(level: Level, config: Config) -> Built:
                 period_seconds=5,
                 failure_threshold=24,
             ),
-            volume_mounts=[cloudsql_mount],
         )
         collector = run.ServiceTemplateContainerArgs(
             name="collector",
@@ -325,21 +368,27 @@ def build(level: Level, config: Config) -> Built:
             location=region,
             ingress="INGRESS_TRAFFIC_ALL",
             iap_enabled=spec.iap,
+            # service-level: the cap holds across revisions (a rollout runs two side by side),
+            # which the database's connection budget relies on
+            scaling=run.ServiceScalingArgs(
+                min_instance_count=spec.min_instances, max_instance_count=spec.max_instances
+            ),
             template=run.ServiceTemplateArgs(
                 service_account=built.accounts[spec.account].email,
-                scaling=run.ServiceTemplateScalingArgs(
-                    min_instance_count=spec.min_instances, max_instance_count=spec.max_instances
-                ),
                 max_instance_request_concurrency=spec.concurrency,
                 containers=[app, collector],
-                volumes=[cloudsql_volume],
                 vpc_access=network,
             ),
-            opts=after_apis,
+            opts=pulumi.ResourceOptions(
+                depends_on=[*apis, *secret_grants],
+                # Cloud Build deploys new images (section 8); the stack owns everything else
+                ignore_changes=["template.containers[0].image"],
+            ),
         )
 
-    for spec in level.services:
-        built.services[spec.name] = api_service(spec)
+    if config.stage == "full":
+        for spec in level.services:
+            built.services[spec.name] = api_service(spec)
 
     mlflow_env: dict[str, pulumi.Input[str]] = {
         "MLFLOW_ARTIFACTS_DESTINATION": built.buckets["mlflow-artifacts"].name.apply(
@@ -349,16 +398,20 @@ def build(level: Level, config: Config) -> Built:
         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(level.mlflow_pool.size),
         "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(level.mlflow_pool.overflow),
     }
+    if config.stage == "foundation":  # no Cloud Run yet: nothing to start or to schedule
+        _alerts(level, config)
+        _exports(built, tracking, sql, project)
+        return built
     built.services["mlflow"] = run.Service(
         "mlflow",
         name="mlflow",
         location=region,
         ingress="INGRESS_TRAFFIC_ALL",  # IAM checks every call (design section 7)
+        scaling=run.ServiceScalingArgs(
+            min_instance_count=0, max_instance_count=level.mlflow_max_instances
+        ),
         template=run.ServiceTemplateArgs(
             service_account=built.accounts["sa-mlflow"].email,
-            scaling=run.ServiceTemplateScalingArgs(
-                min_instance_count=0, max_instance_count=level.mlflow_max_instances
-            ),
             containers=[
                 run.ServiceTemplateContainerArgs(
                     name="mlflow",
@@ -369,27 +422,28 @@ def build(level: Level, config: Config) -> Built:
                         "--host",
                         "0.0.0.0",
                         "--port",
-                        "8080",
+                        str(MLFLOW_PORT),
                         "--workers",
                         str(level.mlflow_workers),
                         "--serve-artifacts",
                     ],
-                    ports=run.ServiceTemplateContainerPortsArgs(container_port=8080),
+                    ports=run.ServiceTemplateContainerPortsArgs(container_port=MLFLOW_PORT),
                     envs=[
                         run.ServiceTemplateContainerEnvArgs(name=k, value=v)
                         for k, v in mlflow_env.items()
                     ]
                     + secret_envs((("MLFLOW_BACKEND_STORE_URI", "mlflow-db-url"),)),
                     resources=run.ServiceTemplateContainerResourcesArgs(
-                        limits={"cpu": "1", "memory": "2Gi"}
+                        limits={"cpu": "1", "memory": "2Gi"},
+                        cpu_idle=True,  # request-based billing: it scales to zero between polls
                     ),
-                    volume_mounts=[cloudsql_mount],
                 )
             ],
-            volumes=[cloudsql_volume],
             vpc_access=network,
         ),
-        opts=after_apis,
+        opts=pulumi.ResourceOptions(
+            depends_on=[*apis, *secret_grants], ignore_changes=["template.containers[0].image"]
+        ),
     )
 
     def job(spec: Job) -> run.Job:
@@ -403,17 +457,8 @@ def build(level: Level, config: Config) -> Built:
         if spec.name == "appraiser-export":
             env["APPRAISER_EXPORT_TO"] = exports.name.apply(lambda name: f"gs://{name}")
             env["APPRAISER_BIGQUERY_DATASET"] = dataset.dataset_id.apply(lambda d: f"{project}.{d}")
-        volumes = [
-            run.JobTemplateTemplateVolumeArgs(
-                name="cloudsql",
-                cloud_sql_instance=run.JobTemplateTemplateVolumeCloudSqlInstanceArgs(
-                    instances=[sql.connection_name]
-                ),
-            )
-        ]
-        mounts = [
-            run.JobTemplateTemplateContainerVolumeMountArgs(name="cloudsql", mount_path="/cloudsql")
-        ]
+        volumes: list[run.JobTemplateTemplateVolumeArgs] = []
+        mounts: list[run.JobTemplateTemplateContainerVolumeMountArgs] = []
         if spec.inbox_volume:
             volumes.append(
                 run.JobTemplateTemplateVolumeArgs(
@@ -478,23 +523,39 @@ def build(level: Level, config: Config) -> Built:
                     ),
                 ),
             ),
-            opts=after_apis,
+            opts=pulumi.ResourceOptions(
+                depends_on=[*apis, *secret_grants],
+                ignore_changes=["template.template.containers[0].image"],
+            ),
         )
 
     for spec_job in level.jobs:
         built.jobs[spec_job.name] = job(spec_job)
 
-    # --- IAM: exactly the table's grants ---------------------------------------------------------
     for grant in GRANTS:
-        _grant(grant, built, project, region, repository, dataset)
+        if grant.on in ("service", "job"):
+            _grant(grant, built, project, region, repository, dataset)
     # Google's own agents: IAP calls the shop service; Cloud Storage publishes bucket events
-    gcp.cloudrunv2.ServiceIamMember(
-        "iap-invokes-shop",
-        name=built.services["appraiser-shop"].name,
-        location=region,
-        role="roles/run.invoker",
-        member=f"serviceAccount:service-{number}@gcp-sa-iap.iam.gserviceaccount.com",
-    )
+    if "appraiser-shop" in built.services:
+        shop = built.services["appraiser-shop"]
+        iap_agent = gcp.projects.ServiceIdentity(
+            "iap-agent", project=project, service="iap.googleapis.com", opts=after_apis
+        )
+        gcp.cloudrunv2.ServiceIamMember(
+            "iap-invokes-shop",
+            name=shop.name,
+            location=region,
+            role="roles/run.invoker",
+            member=iap_agent.email.apply(lambda email: f"serviceAccount:{email}"),
+        )
+        if config.staff_group:  # the people who may open the page (a Google group)
+            gcp.iap.WebCloudRunServiceIamMember(
+                "staff-open-shop",
+                cloud_run_service_name=shop.name,
+                location=region,
+                role="roles/iap.httpsResourceAccessor",
+                member=config.staff_group,
+            )
     storage_agent = gcp.storage.get_project_service_account(project=project)
     gcp.projects.IAMMember(
         "gcs-publishes-events",
@@ -549,12 +610,20 @@ def build(level: Level, config: Config) -> Built:
     )
 
     _alerts(level, config)
-    built.extra.update(sql=sql, repository=repository, dataset=dataset, workflow=workflow)
+    built.extra.update(workflow=workflow)
+    _exports(built, tracking, sql, project)
+    return built
+
+
+def _exports(built: Built, tracking: str, sql: gcp.sql.DatabaseInstance, project: str) -> None:
+    """What the operator needs next (section 15): the database's address for the URL secrets."""
+    built.extra["sql"] = sql
     pulumi.export("mlflow_url", tracking)
     pulumi.export("image_repository", f"us-docker.pkg.dev/{project}/appraiser")
+    pulumi.export("sql_private_ip", sql.private_ip_address)
+    pulumi.export("sql_connection_name", sql.connection_name)
     for name, service in built.services.items():
         pulumi.export(f"{name}_url", service.uri)
-    return built
 
 
 # The workflow an upload starts: files the pass itself moved (processed/, failed/, reasons) are
@@ -586,21 +655,21 @@ def _grant(
     region: str,
     repository: gcp.artifactregistry.Repository,
     dataset: gcp.bigquery.Dataset,
-) -> None:
+) -> pulumi.Resource:
     who = member(built.accounts[grant.account])
     label = f"{grant.account}-{grant.role.removeprefix('roles/')}-{grant.name or 'project'}"
     if grant.on == "project":
-        gcp.projects.IAMMember(label, project=project, role=grant.role, member=who)
+        return gcp.projects.IAMMember(label, project=project, role=grant.role, member=who)
     elif grant.on == "secret":
-        gcp.secretmanager.SecretIamMember(
+        return gcp.secretmanager.SecretIamMember(
             label, secret_id=built.secrets[grant.name].id, role=grant.role, member=who
         )
     elif grant.on == "bucket":
-        gcp.storage.BucketIAMMember(
+        return gcp.storage.BucketIAMMember(
             label, bucket=built.buckets[grant.name].name, role=grant.role, member=who
         )
     elif grant.on == "service":
-        gcp.cloudrunv2.ServiceIamMember(
+        return gcp.cloudrunv2.ServiceIamMember(
             label,
             name=built.services[grant.name].name,
             location=region,
@@ -608,11 +677,11 @@ def _grant(
             member=who,
         )
     elif grant.on == "job":
-        gcp.cloudrunv2.JobIamMember(
+        return gcp.cloudrunv2.JobIamMember(
             label, name=built.jobs[grant.name].name, location=region, role=grant.role, member=who
         )
     elif grant.on == "repository":
-        gcp.artifactregistry.RepositoryIamMember(
+        return gcp.artifactregistry.RepositoryIamMember(
             label,
             repository=repository.name,
             location=repository.location,
@@ -620,15 +689,14 @@ def _grant(
             member=who,
         )
     elif grant.on == "account":  # deploys may run services and jobs as this account only
-        gcp.serviceaccount.IAMMember(
+        return gcp.serviceaccount.IAMMember(
             label, service_account_id=built.accounts[grant.name].name, role=grant.role, member=who
         )
     elif grant.on == "dataset":
-        gcp.bigquery.DatasetIamMember(
+        return gcp.bigquery.DatasetIamMember(
             label, dataset_id=dataset.dataset_id, role=grant.role, member=who
         )
-    else:  # pragma: no cover - Target is a closed Literal
-        raise ValueError(f"no way to grant on {grant.on!r}")
+    raise ValueError(f"no way to grant on {grant.on!r}")
 
 
 # Alert policies on what the app exports (`GET /metrics`, scraped by the sidecar into Managed
@@ -699,8 +767,12 @@ def _alerts(level: Level, config: Config) -> None:
                         threshold_value=threshold,
                         duration="300s",
                         aggregations=[
+                            # summed over the series (num_backends is per database; the budget
+                            # is the instance's)
                             gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                                alignment_period="300s", per_series_aligner="ALIGN_MAX"
+                                alignment_period="300s",
+                                per_series_aligner="ALIGN_MAX",
+                                cross_series_reducer="REDUCE_SUM",
                             )
                         ],
                     ),

@@ -174,8 +174,11 @@ def test_a_day_loads_into_bigquery_replacing_its_partition(gcs: str, monkeypatch
         f"appraiser-prod.appraiser.feedback${stamp}",
     ]
     assert [uri for uri, _, _ in loads] == files
-    for _, _, config in loads:
+    for _, _, config in loads:  # the day's partition, replaced: a re-export leaves it once
         assert config.source_format == bigquery.SourceFormat.PARQUET
         assert config.write_disposition == bigquery.WriteDisposition.WRITE_TRUNCATE
+        assert config.time_partitioning.type_ == bigquery.TimePartitioningType.DAY
+        assert config.schema_update_options == [bigquery.SchemaUpdateOption.ALLOW_FIELD_ADDITION]
+    assert archive.load_into_bigquery(files, day, "appraiser-prod.appraiser") == written
     with pytest.raises(ValueError, match="gs://"):  # BigQuery cannot load from a local folder
         archive.export_day(day, "memory://w3", bigquery="appraiser-prod.appraiser")

@@ -29,7 +29,7 @@ RUN_SERVICE, RUN_JOB = "cloudrunv2/service:Service", "cloudrunv2/job:Job"
 
 @pytest.fixture(scope="module")
 def declared() -> dict[str, list[Declared]]:
-    return {name: mocks.declare(level) for name, level in spec.LEVELS.items()}
+    return {name: mocks.declare(level).declared for name, level in spec.LEVELS.items()}
 
 
 def of_type(found: list[Declared], kind: str) -> list[Declared]:
@@ -129,7 +129,7 @@ def test_service_accounts_get_exactly_the_design_tables_roles(
 def test_a_role_outside_the_table_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     extra = spec.Grant("sa-api", "roles/storage.admin", "project")
     monkeypatch.setattr(stack, "GRANTS", (*spec.GRANTS, extra))
-    found = mocks.declare(spec.LEVELS["shop"])
+    found = mocks.declare(spec.LEVELS["shop"]).declared
     assert mismatches(granted(found), design_table())["not in the table"] == {
         ("sa-api", "roles/storage.admin", "project", "")
     }
@@ -156,7 +156,9 @@ def test_a_misspelled_resource_argument_fails(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("level", LEVELS)
 def test_nothing_is_public(declared: dict[str, list[Declared]], level: str) -> None:
     for d in declared[level]:
-        if d.type.endswith(("IamMember", "IAMMember", "IamBinding", "IAMBinding")):
+        # only additive members: a binding or policy would take over grants made elsewhere
+        assert not d.type.endswith(("IamBinding", "IAMBinding", "IamPolicy", "IAMPolicy")), d.type
+        if d.type.endswith(("IamMember", "IAMMember")):
             assert d.inputs["member"] not in {"allUsers", "allAuthenticatedUsers"}, d.name
     for service in of_type(declared[level], RUN_SERVICE):
         assert not service.inputs.get("invokerIamDisabled"), service.name
@@ -170,6 +172,9 @@ def test_nothing_is_public(declared: dict[str, list[Declared]], level: str) -> N
     assert agents == {
         f"serviceAccount:service-{mocks.PROJECT_NUMBER}@gcp-sa-iap.iam.gserviceaccount.com"
     }
+    (staff,) = of_type(declared[level], "WebCloudRunServiceIamMember")
+    assert staff.inputs["role"] == "roles/iap.httpsResourceAccessor"
+    assert staff.inputs["member"].startswith("group:")
     for bucket in of_type(declared[level], "Bucket"):
         assert bucket.inputs["publicAccessPrevention"] == "enforced", bucket.name
         assert bucket.inputs["uniformBucketLevelAccess"] is True, bucket.name
@@ -194,6 +199,14 @@ def test_cloud_sql_is_private_recoverable_and_protected(
     assert flags["cloudsql.iam_authentication"] == "on"
     assert int(flags["max_connections"]) == spec.LEVELS[level].database.max_connections
     assert settings["tier"] == spec.LEVELS[level].database.tier
+    # reached over TCP at its private IP (Direct VPC egress): no /cloudsql socket volumes, which
+    # Cloud Run offers for instances with a public IP
+    for run_resource in of_type(declared[level], RUN_SERVICE) + of_type(declared[level], RUN_JOB):
+        template = run_resource.inputs["template"]
+        template = template.get("template", template)
+        assert not any("cloudSqlInstance" in v for v in template.get("volumes", []))
+        assert template["vpcAccess"]["egress"] == "PRIVATE_RANGES_ONLY"
+    assert sql.inputs["name"] == "appraiser-sql"  # the name the docs and secrets use
     iam_users = {u.inputs["name"] for u in of_type(declared[level], "User")}
     assert iam_users == {f"{a}@appraiser-test.iam" for a in spec.IAM_DATABASE_USERS}
 
@@ -202,17 +215,19 @@ def test_cloud_sql_is_private_recoverable_and_protected(
 def test_the_connection_budget_is_under_80_percent_of_max_connections(
     declared: dict[str, list[Declared]], level: str
 ) -> None:
-    """Every process at its pool's limit, every service at its max instances, every job
-    running at once: still under 80% of the instance's max_connections (section 9)."""
+    """Every process at its pool's limit, every service at its max instances (a service-level
+    cap, so a rollout's two revisions share it), every job running at once and the pipeline
+    twice (the schedule and an upload): still under 80% of max_connections (section 9)."""
     found = declared[level]
     services = {s.inputs["name"]: s for s in of_type(found, RUN_SERVICE)}
     demand: dict[str, int] = {}
     for name, container in containers(found):
         values = env(container)
         if name in services:
-            instances = services[name].inputs["template"]["scaling"]["maxInstanceCount"]
+            assert "scaling" not in services[name].inputs["template"]  # no per-revision cap
+            instances = services[name].inputs["scaling"]["maxInstanceCount"]
         else:
-            instances = 1  # a job: one task
+            instances = 2 if name == "appraiser-pipeline" else 1  # a job: one task
         if container.get("name") == "collector":
             continue
         if container["commands"] == ["mlflow"]:
@@ -221,7 +236,8 @@ def test_the_connection_budget_is_under_80_percent_of_max_connections(
             per_process = int(values["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
                 values["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
             )
-            demand[name] = int(instances) * workers * per_process
+            engines = 2  # MLflow's tracking store and model registry each keep a pool
+            demand[name] = int(instances) * workers * engines * per_process
         else:
             per_process = int(values["APPRAISER_POOL_SIZE"]) + int(values["APPRAISER_MAX_OVERFLOW"])
             demand[name] = int(instances) * per_process
@@ -460,3 +476,59 @@ def test_the_cost_table_computed_from_the_spec_matches_the_design(level: str) ->
         assert len(matching) == 1, (level, line.item, list(rows))
         assert matching[0] == pytest.approx(line.dollars, abs=0.01), (level, line.item)
     assert round(cost.total(spec_level)) == design_total
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_billing_and_the_metrics_scrape_follow_the_design(
+    declared: dict[str, list[Declared]], level: str
+) -> None:
+    """The API services keep their CPU (the champion poller and the writer run between
+    requests), MLflow scales to zero between polls, and the Prometheus collector's default
+    scrape (:8080/metrics) reaches the app."""
+    billing = {s.name: s.instance_billing for s in spec.LEVELS[level].services}
+    for service in of_type(declared[level], RUN_SERVICE):
+        name = service.inputs["name"]
+        app = service.inputs["template"]["containers"][0]
+        assert app["resources"]["cpuIdle"] is (not billing.get(name, False)), name
+        if name in billing:
+            port = app["ports"]["containerPort"]
+            assert port == stack.APP_PORT == 8080
+            args = app["args"]
+            assert args[args.index("--port") + 1] == str(int(port)) and args.count("--port") == 1
+            collector = service.inputs["template"]["containers"][1]
+            assert collector["name"] == "collector" and collector["dependsOns"] == ["appraiser"]
+
+
+def test_a_first_deploy_goes_in_stages() -> None:
+    """foundation: nothing that runs (the secrets have no versions yet); jobs: MLflow and the
+    jobs (migrate, a first champion) but no API; full: everything."""
+    shop = spec.LEVELS["shop"]
+    foundation = mocks.declare(shop, stage="foundation").declared
+    assert not [d for d in foundation if d.type.startswith("gcp:cloudrunv2")]
+    assert not of_type(foundation, "cloudscheduler/job:Job") and not of_type(foundation, "Trigger")
+    assert of_type(foundation, "DatabaseInstance") and of_type(foundation, "Secret")
+    jobs = mocks.declare(shop, stage="jobs").declared
+    assert {s.inputs["name"] for s in of_type(jobs, RUN_SERVICE)} == {"mlflow"}
+    assert {j.inputs["name"] for j in of_type(jobs, RUN_JOB)} == {j.name for j in shop.jobs}
+    with pytest.raises(ValueError, match="stage"):
+        mocks.declare(shop, stage="everything")
+
+
+def test_what_holds_data_is_protected_from_destroy() -> None:
+    offline = mocks.declare(spec.LEVELS["shop"])
+    protected = {r._name for r in offline.built.protected if r._protect}
+    assert protected == {
+        "appraiser-sql",
+        "appraiser",  # the database and the dataset share the name
+        "mlflow",
+        "inbox",
+        "mlflow-artifacts",
+        "exports",
+        "bq-appraisals",
+        "bq-feedback",
+    }
+    for database in of_type(offline.declared, "sql/database:Database"):
+        assert database.inputs["deletionPolicy"] == "ABANDON"
+    tables = {t.inputs["tableId"]: t.inputs for t in of_type(offline.declared, "Table")}
+    assert "expirationMs" not in tables["feedback"]["timePartitioning"]  # labels never expire
+    assert tables["appraisals"]["timePartitioning"]["expirationMs"] > 0

@@ -165,21 +165,25 @@ def load_into_bigquery(files: list[str], day: date, dataset: str) -> list[str]:
     """Load each exported file into `dataset.<kind>$YYYYMMDD`, replacing that day's partition,
     so exporting a day twice leaves it once. Returns the partitions written."""
     from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import bigquery
 
-    client = bigquery.Client(project=dataset.split(".", 1)[0])
     config = bigquery.LoadJobConfig(
         source_format=bigquery.SourceFormat.PARQUET,
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         time_partitioning=bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY),
+        # a column added to the export (a migration) joins the table instead of failing the load
+        schema_update_options=[bigquery.SchemaUpdateOption.ALLOW_FIELD_ADDITION],
     )
     written = []
+    client = None
     for uri in files:
         kind = uri.rsplit("/", 3)[-3]  # .../<kind>/day=YYYY-MM-DD/<kind>.parquet
         partition = f"{dataset}.{kind}${day:%Y%m%d}"
         try:
+            client = client or bigquery.Client(project=dataset.split(".", 1)[0])
             client.load_table_from_uri(uri, partition, job_config=config).result()
-        except GoogleAPIError as exc:  # the CLI reports OSError with the target, no traceback
+        except (GoogleAPIError, DefaultCredentialsError) as exc:  # the CLI reports OSError
             raise OSError(f"BigQuery load of {uri} into {partition}: {exc}") from exc
         written.append(partition)
     return written
