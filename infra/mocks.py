@@ -5,6 +5,7 @@ readable plan of a level) use it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ class Recorder(Mocks):
         raise NotImplementedError(f"the offline run has no answer for {args.token}")
 
 
+_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """One loop for every offline run of this process (made anew if someone closed it)."""
+    if not _loops or _loops[-1].is_closed():
+        _loops.append(asyncio.new_event_loop())
+    return _loops[-1]
+
+
 @dataclass
 class Offline:
     declared: list[Declared]  # every resource, inputs resolved
@@ -69,6 +80,9 @@ def declare(level: Level, project: str = "appraiser-test", stage: str = "full") 
     """What `stack.build` declares for `level` at `stage`, run against the mocks."""
     from infra import stack
 
+    # Pulumi's outputs are futures on the thread's event loop; a test that ran asyncio.run()
+    # before leaves the main thread without one, so give the program a loop of its own
+    asyncio.set_event_loop(_loop())
     recorder = Recorder(project)
     pulumi.runtime.set_mocks(recorder, project="appraiser", stack=level.name, preview=False)
     config = stack.Config(

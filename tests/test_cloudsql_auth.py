@@ -17,7 +17,9 @@ from tests import pg
 def test_a_connection_logs_in_with_a_fresh_token(monkeypatch: pytest.MonkeyPatch) -> None:
     with pg.fresh_postgres_database() as url:
         full = make_url(url)
-        bare = url.replace(f":{full.password}@", "@")  # the IAM user's URL: no password
+        # the IAM user's URL: no password; the test server has no TLS, so the URL says so (the
+        # hook requires TLS only when the URL names no sslmode)
+        bare = url.replace(f":{full.password}@", "@") + "?sslmode=disable"
         assert make_url(bare).password is None
         handed: list[str] = []
 
@@ -76,3 +78,13 @@ def test_the_token_is_kept_until_near_expiry(monkeypatch: pytest.MonkeyPatch) ->
     made[0].token = None  # google-auth reports it invalid near expiry
     assert cloudsql_auth.access_token() == "token-2"
     assert len(made) == 1 and made[0].refreshes == 2
+
+
+def test_tls_is_required_unless_the_url_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloudsql_auth, "access_token", lambda: "token-x")
+    params: dict[str, Any] = {"user": "sa-api@p.iam"}
+    cloudsql_auth.login(params)
+    assert params == {"user": "sa-api@p.iam", "sslmode": "require", "password": "token-x"}
+    chosen: dict[str, Any] = {"sslmode": "verify-full"}
+    cloudsql_auth.login(chosen)
+    assert chosen["sslmode"] == "verify-full" and chosen["password"] == "token-x"

@@ -3,10 +3,10 @@ connection's password is an OAuth 2 access token of the process's service accoun
 names the database user made for it (`sa-api@PROJECT.iam`), with no password of its own.
 
 This is Cloud SQL's "manual" IAM authentication, with the driver the store already uses (psycopg,
-over Cloud Run's Cloud SQL socket, which encrypts): the Cloud SQL Python Connector would do the
-same but only with the pg8000 or asyncpg drivers. Tokens last an hour; one is kept per process and
-refreshed when google-auth says it is near expiry, so a pool's new connections never wait on the
-metadata server but every few tens of minutes."""
+over TCP to the instance's private IP, encrypted: a token is never sent without TLS): the Cloud
+SQL Python Connector would do the same but only with the pg8000 or asyncpg drivers. Tokens last an
+hour; one is kept per process and refreshed when google-auth says it is near expiry, so a pool's
+new connections never wait on the metadata server but every few tens of minutes."""
 
 from __future__ import annotations
 
@@ -37,10 +37,17 @@ def access_token() -> str:
         return str(_credentials.token)
 
 
+def login(params: dict[str, Any]) -> None:
+    """The driver's connection parameters, given the token as password and, unless the URL names
+    one, TLS required: the token is a credential, never sent in clear."""
+    params.setdefault("sslmode", "require")
+    params["password"] = access_token()
+
+
 def install(engine: Engine) -> None:
     """Give every connection `engine` opens a fresh token as its password."""
 
     def token_as_password(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
-        params["password"] = access_token()
+        login(params)
 
     event.listen(engine, "do_connect", token_as_password)
