@@ -36,10 +36,9 @@ def instance_month(cpu: float, memory_gib: float) -> float:
     return MONTH_SECONDS * (cpu * RUN_VCPU_SECOND + memory_gib * RUN_GIB_SECOND)
 
 
-def service_seconds(service: Service, level: Level) -> float:
+def service_seconds(service: Service) -> float:
     """Instance-seconds a month: the minimum, kept all month, plus the busy extra (platform)."""
-    extra = level.api_busy_instance_seconds if service.name == "appraiser-api" else 0.0
-    return service.min_instances * MONTH_SECONDS + extra
+    return service.min_instances * MONTH_SECONDS + service.busy_instance_seconds
 
 
 def database_month(db: Database) -> float:
@@ -52,11 +51,11 @@ def database_month(db: Database) -> float:
 def lines(level: Level) -> list[Line]:
     out: list[Line] = []
     for service in level.services:
-        seconds = service_seconds(service, level)
+        seconds = service_seconds(service)
         rate = service.cpu * RUN_VCPU_SECOND + service.memory_gib * RUN_GIB_SECOND
         out.append(Line(f"`{service.name}`", seconds * rate))
     sidecar_rate = SIDECAR_CPU * RUN_VCPU_SECOND + SIDECAR_MEMORY_GIB * RUN_GIB_SECOND
-    sidecars = sum(service_seconds(s, level) for s in level.services) * sidecar_rate
+    sidecars = sum(service_seconds(s) for s in level.services) * sidecar_rate
     out.append(Line("Prometheus sidecars", sidecars))
     out.append(Line("Cloud SQL", database_month(level.database)))
     out.append(Line("Secret Manager", len(SECRETS) * SECRET_VERSION_MONTH))

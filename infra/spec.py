@@ -28,6 +28,8 @@ class Service:
     instance_billing: bool  # CPU always allocated: the champion poller and the writer run
     secrets: tuple[tuple[str, str], ...]  # (environment variable, secret id)
     iap: bool = False
+    # Cloud Run instance-seconds a month beyond the minimum's, for the cost table (platform)
+    busy_instance_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,15 @@ class Level:
     jobs: tuple[Job, ...]
     database: Database
     pool: Pool  # the app's servers (APPRAISER_POOL_SIZE, APPRAISER_MAX_OVERFLOW)
-    # each MLflow server worker holds two engines (tracking and model registry), each with this
-    # pool (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE, MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW)
-    mlflow_pool: Pool
     mlflow_workers: int
     mlflow_max_instances: int
-    pipeline_schedule: str  # cron, in the scheduler's time zone (UTC)
-    export_schedule: str
     # section 10's usage estimates, in $ a month, for the lines no resource's size decides
     usage: dict[str, float] = field(default_factory=dict)
-    # Cloud Run instance-seconds a month for `appraiser-api` beyond its minimum (platform)
-    api_busy_instance_seconds: float = 0.0
+    # each MLflow server worker holds two engines (tracking and model registry), each with this
+    # pool (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE, MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW)
+    mlflow_pool: Pool = Pool(1, 1)
+    pipeline_schedule: str = "*/15 * * * *"  # cron, in the scheduler's time zone (UTC)
+    export_schedule: str = "30 2 * * *"
     # a job is one process doing one thing at a time: a smaller pool, so all four jobs running
     # at once still fit the budget
     job_pool: Pool = Pool(2, 1)
@@ -181,14 +181,23 @@ API_SECRETS = (("APPRAISER_DATABASE_URL", "store-db-url"), ("APPRAISER_API_KEY",
 PIPELINE_SECRETS = (("APPRAISER_DATABASE_URL", "pipeline-db-url"),)
 
 
-def _shop(min_instances: int = 1) -> Service:
+def _shop() -> Service:
+    return Service("appraiser-shop", "sa-api", 1, 1, 1, 3, 20, True, API_SECRETS, iap=True)
+
+
+def _api(max_instances: int, busy_instance_seconds: float = 0.0) -> Service:
     return Service(
-        "appraiser-shop", "sa-api", 1, 1, min_instances, 3, 20, True, API_SECRETS, iap=True
+        "appraiser-api",
+        "sa-api",
+        1,
+        1,
+        2,
+        max_instances,
+        20,
+        True,
+        API_SECRETS,
+        busy_instance_seconds=busy_instance_seconds,
     )
-
-
-def _api(max_instances: int) -> Service:
-    return Service("appraiser-api", "sa-api", 1, 1, 2, max_instances, 20, True, API_SECRETS)
 
 
 def _jobs(cpu: int, memory_gib: float) -> tuple[Job, ...]:
@@ -249,11 +258,8 @@ LEVELS: dict[str, Level] = {
                 "db-g1-small", 0, 1.7, False, 10, 5, max_connections=50, hourly_price=0.035
             ),
             pool=Pool(3, 2),
-            mlflow_pool=Pool(1, 1),
             mlflow_workers=1,
             mlflow_max_instances=1,
-            pipeline_schedule="*/15 * * * *",
-            export_schedule="30 2 * * *",
             usage={
                 "MLflow server": 5,
                 "pipeline job": 4,
@@ -269,11 +275,8 @@ LEVELS: dict[str, Level] = {
             jobs=_jobs(2, 4),
             database=Database("db-custom-1-3840", 1, 3.75, True, 20, 10, max_connections=100),
             pool=Pool(3, 2),
-            mlflow_pool=Pool(1, 1),
             mlflow_workers=1,
             mlflow_max_instances=2,
-            pipeline_schedule="*/15 * * * *",
-            export_schedule="30 2 * * *",
             usage={
                 "MLflow server": 14,
                 "pipeline job": 4.30,
@@ -286,16 +289,13 @@ LEVELS: dict[str, Level] = {
         Level(
             name="platform",
             summary="a platform, ~10 million appraisals a day",
-            services=(_shop(), _api(max_instances=20)),
+            # 8 M instance-seconds a month in all (design section 10), 2 of them the minimum
+            services=(_shop(), _api(max_instances=20, busy_instance_seconds=8e6 - 2 * 2_628_000)),
             jobs=_jobs(4, 8),
             database=Database("db-custom-2-8192", 2, 8, True, 500, 500, max_connections=400),
             pool=Pool(5, 5),
-            mlflow_pool=Pool(1, 1),
             mlflow_workers=2,
             mlflow_max_instances=4,
-            pipeline_schedule="*/15 * * * *",
-            export_schedule="30 2 * * *",
-            api_busy_instance_seconds=8_000_000 - 2 * 2_628_000,
             usage={
                 "MLflow server": 18,
                 "pipeline job": 5.50,

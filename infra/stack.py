@@ -113,6 +113,13 @@ def build(level: Level, config: Config) -> Built:
     if config.stage not in ("foundation", "jobs", "full"):
         raise ValueError(f"appraiser:stage is foundation, jobs or full, not {config.stage!r}")
     built = Built()
+    _declare(level, config, built)  # as far as the stage goes
+    _alerts(level, config)
+    _exports(built, config.project)
+    return built
+
+
+def _declare(level: Level, config: Config, built: Built) -> None:
     project, region = config.project, config.region
     number = gcp.organizations.get_project(project_id=project).number
     apis = [
@@ -286,6 +293,7 @@ def build(level: Level, config: Config) -> Built:
 
     # --- Cloud Run ----------------------------------------------------------------------------
     tracking = mlflow_url(number, region)
+    built.extra.update(sql=sql, mlflow_url=tracking)
     retrain_job = f"projects/{project}/locations/{region}/jobs/appraiser-retrain"
     app_env: dict[str, pulumi.Input[str]] = {
         "MLFLOW_TRACKING_URI": tracking,
@@ -402,9 +410,7 @@ def build(level: Level, config: Config) -> Built:
         "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(level.mlflow_pool.overflow),
     }
     if config.stage == "foundation":  # no Cloud Run yet: nothing to start or to schedule
-        _alerts(level, config)
-        _exports(built, tracking, sql, project)
-        return built
+        return
     built.services["mlflow"] = run.Service(
         "mlflow",
         name="mlflow",
@@ -431,10 +437,7 @@ def build(level: Level, config: Config) -> Built:
                         "--serve-artifacts",
                     ],
                     ports=run.ServiceTemplateContainerPortsArgs(container_port=MLFLOW_PORT),
-                    envs=[
-                        run.ServiceTemplateContainerEnvArgs(name=k, value=v)
-                        for k, v in mlflow_env.items()
-                    ]
+                    envs=plain_envs(mlflow_env)
                     + secret_envs((("MLFLOW_BACKEND_STORE_URI", "mlflow-db-url"),)),
                     resources=run.ServiceTemplateContainerResourcesArgs(
                         limits={"cpu": "1", "memory": "2Gi"},
@@ -570,9 +573,7 @@ def build(level: Level, config: Config) -> Built:
     # --- triggers: the schedule, the nightly export, an upload ------------------------------------
     # only once everything runs: before the first migration every pass would fail its schema check
     if config.stage != "full":
-        _alerts(level, config)
-        _exports(built, tracking, sql, project)
-        return built
+        return
 
     def run_uri(name: str) -> str:
         return (
@@ -619,16 +620,13 @@ def build(level: Level, config: Config) -> Built:
         opts=pulumi.ResourceOptions(depends_on=[*apis, publishes]),
     )
 
-    _alerts(level, config)
     built.extra.update(workflow=workflow)
-    _exports(built, tracking, sql, project)
-    return built
 
 
-def _exports(built: Built, tracking: str, sql: gcp.sql.DatabaseInstance, project: str) -> None:
+def _exports(built: Built, project: str) -> None:
     """What the operator needs next (section 15): the database's address for the URL secrets."""
-    built.extra["sql"] = sql
-    pulumi.export("mlflow_url", tracking)
+    sql = built.extra["sql"]
+    pulumi.export("mlflow_url", built.extra["mlflow_url"])
     pulumi.export("image_repository", f"us-docker.pkg.dev/{project}/appraiser")
     pulumi.export("sql_private_ip", sql.private_ip_address)
     pulumi.export("sql_connection_name", sql.connection_name)
@@ -738,20 +736,22 @@ def _alerts(level: Level, config: Config) -> None:
     channel = gcp.monitoring.NotificationChannel(
         "operators", type="email", labels={"email_address": config.alert_email}
     )
-    for title, (query, duration) in PROMQL_ALERTS.items():
+
+    def policy(title: str, **condition: Any) -> None:
         gcp.monitoring.AlertPolicy(
-            title.replace(" ", "-"),
+            title.replace(" ", "-").replace("%", "pct"),
             display_name=title,
             combiner="OR",
             notification_channels=[channel.id],
-            conditions=[
-                gcp.monitoring.AlertPolicyConditionArgs(
-                    display_name=title,
-                    condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
-                        query=query, duration=duration
-                    ),
-                )
-            ],
+            conditions=[gcp.monitoring.AlertPolicyConditionArgs(display_name=title, **condition)],
+        )
+
+    for title, (query, duration) in PROMQL_ALERTS.items():
+        policy(
+            title,
+            condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
+                query=query, duration=duration
+            ),
         )
     budget = int(level.database.max_connections * 0.8)
     thresholds = {
@@ -763,29 +763,21 @@ def _alerts(level: Level, config: Config) -> None:
         ),
     }
     for title, (metric_filter, threshold) in thresholds.items():
-        gcp.monitoring.AlertPolicy(
-            title.replace(" ", "-").replace("%", "pct"),
-            display_name=title,
-            combiner="OR",
-            notification_channels=[channel.id],
-            conditions=[
-                gcp.monitoring.AlertPolicyConditionArgs(
-                    display_name=title,
-                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-                        filter=metric_filter,
-                        comparison="COMPARISON_GT",
-                        threshold_value=threshold,
-                        duration="300s",
-                        aggregations=[
-                            # summed over the series (num_backends is per database; the budget
-                            # is the instance's)
-                            gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                                alignment_period="300s",
-                                per_series_aligner="ALIGN_MAX",
-                                cross_series_reducer="REDUCE_SUM",
-                            )
-                        ],
-                    ),
-                )
-            ],
+        policy(
+            title,
+            condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                filter=metric_filter,
+                comparison="COMPARISON_GT",
+                threshold_value=threshold,
+                duration="300s",
+                aggregations=[
+                    # summed over the series (num_backends is per database; the budget is the
+                    # instance's)
+                    gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                        alignment_period="300s",
+                        per_series_aligner="ALIGN_MAX",
+                        cross_series_reducer="REDUCE_SUM",
+                    )
+                ],
+            ),
         )

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
 from appraiser import schema, store
+from appraiser.monitoring import utc
 from appraiser.store import Appraisal, Feedback
 
 REVIEWED = ("approved", "rejected")
@@ -128,7 +129,7 @@ def export_day(
     appraisals = pa.table(
         {
             "id": pa.array([r.uid for r in served], pa.string()),
-            "created_at": pa.array([_utc(r.created_at) for r in served], when),
+            "created_at": pa.array([utc(r.created_at) for r in served], when),
             **_stone_columns([r.input for r in served]),
             "price": pa.array([r.price for r in served], pa.float64()),
             "price_low": pa.array([r.price_low for r in served], pa.float64()),
@@ -147,9 +148,9 @@ def export_day(
             "actor": pa.array([r.actor for r in reviewed], pa.string()),
             "stone_key": pa.array([r.stone_key for r in reviewed], pa.string()),
             "flag": pa.array([r.flag for r in reviewed], pa.string()),
-            "sent_at": pa.array([_utc(r.created_at) for r in reviewed], when),
+            "sent_at": pa.array([utc(r.created_at) for r in reviewed], when),
             "reviewed_by": pa.array([r.reviewed_by for r in reviewed], pa.string()),
-            "reviewed_at": pa.array([_utc(r.reviewed_at) for r in reviewed], when),
+            "reviewed_at": pa.array([utc(r.reviewed_at) for r in reviewed], when),
             "review_note": pa.array([r.review_note for r in reviewed], pa.string()),
         }
     )
@@ -187,13 +188,6 @@ def load_into_bigquery(files: list[str], day: date, dataset: str) -> list[str]:
             raise OSError(f"BigQuery load of {uri} into {partition}: {exc}") from exc
         written.append(partition)
     return written
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """A stored time as UTC (SQLite gives it back without its zone; the store writes UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def prune_appraisals(

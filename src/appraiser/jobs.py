@@ -16,6 +16,7 @@ from typing import Any
 
 from appraiser import audit, store
 from appraiser.config import settings
+from appraiser.monitoring import utc
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,8 @@ def _abandoned(job_id: str) -> bool:
     job = store.get_job(job_id)
     if job is None:
         return True
-    created = job["created_at"]
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=store.utcnow().tzinfo)
+    created = utc(job["created_at"])
+    assert created is not None  # a stored job always has its creation time
     if (store.utcnow() - created).total_seconds() < STARTUP_GRACE:
         return False
     try:
