@@ -25,6 +25,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import create_engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from appraiser import store
@@ -331,7 +333,25 @@ def fresh_postgres_database() -> Iterator[str]:
         yield url
     finally:
         store.dispose(url)
-        _autocommit(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', maintenance)
+        drop_database(name, maintenance)
+
+
+# PostgreSQL before 16 refuses DROP DATABASE ... WITH (FORCE) to a non-superuser while an
+# autovacuum worker (a process of no role) is in the database; the worker soon leaves, so retry.
+_DROP_RETRY_STATES = {"42501", "55006"}  # insufficient_privilege, object_in_use
+
+
+def drop_database(name: str, url: str, attempts: int = 50, pause: float = 0.2) -> None:
+    """Drop database `name`, closing its connections; retry while a background worker is in it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _autocommit(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', url)
+            return
+        except DBAPIError as error:
+            state = getattr(error.orig, "sqlstate", None)
+            if state not in _DROP_RETRY_STATES or attempt == attempts:
+                raise
+            time.sleep(pause)
 
 
 def backend_url(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:

@@ -50,7 +50,7 @@ def cloud_sql_like() -> Iterator[tuple[str, str, dict[str, str], str]]:
         pg._autocommit(f"CREATE DATABASE {database} OWNER {runner}", admin)
         yield _as(admin, runner, password, database), database, users, password
     finally:
-        pg._autocommit(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", admin)
+        pg.drop_database(database, admin)
         groups = ("appraiser_owner", "appraiser_app", "appraiser_readonly")
         if runner in made:  # the runner made the groups: it drops them
             as_runner = _as(admin, runner, password, "postgres")
