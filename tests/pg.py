@@ -336,7 +336,7 @@ def fresh_postgres_database() -> Iterator[str]:
         drop_database(name, maintenance)
 
 
-# PostgreSQL before 16 refuses DROP DATABASE ... WITH (FORCE) to a non-superuser while an
+# PostgreSQL (15, as on CI) refuses DROP DATABASE ... WITH (FORCE) to a non-superuser while an
 # autovacuum worker (a process of no role) is in the database; the worker soon leaves, so retry.
 _DROP_RETRY_STATES = {"42501", "55006"}  # insufficient_privilege, object_in_use
 
