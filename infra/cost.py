@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.spec import LEVELS, SECRETS, Database, Level, Service
+from infra.spec import LEVELS, MONTH_SECONDS, SECRETS, Database, Level, Service
 
-MONTH_SECONDS = 2_628_000  # 730 hours
 MONTH_HOURS = 730
 # list prices, us-central1, USD (design section 10)
 RUN_VCPU_SECOND = 0.000018  # instance-based billing
@@ -32,8 +31,9 @@ class Line:
     dollars: float
 
 
-def instance_month(cpu: float, memory_gib: float) -> float:
-    return MONTH_SECONDS * (cpu * RUN_VCPU_SECOND + memory_gib * RUN_GIB_SECOND)
+def run_rate(cpu: float, memory_gib: float) -> float:
+    """Dollars per instance-second of Cloud Run at this size (instance-based billing)."""
+    return cpu * RUN_VCPU_SECOND + memory_gib * RUN_GIB_SECOND
 
 
 def service_seconds(service: Service) -> float:
@@ -51,10 +51,9 @@ def database_month(db: Database) -> float:
 def lines(level: Level) -> list[Line]:
     out: list[Line] = []
     for service in level.services:
-        seconds = service_seconds(service)
-        rate = service.cpu * RUN_VCPU_SECOND + service.memory_gib * RUN_GIB_SECOND
-        out.append(Line(f"`{service.name}`", seconds * rate))
-    sidecar_rate = SIDECAR_CPU * RUN_VCPU_SECOND + SIDECAR_MEMORY_GIB * RUN_GIB_SECOND
+        rate = run_rate(service.cpu, service.memory_gib)
+        out.append(Line(f"`{service.name}`", service_seconds(service) * rate))
+    sidecar_rate = run_rate(SIDECAR_CPU, SIDECAR_MEMORY_GIB)
     sidecars = sum(service_seconds(s) for s in level.services) * sidecar_rate
     out.append(Line("Prometheus sidecars", sidecars))
     out.append(Line("Cloud SQL", database_month(level.database)))

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-IMAGE_HOME = "/var/lib/appraiser"  # the Dockerfile's APPRAISER_HOME: in memory on Cloud Run
 INBOX_MOUNT = "/data/inbox"  # the folder the image prepares for the inbox bucket
 IMAGE_UID = 10001  # the image's non-root user: the bucket mount must belong to it
+MONTH_SECONDS = 2_628_000  # 730 hours, the month Google's prices use
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,10 @@ LEVELS: dict[str, Level] = {
             name="platform",
             summary="a platform, ~10 million appraisals a day",
             # 8 M instance-seconds a month in all (design section 10), 2 of them the minimum
-            services=(_shop(), _api(max_instances=20, busy_instance_seconds=8e6 - 2 * 2_628_000)),
+            services=(
+                _shop(),
+                _api(max_instances=20, busy_instance_seconds=8e6 - 2 * MONTH_SECONDS),
+            ),
             jobs=_jobs(4, 8),
             database=Database("db-custom-2-8192", 2, 8, True, 500, 500, max_connections=400),
             pool=Pool(5, 5),

@@ -17,6 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.spec import (
+    ACCOUNTS,
     GRANTS,
     IAM_DATABASE_USERS,
     IMAGE_UID,
@@ -131,7 +132,7 @@ def _declare(level: Level, config: Config, built: Built) -> None:
     keep = pulumi.ResourceOptions(depends_on=apis, protect=True)
 
     # --- identities ---------------------------------------------------------------------------
-    for name in dict.fromkeys(g.account for g in GRANTS):
+    for name in ACCOUNTS:
         built.accounts[name] = gcp.serviceaccount.Account(
             name, account_id=name, display_name=f"appraiser {name}", opts=after_apis
         )
@@ -305,26 +306,35 @@ def _declare(level: Level, config: Config, built: Built) -> None:
         "APPRAISER_LOG_FORMAT": "json",
     }
 
-    def secret_envs(
-        pairs: tuple[tuple[str, str], ...],
-    ) -> list[run.ServiceTemplateContainerEnvArgs]:
-        return [
-            run.ServiceTemplateContainerEnvArgs(
-                name=env,
-                value_source=run.ServiceTemplateContainerEnvValueSourceArgs(
-                    secret_key_ref=run.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
+    def envs(
+        values: dict[str, pulumi.Input[str]],
+        secrets: tuple[tuple[str, str], ...] = (),
+        *,
+        job: bool = False,
+    ) -> list[Any]:
+        """A service's (or a job's) container env: plain values, then secrets at their pinned
+        versions. The provider's Args classes differ for services and jobs only by name."""
+        if job:
+            env_args: Any = run.JobTemplateTemplateContainerEnvArgs
+            source: Any = run.JobTemplateTemplateContainerEnvValueSourceArgs
+            ref: Any = run.JobTemplateTemplateContainerEnvValueSourceSecretKeyRefArgs
+        else:
+            env_args = run.ServiceTemplateContainerEnvArgs
+            source = run.ServiceTemplateContainerEnvValueSourceArgs
+            ref = run.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs
+        pinned = [
+            env_args(
+                name=name,
+                value_source=source(
+                    secret_key_ref=ref(
                         secret=built.secrets[secret].secret_id,
                         version=str(config.secret_versions[secret]),
                     )
                 ),
             )
-            for env, secret in pairs
+            for name, secret in secrets
         ]
-
-    def plain_envs(
-        values: dict[str, pulumi.Input[str]],
-    ) -> list[run.ServiceTemplateContainerEnvArgs]:
-        return [run.ServiceTemplateContainerEnvArgs(name=k, value=v) for k, v in values.items()]
+        return [env_args(name=k, value=v) for k, v in values.items()] + pinned
 
     network = run.ServiceTemplateVpcAccessArgs(
         network_interfaces=[
@@ -350,7 +360,7 @@ def _declare(level: Level, config: Config, built: Built) -> None:
             commands=list(command),
             args=[*args, "--port", str(APP_PORT)],
             ports=run.ServiceTemplateContainerPortsArgs(container_port=APP_PORT),
-            envs=plain_envs(env) + secret_envs(spec.secrets),
+            envs=envs(env, spec.secrets),
             resources=run.ServiceTemplateContainerResourcesArgs(
                 limits={"cpu": str(spec.cpu), "memory": f"{spec.memory_gib:g}Gi"},
                 cpu_idle=not spec.instance_billing,
@@ -437,8 +447,7 @@ def _declare(level: Level, config: Config, built: Built) -> None:
                         "--serve-artifacts",
                     ],
                     ports=run.ServiceTemplateContainerPortsArgs(container_port=MLFLOW_PORT),
-                    envs=plain_envs(mlflow_env)
-                    + secret_envs((("MLFLOW_BACKEND_STORE_URI", "mlflow-db-url"),)),
+                    envs=envs(mlflow_env, (("MLFLOW_BACKEND_STORE_URI", "mlflow-db-url"),)),
                     resources=run.ServiceTemplateContainerResourcesArgs(
                         limits={"cpu": "1", "memory": "2Gi"},
                         cpu_idle=True,  # request-based billing: it scales to zero between polls
@@ -496,22 +505,7 @@ def _declare(level: Level, config: Config, built: Built) -> None:
                             image=config.image,
                             commands=list(spec.command),
                             args=list(spec.args),
-                            envs=[
-                                run.JobTemplateTemplateContainerEnvArgs(name=k, value=v)
-                                for k, v in env.items()
-                            ]
-                            + [
-                                run.JobTemplateTemplateContainerEnvArgs(
-                                    name=name,
-                                    value_source=run.JobTemplateTemplateContainerEnvValueSourceArgs(
-                                        secret_key_ref=run.JobTemplateTemplateContainerEnvValueSourceSecretKeyRefArgs(
-                                            secret=built.secrets[secret].secret_id,
-                                            version=str(config.secret_versions[secret]),
-                                        )
-                                    ),
-                                )
-                                for name, secret in spec.secrets
-                            ],
+                            envs=envs(env, spec.secrets, job=True),
                             resources=run.JobTemplateTemplateContainerResourcesArgs(
                                 limits={"cpu": str(spec.cpu), "memory": f"{spec.memory_gib:g}Gi"}
                             ),
