@@ -1,8 +1,11 @@
-# The appraiser image: the API by default, a pipeline pass (or any `appraiser` command) on demand.
-# It installs the same hash-pinned versions as the tested path: requirements-runtime.txt is
-# requirements.txt without the dev extra (same versions, same hashes; tests/test_container.py checks).
+# The appraiser image: the API by default, a pipeline pass (or any `appraiser` command) on demand;
+# its `mlflow` target is the MLflow tracking server (compose's `mlflow`, the cloud's MLflow service).
+# Both install the same hash-pinned versions as the tested path: requirements-runtime.txt and
+# requirements-mlflow.txt are requirements.txt without the dev extra (same versions, same hashes;
+# tests/test_container.py checks), and tests/test_image.py builds and runs this file.
 #
-#   docker build -t appraiser .
+#   docker build -t appraiser .                                  # the app (the last stage)
+#   docker build --target mlflow -t appraiser-mlflow .           # the MLflow server
 #   docker run -p 8000:8000 -e APPRAISER_API_KEY=... appraiser                # the API
 #   docker run -v "$PWD/inbox:/data/inbox" appraiser appraiser pipeline run --inbox /data/inbox
 #
@@ -19,7 +22,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 
-# dependencies first, so editing the code does not reinstall them; every wheel is hash-checked
+# the installer first, pinned and hash-checked: the pip a base image brings depends on the day it
+# was built, and older ones (23.x) refuse a pinned package's extras in hash-checking mode
+COPY requirements-bootstrap.txt ./
+RUN pip install --require-hashes -r requirements-bootstrap.txt
+
+# dependencies next, so editing the code does not reinstall them; every wheel is hash-checked
 COPY requirements-runtime.txt ./
 RUN pip install --require-hashes -r requirements-runtime.txt
 
@@ -30,8 +38,23 @@ COPY src ./src
 RUN pip install --no-deps --no-build-isolation . \
     && appraiser --help >/dev/null
 
-# --- runtime: the virtualenv, the OpenMP runtime LightGBM needs, a non-root user -------------------
-FROM python:3.11-slim AS runtime
+# what only building or testing the libraries needs leaves each final virtualenv: their own test
+# suites, C, C++ and Cython sources and headers, and the installer (deploy/slim-venv.sh)
+COPY deploy/slim-venv.sh ./
+
+# --- the app's virtualenv ---------------------------------------------------------------------------
+FROM builder AS app-venv
+RUN sh slim-venv.sh /opt/venv
+
+# --- the MLflow server's virtualenv: the same, plus the server and its UI --------------------------
+FROM builder AS mlflow-venv
+COPY requirements-mlflow.txt ./
+RUN pip install --require-hashes -r requirements-mlflow.txt \
+    && mlflow server --help >/dev/null \
+    && sh slim-venv.sh /opt/venv
+
+# --- base: the OpenMP runtime LightGBM needs, a non-root user --------------------------------------
+FROM python:3.11-slim AS base
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
@@ -43,8 +66,6 @@ RUN groupadd --system --gid 10001 appraiser \
     && mkdir -p /var/lib/appraiser /data/inbox \
     && chown appraiser:appraiser /var/lib/appraiser /data/inbox
 
-COPY --from=builder /opt/venv /opt/venv
-
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -52,6 +73,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     APPRAISER_HOME=/var/lib/appraiser
 
 WORKDIR /app
+
+# --- mlflow: the tracking server (`docker build --target mlflow`) ----------------------------------
+FROM base AS mlflow
+
+COPY --from=mlflow-venv /opt/venv /opt/venv
+USER appraiser
+EXPOSE 5000
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
+
+# --- runtime: the app (the default target) ---------------------------------------------------------
+FROM base AS runtime
+
+COPY --from=app-venv /opt/venv /opt/venv
 USER appraiser
 
 EXPOSE 8000

@@ -12,8 +12,11 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install the pinned, hash-checked dependencies
 
-$(STAMP): requirements.txt infra/requirements.txt pyproject.toml
+$(STAMP): requirements-bootstrap.txt requirements.txt infra/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# the installer first, pinned and hash-checked: the pip that `python3 -m venv` brings differs
+	# by machine, and older ones (23.x) refuse a pinned package's extras in hash-checking mode
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-bootstrap.txt
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
 	# the Pulumi program (infra/) and its offline tests; never in the image
 	$(BIN)/python -m pip install --quiet --require-hashes -r infra/requirements.txt
@@ -59,9 +62,11 @@ benchmark: install  ## print accuracy, timing and throughput figures
 mlflow-ui: install  ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .appraiser)/mlflow.db --port 5000
 
-requirements:  ## re-pin requirements.txt (dev), requirements-runtime.txt (the container) and infra/requirements.txt (Pulumi)
+requirements:  ## re-pin the installer (requirements-bootstrap.txt), requirements.txt (dev), requirements-runtime.txt and requirements-mlflow.txt (the images) and infra/requirements.txt (Pulumi)
+	echo 'pip>=24' | $(BIN)/uv pip compile - --generate-hashes --python-version 3.11 -o requirements-bootstrap.txt
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --constraint infra/constraints.txt -o requirements.txt
-	echo 'setuptools>=75' | $(BIN)/uv pip compile pyproject.toml - --generate-hashes --python-version 3.11 --constraint requirements.txt -o requirements-runtime.txt
+	echo 'setuptools>=77' | $(BIN)/uv pip compile pyproject.toml - --generate-hashes --python-version 3.11 --constraint requirements.txt -o requirements-runtime.txt
+	echo 'setuptools>=77' | $(BIN)/uv pip compile pyproject.toml - --extra server --generate-hashes --python-version 3.11 --constraint requirements.txt -o requirements-mlflow.txt
 	$(BIN)/uv pip compile infra/requirements.in --generate-hashes --python-version 3.11 --constraint requirements.txt -o infra/requirements.txt
 
 clean:  ## remove the virtualenv and local state

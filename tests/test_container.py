@@ -38,6 +38,7 @@ DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "compose.yaml"
 DOCKERIGNORE = REPO / ".dockerignore"
 LOCK = REPO / "requirements.txt"  # what `make install` (the tested path) installs
+BOOTSTRAP = "requirements-bootstrap.txt"  # the installer, installed first by both paths
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 # host paths a bind mount may name although they are not in the repository: Docker creates them
@@ -104,13 +105,19 @@ def parse_dockerfile(text: str) -> list[Instruction]:
 
 
 def stages(instructions: list[Instruction]) -> list[Stage]:
+    """The stages, each with what it inherits: a stage built FROM an earlier one starts with that
+    stage's instructions and base image, as Docker builds it."""
     result: list[Stage] = []
     for ins in instructions:
         if ins.keyword == "FROM":
             words = [w for w in ins.args.split() if not w.startswith("--")]
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             assert len(words) in (1, 3), f"line {ins.line}: FROM {ins.args!r}"
-            result.append(Stage(words[0], name))
+            parent = next((s for s in result if s.name == words[0]), None)
+            if parent:
+                result.append(Stage(parent.image, name, list(parent.instructions)))
+            else:
+                result.append(Stage(words[0], name))
         else:
             assert result or ins.keyword == "ARG", f"line {ins.line}: {ins.keyword} before FROM"
             if result:
@@ -232,14 +239,15 @@ def test_final_stage_is_slim_and_has_what_lightgbm_needs(final):
 
 
 def test_final_stage_uses_the_builders_venv_and_a_writable_home(dockerfile, final):
+    by_name = {s.name: s for s in dockerfile}
     venv_copies = [
-        (flags, sources, dest)
+        (by_name[flags["from"]], dest.rstrip("/"))
         for flags, sources, dest in copies(final)
-        if flags.get("from") == dockerfile[0].name
+        if flags.get("from") in by_name
     ]
-    assert venv_copies, "the final stage copies the builder's venv"
-    venv = venv_copies[0][2].rstrip("/")
-    assert f"python -m venv {venv}" in dockerfile[0].run_text()
+    assert venv_copies, "the final stage copies a built venv"
+    built, venv = venv_copies[0]
+    assert f"python -m venv {venv}" in built.run_text()
     env = env_of(final)
     assert env["PATH"].split(":")[0] == f"{venv}/bin"
     home = env["APPRAISER_HOME"]
@@ -412,21 +420,55 @@ def builder(dockerfile: list[Stage]) -> Stage:
     return next(s for s in dockerfile if installed_requirement_files(s))
 
 
+def stage_pins(stage: Stage) -> dict[str, Pin]:
+    """What a stage installs from requirement files, the installer first and alone."""
+    files = installed_requirement_files(stage)
+    assert files[0] == BOOTSTRAP, f"the pinned installer is installed first: {files}"
+    copied = {s for f, ss, _ in copies(stage) if "from" not in f for s in ss}
+    result: dict[str, Pin] = {}
+    for name in files[1:]:
+        assert name in copied, f"{name} is installed but not copied into the stage"
+        result |= pins(REPO / name)
+    return result
+
+
 @pytest.fixture(scope="module")
 def runtime_pins(builder: Stage) -> dict[str, Pin]:
-    files = installed_requirement_files(builder)
-    assert len(files) == 1, files
-    copied = {s for f, ss, _ in copies(builder) if "from" not in f for s in ss}
-    assert files[0] in copied, f"{files[0]} is installed but not copied into the builder"
-    return pins(REPO / files[0])
+    return stage_pins(builder)
+
+
+def assert_tested(stage_pins: dict[str, Pin]) -> None:
+    tested = pins(LOCK)
+    unknown = sorted(set(stage_pins) - set(tested))
+    assert not unknown, f"not in requirements.txt: {unknown}"
+    differ = [n for n, p in stage_pins.items() if tested[n] != p]
+    assert not differ, f"version, hashes or marker differ from requirements.txt: {differ}"
 
 
 def test_runtime_pins_are_the_tested_pins(runtime_pins):
-    tested = pins(LOCK)
-    unknown = sorted(set(runtime_pins) - set(tested))
-    assert not unknown, f"not in requirements.txt: {unknown}"
-    differ = [n for n, p in runtime_pins.items() if tested[n] != p]
-    assert not differ, f"version, hashes or marker differ from requirements.txt: {differ}"
+    assert_tested(runtime_pins)
+
+
+def test_the_installer_is_pinned_first_in_the_makefile_too(builder):
+    makefile = (REPO / "Makefile").read_text()
+    installs = re.findall(r"pip install[^\n]*?-r (\S+)", makefile)
+    assert installs and installs[0] == BOOTSTRAP, installs
+    (pip,) = pins(REPO / BOOTSTRAP).items()
+    assert pip[0] == "pip"
+    assert int(pip[1].version.split(".")[0]) >= 24, "pip 23 mishandles extras with --require-hashes"
+
+
+def test_the_mlflow_image_adds_only_the_server_to_the_tested_pins(dockerfile, runtime_pins):
+    (mlflow,) = [s for s in dockerfile if s.name == "mlflow"]
+    by_name = {s.name: s for s in dockerfile}
+    (built,) = [by_name[f["from"]] for f, _, _ in copies(mlflow) if f.get("from") in by_name]
+    server_pins = stage_pins(built)
+    assert_tested(server_pins)
+    assert set(runtime_pins) < set(server_pins)
+    needed = dependency_closure(PYPROJECT["project"]["optional-dependencies"]["server"])
+    assert needed <= set(server_pins), sorted(needed - set(server_pins))
+    argv = exec_form(mlflow.all("CMD")[-1].args)
+    assert argv[:2] == ["mlflow", "server"]
 
 
 def test_runtime_pins_cover_the_dependencies_and_leave_out_the_dev_extra(runtime_pins):
@@ -551,8 +593,11 @@ def test_compose_has_the_services(services, compose):
     context = REPO / (build if isinstance(build, str) else build.get("context", "."))
     dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
     assert (context / dockerfile).resolve() == DOCKERFILE
-    for name in ("mlflow", "pipeline"):
-        assert uses_the_image(services[name], compose), f"{name} runs the API's image"
+    assert uses_the_image(services["pipeline"], compose), "a pass runs the API's image"
+    mlflow = services["mlflow"]["build"]
+    assert (REPO / mlflow["context"] / mlflow["dockerfile"]).resolve() == DOCKERFILE
+    targets = {s.name for s in stages(parse_dockerfile(DOCKERFILE.read_text()))}
+    assert mlflow["target"] == "mlflow" and "mlflow" in targets, "MLflow runs its own target"
     assert services["pipeline"].get("profiles") == ["pipeline"], "a pass runs on demand"
     assert "pipeline" not in [
         p for s in ("api", "mlflow", "postgres") for p in services[s].get("profiles", [])

@@ -36,7 +36,13 @@ class DataError(ValueError):
 
 def public_table_path() -> Path:
     """The public diamonds table shipped inside the installed plotnine package."""
-    resource = importlib.resources.files("plotnine") / "data" / "diamonds.csv"
+    try:
+        resource = importlib.resources.files("plotnine") / "data" / "diamonds.csv"
+    except ModuleNotFoundError:  # the image leaves it out: it prices and trains on named files
+        raise DataError(
+            "no data was named and the public diamonds table is not installed: name a file "
+            "(--data FILE or APPRAISER_DATA), or install it with pip install 'appraiser[public]'"
+        ) from None
     return Path(str(resource))
 
 
