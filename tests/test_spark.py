@@ -25,7 +25,7 @@ from appraiser import registry, schema
 from appraiser.cli import app
 from appraiser.config import REGISTERED_MODEL
 from tests.conftest import use_home
-from tests.pg import in_ci
+from tests.system import unavailable
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,22 +38,19 @@ RESULT_TYPE = "price double, price_low double, price_high double, error string"
 TEXT_COLUMNS = ("cut", "color", "clarity")
 
 
-def _unavailable(why: str) -> None:
-    if in_ci():
-        pytest.fail(f"{why}; CI must run the Spark scoring test", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="session")
 def spark_available() -> None:
     """Skip (fail under CI) without Java or pyspark, before the champion is trained."""
     java_home = os.environ.get("JAVA_HOME")
     if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
-        _unavailable("no Java runtime (java not on PATH, JAVA_HOME unset)")
+        unavailable(
+            "no Java runtime (java not on PATH, JAVA_HOME unset)",
+            "install one (apt-get install openjdk-17-jre-headless)",
+        )
     try:
         import pyspark  # noqa: F401
     except ImportError:
-        _unavailable("pyspark is not installed")
+        unavailable("pyspark is not installed", "make install")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Without /usr/bin/chromium they are skipped locally and fail under CI (CI set), w
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect,
 
 from appraiser.features import REASONS  # the contributions' keys: size, cut, ...
 from tests.conftest import API_KEY
+from tests.system import unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,10 +39,9 @@ CSP = "Content Security Policy"  # in chromium's console message for each violat
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message)
+        unavailable(
+            f"{CHROMIUM} is missing", "install Debian's chromium (apt-get install chromium)"
+        )
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched

@@ -7,12 +7,14 @@ native model files (see models.PriceModel), so `mlflow models serve` and Spark c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -85,20 +87,33 @@ class PricerPyfunc(PythonModel):
         return score_frame(self.model, model_input)[["price", "price_low", "price_high", "error"]]
 
 
+# what the logged model needs, each as the distributions that provide it: the image installs the
+# CPU build of XGBoost and MLflow's client, a dev venv the full ones
+REQUIREMENTS = (
+    ("lightgbm",),
+    ("xgboost", "xgboost-cpu"),
+    ("scikit-learn",),
+    ("pandas",),
+    ("numpy",),
+    ("pyarrow",),
+    ("pandera",),
+    ("pydantic",),
+    ("pydantic-settings",),
+    ("mlflow", "mlflow-skinny"),
+)
+
+
 def _requirements() -> list[str]:
-    names = [
-        "lightgbm",
-        "xgboost",
-        "scikit-learn",
-        "pandas",
-        "numpy",
-        "pyarrow",
-        "pandera",
-        "pydantic",
-        "pydantic-settings",
-        "mlflow",
-    ]
-    return [f"{n}=={package_version(n)}" for n in names]
+    """Each requirement pinned to the installed distribution that provides it."""
+    pins = []
+    for names in REQUIREMENTS:
+        for name in names:
+            with contextlib.suppress(PackageNotFoundError):
+                pins.append(f"{name}=={package_version(name)}")
+                break
+        else:
+            raise PackageNotFoundError(f"none of {names} is installed")
+    return pins
 
 
 def log_model(model_dir: Path, example: pd.DataFrame) -> str:
