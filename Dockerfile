@@ -22,7 +22,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 
-# the installer first, pinned and hash-checked: the pip a base image brings depends on the day it
+# the installers first, pinned and hash-checked: the pip a base image brings depends on the day it
 # was built, and older ones (23.x) refuse a pinned package's extras in hash-checking mode
 COPY requirements-bootstrap.txt ./
 RUN pip install --require-hashes -r requirements-bootstrap.txt

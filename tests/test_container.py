@@ -453,9 +453,10 @@ def test_the_installer_is_pinned_first_in_the_makefile_too(builder):
     makefile = (REPO / "Makefile").read_text()
     installs = re.findall(r"pip install[^\n]*?-r (\S+)", makefile)
     assert installs and installs[0] == BOOTSTRAP, installs
-    (pip,) = pins(REPO / BOOTSTRAP).items()
-    assert pip[0] == "pip"
-    assert int(pip[1].version.split(".")[0]) >= 24, "pip 23 mishandles extras with --require-hashes"
+    installers = pins(REPO / BOOTSTRAP)
+    assert set(installers) == {"pip", "uv"}, installers
+    assert int(installers["pip"].version.split(".")[0]) >= 24, "pip 23 mishandles extras"
+    assert installers["uv"] == pins(LOCK)["uv"], "make requirements pins uv once"
 
 
 def test_the_mlflow_image_adds_only_the_server_to_the_tested_pins(dockerfile, runtime_pins):

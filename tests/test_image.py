@@ -59,10 +59,10 @@ def test_the_runtime_venv_is_lean(container: image.Mounted) -> None:
     size = container.venv_bytes()
     assert size <= VENV_LIMIT, f"/opt/venv is {size / 2**20:.0f} MiB"
     # what only the dev venv needs stays out: the GPU build of XGBoost, the MLflow server, the
-    # public table, the installer
+    # public table, the installers
     done = container.run(
         ["python", "-c", "import importlib.util as u; print([m for m in "
-         "('nvidia', 'flask', 'plotnine', 'statsmodels', 'pip', 'pytest') if u.find_spec(m)])"]
+         "('nvidia', 'flask', 'plotnine', 'statsmodels', 'pip', 'uv', 'pytest') if u.find_spec(m)])"]
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
