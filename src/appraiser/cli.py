@@ -1033,7 +1033,7 @@ def _serve(
     log_config: dict[str, object] | None = None
     say: Callable[[str], None] = console.print
     if settings().log_format == "json":
-        from appraiser.api.middleware import json_log_config
+        from appraiser.api.request_log import json_log_config
 
         log_config = json_log_config(access_log)
         logging.config.dictConfig(log_config)
