@@ -2,4 +2,5 @@
 
 from appraiser.cli import app
 
-app()
+if __name__ == "__main__":  # importing the module (as a walk over the package does) runs nothing
+    app()
