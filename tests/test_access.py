@@ -315,7 +315,7 @@ def test_a_lone_request_through_the_api_is_priced_inline(client: TestClient, sto
     explained = client.post("/v1/appraisals?explain=true", json=stone).json()
     assert batcher.inline == before + 1 and explained["price"] == body["price"]
     # written without the response model, the body is still exactly what it would have made
-    from appraiser.api.models import AppraisalOut
+    from appraiser.api.schemas import AppraisalOut
 
     assert body == AppraisalOut.model_validate(body).model_dump(mode="json", exclude_none=True)
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from appraiser import schema
 from appraiser.api.batch_input import valid_stones
-from appraiser.api.models import BatchIn
+from appraiser.api.schemas import BatchIn
 from appraiser.config import MAX_BATCH
 
 

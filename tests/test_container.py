@@ -868,7 +868,7 @@ def prometheus_metric_names() -> set[str]:
     sample names a histogram or counter adds."""
     from prometheus_client import REGISTRY, generate_latest
 
-    import appraiser.api.middleware  # noqa: F401  (defines the metrics)
+    import appraiser.api.metrics  # noqa: F401  (defines the metrics)
 
     names = set()
     for line in generate_latest(REGISTRY).decode().splitlines():

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 import infra
-from infra import cost, mocks, spec, stack
+from infra import cost, identities, mocks, services, spec, stack
+from infra import database as db_part
 from infra.mocks import Declared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def test_service_accounts_get_exactly_the_design_tables_roles(
 
 def test_a_role_outside_the_table_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     extra = spec.Grant("sa-api", "roles/storage.admin", "project")
-    monkeypatch.setattr(stack, "GRANTS", (*spec.GRANTS, extra))
+    monkeypatch.setattr(identities, "GRANTS", (*spec.GRANTS, extra))
     found = mocks.declare(spec.LEVELS["shop"]).declared
     assert mismatches(granted(found), design_table())["not in the table"] == {
         ("sa-api", "roles/storage.admin", "project", "")
@@ -138,17 +139,18 @@ def test_a_role_outside_the_table_fails_the_check(monkeypatch: pytest.MonkeyPatc
 def test_a_misspelled_resource_argument_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The program itself, with one argument misspelled, refuses to run (so the fixture above,
     and `pulumi preview`, fail): nested arguments are Args classes, not dicts."""
-    source = Path(stack.__file__).read_text()
+    source = Path(db_part.__file__).read_text()
     right = "point_in_time_recovery_enabled=True"
     assert source.count(right) == 1
-    mutant = types.ModuleType("infra.stack")
-    mutant.__file__ = stack.__file__
+    mutant = types.ModuleType("infra.database")
+    mutant.__file__ = db_part.__file__
     exec(
         compile(source.replace(right, "point_in_time_recovery_enable=True"), "mutant", "exec"),
         mutant.__dict__,
     )
-    monkeypatch.setitem(sys.modules, "infra.stack", mutant)
-    monkeypatch.setattr(infra, "stack", mutant)
+    monkeypatch.setitem(sys.modules, "infra.database", mutant)
+    monkeypatch.setattr(infra, "database", mutant)
+    monkeypatch.setattr(stack, "database", mutant)  # the program's own reference to the part
     with pytest.raises(TypeError, match="point_in_time_recovery_enable"):
         mocks.declare(spec.LEVELS["shop"])
 
@@ -386,7 +388,7 @@ def exported_metrics() -> set[str]:
     """Sample names the app's `GET /metrics` exposes (as Prometheus writes them)."""
     from prometheus_client import REGISTRY
 
-    import appraiser.api.middleware  # noqa: F401  # registers the app's metrics
+    import appraiser.api.metrics  # noqa: F401  # registers the app's metrics
 
     names = set()
     for family in REGISTRY.collect():
@@ -500,7 +502,7 @@ def test_billing_and_the_metrics_scrape_follow_the_design(
         assert app["resources"]["cpuIdle"] is (not billing.get(name, False)), name
         if name in billing:
             port = app["ports"]["containerPort"]
-            assert port == stack.APP_PORT == 8080
+            assert port == services.APP_PORT == 8080
             args = app["args"]
             assert args[args.index("--port") + 1] == str(int(port)) and args.count("--port") == 1
             collector = service.inputs["template"]["containers"][1]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from appraiser import schema
-from appraiser.api import middleware
+from appraiser.api import metrics, request_log
 from tests.conftest import API_KEY, _copy_lineage, free_port
 from tests.test_multiprocess import Process, base_env, call, get, wait_until_up
 
@@ -129,7 +129,7 @@ def test_metrics_sum_over_workers(two_workers: Served, appraised: list[str]) -> 
         assert sample(text, "appraiser_model_loads_total") == 2  # one load in each worker
         assert sample(text, "appraiser_champion_version") == 1
     # the background writers store the rows within a second or two; each worker's count reaches
-    # the shared files within middleware.SYNC_SECONDS
+    # the shared files within metrics.SYNC_SECONDS
     deadline = time.monotonic() + 30
     while True:
         texts = [scrape(port) for _ in range(4)]
@@ -231,7 +231,7 @@ def test_a_live_counter_grows_by_the_increase_of_what_it_reads() -> None:
     from prometheus_client import CollectorRegistry, Counter
 
     counter = Counter("x_things", "things", registry=CollectorRegistry())
-    live = middleware.Live(counter)
+    live = metrics.Live(counter)
     figures = iter([3, 5, 5, 1, 4])  # 1: a new source (a new app) counted from there
     live.set_function(lambda: next(figures))
     for _ in range(5):
@@ -242,12 +242,12 @@ def test_a_live_counter_grows_by_the_increase_of_what_it_reads() -> None:
 def test_the_json_formatter_writes_cloud_logging_lines() -> None:
     record = logging.LogRecord("appraiser.x", logging.WARNING, __file__, 1, "a %s", ("b",), None)
     record.fields = {"route": "/v1/appraisals", "status": 422}
-    entry = json.loads(middleware.JsonFormatter().format(record))
+    entry = json.loads(request_log.JsonFormatter().format(record))
     assert entry["severity"] == "WARNING" and entry["message"] == "a b"
     assert entry["route"] == "/v1/appraisals" and entry["status"] == 422
     try:
         raise ValueError("boom")
     except ValueError:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
-    entry = json.loads(middleware.JsonFormatter().format(record))
+    entry = json.loads(request_log.JsonFormatter().format(record))
     assert entry["severity"] == "ERROR" and "ValueError: boom" in entry["message"]

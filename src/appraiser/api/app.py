@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from appraiser import store
 from appraiser.api import deps, errors
 from appraiser.api.batching import MicroBatcher
-from appraiser.api.middleware import (
+from appraiser.api.metrics import (
     CHAMPION,
     DROPPED,
     LOADS,
@@ -23,14 +23,11 @@ from appraiser.api.middleware import (
     REFUSED,
     WRITE_FAILURES,
     WRITTEN,
-    InFlight,
-    LimitBodySize,
-    SecurityHeaders,
-    TimeRequests,
 )
-from appraiser.api.models import ErrorOut
+from appraiser.api.middleware import InFlight, LimitBodySize, SecurityHeaders, TimeRequests
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
 from appraiser.api.routers import monitoring as monitoring_routes
+from appraiser.api.schemas import ErrorOut
 from appraiser.config import Settings, settings
 from appraiser.predict import ChampionWatcher
 

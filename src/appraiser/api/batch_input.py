@@ -4,7 +4,7 @@ Validating 1,000 stones as 1,000 pydantic objects costs more than pricing them (
 validators per stone). Here the body is parsed once (Rust) and each column is checked in one pass
 with the same rules (schema.BOUNDS, schema.GRADES, the depth rule, strict numbers, no unknown
 field). Only a batch that passes every rule is taken; anything else goes to pydantic
-(api.models.BatchIn), which then names the field and the rule exactly as it always has: the fast
+(api.schemas.BatchIn), which then names the field and the rule exactly as it always has: the fast
 path decides nothing it could get wrong, it only skips work for a valid batch.
 """
 

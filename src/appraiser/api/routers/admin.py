@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import audit, auth
 from appraiser.api import deps
-from appraiser.api.models import ERRORS, AuditEventOut, KeyCreated, KeyIn, KeyInfo
+from appraiser.api.schemas import ERRORS, AuditEventOut, KeyCreated, KeyIn, KeyInfo
 
 router = APIRouter(tags=["admin"], responses=ERRORS)
 

@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from appraiser import feedback, schema, store
 from appraiser.api import batch_input, deps
 from appraiser.api.batching import Overloaded
-from appraiser.api.middleware import PRICED
-from appraiser.api.models import (
+from appraiser.api.metrics import PRICED
+from appraiser.api.schemas import (
     CURRENCY,
     ERRORS,
     MAX_COMPARABLES,

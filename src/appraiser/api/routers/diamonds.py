@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import audit, schema
 from appraiser.api import deps
-from appraiser.api.models import ERRORS, MAX_COMPARABLES, IngestOut, SimilarOut
+from appraiser.api.schemas import ERRORS, MAX_COMPARABLES, IngestOut, SimilarOut
 
 router = APIRouter(prefix="/v1/diamonds", tags=["diamonds"], responses=ERRORS)
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import feedback
 from appraiser.api import deps
-from appraiser.api.models import ERRORS, ExpertPrice, ReviewIn
+from appraiser.api.schemas import ERRORS, ExpertPrice, ReviewIn
 
 router = APIRouter(prefix="/v1/feedback", tags=["review"], responses=ERRORS)
 

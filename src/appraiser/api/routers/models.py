@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import champion, jobs, registry
 from appraiser.api import deps
-from appraiser.api.models import (
+from appraiser.api.schemas import (
     ERRORS,
     BatchStatusOut,
     JobId,

@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import monitoring
 from appraiser.api import deps
-from appraiser.api.models import ERRORS, Timestamp
+from appraiser.api.metrics import metrics_registry
+from appraiser.api.schemas import ERRORS, Timestamp
 
 router = APIRouter(tags=["admin"], responses=ERRORS)
 
@@ -189,17 +190,6 @@ class MonitoringOut(BaseModel):
 # --- request latency from the Prometheus histogram --------------------------------------------
 
 
-def _registry() -> Any:
-    """The registry /metrics reads (every worker's figures in multiprocess mode)."""
-    try:
-        from appraiser.api.middleware import metrics_registry
-    except ImportError:  # a middleware without it: this process's own registry
-        from prometheus_client import REGISTRY
-
-        return REGISTRY
-    return metrics_registry()
-
-
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     """The q-quantile of a histogram's cumulative (upper bound, count) buckets, interpolated
     within its bucket as Prometheus's histogram_quantile does; None when it is empty."""
@@ -236,7 +226,7 @@ def _latency(method: str, route: str, buckets: dict[float, float]) -> RouteLaten
 def request_latency() -> RequestFigures:
     """p50/p90/p99 per route from the request histogram (since the server started)."""
     per_route: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for metric in _registry().collect():
+    for metric in metrics_registry().collect():  # every worker's figures
         if metric.name != HISTOGRAM:
             continue
         for sample in metric.samples:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from appraiser import schema, store
 from appraiser.api import deps
-from appraiser.api.middleware import (
+from appraiser.api.metrics import (
     BATCH_COVERAGE,
     BATCH_DRIFTED,
     BATCH_ID,
@@ -26,7 +26,7 @@ from appraiser.api.middleware import (
     metrics_registry,
     sync_live,
 )
-from appraiser.api.models import CURRENCY, ErrorOut, HealthOut
+from appraiser.api.schemas import CURRENCY, ErrorOut, HealthOut
 from appraiser.config import MAX_BATCH
 
 router = APIRouter()
