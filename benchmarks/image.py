@@ -20,9 +20,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' image helpers
 
-from benchmarks._bench import resolve_data
+from _bench import resolve_data
+
 from tests import image
 from tests.conftest import free_port
 

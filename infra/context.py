@@ -17,7 +17,8 @@ class Config:
     """What differs between projects: set with `pulumi config set` (Pulumi.<stack>.yaml)."""
 
     project: str
-    image: str  # by digest: ...@sha256:...
+    image: str  # the app (the Dockerfile's last stage), by digest: ...@sha256:...
+    mlflow_image: str  # the MLflow server (the Dockerfile's `mlflow` target), by digest
     secret_versions: dict[str, int]  # pinned: a deploy names the version it was tested with
     alert_email: str
     region: str = "us-central1"
@@ -32,6 +33,7 @@ class Config:
         return cls(
             project=pulumi.Config("gcp").require("project"),
             image=cfg.require("image"),
+            mlflow_image=cfg.require("mlflowImage"),
             secret_versions={k: int(v) for k, v in cfg.require_object("secretVersions").items()},
             alert_email=cfg.require("alertEmail"),
             region=pulumi.Config("gcp").get("region") or "us-central1",

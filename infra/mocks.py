@@ -88,6 +88,7 @@ def declare(level: Level, project: str = "appraiser-test", stage: str = "full") 
     config = stack.Config(
         project=project,
         image=f"us-docker.pkg.dev/{project}/appraiser/appraiser@sha256:{'0' * 64}",
+        mlflow_image=f"us-docker.pkg.dev/{project}/appraiser/appraiser-mlflow@sha256:{'1' * 64}",
         secret_versions={name: 3 for name in SECRETS},
         alert_email="operators@example.com",
         stage=stage,  # type: ignore[arg-type]  # build() refuses an unknown stage

@@ -194,7 +194,7 @@ def _mlflow(
             containers=[
                 run.ServiceTemplateContainerArgs(
                     name="mlflow",
-                    image=ctx.config.image,
+                    image=ctx.config.mlflow_image,
                     commands=["mlflow"],
                     args=[
                         "server",

@@ -368,6 +368,20 @@ def test_container_commands_parse_with_the_real_cli(
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_the_mlflow_server_runs_its_own_image_and_the_app_the_lean_one(
+    declared: dict[str, list[Declared]], level: str
+) -> None:
+    """The app image has MLflow's client only (no `mlflow server`): the Dockerfile's `mlflow`
+    target, deployed as its own image, runs the server."""
+    images = {}
+    for name, container in containers(declared[level]):
+        if container.get("name") != "collector":
+            images[name] = container["image"].split("@")[0].rsplit("/", 1)[-1]
+    assert images.pop("mlflow") == "appraiser-mlflow"
+    assert set(images.values()) == {"appraiser"}, images
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_runtime_processes_never_migrate_and_secrets_are_pinned(
     declared: dict[str, list[Declared]], level: str
 ) -> None:
@@ -458,7 +472,8 @@ def test_each_level_has_a_stack_file_with_what_the_program_requires() -> None:
     for level in LEVELS:
         config = yaml.safe_load((REPO / "infra" / f"Pulumi.{level}.yaml").read_text())["config"]
         assert {"gcp:project", "appraiser:image", "appraiser:alertEmail"} <= set(config)
-        assert "@sha256:" in config["appraiser:image"]  # deployed by digest, never by tag
+        for image in ("appraiser:image", "appraiser:mlflowImage"):
+            assert "@sha256:" in config[image]  # deployed by digest, never by tag
         assert set(config["appraiser:secretVersions"]) == set(spec.SECRETS)
 
 
