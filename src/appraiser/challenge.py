@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from appraiser import gate, lineage, registry
 from appraiser.gate import Decision
 from appraiser.models import ModelFormatError
-from appraiser.tuning import Fitted, fit_model, fold_groups
+from appraiser.tuning import Fitted, fit_model, fold_groups, progress_bars
 
 CROSS_FIT_FOLDS = 10  # each fold model misses 1/10 of the judged stones: less pessimism than 5
 MIN_TUNE_STONES = 1000  # fewer stones left to tune on: no cross-fitting, tune on all
@@ -71,13 +70,7 @@ def cross_fitted_prices(
     keys = lineage.stone_keys(stones)  # once: the folds and the twins both need them
     fold_of = fold_groups(keys[rows], seed) % folds
     parts = []
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    ) as progress:
+    with progress_bars(show_progress) as progress:
         task = progress.add_task("cross-fitting", total=folds)
         for k in range(folds):
             held = rows[fold_of == k]

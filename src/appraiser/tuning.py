@@ -45,6 +45,18 @@ class CandidateResult:
     seconds: float
 
 
+def progress_bars(show: bool) -> Progress:
+    """Bars for training's long steps (tuning, cross-fitting): task, count, time; hidden unless
+    `show` (jobs and tests run without a terminal to draw on)."""
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show,
+    )
+
+
 def _cv_mape(y_log: np.ndarray, oof_log: np.ndarray, mask: np.ndarray | None = None) -> float:
     y, p = np.exp(y_log), np.exp(oof_log)
     if mask is not None:
@@ -259,14 +271,7 @@ def fit(
     to_tune = [n for n in names if CANDIDATES[n].space]
     deadline = time.perf_counter() + timeout
     results: dict[str, CandidateResult] = {}
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-        transient=False,
-    ) as progress:
+    with progress_bars(show_progress) as progress:
         for name in names:
             # what one candidate leaves of its share goes to the ones after it
             left = [n for n in to_tune if n not in results]
