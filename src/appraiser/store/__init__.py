@@ -3,7 +3,7 @@
 A SQLite file under APPRAISER_HOME by default, any SQLAlchemy URL (PostgreSQL in production) when
 APPRAISER_DATABASE_URL is set. In parts:
 
-- `engine`: the URL, one pooled engine per URL, sessions;
+- `database`: the URL, one pooled engine per URL, sessions;
 - `tables`: the ORM classes, which must match the Alembic migrations in `appraiser/migrations`;
 - `migrate`: applying (or checking) those migrations, `ready` before any use;
 - `appraisals`: public ids, the row a served price becomes, reading one back;
@@ -24,7 +24,7 @@ from appraiser.store.appraisals import (
     record_appraisal,
     uid_age,
 )
-from appraiser.store.engine import database_url, dispose, driver_url, engine, session
+from appraiser.store.database import database_url, dispose, driver_url, engine, session
 from appraiser.store.migrate import (
     MIGRATION_LOCK_KEY,
     MIGRATIONS,

@@ -17,7 +17,7 @@ from pydantic_core import to_json
 from sqlalchemy import insert, select
 
 from appraiser.clock import now
-from appraiser.store.engine import session
+from appraiser.store.database import session
 from appraiser.store.migrate import ready
 from appraiser.store.tables import Appraisal, Feedback
 

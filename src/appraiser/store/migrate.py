@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from appraiser.config import StoreSettings
-from appraiser.store.engine import _ready, database_url, driver_url, engine
+from appraiser.store.database import _ready, database_url, driver_url, engine
 
 # the migrations stay a package of their own beside this one (package data names its template)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

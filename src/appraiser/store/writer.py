@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.exc import DataError, IntegrityError
 
-from appraiser.store.engine import engine
+from appraiser.store.database import engine
 from appraiser.store.migrate import ready
 from appraiser.store.tables import APPRAISALS
 
