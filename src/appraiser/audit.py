@@ -15,8 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appraiser import store
-from appraiser.clock import utc
+from appraiser import clock, store
 
 ACTIONS = (
     "key_created",
@@ -73,7 +72,7 @@ def events(
     if actor:
         query = query.where(table.actor == actor)
     if since:  # stored in UTC (naive on SQLite): compare in UTC
-        query = query.where(table.created_at >= utc(since))
+        query = query.where(table.created_at >= clock.utc(since))
     with store.session() as s:
         return [
             {
