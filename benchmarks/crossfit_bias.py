@@ -3,7 +3,7 @@
     python benchmarks/crossfit_bias.py [--data CSV] [--seeds 0 1] [--fresh 5000]
 
 The gate judges a challenger on its own training stones the champion never saw, each priced by
-the challenger's recipe refitted without the tenth that holds it (train.cross_fitted_prices).
+the challenger's recipe refitted without the tenth that holds it (challenge.cross_fitted_prices).
 Those fold models miss a tenth of the new stones, so they may price a little worse than the
 challenger itself. Per seed, without tuning (LightGBM's defaults: the question is the mechanism):
 1. v1: fit on Francesco's collection (or the public table's first 5,000 stones without it);
@@ -32,7 +32,8 @@ def ape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def one_seed(collection: pd.DataFrame, public: pd.DataFrame, fresh_n: int, seed: int) -> dict:
-    from appraiser.train import _fit_model, cross_fitted_prices, fit
+    from appraiser.challenge import cross_fitted_prices
+    from appraiser.tuning import fit, fit_model
 
     others = others_shuffled(public, collection, seed)
     fresh, test = others.iloc[:fresh_n], others.iloc[fresh_n : fresh_n + 10_000]
@@ -52,7 +53,7 @@ def one_seed(collection: pd.DataFrame, public: pd.DataFrame, fresh_n: int, seed:
     v2_test = ape(test_truth, v2.evaluated.predict(test)["price"].to_numpy())
     keep = np.ones(len(both), bool)
     keep[np.flatnonzero(~tune_on)[::10]] = False  # a tenth of the fresh stones left out
-    fold_like = _fit_model(v2.results, v2.weights, both[keep], v2.intervals, {}, v2.ranges)
+    fold_like = fit_model(v2.results, v2.weights, both[keep], v2.intervals, {}, v2.ranges)
     fold_test = ape(test_truth, fold_like.predict(test)["price"].to_numpy())
     return {
         "seed": seed,

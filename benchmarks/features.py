@@ -65,7 +65,10 @@ def main() -> None:
     for name, columns in ENCODINGS.items():
         encode = encoder(columns)
         features.ENCODED = columns  # what the members' constraints and matrices follow
-        models._matrix = lambda s, encode=encode: encode(s).to_numpy(dtype=np.float64)  # type: ignore[misc]
+        # what the members encode stones with (the price model is not used here)
+        models.members._matrix = models.boosters._matrix = (
+            lambda s, encode=encode: encode(s).to_numpy(dtype=np.float64)  # type: ignore[misc]
+        )
         started = time.perf_counter()
         candidate = models.CANDIDATES[args.candidate]
         member = candidate.build(candidate.defaults).fit(mine, np.log(mine["price"].to_numpy()))

@@ -33,7 +33,7 @@ def ape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def one_draw(path: Path, public: pd.DataFrame, collection: pd.DataFrame, n: int, seed: int) -> dict:
-    from appraiser import registry, train
+    from appraiser import challenge, registry, train, tuning
     from appraiser.ingest import ingest_file
     from appraiser.pipeline import retrain
 
@@ -44,21 +44,21 @@ def one_draw(path: Path, public: pd.DataFrame, collection: pd.DataFrame, n: int,
     fresh.to_csv(work / "fresh.csv", index=False)
 
     seen: dict[str, Any] = {}
-    real_cross_fit = train.cross_fitted_prices
+    real_cross_fit = challenge.cross_fitted_prices
 
-    def keep_cross_fit(fitted: train.Fitted, judge: np.ndarray, **options: Any) -> pd.DataFrame:
+    def keep_cross_fit(fitted: tuning.Fitted, judge: np.ndarray, **options: Any) -> pd.DataFrame:
         seen.update(fitted=fitted, judge=judge)
         seen["priced"] = real_cross_fit(fitted, judge, **options)
         return seen["priced"]
 
-    train.cross_fitted_prices = keep_cross_fit
+    challenge.cross_fitted_prices = keep_cross_fit
     try:
         v1 = train.train(path, show_progress=False)
         for source, file in (("francesco", path), ("new expert", work / "fresh.csv")):
             ingest_file(file, source=source)
         v2 = retrain(show_progress=False)
     finally:
-        train.cross_fitted_prices = real_cross_fit
+        challenge.cross_fitted_prices = real_cross_fit
     comparison = v2.gate.comparison if v2.gate else None
     m1, m2 = (registry.load_version(v.version)[1] for v in (v1, v2))
     truth = unseen["price"].to_numpy(float)
@@ -74,7 +74,7 @@ def one_draw(path: Path, public: pd.DataFrame, collection: pd.DataFrame, n: int,
     fitted, judge = seen["fitted"], seen["judge"]
     keep = np.ones(len(fitted.fit_part), bool)
     keep[np.random.default_rng(seed).permutation(np.flatnonzero(judge))[: judge.sum() // 10]] = 0
-    fold_like = train._fit_model(
+    fold_like = tuning.fit_model(
         fitted.results, fitted.weights, fitted.fit_part[keep], fitted.intervals, {}, fitted.ranges
     )
     a_fold = ape(truth, fold_like.predict(unseen)["price"].to_numpy())

@@ -161,7 +161,7 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
     import xgboost as xgb
     from pydantic_core import to_json
 
-    from appraiser import store
+    from appraiser import clock, store
     from appraiser.api import batch_input
 
     body = json.dumps({"diamonds": stones[list(schema.FEATURES)].to_dict("records")}).encode()
@@ -172,7 +172,7 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
     answers = appraiser.appraise(valid)
 
     def rows() -> list[dict[str, Any]]:
-        now, uids = store.utcnow(), store.new_uids(len(valid))
+        now, uids = clock.now(), store.new_uids(len(valid))
         return [
             store.appraisal_row(s, a["price"], price_low=a["price_low"],
                                 price_high=a["price_high"], model_version="1", latency_ms=0.1,
@@ -211,7 +211,7 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
 def store_rows(repeats: int) -> tuple[float, float]:
     from sqlalchemy import insert
 
-    from appraiser import store
+    from appraiser import clock, store
 
     url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'parts.db'}"
     store.upgrade(url)
@@ -219,7 +219,7 @@ def store_rows(repeats: int) -> tuple[float, float]:
     stone = schema.example_stone()
 
     def batch() -> list[dict[str, Any]]:
-        now = store.utcnow()
+        now = clock.now()
         return [
             store.appraisal_row(stone, 1234.5, price_low=1000.0, price_high=1500.0,
                                 model_version="1", latency_ms=0.1, created_at=now, uid=uid)

@@ -9,7 +9,7 @@
 2. The gate's false promotions: pairs of equally good models (the same recipe, LightGBM with its
    defaults, trained on disjoint samples of the same size) judged by the real gate on 1,000 stones
    neither saw; the same when the challenger is judged cross-fitted (each of its training stones
-   priced by the recipe refitted without it, train.cross_fitted_prices); and its power: a
+   priced by the recipe refitted without it, challenge.cross_fitted_prices); and its power: a
    challenger trained on twice the stones.
 3. The label-shift guard: batches of Francesco's collection (or the public table) priced by a
    model trained on other stones of it: the share held or called worse when nothing is wrong, and
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from _bench import format_table, resolve_data, write_json
 
-from appraiser.train import CROSS_FIT_FOLDS
+from appraiser.challenge import CROSS_FIT_FOLDS
 
 
 def wilson(k: int, n: int) -> tuple[float, float, float]:
@@ -116,7 +116,7 @@ def _model(stones: pd.DataFrame) -> Any:
 
 
 def _cross_fitted(stones: pd.DataFrame, folds: int | None = None) -> pd.DataFrame:
-    """Each stone priced by a model fitted without its fold (as train.cross_fitted_prices)."""
+    """Each stone priced by a model fitted without its fold (as challenge.cross_fitted_prices)."""
     folds = folds or CROSS_FIT_FOLDS
     fold_of = np.arange(len(stones)) % folds
     parts = []
@@ -207,7 +207,7 @@ def gate_rates(
 
 def guard_rates(stones: pd.DataFrame, batches: int) -> dict[str, Any]:
     from appraiser import screening
-    from appraiser.train import fit
+    from appraiser.tuning import fit
 
     order = np.random.default_rng(2).permutation(len(stones))
     train_part = stones.iloc[order[: len(stones) // 2]]

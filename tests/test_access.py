@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from appraiser import audit, auth, feedback, ingest, lineage, pipeline, schema, store
+from appraiser import audit, auth, feedback, ingest, jobs, lineage, pipeline, schema, store
 from appraiser.api import create_app
 from appraiser.cli import app as cli
 from appraiser.config import settings
@@ -391,8 +391,8 @@ def test_internals_are_shown_to_admins_only(client: TestClient) -> None:
     ctx.champions.last_error = "could not read /secret/path/model.ubj"
     assert client.get("/health").json()["reload_error"] is None
     assert "secret" in client.get("/health", headers=ADMIN).json()["reload_error"]
-    job_id = store.create_job("retrain", {})
-    store.update_job(job_id, status="failed", error="Traceback ... /srv/secret.py line 3")
+    job_id = jobs.create_job("retrain", {})
+    jobs.update_job(job_id, status="failed", error="Traceback ... /srv/secret.py line 3")
     assert "secret" not in client.get(f"/v1/jobs/{job_id}").json()["error"]
     assert "secret" in client.get(f"/v1/jobs/{job_id}", headers=ADMIN).json()["error"]
 

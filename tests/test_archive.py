@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from appraiser import archive, feedback, schema, store
+from appraiser import archive, clock, feedback, schema, store
 from appraiser.cli import app
 from tests import pg
 
@@ -25,7 +25,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator
 
 def _serve(url: str | None, carat: float, days_ago: float) -> str:
     stone = {**schema.example_stone(), "carat": carat}
-    when = store.utcnow() - timedelta(days=days_ago)
+    when = clock.now() - timedelta(days=days_ago)
     return store.record_appraisal(stone, 1000 * carat, url=url, created_at=when, model_version="1")
 
 
@@ -41,7 +41,7 @@ def test_a_day_is_exported_with_its_reviewed_prices_and_their_stones(url: str) -
     sent = feedback.submit(older, 9000.0, actor="expert-1")
     feedback.review(sent["id"], approve=True, actor="admin-1")
 
-    done = archive.export_day(store.utcnow().date(), "memory://warehouse", url=url)
+    done = archive.export_day(clock.now().date(), "memory://warehouse", url=url)
     assert (done.appraisals, done.feedback) == (3, 1)
     served = _read(done.files[0])
     assert [row["id"] for row in served] == today  # the day's, not the older one
@@ -52,7 +52,7 @@ def test_a_day_is_exported_with_its_reviewed_prices_and_their_stones(url: str) -
     assert label["carat"] == 2.5 and label["status"] == "approved"
     assert "day=" in done.files[0] and done.files[0].startswith("memory://warehouse/appraisals/")
 
-    empty = archive.export_day(store.utcnow().date() - timedelta(days=30), "memory://w2", url=url)
+    empty = archive.export_day(clock.now().date() - timedelta(days=30), "memory://w2", url=url)
     assert (empty.appraisals, empty.feedback) == (0, 0)
     assert _read(empty.files[0]) == []
     # an empty day has the same column types
@@ -128,7 +128,7 @@ def test_the_export_lands_in_cloud_storage(gcs: str, tmp_path: Path, monkeypatch
     said = CliRunner().invoke(app, ["export"])  # yesterday, to APPRAISER_EXPORT_TO
     settings.cache_clear()
     assert said.exit_code == 0, said.output
-    day = (store.utcnow() - timedelta(days=1)).date().isoformat()
+    day = (clock.now() - timedelta(days=1)).date().isoformat()
     fs = gcsfs.GCSFileSystem()
     written = sorted(fs.find(f"{gcs}/warehouse"))
     assert written == [
@@ -162,7 +162,7 @@ def test_a_day_loads_into_bigquery_replacing_its_partition(gcs: str, monkeypatch
             return Done()
 
     monkeypatch.setattr(bigquery, "Client", FakeClient)
-    day = store.utcnow().date()
+    day = clock.now().date()
     files = [
         f"gs://{gcs}/w/appraisals/day={day}/appraisals.parquet",
         f"gs://{gcs}/w/feedback/day={day}/feedback.parquet",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appraiser import jobs, store
+from appraiser import clock, jobs, store
 from tests.conftest import lock_held_elsewhere, use_home
 
 
@@ -19,7 +19,7 @@ def test_a_failed_job_exits_non_zero(tmp_path: Path) -> None:
     """Defect (issue 13): a retrain job that failed exited 0, so a launcher (a Cloud Run job
     execution) counted it a success."""
     use_home(tmp_path / "home")
-    job_id = store.create_job(jobs.RETRAIN, {"trials": 1, "timeout": 1})
+    job_id = jobs.create_job(jobs.RETRAIN, {"trials": 1, "timeout": 1})
     env = {**os.environ, "APPRAISER_HOME": str(tmp_path / "home")}
     env.pop("APPRAISER_DATABASE_URL", None)
     done = subprocess.run(
@@ -30,19 +30,19 @@ def test_a_failed_job_exits_non_zero(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 1, done.stderr
-    job = store.get_job(job_id)
+    job = jobs.get_job(job_id)
     assert job is not None and job["status"] == "failed"
     assert "TrainingError" in job["error"]  # no stones in this store yet
 
 
 def test_a_job_whose_process_was_lost_reads_failed(tmp_path: Path) -> None:
     use_home(tmp_path / "home")
-    job_id = store.create_job(jobs.RETRAIN, {})
-    store.update_job(job_id, status="running", started_at=store.utcnow())
+    job_id = jobs.create_job(jobs.RETRAIN, {})
+    jobs.update_job(job_id, status="running", started_at=clock.now())
     young = jobs.status(job_id)
     assert young is not None and young["status"] == "running"  # still within its start-up
-    long_ago = store.utcnow() - timedelta(seconds=jobs.STARTUP_GRACE + 60)
-    store.update_job(job_id, created_at=long_ago)
+    long_ago = clock.now() - timedelta(seconds=jobs.STARTUP_GRACE + 60)
+    jobs.update_job(job_id, created_at=long_ago)
     with lock_held_elsewhere():  # its process holds the pipeline lock: alive
         alive = jobs.status(job_id)
         assert alive is not None and alive["status"] == "running"
@@ -54,9 +54,9 @@ def test_a_job_whose_process_was_lost_reads_failed(tmp_path: Path) -> None:
 def test_a_job_that_ended_is_never_called_lost(tmp_path: Path) -> None:
     """Review: a status check that took the lock as the job released it overwrote its ending."""
     use_home(tmp_path / "home")
-    job_id = store.create_job(jobs.RETRAIN, {})
-    long_ago = store.utcnow() - timedelta(seconds=jobs.STARTUP_GRACE + 60)
-    store.update_job(job_id, status="succeeded", created_at=long_ago, result={"version": "2"})
+    job_id = jobs.create_job(jobs.RETRAIN, {})
+    long_ago = clock.now() - timedelta(seconds=jobs.STARTUP_GRACE + 60)
+    jobs.update_job(job_id, status="succeeded", created_at=long_ago, result={"version": "2"})
     assert not jobs._abandoned(job_id)  # what start_retrain asks: the lock is free, yet it ended
     done = jobs.status(job_id)
     assert done is not None and done["status"] == "succeeded" and done["error"] is None
@@ -127,14 +127,14 @@ def test_a_retrain_starts_a_cloud_run_job_execution(tmp_path: Path, monkeypatch)
         assert path == "/v2/projects/p/locations/r/jobs/appraiser-retrain:run"
         (override,) = body["overrides"]["containerOverrides"]
         assert override["args"] == ["python", "-m", "appraiser.jobs", job_id]
-        queued = store.get_job(job_id)
+        queued = jobs.get_job(job_id)
         assert queued is not None and queued["status"] == "queued"  # the execution reports
 
-        store.update_job(job_id, status="succeeded")  # (one retrain at a time)
+        jobs.update_job(job_id, status="succeeded")  # (one retrain at a time)
         fake.status = 403  # the platform refuses: the job is failed, the caller told why
         with pytest.raises(jobs.JobLaunchFailed, match="could not start"):
             jobs.start_retrain({"trials": 1}, actor="admin-1")
-        others = [store.get_job(i) for i in _job_ids() if i != job_id]
+        others = [jobs.get_job(i) for i in _job_ids() if i != job_id]
         refused = [j for j in others if j is not None]
         assert refused and refused[0]["status"] == "failed"
 

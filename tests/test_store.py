@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from appraiser import schema, store
+from appraiser import clock, jobs, schema, store
 from tests import pg
 
 
@@ -183,7 +183,7 @@ def test_bulk_insert_stores_what_the_orm_would(url: str, stone: dict) -> None:
     """The writer's driver-level insert (store.bulk_insert) against SQLAlchemy's own: every
     column reads back the same, the time zone and missing values included."""
     store.upgrade(url)
-    when = store.utcnow()
+    when = clock.now()
     rows = [
         store.appraisal_row(
             stone,
@@ -217,14 +217,14 @@ def test_bulk_insert_stores_what_the_orm_would(url: str, stone: dict) -> None:
 
 
 def test_jobs_are_recorded(url: str) -> None:
-    job = store.create_job("retrain", {"trials": 2}, url=url)
-    assert store.active_job("retrain", url=url) == job
-    store.update_job(job, url=url, status="succeeded", result={"version": "2"})
-    found = store.get_job(job, url=url)
+    job = jobs.create_job("retrain", {"trials": 2}, url=url)
+    assert jobs.active_job("retrain", url=url) == job
+    jobs.update_job(job, url=url, status="succeeded", result={"version": "2"})
+    found = jobs.get_job(job, url=url)
     assert found is not None and found["status"] == "succeeded"
     assert found["result"] == {"version": "2"} and found["params"] == {"trials": 2}
-    assert store.active_job("retrain", url=url) is None
-    assert store.get_job("nope", url=url) is None
+    assert jobs.active_job("retrain", url=url) is None
+    assert jobs.get_job("nope", url=url) is None
 
 
 def test_writer_writes_a_large_submission_in_statements_of_max_rows(
@@ -241,7 +241,7 @@ def test_writer_writes_a_large_submission_in_statements_of_max_rows(
         sizes.append(len(rows))
         return real(conn, table, rows)
 
-    monkeypatch.setattr(store, "bulk_insert", counting)
+    monkeypatch.setattr(store.writer, "bulk_insert", counting)  # where the writer looks
     writer = store.AppraisalWriter(url, interval=0.05, max_rows=40)
     taken = store.appraisal_row(stone, 1.0)
     writer.submit([taken])

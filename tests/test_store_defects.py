@@ -162,7 +162,7 @@ def test_writer_retries_pending_rows_when_traffic_stops(
 ) -> None:
     store.ready(store_url)
     outage = Outage(store.ready)
-    monkeypatch.setattr(store, "ready", outage.ready)
+    monkeypatch.setattr(store.writer, "ready", outage.ready)  # where the writer looks
     outage.down.set()
     writer = store.AppraisalWriter(url=store_url, interval=0.05)
     try:

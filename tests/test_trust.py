@@ -138,12 +138,12 @@ def test_stones_the_champion_trained_on_never_judge(trained, public):
 
 def test_cross_fitted_stones_are_priced_by_models_that_never_saw_them(public, monkeypatch):
     """Each training stone judged in cross-fitting is priced by a refit without it or its twin."""
-    from appraiser import train as training
+    from appraiser import challenge, tuning
 
     stones = public.sample(400, random_state=5).reset_index(drop=True)
     stones = pd.concat([stones, stones.head(20)], ignore_index=True)  # twins, other prices
     stones.loc[400:, "price"] = stones.loc[400:, "price"] * 1.1
-    fitted = training.fit(
+    fitted = tuning.fit(
         stones,
         public.sample(100, random_state=6),
         final_stones=None,
@@ -154,17 +154,17 @@ def test_cross_fitted_stones_are_priced_by_models_that_never_saw_them(public, mo
         show_progress=False,
     )
     seen: list[np.ndarray] = []
-    real = training._fit_model
+    real = tuning.fit_model
 
     def recording(results, weights, trained_on, *args, **kwargs):
         seen.append(lineage.stone_keys(trained_on))
         return real(results, weights, trained_on, *args, **kwargs)
 
-    monkeypatch.setattr(training, "_fit_model", recording)
+    monkeypatch.setattr(challenge, "fit_model", recording)  # where cross-fitting looks
     judge = np.zeros(len(stones), dtype=bool)
     judge[::2] = True
     judge[400:] = True
-    priced = training.cross_fitted_prices(fitted, judge, folds=5)
+    priced = challenge.cross_fitted_prices(fitted, judge, folds=5)
     assert len(priced) == int(judge.sum()) and len(seen) == 5
     keys = lineage.stone_keys(priced)
     for trained_keys in seen:  # every judged stone was left out of exactly one fold model

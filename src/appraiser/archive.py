@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
-from appraiser import schema, store
-from appraiser.monitoring import utc
+from appraiser import clock, schema, store
 from appraiser.store import Appraisal, Feedback
 
 REVIEWED = ("approved", "rejected")
@@ -129,7 +128,7 @@ def export_day(
     appraisals = pa.table(
         {
             "id": pa.array([r.uid for r in served], pa.string()),
-            "created_at": pa.array([utc(r.created_at) for r in served], when),
+            "created_at": pa.array([clock.utc(r.created_at) for r in served], when),
             **_stone_columns([r.input for r in served]),
             "price": pa.array([r.price for r in served], pa.float64()),
             "price_low": pa.array([r.price_low for r in served], pa.float64()),
@@ -148,9 +147,9 @@ def export_day(
             "actor": pa.array([r.actor for r in reviewed], pa.string()),
             "stone_key": pa.array([r.stone_key for r in reviewed], pa.string()),
             "flag": pa.array([r.flag for r in reviewed], pa.string()),
-            "sent_at": pa.array([utc(r.created_at) for r in reviewed], when),
+            "sent_at": pa.array([clock.utc(r.created_at) for r in reviewed], when),
             "reviewed_by": pa.array([r.reviewed_by for r in reviewed], pa.string()),
-            "reviewed_at": pa.array([utc(r.reviewed_at) for r in reviewed], when),
+            "reviewed_at": pa.array([clock.utc(r.reviewed_at) for r in reviewed], when),
             "review_note": pa.array([r.review_note for r in reviewed], pa.string()),
         }
     )
@@ -197,7 +196,7 @@ def prune_appraisals(
     priced (any feedback, whatever its status: the stone is the label's other half)."""
     if older_than_days < 1:
         raise ValueError("older_than_days: keep at least one day")
-    cutoff = store.utcnow() - timedelta(days=older_than_days)
+    cutoff = clock.now() - timedelta(days=older_than_days)
     labelled = select(Feedback.appraisal_id)
     old = Appraisal.created_at < cutoff
     store.ready(url)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import getpass
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appraiser import store
+from appraiser import clock, store
 
 ACTIONS = (
     "key_created",
@@ -72,8 +72,7 @@ def events(
     if actor:
         query = query.where(table.actor == actor)
     if since:  # stored in UTC (naive on SQLite): compare in UTC
-        moment = since if since.tzinfo else since.replace(tzinfo=UTC)
-        query = query.where(table.created_at >= moment.astimezone(UTC))
+        query = query.where(table.created_at >= clock.utc(since))
     with store.session() as s:
         return [
             {

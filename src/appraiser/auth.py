@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from appraiser import audit, store
+from appraiser import audit, clock, store
 from appraiser.config import settings
 
 ROLES = ("staff", "expert", "admin")
@@ -127,7 +127,7 @@ def revoke_key(name: str, *, actor: str) -> None:
             )
         if row.revoked_at is not None:
             raise KeyRefused(f"name: the key {name!r} was revoked already")
-        row.revoked_at = store.utcnow()
+        row.revoked_at = clock.now()
         row.revoked_by = actor[:200]
         audit.record(actor, "key_revoked", session=s, name=name, role=row.role)
     _cache.clear()

@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from appraiser import audit, data, lineage, schema, store
+from appraiser import audit, clock, data, lineage, schema, store
 
 STATUSES = ("pending", "approved", "rejected")
 FAR = 2.0  # flagged when the price is this many times as far (in log) as the range's edge
@@ -117,7 +117,7 @@ def review(feedback_id: int, *, approve: bool, actor: str, note: str | None = No
             )
         row.status = "approved" if approve else "rejected"
         row.reviewed_by = actor[:200]
-        row.reviewed_at = store.utcnow()
+        row.reviewed_at = clock.now()
         row.review_note = (note or "")[:2000] or None
         appraisal = s.get(store.Appraisal, row.appraisal_id)
         assert appraisal is not None

@@ -2,7 +2,7 @@
 
 Both models are judged on the same stones, and only on stones neither trained on (lineage.py):
 reference stones, and the challenger's own training stones the champion never saw, each priced by
-the challenger's recipe refitted without it (cross-fitting, train.cross_fitted_prices), which
+the challenger's recipe refitted without it (cross-fitting, challenge.cross_fitted_prices), which
 gives about five times the stones when a fresh batch arrives and so resolves gains of ~0.1 point.
 The headline is the paired difference of per-stone absolute percentage errors (champion minus
 challenger, in points of MAPE): a paired test, because both models price the same stones and most
@@ -314,7 +314,7 @@ def decide(
 
     `cross_fitted`: more labelled stones, each already priced (`challenger_price`,
     `challenger_low`, `challenger_high`) by the challenger's recipe refitted without it
-    (train.cross_fitted_prices); those the champion did not train on are judged too.
+    (challenge.cross_fitted_prices); those the champion did not train on are judged too.
     """
     policy = policy or GatePolicy()
     checked = [f[list(schema.COLUMNS)] for f in (pool, cross_fitted) if f is not None and len(f)]

@@ -1,22 +1,26 @@
 """Background jobs started through the API: a retrain runs in its own process.
 
 The API answers 202 at once with the job's id; `python -m appraiser.jobs JOB_ID` does the work and
-records its progress in the store's jobs table, which every API process can read. Training in a
-separate process keeps the server's latency steady (it needs the CPU and the GIL) and lets a crash
-in training take nothing else down.
+records its progress in the store's jobs table (read and written here), which every API process
+can read. Training in a separate process keeps the server's latency steady (it needs the CPU and
+the GIL) and lets a crash in training take nothing else down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
-from appraiser import audit, store
+from sqlalchemy import select
+
+from appraiser import audit, clock, store
 from appraiser.config import settings
-from appraiser.monitoring import utc
+from appraiser.store import JOB_ACTIVE, Job
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +35,68 @@ class JobLaunchFailed(RuntimeError):
     """The job could not be started (the job is recorded as failed)."""
 
 
+# --- the jobs table -----------------------------------------------------------------------------
+
+
+def create_job(kind: str, params: Mapping[str, Any], url: str | None = None) -> str:
+    """A queued job; returns its id."""
+    store.ready(url)
+    job_id = store.new_uid()
+    with store.session(url) as s, s.begin():
+        s.add(Job(id=job_id, kind=kind, status="queued", params=json.dumps(dict(params))))
+    return job_id
+
+
+def update_job(job_id: str, url: str | None = None, **values: Any) -> None:
+    """Set a job's status, times, result (JSON-encoded here) or error."""
+    if "result" in values and values["result"] is not None:
+        values["result"] = json.dumps(values["result"], default=str)
+    store.ready(url)
+    with store.session(url) as s, s.begin():
+        job = s.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"no job with id {job_id}")
+        for key, value in values.items():
+            setattr(job, key, value)
+
+
+def get_job(job_id: str, url: str | None = None) -> dict[str, Any] | None:
+    """A job as a dict, or None."""
+    store.ready(url)
+    with store.session(url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "status": job.status,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "params": json.loads(job.params),
+            "result": json.loads(job.result) if job.result else None,
+            "error": job.error,
+        }
+
+
+def active_job(kind: str, url: str | None = None) -> str | None:
+    """The id of a queued or running job of this kind, if any."""
+    store.ready(url)
+    with store.session(url) as s:
+        return s.scalar(select(Job.id).where(Job.kind == kind, Job.status.in_(JOB_ACTIVE)).limit(1))
+
+
+# --- starting, watching and running a job -------------------------------------------------------
+
+
 def start_retrain(params: dict[str, Any], *, actor: str) -> str:
     """Queue a retrain and start its process; returns the job id (JobConflict if one runs).
     `actor` is kept in the audit trail."""
-    running = store.active_job(RETRAIN)
+    running = active_job(RETRAIN)
     if running is not None and not _abandoned(running):
         raise JobConflict(f"a retrain is already under way (job {running})")
-    job_id = store.create_job(RETRAIN, params)
+    job_id = create_job(RETRAIN, params)
     if settings().job_launcher == "cloud-run":
         _start_cloud_run(job_id)
     else:
@@ -107,17 +166,17 @@ def _abandoned(job_id: str) -> bool:
     Such a job is marked failed, so it cannot block retraining forever."""
     from appraiser import pipeline
 
-    job = store.get_job(job_id)
+    job = get_job(job_id)
     if job is None:
         return True
-    created = utc(job["created_at"])
+    created = clock.utc(job["created_at"])
     assert created is not None  # a stored job always has its creation time
-    if (store.utcnow() - created).total_seconds() < STARTUP_GRACE:
+    if (clock.now() - created).total_seconds() < STARTUP_GRACE:
         return False
     try:
         with pipeline.exclusive():  # held while deciding: the job cannot end meanwhile
-            again = store.get_job(job_id)  # it may have ended just before the lock was free
-            if again is None or again["status"] not in store.JOB_ACTIVE:
+            again = get_job(job_id)  # it may have ended just before the lock was free
+            if again is None or again["status"] not in JOB_ACTIVE:
                 return False
             _fail(job_id, "the job's process was lost (found without the pipeline lock)")
     except pipeline.PipelineBusy:
@@ -126,19 +185,19 @@ def _abandoned(job_id: str) -> bool:
 
 
 def _fail(job_id: str, error: str) -> None:
-    store.update_job(job_id, status="failed", finished_at=store.utcnow(), error=error)
+    update_job(job_id, status="failed", finished_at=clock.now(), error=error)
 
 
 def _reap(job_id: str, process: subprocess.Popen[bytes]) -> None:
     """Wait for the job's process; if it died without saying how it ended, mark the job failed."""
     _, stderr = process.communicate()
-    job = store.get_job(job_id)
-    if job is not None and job["status"] in store.JOB_ACTIVE:
+    job = get_job(job_id)
+    if job is not None and job["status"] in JOB_ACTIVE:
         tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
-        store.update_job(
+        update_job(
             job_id,
             status="failed",
-            finished_at=store.utcnow(),
+            finished_at=clock.now(),
             error=f"the job process exited with code {process.returncode}: " + " / ".join(tail),
         )
 
@@ -147,9 +206,9 @@ def status(job_id: str) -> dict[str, Any] | None:
     """A job as the store has it, a queued or running one first checked for a lost process
     (then reported failed): a job whose process died with no one watching would otherwise read
     `running` for ever."""
-    job = store.get_job(job_id)
-    if job is not None and job["status"] in store.JOB_ACTIVE and _abandoned(job_id):
-        job = store.get_job(job_id)
+    job = get_job(job_id)
+    if job is not None and job["status"] in JOB_ACTIVE and _abandoned(job_id):
+        job = get_job(job_id)
     return job
 
 
@@ -158,10 +217,10 @@ def run(job_id: str) -> bool:
     process's exit status says the same, for whatever launched it)."""
     from appraiser import pipeline
 
-    job = store.get_job(job_id)
+    job = get_job(job_id)
     if job is None:
         raise KeyError(f"no job with id {job_id}")
-    store.update_job(job_id, status="running", started_at=store.utcnow())
+    update_job(job_id, status="running", started_at=clock.now())
     params = job["params"]
     # how the job ended is written while the lock is held: a status check (`status`) that took
     # the lock the moment it was released would otherwise find a finished job "lost"
@@ -177,10 +236,10 @@ def run(job_id: str) -> bool:
             except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
                 _fail(job_id, f"{type(exc).__name__}: {exc}")
                 return False
-            store.update_job(
+            update_job(
                 job_id,
                 status="succeeded",
-                finished_at=store.utcnow(),
+                finished_at=clock.now(),
                 result={"version": result.version, **result.to_dict()},
             )
             return True

@@ -21,13 +21,13 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
 
-from appraiser import schema, store
+from appraiser import clock, schema, store
 
 DEFAULT_HOURS = 24
 MAX_HOURS = 24 * 90
@@ -39,16 +39,9 @@ NOMINAL_COVERAGE = 90.0  # the ranges' promise, in percent
 _VALUE = re.compile(r"\s*\([^()]*\)$")  # "carat: not a number ('heavy')" -> "carat: not a number"
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """A stored time as aware UTC (SQLite gives naive ones; every time stored is UTC)."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime | None) -> str | None:
-    found = utc(moment)
-    return found.astimezone(UTC).isoformat() if found is not None else None
+    found = clock.utc(moment)
+    return found.isoformat() if found is not None else None
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -88,8 +81,8 @@ def _hour_column(engine: Engine) -> Any:
 
 def _as_hour(value: Any) -> datetime:
     if isinstance(value, datetime):
-        return _hour_floor(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+        return _hour_floor(clock.utc(value))
+    return clock.utc(datetime.fromisoformat(str(value)))
 
 
 def appraisals(engine: Engine, since: datetime, now: datetime) -> dict[str, Any]:
@@ -183,7 +176,7 @@ def feedback_accuracy(engine: Engine) -> list[dict[str, Any]]:
         expert = np.array([r[4] for r in items], dtype=float)
         ranged = [r for r in items if r[2] is not None and r[3] is not None]
         inside = [r[2] <= r[4] <= r[3] for r in ranged]
-        reviewed = [moment for r in items if (moment := utc(r[5])) is not None]
+        reviewed = [moment for r in items if (moment := clock.utc(r[5])) is not None]
         latest = max(reviewed, default=None)
         out.append(
             {
@@ -373,7 +366,7 @@ def overview(
     histories are the newest entries whatever their age. `champion`: the version being served,
     when the caller knows it (else the last move on record)."""
     hours = max(1, min(int(since_hours), MAX_HOURS))
-    moment = (now or store.utcnow()).astimezone(UTC)
+    moment = clock.utc(now or clock.now())
     since = _hour_floor(moment) - timedelta(hours=hours - 1)
     engine = store.ready(url)
     history = champion_history(engine)

@@ -22,19 +22,13 @@ import numpy as np
 import pandas as pd
 
 from appraiser import data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
 from appraiser.locking import BUSY, PipelineBusy, exclusive
 from appraiser.models import PriceModel
-from appraiser.train import (
-    MIN_STONES,
-    Fitted,
-    TrainingError,
-    TrainResult,
-    against_champion,
-    fit_and_register,
-    tuning_mask,
-)
+from appraiser.train import MIN_STONES, TrainResult, fit_and_register
+from appraiser.tuning import Fitted, TrainingError
 
 __all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
 

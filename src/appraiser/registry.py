@@ -34,7 +34,9 @@ from appraiser.models import PriceModel
 from appraiser.scoring import score_frame
 
 CHAMPION = "champion"
-__all__ = ["RegistryError", "RegistryUnavailable"]  # defined in model_cache (light), raised here
+# raised here but defined in model_cache: `appraiser predict` catches them having imported only
+# that light module, and importing this one (MLflow) would add 1.6 s to its start-up
+__all__ = ["RegistryError", "RegistryUnavailable"]
 
 # MLflow is chatty about things a user can do nothing about (git not found, pip inference).
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

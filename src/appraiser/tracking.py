@@ -22,7 +22,7 @@ from appraiser.config import settings
 from appraiser.gate import Decision
 
 if TYPE_CHECKING:
-    from appraiser.train import Fitted
+    from appraiser.tuning import Fitted
 
 FOLDS_PARAM = 5
 

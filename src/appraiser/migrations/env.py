@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-from appraiser.store import Base
+from appraiser.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
