@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from appraiser import schema
+from appraiser import clock, schema
 from appraiser.config import MAX_BATCH
 
 CURRENCY = "USD"
@@ -23,12 +23,8 @@ AppraisalId = Annotated[
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="the id POST /v1/retrain gave")]
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; every time stored is UTC, and RFC 3339 wants the offset
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
+# RFC 3339 wants the offset; SQLite hands stored (UTC) times back naive
+Timestamp = Annotated[datetime, AfterValidator(clock.utc)]
 
 
 class Comparable(BaseModel):

@@ -50,14 +50,12 @@ def export_cmd(
     by day, with each labelled stone whole): for the warehouse, and before `retention`."""
     import datetime as dt
 
-    from appraiser import archive
+    from appraiser import archive, clock
     from appraiser.config import settings
     from appraiser.store import StoreOutdated
 
     try:
-        when = (
-            dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date() - dt.timedelta(1)
-        )
+        when = dt.date.fromisoformat(day) if day else clock.now().date() - dt.timedelta(1)
     except ValueError as exc:
         raise fail(f"--day: a date as YYYY-MM-DD, not {day!r}", code=2) from exc
     cfg = settings()

@@ -15,7 +15,6 @@ code uses as `store.X`.
 
 from __future__ import annotations
 
-from appraiser.clock import now as utcnow  # the API still asks the store for the time
 from appraiser.store.appraisals import (
     appraisal_row,
     get_appraisal,
@@ -95,5 +94,4 @@ __all__ = [
     "session",
     "uid_age",
     "upgrade",
-    "utcnow",
 ]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from appraiser import feedback, schema, store
+from appraiser import clock, feedback, schema, store
 from appraiser.api import batch_input, deps
 from appraiser.api.batching import Overloaded
 from appraiser.api.metrics import PRICED
@@ -56,7 +56,7 @@ def price_and_store(
         asking_prices=asking if any(a is not None for a in asking) else None,
     )
     latency_ms = round((time.perf_counter() - start) * 1000 / max(len(stones), 1), 3)
-    now = store.utcnow()
+    now = clock.now()
     uids = store.new_uids(len(stones))
     rows = []
     for stone, answer, uid in zip(stones, answers, uids, strict=True):
