@@ -16,10 +16,10 @@ $(STAMP): requirements-bootstrap.txt requirements.txt infra/requirements.txt pyp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# The installers first, pinned and hash-checked: the pip that `python3 -m venv` brings differs
 	@# by machine (23.x refuses a pinned package's extras in hash-checking mode); uv installs the
-	@# rest, every wheel hash-checked, in a tenth of pip's time. infra/: the Pulumi program and its
-	@# offline tests, never in the image.
+	@# rest, every wheel hash-checked, in a tenth of pip's time (with the system's certificates, as
+	@# pip uses them). infra/: the Pulumi program and its offline tests, never in the image.
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-bootstrap.txt
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes \
+	$(BIN)/uv pip install --quiet --system-certs --python $(BIN)/python --require-hashes \
 		-r requirements.txt -r infra/requirements.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
