@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import features, native, registry
+from appraiser import champion, features, native, registry
 from appraiser.api import create_app
 from appraiser.config import settings
 from appraiser.models import CANDIDATES, AdaptiveRange, LazyBooster, PriceModel
@@ -241,5 +241,5 @@ def test_the_predict_command_compiles_once_then_loads(compiling: Path, monkeypat
     # and checked against the answers LightGBM gave the first time: LightGBM not even loaded
     assert all(isinstance(f.booster, LazyBooster) for f in native.forests(again.model))
     assert not any(f.booster._booster for f in native.forests(again.model))
-    _, loaded = registry.load_version()  # a server's load: the cache only
+    _, loaded = registry.load_version(str(champion.current()))  # a server's load: the cache only
     assert all(f.compiled for f in native.forests(loaded))

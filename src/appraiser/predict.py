@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, features, model_cache, native, schema, treeshap
+from appraiser import champion, data, explain, features, model_cache, native, schema, treeshap
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -128,7 +128,10 @@ class Appraiser:
     def champion(cls) -> Appraiser:
         from appraiser import registry  # MLflow: seconds to import, so only when needed
 
-        version, model = registry.load_version()
+        version = champion.current()
+        if version is None:
+            raise registry.RegistryError("no champion model yet: train one with `appraiser train`")
+        version, model = registry.load_version(version)
         return cls(model, version)
 
     @classmethod
@@ -136,7 +139,7 @@ class Appraiser:
         """The champion for scoring a file: the version the store's promotion history names,
         loaded from this machine's cache without MLflow when it is there (start-up in a fraction
         of a second); otherwise the registry's, as `champion()`."""
-        version = model_cache.stored_champion()
+        version = champion.current(registry=False)
         if version is not None and model_cache.is_complete(version):
             appraiser = cls(PriceModel.load(model_cache.pricer_folder(version)), version)
         else:
@@ -274,7 +277,7 @@ class ChampionWatcher:
             try:
                 from appraiser import registry
 
-                version = registry.champion_version()
+                version = champion.current()
                 if version is None or (self.current and self.current.version == version):
                     return False
                 loaded_version, model = registry.load_version(version)
