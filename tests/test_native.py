@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import champion, features, native, registry
+from appraiser import champion, features, registry
 from appraiser.api import create_app
 from appraiser.config import settings
+from appraiser.fast import compiled as native
 from appraiser.models import CANDIDATES, AdaptiveRange, LazyBooster, PriceModel
 from appraiser.predict import Appraiser, ChampionWatcher
 
@@ -61,10 +62,10 @@ def _fresh(model: PriceModel) -> PriceModel:
     clone = copy.copy(model)
     clone.members = [copy.copy(m) for m in model.members]
     for member in clone.members:
-        member.native = None  # type: ignore[attr-defined]
+        member.accelerated = None  # type: ignore[attr-defined]
     clone.ranges = copy.copy(model.ranges)
     assert clone.ranges is not None
-    clone.ranges.native = None
+    clone.ranges.accelerated = None
     assert not any(f.compiled for f in native.forests(clone))
     return clone
 
@@ -182,7 +183,7 @@ def test_compiled_trees_that_disagree_are_refused_for_good(
     real = forest.booster.predict
     monkeypatch.setattr(forest.booster, "predict", lambda m, **kw: real(m, **kw) + 1e-6)
     assert not native.attach(model, build=True)
-    assert forest.holder.native is None  # LightGBM keeps it; the other forests are compiled
+    assert forest.holder.accelerated is None  # LightGBM keeps it; the other forests are compiled
     assert [f.role for f in native.forests(model) if not f.compiled] == ["lightgbm"]
     assert len(list(native.folder().glob("*.refused"))) == 1
 

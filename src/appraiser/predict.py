@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import champion, data, explain, features, model_cache, native, schema, treeshap
+from appraiser import champion, data, explain, fast, features, model_cache, schema
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -145,7 +145,7 @@ class Appraiser:
         else:
             appraiser = cls.champion()
         # compiled once per version on this machine: a file is scored several times faster
-        native.attach(appraiser.model, build=True)
+        fast.accelerate(appraiser.model, build="now", explain=False)
         return appraiser
 
     def price(self, stones: pd.DataFrame) -> pd.DataFrame:
@@ -293,14 +293,13 @@ class ChampionWatcher:
             self.current = fresh
             self.reloads += 1
             self.last_error = None
-            # LightGBM serves until this machine's compiled trees are ready (native.py), and
-            # explains until the TreeSHAP tables are (treeshap.py)
-            compiling = native.attach_in_background(fresh.model, f"v{fresh.version}")
-            self.tables_thread = treeshap.attach_in_background(fresh.model)
+            # LightGBM serves until this machine's compiled trees are ready, and explains until
+            # the TreeSHAP tables are (appraiser.fast, one background thread)
+            self.tables_thread = fast.accelerate(fresh.model)
             if self.settle_heap:
                 self.settling = threading.Thread(
                     target=settle_heap_after,
-                    args=([compiling, self.tables_thread],),
+                    args=([self.tables_thread],),
                     name="heap-settle",
                     daemon=True,
                 )

@@ -28,7 +28,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc import log_model as log_pyfunc_model
 from mlflow.tracking import MlflowClient
 
-from appraiser import model_cache, native
+from appraiser import fast, model_cache
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
 from appraiser.model_cache import PRICER_ARTIFACT, RegistryError, RegistryUnavailable
 from appraiser.models import PriceModel
@@ -236,7 +236,7 @@ def load_version(version: str, *, keep: Sequence[str] = ()) -> tuple[str, PriceM
         # a new version landed: the oldest go, never `keep` (a challenger may be newer)
         model_cache.prune(loaded=version, also=keep)
     model = PriceModel.load(model_cache.pricer_folder(version))
-    native.attach(model, build=False)  # this machine's compiled trees, when already made
+    fast.accelerate(model, build="no", explain=False)  # compiled trees already on this machine
     return version, model
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from appraiser import champion, data, lineage, native, tracking
+from appraiser import champion, data, fast, lineage, tracking
 from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
@@ -225,7 +225,7 @@ def fit_and_register(
             "and run it again."
         ) from exc
     if decision.promote:  # compiled before the move: the servers find the new champion's
-        native.attach(fitted.final, build=True)  # fast trees ready, and none compiles them
+        fast.accelerate(fitted.final, build="now", explain=False)  # compiled: none compiles them
     promoted, said = _promote(logged.version, decision, actor)
     champion_after: str | None = decision.champion
     try:  # after the move, a failure is a warning: the version and the move stand
