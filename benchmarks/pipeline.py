@@ -44,7 +44,7 @@ def main() -> None:
     path = resolve_data(args.data, required=True)
     assert path is not None
 
-    from appraiser import data, evaluate, registry
+    from appraiser import champion, data, evaluate, registry
     from appraiser.ingest import ingest_file
     from appraiser.pipeline import retrain, run_pass
     from appraiser.train import train
@@ -115,11 +115,11 @@ def main() -> None:
     inbox.mkdir()
     marked = spare.iloc[400:1000]
     marked.assign(price=(marked["price"] * 1.3).round()).to_csv(inbox / "marked.csv", index=False)
-    champion_before = registry.champion_version()
+    champion_before = champion.current()
     assert champion_before is not None
     before = score(champion_before)
     report = run_pass(inbox, show_progress=False)
-    after_version = registry.champion_version()
+    after_version = champion.current()
     assert after_version is not None
     print(
         f"4. 600 stones marked up 30% through the inbox: held {report.ingested[0].held}; "

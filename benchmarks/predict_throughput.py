@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from _bench import Goal, environment, format_table, goals_table, resolve_data, use_home, write_json
 
-from appraiser import data, features, registry, schema
+from appraiser import champion, data, features, registry, schema
 from appraiser.models import PriceModel
 from appraiser.predict import CHUNK_ROWS, score_frame
 from appraiser.train import train
@@ -81,7 +81,7 @@ def champion_home(given: Path | None, data_arg: Path | None) -> tuple[Path, str,
         # asking an empty folder for its champion would create a store in it: look first
         if (home / "mlflow.db").exists():
             use_home(home)
-            version = registry.champion_version()
+            version = champion.current()
             if version is not None:
                 return home, version, {"trained": False}
         print(f"note: {home} has no champion; training a quick model in a temporary home")

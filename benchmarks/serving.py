@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from _bench import REPO, Goal, environment, format_table, goals_table, use_home, write_json
 
-from appraiser import data, features, registry, schema
+from appraiser import champion, data, features, registry, schema
 from appraiser.config import REGISTERED_MODEL
 
 
@@ -268,13 +268,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def ensure_champion(home: Path) -> str:
     use_home(home)
-    version = registry.champion_version() if (home / "mlflow.db").exists() else None
+    version = champion.current() if (home / "mlflow.db").exists() else None
     if version is None:
         print(f"No champion in {home}: training one on the default data (as `make run` does)")
         subprocess.run(
             [sys.executable, "-m", "appraiser.cli", "train", "--if-no-champion"], check=True
         )
-        version = registry.champion_version()
+        version = champion.current()
     assert version is not None
     return version
 

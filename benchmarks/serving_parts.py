@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 from _bench import REPO, format_table, use_home
 
-from appraiser import data, explain, features, native, schema, treeshap
+from appraiser import data, explain, features, schema
+from appraiser.fast import compiled as native
+from appraiser.fast import tables as treeshap
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import ingest, pipeline, registry, schema, store
+from appraiser import champion, ingest, pipeline, registry, schema, store
 from appraiser.api import create_app
 from appraiser.config import MAX_BATCH, REGISTERED_MODEL, settings
 from tests.conftest import API_KEY, lock_held_elsewhere, use_home
@@ -381,7 +381,7 @@ def test_retrain_runs_as_a_job(client: TestClient, small_csv: Path) -> None:
         job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["version"] == "2" and isinstance(job["result"]["promoted"], bool)
-    assert {v.version for v in registry.versions()} == {"1", "2"}
+    assert {v.version for v in champion.versions()} == {"1", "2"}
     assert client.get(f"/v1/jobs/{'0' * 32}").status_code == 404
     assert client.post("/v1/retrain", json={"trials": 0}, headers=ADMIN).status_code == 422
 

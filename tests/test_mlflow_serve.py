@@ -14,7 +14,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from appraiser import registry, schema
+from appraiser import champion, registry, schema
 from appraiser.config import REGISTERED_MODEL
 from appraiser.predict import Appraiser
 from tests.conftest import free_port
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def test_mlflow_models_serve_prices_like_the_appraiser(
     home_copy: Path, public: pd.DataFrame, tmp_path: Path
 ) -> None:
-    version = registry.champion_version()
+    version = champion.current()
     port = free_port()
     log = (tmp_path / "mlflow-serve.log").open("wb")
     server = subprocess.Popen(

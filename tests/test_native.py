@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from appraiser import features, native, registry
+from appraiser import champion, features, registry
 from appraiser.api import create_app
 from appraiser.config import settings
+from appraiser.fast import compiled as native
 from appraiser.models import CANDIDATES, AdaptiveRange, LazyBooster, PriceModel
 from appraiser.predict import Appraiser, ChampionWatcher
 
@@ -61,10 +62,10 @@ def _fresh(model: PriceModel) -> PriceModel:
     clone = copy.copy(model)
     clone.members = [copy.copy(m) for m in model.members]
     for member in clone.members:
-        member.native = None  # type: ignore[attr-defined]
+        member.accelerated = None  # type: ignore[attr-defined]
     clone.ranges = copy.copy(model.ranges)
     assert clone.ranges is not None
-    clone.ranges.native = None
+    clone.ranges.accelerated = None
     assert not any(f.compiled for f in native.forests(clone))
     return clone
 
@@ -182,7 +183,7 @@ def test_compiled_trees_that_disagree_are_refused_for_good(
     real = forest.booster.predict
     monkeypatch.setattr(forest.booster, "predict", lambda m, **kw: real(m, **kw) + 1e-6)
     assert not native.attach(model, build=True)
-    assert forest.holder.native is None  # LightGBM keeps it; the other forests are compiled
+    assert forest.holder.accelerated is None  # LightGBM keeps it; the other forests are compiled
     assert [f.role for f in native.forests(model) if not f.compiled] == ["lightgbm"]
     assert len(list(native.folder().glob("*.refused"))) == 1
 
@@ -241,5 +242,5 @@ def test_the_predict_command_compiles_once_then_loads(compiling: Path, monkeypat
     # and checked against the answers LightGBM gave the first time: LightGBM not even loaded
     assert all(isinstance(f.booster, LazyBooster) for f in native.forests(again.model))
     assert not any(f.booster._booster for f in native.forests(again.model))
-    _, loaded = registry.load_version()  # a server's load: the cache only
+    _, loaded = registry.load_version(str(champion.current()))  # a server's load: the cache only
     assert all(f.compiled for f in native.forests(loaded))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from appraiser import registry, schema
+from appraiser import champion, registry, schema
 from appraiser.cli import app
 from appraiser.gate import GatePolicy, coverage_check, sanity_problems
 from appraiser.ingest import ingest_file
@@ -46,16 +46,16 @@ def test_retrain_promotes_through_the_gate_and_people_can_roll_back(tmp_path, pu
     ingest_file(second)
     v2 = retrain(trials=1, timeout=1, show_progress=False)
     assert "vs champion v1" in v2.decision
-    assert registry.champion_version() == ("2" if v2.champion else "1")
+    assert champion.current() == ("2" if v2.champion else "1")
     run = registry.client().get_run(v2.run_id)
     assert run.data.tags["decision"] == v2.decision and run.data.tags["kind"] == "retrain"
 
     runner = CliRunner()
     assert runner.invoke(app, ["models", "promote", "2"]).exit_code == 0
-    assert registry.champion_version() == "2"
+    assert champion.current() == "2"
     result = runner.invoke(app, ["models", "rollback"])
     assert result.exit_code == 0, result.output
-    assert registry.champion_version() == "1"
+    assert champion.current() == "1"
     missing = runner.invoke(app, ["models", "promote", "9"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
@@ -90,7 +90,7 @@ def test_pipeline_pass_sorts_the_inbox_and_retrains_when_due(tmp_path, public):
     assert (inbox / "processed" / "batch1.csv").exists()
     assert (inbox / "failed" / "garbage.csv.reason.txt").read_text().strip()
     assert report.result is not None and report.result.champion
-    assert registry.champion_version() == "1"
+    assert champion.current() == "1"
 
     # a pass with nothing new does not retrain
     quiet = run_pass(inbox, threshold=500, trials=1, timeout=1, show_progress=False)
@@ -204,7 +204,7 @@ def test_a_crash_in_training_changes_nothing_and_shows(tmp_path, public, monkeyp
     monkeypatch.setattr(models.XGBoostMember, "_fit_trees", boom)
     with pytest.raises(TrainingError, match="champion is unchanged"):
         retrain(trials=1, timeout=1, show_progress=False)
-    assert registry.champion_version() == v1.version
+    assert champion.current() == v1.version
     assert len(ingest.accepted_stones()) == stored
     runs = registry.client().search_runs(
         [_experiment_id()], order_by=["attributes.start_time DESC"], max_results=1
@@ -272,7 +272,7 @@ def test_a_killed_retrain_changes_nothing(tmp_path, public):
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-    assert registry.champion_version() == v1.version
+    assert champion.current() == v1.version
     assert len(ingest.accepted_stones()) == stones and len(ingest.rejected()) == rejected
     assert Appraiser.champion().price(public.head(3))["price"].notna().all()
 

@@ -36,7 +36,7 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
     import subprocess
     import sys
 
-    from appraiser import registry
+    from appraiser import champion
 
     version = Appraiser.champion().version  # fills the cache, as any first load does
     probe = (
@@ -54,7 +54,7 @@ def test_scoring_a_file_starts_without_mlflow_or_scikit_learn(trained, tmp_path)
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == [version, "[]"], done.stderr
-    assert version == registry.champion_version()
+    assert version == champion.current()
 
 
 def test_the_cached_model_is_found_where_its_mlmodel_file_says(trained):
@@ -77,18 +77,19 @@ def test_scoring_falls_back_to_the_registry_when_the_cache_is_empty(trained, tmp
 
 
 def test_the_champion_read_without_sqlalchemy_is_the_stores(trained, tmp_path, monkeypatch):
-    """model_cache reads the default SQLite store's promotion history with sqlite3 (start-up):
-    the same answer as store.Promotion read through SQLAlchemy; None with no store or table."""
-    from appraiser import model_cache, registry, store
+    """champion.current reads the default SQLite store's promotion history with sqlite3
+    (start-up): the same answer as store.Promotion read through SQLAlchemy; None with no store or
+    table."""
+    from appraiser import champion, store
 
     monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)
-    first = registry.champion_version()
-    assert first is not None and model_cache.stored_champion() == first
+    first = champion.current()
+    assert first is not None and champion._stored() == first
     monkeypatch.setenv("APPRAISER_DATABASE_URL", store.database_url())  # the same file
-    assert model_cache.stored_champion() == first  # now read through SQLAlchemy
-    assert model_cache._stored_champion_sqlite(tmp_path / "none.db") is None
+    assert champion._stored() == first  # now read through SQLAlchemy
+    assert champion._stored_sqlite(tmp_path / "none.db") is None
     (tmp_path / "empty.db").write_bytes(b"")
-    assert model_cache._stored_champion_sqlite(tmp_path / "empty.db") is None
+    assert champion._stored_sqlite(tmp_path / "empty.db") is None
 
 
 def test_old_cached_versions_are_pruned(tmp_path):

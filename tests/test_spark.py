@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from appraiser import registry, schema
+from appraiser import champion, schema
 from appraiser.cli import app
 from appraiser.config import REGISTERED_MODEL
 from tests.conftest import use_home
@@ -122,7 +122,7 @@ def test_spark_udf_prices_a_file_as_appraiser_predict_does(
 
     # In local mode spark_udf downloads the model on the driver (the models:/ URI is resolved in
     # the registry appraiser points MLflow at) and the workers load that local copy.
-    version = registry.champion_version()  # the version `appraiser predict` used (v1 here)
+    version = champion.current()  # the version `appraiser predict` used (v1 here)
     assert version is not None
     import mlflow.pyfunc
 

@@ -5,12 +5,12 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appraiser import features, registry, schema
+from appraiser import champion, features, registry, schema
 from appraiser.predict import Appraiser
 
 
 def test_training_registers_a_champion_with_its_artifacts(trained):
-    infos = registry.versions()
+    infos = champion.versions()
     assert [v.champion for v in infos] == [True]
     assert infos[0].metrics["mape"] < 20
     run_dirs = list((trained / "runs").iterdir())
@@ -103,7 +103,7 @@ def test_training_again_on_the_same_file_decides_nothing_automatically(home_copy
     assert result.gate is not None and not result.gate.automatic
     assert "only 0 of " in result.decision
     assert "holdout stones of this file were seen by neither model" in result.decision
-    assert registry.champion_version() == "1"
+    assert champion.current() == "1"
     assert result.version == "2"
 
 
@@ -120,4 +120,4 @@ def test_training_on_new_stones_is_judged_on_them(home_copy, public, tmp_path):
     assert decision.comparison.stones == decision.judged_on["stones"]
     assert not result.champion  # the linear baseline cannot beat the tuned trees
     assert "blocked by improvement" in result.decision
-    assert registry.champion_version() == "1"
+    assert champion.current() == "1"

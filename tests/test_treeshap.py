@@ -1,4 +1,4 @@
-"""TreeSHAP from tables (treeshap.py): LightGBM's contributions, to rounding, without LightGBM."""
+"""TreeSHAP from tables (fast/tables.py): LightGBM's contributions, to rounding, without it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from appraiser import features, treeshap
+from appraiser import features
+from appraiser.fast import probe as probes
+from appraiser.fast import tables as treeshap
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def test_the_tables_give_lightgbms_contributions(stones: np.ndarray, params: dic
     model = booster(stones, **params)
     tables = treeshap.LeafTables.build(model)
     assert tables is not None
-    for rows in (stones[:1], stones[:7], stones, tables.probe()):
+    for rows in (stones[:1], stones[:7], stones, probes.stones(None, tables.cuts)):
         expected = model.predict(rows, pred_contrib=True)
         np.testing.assert_allclose(tables.contributions(rows), expected, rtol=0, atol=1e-10)
     # additive: contributions and the expected value sum to the prediction
@@ -66,17 +68,17 @@ def test_the_served_champion_explains_from_tables(home_copy, monkeypatch) -> Non
         pytest.skip("the test champion has no LightGBM member")
     assert watcher.tables_thread is not None  # made in the background: LightGBM meanwhile
     watcher.tables_thread.join(timeout=120)
-    assert all(m.tables is not None for m in members)
+    assert all(m.accelerated is not None and m.accelerated.tables is not None for m in members)
     stones = [schema.example_stone(), {**schema.example_stone(), "carat": 2.1, "x": 8.2}]
     with_tables = watcher.current.appraise(stones, explain=True)
-    saved = [m.tables for m in members]
+    saved = [m.accelerated for m in members]
     for m in members:
-        m.tables = None
+        m.accelerated = None
     by_lightgbm = watcher.current.appraise(stones, explain=True)
     assert with_tables == by_lightgbm
     real: list = [m.booster for m in members]
     for m, tables, booster_of in zip(members, saved, real, strict=True):
-        m.tables = tables
+        m.accelerated = tables
         monkeypatch.setattr(m, "booster", _NoTreeShap(booster_of))
     assert watcher.current.appraise(stones, explain=True) == with_tables
     # a missing value goes LightGBM's own way (its default side), so LightGBM explains it

@@ -356,7 +356,7 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     assert decision.automatic and decision.comparison.stones == decision.judged_on["stones"]
     if not v2.champion:  # the strict comparison may not resolve the gain (issue 9, still open):
         champion.promote(v2.version, actor="test")  # a person decides, as the README says
-    assert registry.champion_version() == v2.version
+    assert champion.current() == v2.version
 
     # 200 same-population stones, twice: a promotion only on a significant judged gain (on this
     # small store 400 more stones can be a real one; benchmarks/pipeline.py measures the flow)
@@ -364,14 +364,14 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
         extra = tmp_path / f"extra{i}.csv"
         more.sample(200, random_state=30 + i).to_csv(extra, index=False)
         ingest_file(extra)
-        before_retrain = registry.champion_version()
+        before_retrain = champion.current()
         again = retrain(trials=1, timeout=5, show_progress=False)
         assert again.gate is not None and again.gate.automatic
         if again.champion:
             assert again.gate.comparison is not None and again.gate.comparison.low > 0
         else:
-            assert registry.champion_version() == before_retrain
-    current = registry.champion_version()
+            assert champion.current() == before_retrain
+    current = champion.current()
 
     # a batch marked up 30%, dropped in the inbox: held, reported, never trained on
     inbox = tmp_path / "inbox"
@@ -384,7 +384,7 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     assert [h["id"] for h in report.held] == [report.ingested[0].batch_id]
     assert report.to_dict()["held"][0]["batch"] == report.ingested[0].batch_id
     assert report.result is None  # nothing new to learn from
-    assert registry.champion_version() == current
+    assert champion.current() == current
     assert len(ingest.accepted_stones()) == before
 
     # an admin releases it: it counts as new, and a pass retrains with it
@@ -420,7 +420,7 @@ def test_a_rejected_challenger_is_not_retrained_until_something_new(store_url, t
     second_pass = runner.invoke(app, [*command, "--margin", "50"])
     quiet = json.loads(second_pass.output)
     assert not quiet["retrained"] and quiet["new_stones"] == 0 and quiet["champion"] == "1"
-    assert len(registry.versions()) == 2
+    assert len(champion.versions()) == 2
 
 
 # --- alias moves ---------------------------------------------------------------------------------
@@ -458,7 +458,26 @@ def test_a_move_checks_the_champion_it_decided_against(with_champion):
     champion.promote(v2, actor="someone else")
     with pytest.raises(champion.ChampionChanged, match="no longer v1"):
         champion.move("1", kind="gate", reason="t", actor="gate", expected="1")
-    assert registry.champion_version() == v2
+    assert champion.current() == v2
+
+
+def test_an_alias_moved_outside_the_history_is_not_followed(with_champion, caplog):
+    """Issue 22: the champion had three answers; MLflow's alias, which anyone reaching MLflow can
+    move, won. The store's promotion history (written under the pipeline lock) wins now: the
+    alias moved straight in MLflow is logged, and neither current() nor a server follows it."""
+    from appraiser.predict import ChampionWatcher
+
+    v2, v3 = _copies(2)
+    champion.promote(v2, actor="test")
+    registry.set_champion_alias(v3, "moved straight in MLflow")
+    champion._warned.clear()  # logged once per disagreement and process
+    with caplog.at_level("WARNING", logger="appraiser.champion"):
+        assert champion.current() == v2
+    assert "the alias was moved outside" in caplog.text
+    watcher = ChampionWatcher(interval=60)
+    assert watcher.check()
+    assert watcher.current is not None and watcher.current.version == v2
+    assert champion.current(registry=False) == v2  # `appraiser predict`'s read: the same
 
 
 def test_the_gate_does_not_undo_a_promotion_made_meanwhile(
@@ -475,7 +494,9 @@ def test_the_gate_does_not_undo_a_promotion_made_meanwhile(
     def decide_then_someone_promotes(*args, **kwargs):
         decision = real(*args, **kwargs)
         decision.promote = True  # whatever the evidence: the point is the alias race
-        registry.set_champion_alias(v2, "moved by another machine")
+        # a promotion by another machine, recorded as every move is (the pipeline lock is this
+        # pass's, so the history row is written as champion.move would, without it)
+        champion._move_and_record(v2, "1", "promote", "moved by another machine", "other")
         return decision
 
     monkeypatch.setattr(pipeline.gate, "decide", decide_then_someone_promotes)
@@ -486,7 +507,7 @@ def test_the_gate_does_not_undo_a_promotion_made_meanwhile(
     assert result["champion"] == v2 and result["challenger"] == "3"
     assert result["champion_before"] == "1"  # what the gate judged against
     assert result["feedback_used"] == 0 and result["gate"]["champion"] == "1"
-    assert registry.champion_version() == v2
+    assert champion.current() == v2
 
 
 def test_people_wait_for_the_lock_to_move_the_champion(with_champion):
@@ -495,7 +516,7 @@ def test_people_wait_for_the_lock_to_move_the_champion(with_champion):
     with lock_held_elsewhere():
         result = CliRunner().invoke(app, ["models", "promote", v2])
         assert result.exit_code == 1 and "another pipeline pass" in result.output
-        assert registry.champion_version() == "1"
+        assert champion.current() == "1"
     assert CliRunner().invoke(app, ["models", "promote", v2]).exit_code == 0
 
 
@@ -510,7 +531,7 @@ def test_a_registry_outage_is_an_error_not_no_champion(trained, monkeypatch):
 
     monkeypatch.setattr(registry, "client", lambda: Down())
     with pytest.raises(registry.RegistryUnavailable, match="cannot be read"):
-        registry.champion_version()
+        champion.current()
 
     class Broken:
         def get_model_version_by_alias(self, *_):
@@ -518,7 +539,7 @@ def test_a_registry_outage_is_an_error_not_no_champion(trained, monkeypatch):
 
     monkeypatch.setattr(registry, "client", lambda: Broken())
     with pytest.raises(registry.RegistryUnavailable):
-        registry.champion_version()
+        champion.current()
 
 
 # --- machine-readable CLI ------------------------------------------------------------------------
@@ -544,7 +565,7 @@ def test_a_child_mlflow_process_finds_our_store(trained, tmp_path):
     import subprocess
     import sys
 
-    assert registry.champion_version() == "1"  # client() has run: the URI is out of os.environ
+    assert champion.current() == "1"  # client() has run: the URI is out of os.environ
     assert "MLFLOW_TRACKING_URI" not in os.environ
     script = (
         "import mlflow; c = mlflow.MlflowClient(); "
@@ -626,7 +647,7 @@ def test_a_move_that_cannot_be_recorded_is_undone(with_champion, monkeypatch):
     monkeypatch.setattr(registry, "set_champion_alias", move_then_fail)
     with pytest.raises(RuntimeError, match="tag write failed"):
         champion.promote(v2, actor="test")
-    assert calls == [v2, "1"] and registry.champion_version() == "1"
+    assert calls == [v2, "1"] and champion.current() == "1"
     assert all(m["version"] != v2 for m in champion.history())
 
 
@@ -638,7 +659,7 @@ def test_a_busy_pipeline_leaves_the_version_unpromoted_not_failed(with_champion)
     with lock_held_elsewhere():
         promoted, said = _promote(v2, gate.Decision(True, "better", "1"), "test")
     assert not promoted and f"appraiser models promote {v2}" in said
-    assert registry.champion_version() == "1"
+    assert champion.current() == "1"
 
 
 def test_an_unscreened_batch_is_held(with_champion, tmp_path, public, monkeypatch):

@@ -1,4 +1,10 @@
-"""Who is champion: every move of the `champion` alias, made safely and remembered in order.
+"""Who is champion (`current()`, the one answer), and every move of it, made safely and
+remembered in order.
+
+The store's `promotions` history is the source of truth: it is written under the pipeline lock,
+with an audit row, by every move below. MLflow's `champion` alias follows it, but anyone who
+reaches MLflow can move the alias; an alias that disagrees with the history is logged and not
+followed. Only a store with no history at all (one from before it was kept) takes the alias.
 
 A move (the gate's promotion, a person's promotion, a rollback) happens under the pipeline lock
 and only if the champion is still the one the decision was made against (compare-and-set): a gate
@@ -9,12 +15,22 @@ rolling back again returns to what v6 replaced, never to v5.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from appraiser.config import STORE_FILE, StoreSettings, settings
+from appraiser.model_cache import RegistryError
 
-from appraiser import audit, locking, registry, store
-from appraiser.registry import RegistryError
+if TYPE_CHECKING:
+    from appraiser.registry import VersionInfo
+
+# Imported where used: `appraiser predict` asks current(registry=False) and must not pay for
+# MLflow (1.5 s) or SQLAlchemy; registry, store, audit and locking import them.
+
+log = logging.getLogger(__name__)
 
 ANY = object()  # `expected` for a move that does not depend on who is champion now
 
@@ -23,9 +39,80 @@ class ChampionChanged(RegistryError):
     """The champion moved between a decision and its promotion: nothing was changed."""
 
 
-def current() -> str | None:
-    """The champion's version (None: there is none; RegistryError: the registry is down)."""
-    return registry.champion_version()
+def current(*, registry: bool = True) -> str | None:
+    """The champion's version: the last move in the store's promotion history, or MLflow's
+    `champion` alias when the store has no history (None: there is no champion).
+
+    With `registry` (the default) the alias is read too: one that disagrees with the history was
+    moved outside it (straight in MLflow) and is logged, never followed; an unreadable registry
+    raises RegistryUnavailable, so nothing is promoted or served on a half-read state.
+    `registry=False` answers from the store alone when it has history (no MLflow import).
+    """
+    stored = _stored()
+    if stored is not None and not registry:
+        return stored
+    from appraiser import registry as mlflow_registry
+
+    alias = mlflow_registry._champion_alias()
+    if stored is None:
+        return alias
+    if alias != stored and (stored, alias) not in _warned:
+        _warned.add((stored, alias))
+        log.warning(
+            "MLflow's champion alias points to %s but the store's promotion history to v%s: "
+            "the alias was moved outside `appraiser models promote`; v%s stays champion",
+            _name(alias),
+            stored,
+            stored,
+        )
+    return stored
+
+
+_warned: set[tuple[str, str | None]] = set()  # disagreements logged once each
+
+
+def _stored() -> str | None:
+    """The last move in the store's promotion history; None when it has none or cannot be read
+    (a store from before the history was kept): then the alias answers."""
+    if not StoreSettings().database_url:  # the default SQLite store, as store.database_url
+        return _stored_sqlite(settings().home.resolve() / STORE_FILE)
+    from sqlalchemy import select
+
+    from appraiser import store
+
+    try:
+        with store.session() as s:
+            latest = s.scalars(
+                select(store.Promotion.version).order_by(store.Promotion.id.desc()).limit(1)
+            ).first()
+    except Exception as exc:  # no table yet, no database
+        log.debug("no champion from the store's history: %s", exc)
+        return None
+    return str(latest) if latest is not None else None
+
+
+def _stored_sqlite(path: Path) -> str | None:
+    """_stored for the default SQLite store, read with the standard library's driver
+    (read-only), as SQLAlchemy's import is a tenth of `appraiser predict`'s start-up. The query
+    is store.Promotion's (tests/test_predict.py checks the two reads agree)."""
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            latest = connection.execute(
+                "SELECT version FROM promotions ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+    except sqlite3.Error as exc:  # no table yet
+        log.debug("no champion from the store's history: %s", exc)
+        return None
+    return str(latest[0]) if latest is not None else None
+
+
+def versions() -> list[VersionInfo]:
+    """All registered versions, newest first, the champion (current()) flagged."""
+    from appraiser import registry
+
+    return registry.versions(current())
 
 
 def move(
@@ -41,6 +128,8 @@ def move(
     `expected` is the champion the decision was made against: if another is champion now, nothing
     moves and ChampionChanged is raised. Raises PipelineBusy when a pass or retrain runs.
     """
+    from appraiser import locking
+
     with locking.exclusive():
         now = current()
         if expected is not ANY and now != expected:
@@ -55,6 +144,8 @@ def move(
 def _move_and_record(version: str, now: str | None, kind: str, reason: str, actor: str) -> None:
     """Set the alias and write its history row as one step: the row is written in a transaction
     that commits only after the alias moved; if the commit fails, the alias goes back."""
+    from appraiser import audit, registry, store
+
     moved = False
     try:
         store.ready()
@@ -96,6 +187,8 @@ def promote(
 
 def rollback(*, actor: str) -> str:
     """Give the alias back to the champion the current one replaced; returns that version."""
+    from appraiser import locking, registry
+
     with locking.exclusive():
         now = current()
         if now is None:
@@ -142,6 +235,10 @@ def _name(version: object) -> str:
 
 def history() -> list[dict[str, Any]]:
     """Every move of the champion alias, oldest first."""
+    from sqlalchemy import select
+
+    from appraiser import store
+
     store.ready()
     with store.session() as s:
         rows = s.scalars(select(store.Promotion).order_by(store.Promotion.id)).all()

@@ -3,21 +3,21 @@
 `registry.load_version` downloads a version once into APPRAISER_HOME/cache/vN; every later load of
 that version reads it from there. The champion's version is kept in the store too (the
 `promotions` history, written with every move of the alias: champion.py), so a command that only
-scores a file (`appraiser predict`) can find and load the champion without importing MLflow and
-opening the tracking store, seconds of start-up for a pure function of the files.
+scores a file (`appraiser predict`) can find (champion.current) and load the champion without
+importing MLflow and opening the tracking store, seconds of start-up for a pure function of the
+files.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import time
 from collections.abc import Sequence
-from contextlib import closing, suppress
+from contextlib import suppress
 from pathlib import Path
 
-from appraiser.config import STORE_FILE, StoreSettings, settings
+from appraiser.config import settings
 
 PRICER_ARTIFACT = "pricer"  # the pyfunc artifact that holds the native model files
 # cached versions kept: the newest (the champion, usually) and the ones a rollback would want
@@ -94,40 +94,3 @@ def _pricer_folder_by_mlmodel(cached: Path) -> Path:
 
     spec = yaml.safe_load((cached / "MLmodel").read_text())
     return cached / spec["flavors"]["python_function"]["artifacts"][PRICER_ARTIFACT]["path"]
-
-
-def stored_champion() -> str | None:
-    """The champion's version as the store's promotion history has it, or None when the store has
-    no history (a store from before it was kept) or cannot be read: the caller then asks MLflow."""
-    if not StoreSettings().database_url:  # the default SQLite store, as store.database_url
-        return _stored_champion_sqlite(settings().home.resolve() / STORE_FILE)
-    from sqlalchemy import select
-
-    from appraiser import store
-
-    try:
-        with store.session() as s:
-            latest = s.scalars(
-                select(store.Promotion.version).order_by(store.Promotion.id.desc()).limit(1)
-            ).first()
-    except Exception as exc:  # no table yet, no database: not this fast path's business
-        log.debug("no champion from the store's history: %s", exc)
-        return None
-    return str(latest) if latest is not None else None
-
-
-def _stored_champion_sqlite(path: Path) -> str | None:
-    """stored_champion for the default SQLite store, read with the standard library's driver
-    (read-only): SQLAlchemy's import alone is a tenth of `appraiser predict`'s start-up. The
-    query is store.Promotion's (tests/test_predict.py checks the two reads agree)."""
-    if not path.exists():
-        return None
-    try:
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
-            latest = connection.execute(
-                "SELECT version FROM promotions ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-    except sqlite3.Error as exc:  # no table yet: not this fast path's business
-        log.debug("no champion from the store's history: %s", exc)
-        return None
-    return str(latest[0]) if latest is not None else None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from appraiser import data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser import champion, data, drift, gate, ingest, lineage, registry, schema, store
 from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
@@ -161,7 +161,7 @@ def retrain(
         reference, sealed = known.part("reference"), known.part("sealed")
         # experts' prices were given after seeing the champion's: they never judge it
         reference = reference[reference["batch_id"].notna()].reset_index(drop=True)
-        current = registry.champion_version()  # the one judged against, read before training
+        current = champion.current()  # the one judged against, read before training
         newest = known.newest_batch
 
         def decide(fitted: Fitted) -> gate.Decision:
@@ -344,7 +344,7 @@ def run_pass(
     """
     with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
-        current = registry.champion_version()
+        current = champion.current()
         attempt = lineage.last_attempt()
         known = labelled_stones()
         stones = known.stones
@@ -397,7 +397,7 @@ def run_pass(
             report.result = retrain(
                 trials=trials, timeout=timeout, policy=policy, show_progress=show_progress
             )
-        report.champion = registry.champion_version()
+        report.champion = champion.current()
         if report.champion is not None and (reports or report.result is not None):
             _, model = registry.load_version(report.champion)
             report.sealed = measure_sealed(report.champion, model, known.part("sealed"))

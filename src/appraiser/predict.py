@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import data, explain, features, model_cache, native, schema, treeshap
+from appraiser import champion, data, explain, fast, features, model_cache, schema
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
 from appraiser.models import PriceModel
@@ -128,7 +128,10 @@ class Appraiser:
     def champion(cls) -> Appraiser:
         from appraiser import registry  # MLflow: seconds to import, so only when needed
 
-        version, model = registry.load_version()
+        version = champion.current()
+        if version is None:
+            raise registry.RegistryError("no champion model yet: train one with `appraiser train`")
+        version, model = registry.load_version(version)
         return cls(model, version)
 
     @classmethod
@@ -136,13 +139,13 @@ class Appraiser:
         """The champion for scoring a file: the version the store's promotion history names,
         loaded from this machine's cache without MLflow when it is there (start-up in a fraction
         of a second); otherwise the registry's, as `champion()`."""
-        version = model_cache.stored_champion()
+        version = champion.current(registry=False)
         if version is not None and model_cache.is_complete(version):
             appraiser = cls(PriceModel.load(model_cache.pricer_folder(version)), version)
         else:
             appraiser = cls.champion()
         # compiled once per version on this machine: a file is scored several times faster
-        native.attach(appraiser.model, build=True)
+        fast.accelerate(appraiser.model, build="now", explain=False)
         return appraiser
 
     def price(self, stones: pd.DataFrame) -> pd.DataFrame:
@@ -274,7 +277,7 @@ class ChampionWatcher:
             try:
                 from appraiser import registry
 
-                version = registry.champion_version()
+                version = champion.current()
                 if version is None or (self.current and self.current.version == version):
                     return False
                 loaded_version, model = registry.load_version(version)
@@ -290,14 +293,13 @@ class ChampionWatcher:
             self.current = fresh
             self.reloads += 1
             self.last_error = None
-            # LightGBM serves until this machine's compiled trees are ready (native.py), and
-            # explains until the TreeSHAP tables are (treeshap.py)
-            compiling = native.attach_in_background(fresh.model, f"v{fresh.version}")
-            self.tables_thread = treeshap.attach_in_background(fresh.model)
+            # LightGBM serves until this machine's compiled trees are ready, and explains until
+            # the TreeSHAP tables are (appraiser.fast, one background thread)
+            self.tables_thread = fast.accelerate(fresh.model)
             if self.settle_heap:
                 self.settling = threading.Thread(
                     target=settle_heap_after,
-                    args=([compiling, self.tables_thread],),
+                    args=([self.tables_thread],),
                     name="heap-settle",
                     daemon=True,
                 )

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -27,7 +28,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc import log_model as log_pyfunc_model
 from mlflow.tracking import MlflowClient
 
-from appraiser import model_cache, native
+from appraiser import fast, model_cache
 from appraiser.config import EXPERIMENT, REGISTERED_MODEL, settings
 from appraiser.model_cache import PRICER_ARTIFACT, RegistryError, RegistryUnavailable
 from appraiser.models import PriceModel
@@ -155,8 +156,9 @@ def register(model_uri: str, run_id: str, description: str) -> str:
     return str(mv.version)
 
 
-def champion_version() -> str | None:
-    """The version the `champion` alias points to, or None when there is no champion yet.
+def _champion_alias() -> str | None:
+    """The version MLflow's `champion` alias points to, or None when there is none. Only for
+    champion.current(), the one answer to who is champion (the store's history wins).
 
     Only "no such model" and "no such alias" mean no champion; any other failure (the tracking
     server down, a corrupt store) raises RegistryError, so nothing promotes without a comparison.
@@ -208,11 +210,9 @@ def promoted_versions_before(current: str) -> list[int]:
     ]
 
 
-def load_version(version: str | None = None) -> tuple[str, PriceModel]:
-    """Load a version (default: the champion) as a PriceModel, caching its files locally."""
-    version = version or champion_version()
-    if version is None:
-        raise RegistryError("no champion model yet: train one with `appraiser train`")
+def load_version(version: str, *, keep: Sequence[str] = ()) -> tuple[str, PriceModel]:
+    """Load a version (the champion: champion.current()) as a PriceModel, caching its files
+    locally; `keep`: versions the cache must not prune (the champion, when loading another)."""
     cache = model_cache.folder(version)
     if not model_cache.is_complete(version):
         client()
@@ -233,11 +233,10 @@ def load_version(version: str | None = None) -> tuple[str, PriceModel]:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        # a new version landed: the oldest go, never the champion (a challenger may be newer)
-        champion = champion_version()
-        model_cache.prune(loaded=version, also=[champion] if champion else [])
+        # a new version landed: the oldest go, never `keep` (a challenger may be newer)
+        model_cache.prune(loaded=version, also=keep)
     model = PriceModel.load(model_cache.pricer_folder(version))
-    native.attach(model, build=False)  # this machine's compiled trees, when already made
+    fast.accelerate(model, build="no", explain=False)  # compiled trees already on this machine
     return version, model
 
 
@@ -254,10 +253,10 @@ class VersionInfo:
     sealed: dict[str, float] = field(default_factory=dict)  # its error on the sealed set
 
 
-def versions() -> list[VersionInfo]:
-    """All registered versions, newest first, with the holdout metrics of the run that made them."""
+def versions(champion: str | None) -> list[VersionInfo]:
+    """All registered versions, newest first, with the holdout metrics of the run that made them
+    (`champion` flagged: champion.versions() passes champion.current())."""
     cl = client()
-    champion = champion_version()
     out = []
     for mv in cl.search_model_versions(f"name='{REGISTERED_MODEL}'"):
         mv_: ModelVersion = mv

@@ -185,9 +185,9 @@ def screen_with_champion(stones: pd.DataFrame) -> Screening | None:
     cfg = settings()
     if not cfg.mlflow_tracking_uri and not (cfg.home / "mlflow.db").exists():
         return None  # no local registry yet, so no champion (importing MLflow alone takes 3 s)
-    from appraiser import registry
+    from appraiser import champion, registry
 
-    version = registry.champion_version()
+    version = champion.current()
     if version is None or stones.empty:
         return None
     version, model = registry.load_version(version)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from appraiser import champion, data, lineage, native, registry, tracking
+from appraiser import champion, data, fast, lineage, tracking
 from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
@@ -130,7 +130,7 @@ def train(
             f"{len(checked.rejected)} rows were rejected, see the quality report"
         )
     fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
-    current = registry.champion_version() if promote_if_better else None
+    current = champion.current() if promote_if_better else None
 
     def decide(fitted: Fitted) -> Decision:
         if not promote_if_better:
@@ -225,13 +225,13 @@ def fit_and_register(
             "and run it again."
         ) from exc
     if decision.promote:  # compiled before the move: the servers find the new champion's
-        native.attach(fitted.final, build=True)  # fast trees ready, and none compiles them
+        fast.accelerate(fitted.final, build="now", explain=False)  # compiled: none compiles them
     promoted, said = _promote(logged.version, decision, actor)
     champion_after: str | None = decision.champion
     try:  # after the move, a failure is a warning: the version and the move stand
         tracking.record_outcome(logged.run_id, promoted, said)
         lineage.record_outcome(logged.version, promoted, said)
-        champion_after = registry.champion_version()
+        champion_after = champion.current()
     except Exception as exc:
         logger.warning("v%s: the outcome could not be recorded everywhere: %s", logged.version, exc)
     return TrainResult(

@@ -59,7 +59,8 @@ def _serve(
     import uvicorn
     from rich.text import Text
 
-    from appraiser import registry, store
+    from appraiser import champion as champions
+    from appraiser import store
     from appraiser.config import settings
 
     log_config: dict[str, object] | None = None
@@ -82,7 +83,7 @@ def _serve(
         store.ready()  # migrate once here (or check), not in every worker at the same moment
     except store.StoreOutdated as exc:
         raise fail(str(exc)) from exc
-    champion = registry.champion_version()
+    champion = champions.current()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     say(
         f"Serving model v{champion} on http://{shown}:{port}/ (API docs: /docs)"

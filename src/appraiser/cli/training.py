@@ -39,12 +39,12 @@ def train(
     if_no_champion: Annotated[bool, typer.Option(help="do nothing when a champion exists")] = False,
 ) -> None:
     """Validate -> tune and train the candidates -> evaluate -> register; promote if better."""
-    from appraiser import registry
+    from appraiser import champion, registry
     from appraiser.train import TrainingError
     from appraiser.train import train as run_training
 
     try:
-        version = registry.champion_version()
+        version = champion.current()
     except registry.RegistryError as exc:
         raise fail(str(exc)) from exc
     if if_no_champion and version is not None:

@@ -19,10 +19,10 @@ def models(ctx: typer.Context, as_json: Json = False) -> None:
     """List the model versions with their metrics; the champion is starred."""
     if ctx.invoked_subcommand is not None:
         return
-    from appraiser import registry
+    from appraiser import champion, registry
 
     try:
-        infos = registry.versions()
+        infos = champion.versions()
     except registry.RegistryError as exc:
         raise fail(str(exc)) from exc
     if as_json:

@@ -14,6 +14,7 @@ in their own native formats and the hedonic model as JSON coefficients: no pickl
 from __future__ import annotations
 
 from appraiser.models.boosters import (
+    Accelerated,
     BoosterMember,
     LazyBooster,
     LightGBMMember,
@@ -50,6 +51,7 @@ __all__ = [
     "PREDICT_THREADS",
     "SPREAD_FOLDS",
     "THREADS",
+    "Accelerated",
     "AdaptiveRange",
     "BoosterMember",
     "Candidate",

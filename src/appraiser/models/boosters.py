@@ -1,7 +1,7 @@
 """The tree members: XGBoost, LightGBM and LightGBM's random forest, all monotone.
 
 Boosters are saved in their own native formats (no pickles); a LightGBM booster loads its trees
-only when first used (LazyBooster), since the compiled trees (native.py) need just the text.
+only when first used (LazyBooster), since the compiled trees (appraiser.fast) need just the text.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -205,10 +206,20 @@ class XGBoostMember(BoosterMember):
         self._treelite = None
 
 
+@dataclass(frozen=True)
+class Accelerated:
+    """What appraiser.fast attaches to a LightGBM forest once it gives LightGBM's answers on the
+    probe stones (fast/probe.py): the trees compiled for this machine and their TreeSHAP tables,
+    either None until made. Replaced whole, never changed: a request reads it once."""
+
+    compiled: Any = None  # lleaves' model: predict(matrix, n_jobs)
+    tables: Any = None  # fast.tables.LeafTables: contributions(matrix)
+
+
 class LazyBooster:
     """A saved LightGBM booster, read from its text file when first used.
 
-    Scoring with the trees compiled for this machine (native.py) needs only the text: importing
+    Scoring with the trees compiled for this machine (appraiser.fast) needs only the text: importing
     LightGBM (and SciPy with it) and parsing 600 trees was a fifth of `appraiser predict`'s
     start-up. Anything else asked of it (predict, dump_model, ...) loads the booster once.
     """
@@ -246,8 +257,7 @@ class LightGBMMember(BoosterMember):
     file = "lightgbm.txt"
     booster: lgb.Booster | None = None
     threads: int = THREADS
-    native: Any = None  # the same trees compiled for this machine (native.py), when ready
-    tables: Any = None  # their TreeSHAP values tabulated (treeshap.py), when made
+    accelerated: Accelerated | None = None  # attached by appraiser.fast.accelerate
     # "advanced" constrains less than "basic" (about 0.05 points of CV MAPE), at 1.6x the time
     monotone_method: ClassVar[str] = "advanced"
 
@@ -264,7 +274,7 @@ class LightGBMMember(BoosterMember):
             verbose=-1,
         )
         self.booster = model.fit(matrix, target).booster_
-        self.native = self.tables = None
+        self.accelerated = None
 
     def _fitted(self) -> lgb.Booster:
         if self.booster is None:
@@ -276,15 +286,15 @@ class LightGBMMember(BoosterMember):
 
     def _trees(self, matrix: np.ndarray) -> np.ndarray:
         threads = self._threads(len(matrix))
-        native = self.native  # read once: a compile finishing meanwhile swaps it whole
-        if native is not None:
-            return np.asarray(native.predict(np.ascontiguousarray(matrix), n_jobs=threads))
+        fast = self.accelerated  # read once: a compile finishing meanwhile swaps it whole
+        if fast is not None and fast.compiled is not None:
+            return np.asarray(fast.compiled.predict(np.ascontiguousarray(matrix), n_jobs=threads))
         return np.asarray(self._fitted().predict(matrix, num_threads=threads), dtype=float)
 
     def _tree_contributions(self, matrix: np.ndarray) -> np.ndarray:
-        tables = self.tables  # read once: made meanwhile, it is swapped in whole
-        if tables is not None and not np.isnan(matrix).any():  # NaN: LightGBM's own rule
-            return np.asarray(tables.contributions(matrix))
+        fast = self.accelerated  # read once: made meanwhile, it is swapped in whole
+        if fast is not None and fast.tables is not None and not np.isnan(matrix).any():
+            return np.asarray(fast.tables.contributions(matrix))  # NaN: LightGBM's own rule
         threads = self._threads(len(matrix), SHAP_COST)
         raw = self._fitted().predict(matrix, pred_contrib=True, num_threads=threads)
         return np.asarray(raw, dtype=float)
@@ -294,7 +304,7 @@ class LightGBMMember(BoosterMember):
 
     def _load_trees(self, path: Path) -> None:
         self.booster = cast("lgb.Booster", LazyBooster(path))  # behaves as one: see LazyBooster
-        self.native = self.tables = None
+        self.accelerated = None
         self.threads = PREDICT_THREADS
 
 

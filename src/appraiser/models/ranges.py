@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.models.boosters import LazyBooster
+from appraiser.models.boosters import Accelerated, LazyBooster
 from appraiser.models.members import THREADS
 
 MIN_SPREAD_STONES = 400  # below this many out-of-fold errors, one width for all stones
@@ -41,7 +41,8 @@ class AdaptiveRange:
     booster: Any  # lgb.Booster of log |residual|, or None: one width for every stone
     scores: np.ndarray  # sorted calibration scores
     coverage: float
-    native: Any = field(default=None, repr=False, compare=False)  # compiled booster (native.py)
+    # attached by appraiser.fast.accelerate (only `compiled`: a range is not explained)
+    accelerated: Accelerated | None = field(default=None, repr=False, compare=False)
     FILE: ClassVar[str] = "spread.txt"
 
     @classmethod
@@ -90,9 +91,9 @@ class AdaptiveRange:
     def sigma(self, matrix: np.ndarray) -> np.ndarray:
         if self.booster is None:
             return np.ones(len(matrix))
-        native = self.native  # compiled for this machine (native.py), when ready
-        if native is not None:
-            return np.exp(np.asarray(native.predict(np.ascontiguousarray(matrix), n_jobs=1)))
+        fast = self.accelerated  # compiled for this machine, when ready
+        if fast is not None and fast.compiled is not None:
+            return np.exp(np.asarray(fast.compiled.predict(np.ascontiguousarray(matrix), n_jobs=1)))
         return np.exp(np.asarray(self.booster.predict(matrix, num_threads=1), dtype=float))
 
     def _quantile(self, level: float) -> float:

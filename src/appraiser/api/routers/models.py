@@ -30,7 +30,7 @@ router = APIRouter(tags=["models"], responses=ERRORS)
 @router.get("/v1/models", response_model=ModelsOut, summary="Model versions")
 async def models(_: deps.Appraising) -> dict[str, Any]:
     """Every registered version, newest first, with its holdout metrics (MAPE in %...)."""
-    found = await run_in_threadpool(registry.versions)
+    found = await run_in_threadpool(champion.versions)
     return {
         "champion": next((v.version for v in found if v.champion), None),
         "models": [

@@ -34,23 +34,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from appraiser import features, model_cache
+from appraiser import model_cache
 from appraiser.config import settings
+from appraiser.fast import probe as probes
+from appraiser.models import Accelerated
 
 if TYPE_CHECKING:
     from appraiser.models import PriceModel
 
 logger = logging.getLogger(__name__)
 
-PROBE_STONES = 512  # reference stones a compiled forest must price as LightGBM does
-MIN_PROBE_STONES = 50  # fewer: nothing to check compiled code against, so it is not used
-TOLERANCE = 1e-9  # in log price: the additions' order moves the result by about 1e-15
 # Compile time and memory grow with the leaves: 600 trees of 15 leaves (9,000) compile in 5-7
 # s here (benchmarks/serving_parts.py); a review reported a 300-tree forest of 255 leaves
 # taking 49 s and 560 MB. Larger forests stay with LightGBM.
@@ -60,15 +59,12 @@ RETRY_SECONDS = 3600  # after the compiler failed on a forest, LightGBM for this
 # the compiler's options, in the cache key: code compiled one way is never loaded another way
 OPTIONS: dict[str, Any] = {"finline": False, "fblocksize": 34, "fcodemodel": "large"}
 
-_in_flight: set[str] = set()  # forests this process is compiling (one thread each)
-_in_flight_lock = threading.Lock()
-
 
 @dataclass
 class Forest:
     """One LightGBM booster of a model and the object that predicts with it (`native`)."""
 
-    holder: Any  # a LightGBMMember or an AdaptiveRange: both have .booster and .native
+    holder: Any  # a LightGBMMember or an AdaptiveRange: both have .booster and .accelerated
     role: str  # for the logs: "lightgbm", "spread"...
 
     @property
@@ -77,7 +73,8 @@ class Forest:
 
     @property
     def compiled(self) -> bool:
-        return self.holder.native is not None
+        fast = self.holder.accelerated
+        return fast is not None and fast.compiled is not None
 
 
 def enabled() -> bool:
@@ -98,6 +95,11 @@ def forests(model: PriceModel) -> list[Forest]:
     if model.ranges is not None and model.ranges.booster is not None:
         found.append(Forest(model.ranges, "spread"))
     return [f for f in found if f.booster is not None]
+
+
+def probe_set(model: PriceModel) -> np.ndarray:
+    """The model's probe stones (fast/probe.py), its forests' thresholds read from their text."""
+    return probes.for_model(model, [_model_text(f.booster) for f in forests(model)])
 
 
 def folder() -> Path:
@@ -136,24 +138,6 @@ def _machine() -> str:
 def _key(text: str) -> str:
     trees = text.split("\nend of trees", 1)[0]  # not the training parameters after them
     return hashlib.sha256(f"{_machine()}\n{trees}".encode()).hexdigest()[:24]
-
-
-def _probe(model: PriceModel) -> np.ndarray:
-    """Reference stones, then stones at and past the edges of every column (a compiled tree
-    walks another branch there), for compiled code to be checked on."""
-    reference = model.reference
-    step = max(len(reference) // PROBE_STONES, 1)
-    typical = features.encode(reference.iloc[::step].head(PROBE_STONES)).to_numpy()
-    if len(typical) < MIN_PROBE_STONES:
-        raise ValueError(f"{len(typical)} reference stones, fewer than {MIN_PROBE_STONES}")
-    low, high, middle = typical.min(axis=0), typical.max(axis=0), np.median(typical, axis=0)
-    edges = []
-    for j in range(typical.shape[1]):
-        for value in (low[j], high[j], low[j] - abs(low[j]) - 1, high[j] + abs(high[j]) + 1):
-            row = middle.copy()
-            row[j] = value
-            edges.append(row)
-    return np.ascontiguousarray(np.vstack([typical, np.asarray(edges)]))
 
 
 # --- the cache's files ----------------------------------------------------------------------
@@ -260,7 +244,7 @@ def _sweep(where: Path) -> None:
 
 def compile_forest(source: Path, compiled: Path, seal: Path) -> None:
     """Compile the LightGBM text `source` into `compiled`, sealed by its SHA-256 in `seal` (run
-    in a child process: `python -m appraiser.native SOURCE COMPILED SEAL`)."""
+    in a child process: `python -m appraiser.fast.compiled SOURCE COMPILED SEAL`)."""
     import lleaves
 
     scratch = Path(tempfile.mkdtemp(dir=compiled.parent, prefix=".compiling-"))
@@ -278,7 +262,7 @@ def _build_in_child(text: str, compiled: Path, seal: Path) -> None:
         source = Path(private) / "trees.txt"
         source.write_text(text)
         done = subprocess.run(  # -P: nothing from the current folder shadows a module
-            [sys.executable, "-P", "-m", "appraiser.native", str(source), str(compiled), str(seal)],
+            [sys.executable, "-P", "-m", __name__, str(source), str(compiled), str(seal)],
             capture_output=True,
             text=True,
             timeout=COMPILE_SECONDS,
@@ -303,11 +287,8 @@ def _load(text: str, code: bytes) -> Any:
 
 
 def _agrees(native: Any, probe: np.ndarray, expected: np.ndarray) -> bool:
-    for threads in (1, 2):  # one stone at a time, and the rows split over threads
-        got = np.asarray(native.predict(probe, n_jobs=threads), dtype=float)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=TOLERANCE):
-            return False
-    return True
+    # one stone at a time, and the rows split over threads
+    return all(probes.agrees(native.predict(probe, n_jobs=t), expected) for t in (1, 2))
 
 
 def _lightgbm_answers(
@@ -395,50 +376,33 @@ def _load_or_build(forest: Forest, probe: Callable[[], np.ndarray], build_it: bo
     if not _agrees(native, stones, expected):
         _publish(refused, f"compiled code disagreed with LightGBM ({compiled.name})\n")
         raise RuntimeError(f"compiled {forest.role} trees disagree with LightGBM; not used")
-    forest.holder.native = native  # one assignment: a request sees the old or the new, whole
+    # one assignment: a request sees the old or the new, whole
+    holder = forest.holder
+    holder.accelerated = replace(holder.accelerated or Accelerated(), compiled=native)
     return True
 
 
-def attach(model: PriceModel, *, build: bool) -> bool:
+def attach(
+    model: PriceModel, *, build: bool, stones: Callable[[], np.ndarray] | None = None
+) -> bool:
     """Compiled trees for every LightGBM forest of `model`, from this machine's cache (compiled
-    first when `build`); True when all of them are compiled. Never raises: a forest that cannot be
-    compiled keeps LightGBM, and the reason is logged."""
+    first when `build`), checked on `stones` (default: probe_set(model)); True when all
+    of them are compiled. Never raises: a forest that cannot be compiled keeps LightGBM, and the
+    reason is logged. Called by fast.accelerate."""
     wanted = [f for f in forests(model) if not f.compiled]
     if not enabled() or not wanted:
         return all(f.compiled for f in forests(model))
     # made only for trees whose answers are not kept yet (a load from the cache needs none); a
     # model without enough stones to make it keeps LightGBM for those trees, as logged below
-    probe = functools.cache(lambda: _probe(model))
+    if stones is None:
+        stones = functools.cache(lambda: probe_set(model))
+    probe = stones
     for forest in wanted:
         try:
             _load_or_build(forest, probe, build)
         except Exception as exc:
             logger.warning("the %s trees stay with LightGBM: %s", forest.role, exc)
     return all(f.compiled for f in forests(model))
-
-
-def attach_in_background(model: PriceModel, name: str) -> threading.Thread | None:
-    """`attach(build=True)` in a daemon thread (the caller serves with LightGBM meanwhile and
-    picks up each compiled forest as it lands); None when every forest is compiled already
-    (registry.load_version attaches what the cache holds) or `name` is being compiled by this
-    process."""
-    if not enabled() or all(f.compiled for f in forests(model)):  # the load looked in the cache
-        return None
-    with _in_flight_lock:
-        if name in _in_flight:
-            return None
-        _in_flight.add(name)
-
-    def run() -> None:
-        try:
-            attach(model, build=True)
-        finally:
-            with _in_flight_lock:
-                _in_flight.discard(name)
-
-    thread = threading.Thread(target=run, name=f"compile-{name}", daemon=True)
-    thread.start()
-    return thread
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from appraiser.fast import probe as probes
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ logger = logging.getLogger(__name__)
 # LightGBM explains. Every bound is checked from the dump, before anything is allocated.
 MAX_TABLE_ROWS = 2_000_000  # threshold-grid cells of all trees, and (leaf, pattern) rows
 MAX_TREE_WORK = 2_000_000  # one tree's cells x its splits or leaves (the arrays filling its cells)
-TOLERANCE = 1e-9  # in log price, per contribution, against LightGBM on the probe stones
-PROBE_STONES = 256
 CHUNK = 64  # stones per gather (a chunk's table rows fit in a few MB)
 
 
@@ -263,38 +262,24 @@ class LeafTables:
         return cls(trees, int(dump["max_feature_idx"]) + 1)
 
     @classmethod
-    def build(cls, booster: Any) -> LeafTables | None:
+    def build(cls, booster: Any, stones: np.ndarray | None = None) -> LeafTables | None:
         """Tables for `booster`, or None (LightGBM then explains): a split they do not model,
-        too many rows, or any disagreement with LightGBM on the probe stones."""
+        too many rows, or any disagreement with LightGBM on the probe stones (`stones`, the
+        model's probe set from fast.probe_stones; by default the thresholds' grid alone)."""
         try:
             tables = cls.from_dump(booster.dump_model())
             if tables is None:
                 return None
-            probe = tables.probe()
+            probe = stones if stones is not None else probes.stones(None, tables.cuts)
             expected = np.asarray(booster.predict(probe, pred_contrib=True), dtype=float)
-            gap = float(np.abs(tables.contributions(probe) - expected).max())
+            gap = probes.gap(tables.contributions(probe), expected)
         except Exception as exc:  # never worse than LightGBM: it explains instead
             logger.warning("TreeSHAP tables not used: %s", exc)
             return None
-        if not gap <= TOLERANCE:
+        if not gap <= probes.TOLERANCE:
             logger.warning("TreeSHAP tables not used: they differ from LightGBM by %.3g", gap)
             return None
         return tables
-
-    def probe(self, stones: int = PROBE_STONES, seed: int = 0) -> np.ndarray:
-        """Stones whose every value sits on a threshold, just past one, or beyond all of them:
-        each split of the forest is met on both sides and at its edge."""
-        rng = np.random.default_rng(seed)
-        out = np.zeros((stones, self.features))
-        for f, cuts in enumerate(self.cuts):
-            if not len(cuts):
-                out[:, f] = rng.normal(size=stones)
-                continue
-            edges = np.concatenate(
-                [cuts, np.nextafter(cuts, np.inf), [cuts[0] - 1.0, cuts[-1] + 1.0]]
-            )
-            out[:, f] = rng.choice(edges, size=stones)
-        return out
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """(stones, features + 1): each feature's contribution, then the expected value. For
@@ -310,29 +295,3 @@ class LeafTables:
                 rows = rows + self.lookup[f][:, bins]
             out[start : start + CHUNK, :-1] = self.table[rows].sum(axis=0)
         return out
-
-
-def attach_in_background(model: Any) -> threading.Thread | None:
-    """`attach(model)` in a daemon thread: LightGBM explains until the tables are in place
-    (a few seconds for the default champion); None when there is nothing to make."""
-    from appraiser.models import LightGBMMember
-
-    if not any(
-        isinstance(m, LightGBMMember) and m.booster and m.tables is None for m in model.members
-    ):
-        return None
-    thread = threading.Thread(target=attach, args=(model,), name="treeshap-tables", daemon=True)
-    thread.start()
-    return thread
-
-
-def attach(model: Any) -> bool:
-    """TreeSHAP tables for every LightGBM member of `model` (a PriceModel) that has none yet;
-    True when every one has them. A member whose tables cannot be made keeps LightGBM."""
-    from appraiser.models import LightGBMMember
-
-    members = [m for m in model.members if isinstance(m, LightGBMMember) and m.booster]
-    for member in members:
-        if member.tables is None:
-            member.tables = LeafTables.build(member.booster)
-    return all(m.tables is not None for m in members)
