@@ -25,11 +25,12 @@ WORKDIR /build
 # the installers first, pinned and hash-checked: the pip a base image brings depends on the day it
 # was built, and older ones (23.x) refuse a pinned package's extras in hash-checking mode
 COPY requirements-bootstrap.txt ./
-RUN pip install --require-hashes -r requirements-bootstrap.txt
+RUN pip install --require-hashes --only-binary :all: -r requirements-bootstrap.txt
 
-# dependencies next, so editing the code does not reinstall them; every wheel is hash-checked
+# dependencies next, so editing the code does not reinstall them; every wheel is hash-checked,
+# and only wheels are taken (a source build would fetch unpinned build tools)
 COPY requirements-runtime.txt ./
-RUN pip install --require-hashes -r requirements-runtime.txt
+RUN pip install --require-hashes --only-binary :all: -r requirements-runtime.txt
 
 # the project itself, built by the pinned setuptools (in requirements-runtime.txt) without reaching
 # for an unpinned build environment
@@ -49,7 +50,7 @@ RUN sh slim-venv.sh /opt/venv
 # --- the MLflow server's virtualenv: the same, plus the server and its UI --------------------------
 FROM builder AS mlflow-venv
 COPY requirements-mlflow.txt ./
-RUN pip install --require-hashes -r requirements-mlflow.txt \
+RUN pip install --require-hashes --only-binary :all: -r requirements-mlflow.txt \
     && mlflow server --help >/dev/null \
     && sh slim-venv.sh /opt/venv
 

@@ -48,8 +48,7 @@ def time_to_health(mounted: image.Mounted, deadline: float = 120) -> float:
                 time.sleep(0.05)
         raise RuntimeError(f"no /health within {deadline} s")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        image.stop(server)
 
 
 def main() -> None:

@@ -2,18 +2,20 @@
 engine (tests/test_image.py, benchmarks/image.py).
 
 No registry image can be pulled here, so `python:3.11-slim` is stood in for by a Debian bookworm
-root made with debootstrap (Python 3.11, venv, libgomp1, certificates), imported under that tag;
-elsewhere the real base is used as it is. The build sees this machine's pip configuration and
-certificates (mounted read-only), as the machine's own pip does. `podman run` needs a setrlimit
-these sandboxes refuse, so the built root is mounted and its commands run with chroot as the
-image's user, with the image's environment and working directory.
+root made with debootstrap (Python 3.11, venv, libgomp1, certificates), imported under that tag
+where no image of that name exists (a machine that has the real one builds on it). The build sees
+this machine's pip configuration and certificates (mounted read-only), as its own pip does.
+`podman run` needs a setrlimit these sandboxes refuse, so the built root is mounted and its
+commands run with chroot as the image's user, with the image's environment and working directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ TOOLS = ("podman", "debootstrap", "chroot", "mount", "umount")
 STAND_IN_PACKAGES = "python3,python3-venv,python-is-python3,libgomp1,ca-certificates"
 # what the machine's pip reads to reach the package registry, given to the build as it is
 BUILD_MOUNTS = ("/etc/pip.conf", "/etc/ssl/certs")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def missing_tools() -> list[str]:
@@ -48,20 +51,29 @@ def ensure_base() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="appraiser-base-") as folder:
         root = Path(folder) / "root"
-        subprocess.run(
+        keyring = ["--keyring", KEYRING] if Path(KEYRING).exists() else []  # verified, or fail
+        made = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={STAND_IN_PACKAGES}",
+                *keyring,
                 "bookworm",
-                root,
+                str(root),
             ],
-            check=True,
             capture_output=True,
+            text=True,
+            timeout=900,  # a stalled mirror fails the test, not CI's whole time
         )
+        if made.returncode != 0:
+            raise RuntimeError(f"debootstrap failed: {(made.stdout + made.stderr)[-3000:]}")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(
-            ["podman", "import", "-", BASE], stdin=tar.stdout, capture_output=True, text=True
+            ["podman", "import", "-", BASE],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         tar.wait()
         if imported.returncode != 0:
@@ -77,7 +89,7 @@ def build(tag: str = TAG, target: str | None = None) -> None:
             command += ["-v", f"{path}:{path}:ro"]
     if target:
         command += ["--target", target]
-    done = podman(*command, str(REPO))
+    done = podman(*command, str(REPO), timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"podman build failed:\n{(done.stdout + done.stderr)[-4000:]}")
 
@@ -132,16 +144,28 @@ class Mounted:
     def run(
         self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command(argv, env), capture_output=True, text=True, timeout=timeout
+        """Run to the end (the whole process group is killed past `timeout`)."""
+        process = subprocess.Popen(
+            self.command(argv, env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
+        try:
+            out, err = process.communicate(timeout=timeout)
+        finally:
+            stop(process)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def popen(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start in a process group of its own: `stop` ends it with all its children."""
         return subprocess.Popen(
             self.command(argv, env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
 
     def venv_bytes(self, path: str = "/opt/venv") -> int:
@@ -149,6 +173,18 @@ class Mounted:
             ["du", "-sb", str(self.root / path.lstrip("/"))], capture_output=True, text=True
         )
         return int(done.stdout.split()[0])
+
+
+def stop(process: subprocess.Popen[str], grace: float = 30) -> None:
+    """End a process started by `Mounted` and everything it started (its process group)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @contextmanager
@@ -165,6 +201,8 @@ def mounted(tag: str = TAG) -> Iterator[Mounted]:
             flags = ["-t", "proc", "proc"] if kind == "proc" else ["--rbind", source]
             subprocess.run(["mount", *flags, str(point)], check=True)
             mounts.append(point)
+            if kind == "rbind":  # a slave: unmounting it never propagates to the host's /dev
+                subprocess.run(["mount", "--make-rslave", str(point)], check=True)
         yield Mounted(root, Config.of(tag))
     finally:
         for point in reversed(mounts):

@@ -453,6 +453,9 @@ def test_the_installer_is_pinned_first_in_the_makefile_too(builder):
     makefile = (REPO / "Makefile").read_text()
     installs = re.findall(r"pip install[^\n]*?-r (\S+)", makefile)
     assert installs and installs[0] == BOOTSTRAP, installs
+    uv_installs = re.findall(r"uv pip install[^\n]*", makefile)
+    requirements = [line for line in uv_installs if "--no-deps" not in line]
+    assert requirements and all("--require-hashes" in line for line in requirements), uv_installs
     installers = pins(REPO / BOOTSTRAP)
     assert set(installers) == {"pip", "uv"}, installers
     assert int(installers["pip"].version.split(".")[0]) >= 24, "pip 23 mishandles extras"

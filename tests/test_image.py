@@ -107,8 +107,7 @@ def test_the_image_trains_serves_and_prices(
         assert appraisal["price"] > 0
         assert appraisal["price_low"] <= appraisal["price"] <= appraisal["price_high"]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        image.stop(server)
 
 
 def test_the_mlflow_target_builds_and_runs_the_server(built: str) -> None:

@@ -90,8 +90,9 @@ class PricerPyfunc(PythonModel):
         return score_frame(self.model, model_input)[["price", "price_low", "price_high", "error"]]
 
 
-# what the logged model needs, each as the distributions that provide it: the image installs the
-# CPU build of XGBoost and MLflow's client, a dev venv the full ones
+# what the logged model needs, each as the distributions that provide it (the first installed is
+# pinned): the image has MLflow's client only, a dev venv the server too; on Linux both have
+# XGBoost's CPU build
 REQUIREMENTS = (
     ("lightgbm",),
     ("xgboost", "xgboost-cpu"),
