@@ -17,6 +17,10 @@ In this process, on 1,000 real public stones and on one, with the champion of --
 5. one batch of 1,000 stones through the steps of POST /v1/appraisals/batch in process (no HTTP,
    the storing in 4), beside the bare endpoint's /batch steps (its booster is the one
    benchmarks/serving.py saves as .appraiser/bare-xgboost-500.json).
+6. the XGBoost trees of a small call (issue 22), the champion's XGBoost member or, when it has
+   none, one fitted with the candidate's defaults on the 1,000 stones: for 1 and 4 stones,
+   XGBoost against treelite's GTIL (boosters.SMALL_CALL_ROWS); for 8, the booster as loaded
+   (every core) against the copy set to the threads the call gets (XGBoostMember._for).
 Each figure is the median of --repeats runs, the methods interleaved so drift hits both alike.
 """
 
@@ -141,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"sparse-region check: the shortcut gives the full query's answers: {same}")
 
     rows.append(("store 1,000 appraisals (SQLite)", *store_rows(args.repeats)))
+    rows.extend(xgboost_rows(model, stones, args.repeats))
     print()
     print(
         format_table(
@@ -208,6 +213,50 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
         repeats,
     )
     return [[name, f"{ms:.2f}"] for name, ms in took.items()]
+
+
+def xgboost_rows(model: Any, stones: Any, repeats: int) -> list[tuple[str, float, float]]:
+    """XGBoost's trees for a small call without and with each of its speed-ups (item 6)."""
+    import numpy as np
+
+    from appraiser.models import CANDIDATES, XGBoostMember, boosters
+
+    found: Any = next((m for m in model.members if isinstance(m, XGBoostMember)), None)
+    if found is None:  # fitted as `appraiser train` would with the defaults, and saved native
+        fitted = CANDIDATES["xgboost"].build().fit(stones, np.log(stones["price"]))
+        folder = Path(tempfile.mkdtemp())
+        found = XGBoostMember.load(folder / fitted.save(folder), fitted.params, fitted.state())
+    member = found
+    assert isinstance(member, XGBoostMember)
+    matrix = features.encode(stones).to_numpy()
+    as_loaded = member._fitted()
+
+    small = boosters.SMALL_CALL_ROWS
+
+    def by(limit: int, rows: int) -> Callable[[], Any]:
+        def call() -> Any:
+            boosters.SMALL_CALL_ROWS = limit
+            return member._trees(matrix[:rows])
+
+        return call
+
+    out = []
+    for rows in (1, 4):
+        took = medians({"xgboost": by(0, rows), "gtil": by(small, rows)}, repeats)
+        out.append((f"XGBoost trees, {rows} stone(s): XGBoost vs GTIL", took["xgboost"],
+                    took["gtil"]))  # fmt: skip
+    boosters.SMALL_CALL_ROWS = small
+    eight = matrix[:8]
+    took = medians(
+        {
+            "as loaded": lambda: as_loaded.inplace_predict(eight),
+            "copy": lambda: member._for(boosters.predict_threads(8)).inplace_predict(eight),
+        },
+        repeats,
+    )
+    out.append(("XGBoost trees, 8 stones: booster as loaded vs per-thread copy", took["as loaded"],
+                took["copy"]))  # fmt: skip
+    return out
 
 
 def store_rows(repeats: int) -> tuple[float, float]:
