@@ -122,6 +122,11 @@ def test_metrics_sum_over_workers(two_workers: Served, appraised: list[str]) -> 
     """Every scrape, whichever worker answers it, counts the 200 appraisals of both workers."""
     port = two_workers.port
     route = 'method="POST",route="/v1/appraisals",status="200"'
+    # a worker's live figures (its loads) reach the shared files within metrics.SYNC_SECONDS of
+    # its start; on a loaded machine its first copy can come after the first scrape
+    deadline = time.monotonic() + 30
+    while sample(scrape(port), "appraiser_model_loads_total") != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     for _ in range(8):  # fresh connections: the scrapes land on both workers
         text = scrape(port)
         assert sample(text, "appraiser_stones_priced_total", 'endpoint="single"') == APPRAISALS
