@@ -33,9 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(NotebooksAsAlone(), "appraiser-notebooks-as-alone")
 
 
-# The modules whose tests build the image, train or start many processes (most of the time),
-# first, then the modelling notebook: pytest-xdist (`make pytest`) hands tests out in collection
-# order, so these start first, and the last test to finish is a short one, not a 60 s retrain.
+# The modules whose tests build the image, train or start many processes (most of the suite's
+# time), slowest first, the modelling notebook among them: pytest-xdist (`make pytest`) hands tests
+# out in collection order, so these start first and the last to finish is a short test, not a
+# minute-long retrain that started late.
 SLOW_FIRST = (
     "test_image.py",
     "test_trust.py",
