@@ -44,8 +44,10 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(BIN)/mypy
 
-pytest: install  ## the test suite
-	$(BIN)/pytest
+# One pytest-xdist session, a worker per core, runs the tests and the notebooks (nbmake); a worker
+# takes the next test when it is free, the slow ones first (tests/conftest.py: SLOW_FIRST).
+pytest: install  ## the test suite and the notebooks, in parallel
+	$(BIN)/pytest -n auto --dist worksteal tests --nbmake notebooks
 
 notebooks: install  ## execute the notebooks (they must run clean)
 	$(BIN)/pytest --nbmake notebooks -p no:cacheprovider
@@ -53,7 +55,7 @@ notebooks: install  ## execute the notebooks (they must run clean)
 notebooks-refresh: install  ## re-execute the notebooks in place, so their committed outputs are current
 	cd notebooks && ../$(BIN)/jupyter execute --inplace 01-eda.ipynb 02-modeling.ipynb
 
-test: lint typecheck pytest notebooks  ## everything CI runs
+test: lint typecheck pytest  ## everything CI runs (pytest runs the notebooks too)
 
 benchmark: install  ## print accuracy, timing and throughput figures
 	$(BIN)/python benchmarks/accuracy.py

@@ -15,6 +15,8 @@ from appraiser.config import settings
 
 REPO = Path(__file__).resolve().parents[1]
 FRANCESCO = Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data" / "diamonds.csv"))
+# The environment before this file changes it: the notebooks run in it (see NotebooksAsAlone).
+ENVIRONMENT_AT_START = dict(os.environ)
 # Compiling a champion's trees (native.py) takes seconds per promotion; tests promote hundreds of
 # times, so it is off here and tests/test_native.py turns it on where it is the subject.
 os.environ["APPRAISER_NATIVE_TREES"] = "false"
@@ -28,6 +30,51 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests import pg
 
     pg.start_throwaway()
+    config.pluginmanager.register(NotebooksAsAlone(), "appraiser-notebooks-as-alone")
+
+
+# The modules whose tests build the image, train or start many processes (most of the suite's
+# time), slowest first, the modelling notebook among them: pytest-xdist (`make pytest`) hands tests
+# out in collection order, so these start first and the last to finish is a short test, not a
+# minute-long retrain that started late.
+SLOW_FIRST = (
+    "test_image.py",
+    "test_trust.py",
+    "test_pipeline.py",
+    "test_access.py",
+    "test_multiprocess.py",
+    "test_api.py",
+    "02-modeling.ipynb",
+    "test_observability.py",
+    "test_spark.py",
+    "test_native.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The SLOW_FIRST modules first (each module's tests together, in their own order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
+class NotebooksAsAlone:
+    """`make pytest` runs the notebooks (nbmake) in the same session as the tests, on the same
+    pytest-xdist workers: each notebook's kernel gets the environment the session started with,
+    as `pytest --nbmake notebooks` alone gives it, not the settings above or a test's leftovers
+    (its APPRAISER_HOME, say)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        if item.path.suffix != ".ipynb":
+            return (yield)
+        during = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(ENVIRONMENT_AT_START)
+        try:
+            return (yield)
+        finally:
+            os.environ.clear()
+            os.environ.update(during)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
