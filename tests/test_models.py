@@ -73,3 +73,29 @@ def test_every_scoring_path_gives_the_same_prices(stones, tmp_path):
     for size in (1, 2, 4, 5, 800):
         small = member.predict_log_matrix(matrix[:size])
         np.testing.assert_allclose(small, frame_path[:size], rtol=0, atol=1e-6)
+
+
+def test_a_loaded_lightgbm_booster_takes_one_call_at_a_time(stones, tmp_path):
+    """Concurrent predict calls on one LightGBM booster corrupt its memory when one asks for
+    contributions (LightGBM issue 5482): a server explaining a stone while its TreeSHAP tables are
+    checked in the background crashed. A loaded booster serialises its calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appraiser.models import LazyBooster
+
+    member = CANDIDATES["lightgbm"].build({"n_estimators": 60})
+    member.fit(stones, features.log_price(stones["price"]))
+    booster = LazyBooster(tmp_path / member.save(tmp_path))
+    matrix = features.encode(stones.head(1)).to_numpy(dtype=float)  # small calls race most
+    expected_contributions = booster.predict(matrix, pred_contrib=True)
+    expected_prices = booster.predict(matrix)
+
+    def call(i: int) -> bool:
+        if i % 2:
+            return bool(
+                np.allclose(booster.predict(matrix, pred_contrib=True), expected_contributions)
+            )
+        return bool(np.allclose(booster.predict(matrix), expected_prices))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert all(pool.map(call, range(3000)))

@@ -228,9 +228,18 @@ class LazyBooster:
         self.text = path.read_text()
         self._booster: lgb.Booster | None = None
         self._lock = threading.Lock()
+        self._calls = threading.Lock()
 
     def model_to_string(self) -> str:
         return self.text
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """LightGBM's predict, one call at a time: concurrent calls on one booster corrupt its
+        memory when one asks for contributions (LightGBM issue 5482): a request explained while
+        the TreeSHAP tables are checked in the background crashed a test server."""
+        booster = self.loaded
+        with self._calls:
+            return booster.predict(*args, **kwargs)
 
     @property
     def loaded(self) -> lgb.Booster:
@@ -245,7 +254,7 @@ class LazyBooster:
             return self._booster
 
     def __getattr__(self, name: str) -> Any:  # only for what this class does not define
-        if name.startswith("__") or name in ("_booster", "_lock", "text", "loaded"):
+        if name.startswith("__") or name in ("_booster", "_lock", "_calls", "text", "loaded"):
             raise AttributeError(name)  # never recurse, whatever failed
         return getattr(self.loaded, name)
 
