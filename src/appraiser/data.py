@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -274,3 +275,47 @@ def francesco_path() -> Path | None:
 
     candidates = [settings().data, Path(__file__).resolve().parents[3] / "shared/data/diamonds.csv"]
     return next((p for p in candidates if p is not None and p.exists()), None)
+
+
+# A spreadsheet runs a cell beginning with one of these as a formula (OWASP's list for CSV
+# injection: tab and carriage return too, which some spreadsheets skip before reading on).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def formula_safe(value: object) -> object:
+    """A CSV cell as a spreadsheet must show it: text beginning with a formula character gets a
+    leading quote unless it is a plain number ("-2" stays, "-2+3" does not); anything else is
+    returned as it is. The web page's download applies the same rule (csvCell in web/app.js)."""
+    risky = isinstance(value, str) and value.startswith(FORMULA_START)
+    return "'" + value if risky and not _PLAIN_NUMBER.fullmatch(value) else value
+
+
+def formula_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table about to be written as CSV, its header and text cells made `formula_safe`. Number
+    columns are left alone (a negative price stays a number); every CSV the CLI, the API and a
+    run's artifacts write goes through here. Returns `frame` itself when nothing needs a quote."""
+    out = frame
+    for position in range(frame.shape[1]):
+        column = frame.iloc[:, position]
+        dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        elif not pd.api.types.is_string_dtype(dtype):  # object or str: text, perhaps
+            continue
+        try:
+            risky = column.str.startswith(FORMULA_START, na=False).to_numpy(dtype=bool)
+        except AttributeError:  # an object column without a single string (numbers, None)
+            continue
+        if not risky.any():  # the usual case: one vectorised pass per text column
+            continue
+        values = column.to_numpy(dtype=object, copy=True)
+        values[risky] = [formula_safe(v) for v in values[risky]]
+        if out is frame:
+            out = frame.copy()
+        out.isetitem(position, values)
+    header = [formula_safe(c) for c in frame.columns]
+    if header != list(frame.columns):
+        out = out.copy() if out is frame else out
+        out.columns = header
+    return out

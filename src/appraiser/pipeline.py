@@ -240,7 +240,7 @@ def log_drift(report: pd.DataFrame, new_stones: int) -> str:
             {f"drift_{r.feature}_{r.test.lower()}": r.statistic for r in report.itertuples()}
             | {f"drift_{r.feature}_p": r.p_value for r in report.itertuples()}
         )
-        mlflow.log_text(report.to_csv(index=False), "drift.csv")
+        mlflow.log_text(data.formula_safe_frame(report).to_csv(index=False), "drift.csv")
     return str(run.info.run_id)
 
 

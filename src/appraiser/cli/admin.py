@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, err, fail
+from appraiser.cli.render import console, err, fail, literal
 
 keys_app = typer.Typer(help="API keys with roles (staff, expert, admin); only hashes are kept.")
 
@@ -36,7 +36,7 @@ def keys_create(
         key = auth.create_key(name, role.value, actor=audit.cli_actor())
     except auth.KeyRefused as exc:
         raise fail(str(exc)) from exc
-    err.print(f"Key {name!r} ({role.value}) made; it is shown once, below:")
+    err.print(literal(f"Key {name!r} ({role.value}) made; it is shown once, below:"))
     print(key)
 
 
@@ -52,11 +52,11 @@ def keys_list(as_json: Json = False) -> None:
     table = Table("name", "role", "starts with", "made", "by", "revoked")
     for k in found:
         table.add_row(
-            k["name"],
-            k["role"],
-            k["prefix"],
+            literal(k["name"]),
+            literal(k["role"]),
+            literal(k["prefix"]),
             str(k["created_at"])[:19],
-            k["created_by"],
+            literal(k["created_by"]),
             str(k["revoked_at"])[:19] if k["revoked_at"] else "",
         )
     console.print(table if found else "No keys yet: `appraiser keys create --role ROLE --name N`.")
@@ -71,7 +71,7 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> 
         auth.revoke_key(name, actor=audit.cli_actor())
     except auth.KeyRefused as exc:
         raise fail(str(exc)) from exc
-    console.print(f"Key {name!r} revoked.")
+    console.print(literal(f"Key {name!r} revoked."))
 
 
 def audit_cmd(
@@ -92,5 +92,7 @@ def audit_cmd(
     table = Table("at", "actor", "action", "details")
     for e in found:
         details = json.dumps(e["details"], default=str)
-        table.add_row(str(e["at"])[:19], e["actor"], e["action"], details)
+        table.add_row(
+            str(e["at"])[:19], literal(e["actor"]), literal(e["action"]), literal(details)
+        )
     console.print(table if found else "Nothing in the audit trail yet.")

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from appraiser import data
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, err, fail, print_json
+from appraiser.cli.render import console, err, fail, labelled, literal, print_json
 
 batches_app = typer.Typer(help="Ingested batches; release or drop the ones held for review.")
 
@@ -52,15 +52,15 @@ def ingest(
         try:
             report = job()
         except data.DataError as exc:
-            err.print(f"[bold red]refused:[/] {exc} (nothing stored from {name})")
+            err.print(labelled("refused", "bold red", f"{exc} (nothing stored from {name})"))
             failed += 1
             continue
-        console.print(report.summary())
+        console.print(literal(report.summary()))
         for reason, rows in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
-            console.print(f"  {rows:>7,}  {reason}")
+            console.print(literal(f"  {rows:>7,}  {reason}"))
         if report.screening is not None:
             style = "bold yellow" if report.held else "dim"
-            console.print(f"  [{style}]{report.screening.summary()}[/]")
+            console.print(literal(f"  {report.screening.summary()}", style=style))
     if failed:
         raise typer.Exit(1)
 
@@ -76,14 +76,14 @@ def rejected(
 
     rows = rejected_rows(batch)
     if output is not None:
-        rows.to_csv(output, index=False)
-        console.print(f"{len(rows):,} rejected rows -> {output}")
+        data.formula_safe_frame(rows).to_csv(output, index=False)
+        console.print(literal(f"{len(rows):,} rejected rows -> {output}"))
         return
     table = Table(title=f"{len(rows):,} rejected rows" + (f" of batch {batch}" if batch else ""))
     for col in ("batch_id", "line", "reasons"):
         table.add_column(col)
     for row in rows.head(200).itertuples():
-        table.add_row(str(row.batch_id), str(row.line), str(row.reasons))
+        table.add_row(str(row.batch_id), str(row.line), literal(row.reasons))
     console.print(table)
     if len(rows) > 200:
         console.print("(first 200 shown; use --output FILE for all of them)")
@@ -120,10 +120,10 @@ def batches(
         table.add_row(
             str(b["id"]),
             f"{b['received_at']:%Y-%m-%d %H:%M}",
-            str(b["file_name"])[-40:],
+            literal(str(b["file_name"])[-40:]),
             f"{b['rows_accepted']:,}",
-            b["status"],
-            screened["summary"] if screened else "(not screened: no champion then)",
+            literal(b["status"]),
+            literal(screened["summary"]) if screened else "(not screened: no champion then)",
         )
     console.print(table)
 
@@ -137,7 +137,7 @@ def _set_status(batch_id: int, status: str) -> None:
         before = set_batch_status(batch_id, status, actor=audit.cli_actor())
     except (KeyError, ValueError) as exc:
         raise fail(str(exc.args[0])) from exc
-    console.print(f"Batch {batch_id}: {before} -> {status}.")
+    console.print(literal(f"Batch {batch_id}: {before} -> {status}."))
 
 
 @batches_app.command("release")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, fail, print_json
+from appraiser.cli.render import console, fail, literal, print_json
 
 db_app = typer.Typer(help="The store's schema: migrate it once per deploy, or check it is current.")
 
@@ -67,11 +67,13 @@ def export_cmd(
     except (ImportError, ValueError, OSError) as exc:  # a bad URL, a disk, BigQuery without gs://
         raise fail(f"--to {target}: {exc}") from exc
     console.print(
-        f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
-        + ", ".join(done.files)
+        literal(
+            f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
+            + ", ".join(done.files)
+        )
     )
     if done.loaded:
-        console.print("Loaded into BigQuery: " + ", ".join(done.loaded))
+        console.print(literal("Loaded into BigQuery: " + ", ".join(done.loaded)))
 
 
 def retention_cmd(
@@ -111,12 +113,14 @@ def db_upgrade(
             store.check_schema()
         except store.StoreOutdated as exc:
             raise fail(str(exc)) from exc
-        console.print(f"The store's schema is current ({store.revisions()[0]}): {shown}")
+        console.print(literal(f"The store's schema is current ({store.revisions()[0]}): {shown}"))
         return
     before, head = store.revisions()
     store.upgrade()
     console.print(
-        f"The store's schema is at {head}"
-        + ("" if before == head else f" (was {before or 'empty'})")
-        + f": {shown}"
+        literal(
+            f"The store's schema is at {head}"
+            + ("" if before == head else f" (was {before or 'empty'})")
+            + f": {shown}"
+        )
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from appraiser.cli.render import console, fail
+from appraiser.cli.render import console, fail, literal
 
 
 def serve(
@@ -64,7 +64,7 @@ def _serve(
     from appraiser.config import settings
 
     log_config: dict[str, object] | None = None
-    say: Callable[[str], None] = console.print
+    say: Callable[[Text], None] = console.print
     if settings().log_format == "json":
         from appraiser.api.request_log import json_log_config
 
@@ -72,8 +72,8 @@ def _serve(
         logging.config.dictConfig(log_config)
         log = logging.getLogger("appraiser.serve")
 
-        def say(text: str) -> None:
-            log.info(Text.from_markup(text).plain)
+        def say(text: Text) -> None:
+            log.info(text.plain)
 
     # No format we log shows the caller's file or line, so skip the stack walk logging makes for
     # every record (the logging HOWTO's "Optimization"): a tenth of a lone request's server time
@@ -86,13 +86,16 @@ def _serve(
     champion = champions.current()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     say(
-        f"Serving model v{champion} on http://{shown}:{port}/ (API docs: /docs)"
+        literal(f"Serving model v{champion} on http://{shown}:{port}/ (API docs: /docs)")
         if champion
-        else "[yellow]No champion yet[/]: appraisals answer 503 until one is trained "
-        "(`appraiser train`); the server picks it up by itself."
+        else Text.assemble(
+            ("No champion yet", "yellow"),
+            ": appraisals answer 503 until one is trained (`appraiser train`); the server "
+            "picks it up by itself.",
+        )
     )
     if settings().api_key is None:
-        say("Admin endpoints are disabled: set APPRAISER_API_KEY to enable them.")
+        say(Text("Admin endpoints are disabled: set APPRAISER_API_KEY to enable them."))
     uvicorn.run(
         "appraiser.api:create_app",
         factory=True,
