@@ -287,8 +287,9 @@ def formula_safe(value: object) -> object:
     """A CSV cell as a spreadsheet must show it: text beginning with a formula character gets a
     leading quote unless it is a plain number ("-2" stays, "-2+3" does not); anything else is
     returned as it is. The web page's download applies the same rule (csvCell in web/app.js)."""
-    risky = isinstance(value, str) and value.startswith(FORMULA_START)
-    return "'" + value if risky and not _PLAIN_NUMBER.fullmatch(value) else value
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return value if _PLAIN_NUMBER.fullmatch(value) else "'" + value
+    return value
 
 
 def formula_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
