@@ -188,6 +188,9 @@ class ValidationResult:
     rejected: pd.DataFrame
     total: int
     reasons: Counter[str] = field(default_factory=Counter)
+    # each clean row's schema.APPRAISED_AT (a date, None where the row gave none); None when
+    # the table has no such column or is not labelled
+    dates: pd.Series | None = None
 
     @property
     def report(self) -> pd.DataFrame:
@@ -220,8 +223,9 @@ def validate(
     check_columns(raw, required, source)
     # other columns are ignored (and could collide with the `line`, `reasons`, `batch_id` added
     # to rejected rows): the raw values kept are those of the schema's columns
-    if any(c not in schema.COLUMNS for c in raw.columns):
-        raw = raw[[c for c in raw.columns if c in schema.COLUMNS]]
+    known = (*schema.COLUMNS, *schema.OPTIONAL_COLUMNS) if labelled else schema.COLUMNS
+    if any(c not in known for c in raw.columns):
+        raw = raw[[c for c in raw.columns if c in known]]
     raw = raw.reset_index(drop=True)
     frame = pd.DataFrame(index=raw.index)
     problems: dict[int, list[str]] = {}
@@ -235,6 +239,14 @@ def validate(
         frame[name] = values
     for name in schema.GRADE_COLUMNS:
         frame[name] = raw[name].astype(object).where(raw[name].notna(), None)
+    dates = None
+    if labelled and schema.APPRAISED_AT in raw.columns:
+        from appraiser.clock import today
+
+        dates, bad_dates = schema.appraisal_dates(raw[schema.APPRAISED_AT], today())
+        for i in np.flatnonzero(bad_dates.to_numpy()):
+            shown = raw[schema.APPRAISED_AT].iat[i]
+            problems.setdefault(int(i), []).append(f"{schema.APPRAISED_AT_RULE} (not {shown!r})")
 
     if not _breaks_no_rule(frame, labelled, dedupe):
         for index, reason in _schema_faults(frame, labelled, dedupe):
@@ -256,7 +268,13 @@ def validate(
     rejected["reasons"] = ["; ".join(problems[i]) for i in rejected.index]
     rejected = rejected.reset_index(drop=True)
     counts: Counter[str] = Counter(r for i in problems for r in problems[i])
-    return ValidationResult(clean=clean, rejected=rejected, total=len(raw), reasons=counts)
+    return ValidationResult(
+        clean=clean,
+        rejected=rejected,
+        total=len(raw),
+        reasons=counts,
+        dates=None if dates is None else dates[~bad].reset_index(drop=True),
+    )
 
 
 def load(path: str | Path | None = None, *, labelled: bool = True) -> ValidationResult:

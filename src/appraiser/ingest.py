@@ -327,12 +327,15 @@ def ingest_file(
     result = data.validate(raw, labelled=True, source=shown)
     # a duplicate's raw values are kept as validate keeps a bad row's: the schema's columns only
     # (a sender's own `line`, `batch_id` or `reasons` column would collide with ours)
-    raw = raw[[c for c in raw.columns if c in schema.COLUMNS]].reset_index(drop=True)
+    kept = (*schema.COLUMNS, *schema.OPTIONAL_COLUMNS)
+    raw = raw[[c for c in raw.columns if c in kept]].reset_index(drop=True)
     bad_positions = result.rejected["line"].to_numpy(dtype=np.int64) - 2
     keep = np.ones(len(raw), dtype=bool)
     keep[bad_positions] = False
     clean = result.clean.copy()
     clean["line"] = np.flatnonzero(keep) + 2
+    if result.dates is not None:  # stored as given; a row without one reads its batch's day
+        clean[schema.APPRAISED_AT] = result.dates.to_numpy()
 
     rejected_frame = result.rejected
     reasons = Counter(result.reasons)
@@ -383,7 +386,8 @@ def ingest_file(
             s.flush()
             if report.screening is not None:
                 s.add(_evaluation(report.screening, batch.id))
-            stones = clean[["line", *schema.COLUMNS]].assign(batch_id=batch.id)
+            stored = ["line", *schema.COLUMNS, *(c for c in schema.OPTIONAL_COLUMNS if c in clean)]
+            stones = clean[stored].assign(batch_id=batch.id)
             _insert_diamonds(s, _records(stones))
             raw_columns = rejected_frame.drop(columns=["line", "reasons"])
             _insert_rejected(

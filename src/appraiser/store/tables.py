@@ -1,5 +1,5 @@
 """The store's tables: batches, accepted stones, rejected rows, appraisals, feedback, keys, the
-audit trail, jobs, model versions, champion moves and evaluations.
+audit trail, jobs, model versions, champion moves, evaluations and the market level.
 
 The schema is owned by the Alembic migrations in `appraiser/migrations` (store.migrate applies
 them); the classes here must match them (tests/test_store.py checks).
@@ -7,10 +7,11 @@ them); the classes here must match them (tests/test_store.py checks).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -72,6 +73,8 @@ class StoredDiamond(Base):
     y: Mapped[float] = mapped_column(Double)
     z: Mapped[float] = mapped_column(Double)
     price: Mapped[float] = mapped_column(Double)
+    # the day the price was given, when the file said (schema.APPRAISED_AT); else its batch's
+    appraised_at: Mapped[date | None] = mapped_column(Date)
 
 
 class RejectedRow(Base):
@@ -235,6 +238,25 @@ class Evaluation(Base):
     details: Mapped[str | None] = mapped_column(Text)  # JSON
 
 
+class MarketLevel(Base):
+    """One month of the market level (market.py): prices that month over the champion's prices
+    on the base level, smoothed, with a 90% interval and the stones behind it. Rewritten whole
+    by each refresh; `details` (JSON) names the sources left out that month and why."""
+
+    __tablename__ = "market_levels"
+
+    month: Mapped[date] = mapped_column(Date, primary_key=True)  # its first day
+    level: Mapped[float] = mapped_column(Double)
+    low: Mapped[float] = mapped_column(Double)
+    high: Mapped[float] = mapped_column(Double)
+    observed: Mapped[float | None] = mapped_column(Double)  # the month's own median, unsmoothed
+    stones: Mapped[int] = mapped_column(Integer)
+    excluded: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(40))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    details: Mapped[str | None] = mapped_column(Text)
+
+
 TABLES: tuple[str, ...] = (
     "batches",
     "diamonds",
@@ -247,5 +269,6 @@ TABLES: tuple[str, ...] = (
     "evaluations",
     "api_keys",
     "audit_events",
+    "market_levels",
 )
 STONE_COLUMNS: tuple[str, ...] = schema.COLUMNS
