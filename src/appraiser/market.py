@@ -13,9 +13,12 @@ level, and a month's level is the central value of log(observed / predicted) ove
   month and a level "as of" a day never changes when later appraisals arrive. Each month's median
   counts by its precision: its variance is pi/2 sigma^2 / n (the median's, for normal errors),
   so a month of 200 stones moves the level nearly all the way and a month of 3 stones a little;
-  the walk's step (PROCESS_SD a month) lets the level follow a jump within a month or two. An
-  exponentially weighted mean does the same with one fixed weight, blind to how many stones stand
-  behind a month; a rolling median lags a jump by half its window.
+  the walk's step (PROCESS_SD a month) lets the level drift, and a month whose median lies
+  further than JUMP_Z standard deviations from the level widens that step until it does not (an
+  adaptive filter's variance matching: Mehra, IEEE Trans. Automatic Control, 1972), so a jump is
+  followed at once when many stones show it and half-believed, with a wide interval, when three
+  do. An exponentially weighted mean does the same with one fixed weight, blind to how many
+  stones stand behind a month; a rolling median lags a jump by half its window.
 - **The 90% interval** is the filter's own, level x exp(+-1.645 sqrt(P)): wide where few stones
   stand, wider still as months pass without any.
 - **A source that departs from the others** in a month (by more than TOLERANCE and more than three
@@ -51,6 +54,7 @@ PRIOR_SD = 0.10
 PRIOR_STONES = 10
 TOLERANCE = 0.10  # a source this far (in log units, about 10%) from the others is left out
 MIN_SOURCE_STONES = 10  # a source is judged in a month only on at least this many stones
+JUMP_Z = 2.5  # a month further than this many standard deviations from the level is a jump
 DIFFUSE = 1.0  # the first month's prior variance without a base month: the data decide
 
 REQUIRED = (schema.APPRAISED_AT, schema.TARGET, "predicted")
@@ -250,6 +254,10 @@ def estimate(
         if ratios is not None:
             noise = MEDIAN_VARIANCE * _shrunk_variance(_mad_sd(ratios), len(ratios), pooled)
             noise /= len(ratios)
+            surprise = (medians[period] - state) ** 2
+            # a month this far from the level is a jump the walk's small step cannot explain:
+            # its variance grows to put the month JUMP_Z standard deviations away, no more
+            variance = max(variance, surprise / JUMP_Z**2 - noise)
             gain = variance / (variance + noise)
             state += gain * (medians[period] - state)
             variance *= 1 - gain
