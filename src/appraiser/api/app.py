@@ -26,6 +26,7 @@ from appraiser.api.metrics import (
 )
 from appraiser.api.middleware import InFlight, LimitBodySize, SecurityHeaders, TimeRequests
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
+from appraiser.api.routers import market as market_routes
 from appraiser.api.routers import monitoring as monitoring_routes
 from appraiser.api.schemas import ErrorOut
 from appraiser.config import Settings, settings
@@ -96,6 +97,7 @@ def create_app(
     for module in (appraisals, feedback, diamonds, models, admin, operations):
         app.include_router(module.router)
     app.include_router(monitoring_routes.router)  # GET /v1/monitoring
+    app.include_router(market_routes.router)  # GET /v1/market
     app.mount("/static", StaticFiles(directory=operations.WEB), name="static")
     app.mount("/docs/assets", StaticFiles(directory=operations.DOCS_ASSETS), name="docs-assets")
 
