@@ -87,14 +87,16 @@ def main() -> None:
     pool = others_shuffled(public, collection, args.seed)
     rng = np.random.default_rng(args.seed)
 
-    options = {"trials": 1, "timeout": 60, "candidates": ["lightgbm"], "seed": 42}
     champion = fit(
         collection,
         pool.head(100),
         final_stones=None,
         source="collection",
+        trials=1,
+        timeout=60,
+        candidates=["lightgbm"],
+        seed=42,
         show_progress=False,
-        **options,
     ).evaluated
     dated = appraisals(pool.iloc[args.today :], args.per_month, rng)
     dated["predicted"] = champion.predict(dated)["price"].to_numpy()
