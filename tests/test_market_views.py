@@ -27,7 +27,7 @@ SERIES = market.Series(
         market.Level(date(2025, 2, 1), 1.22, 1.19, 1.25, stones=0),
         market.Level(date(2025, 3, 1), 1.25, 1.22, 1.28, stones=90, observed=1.26),
     ),
-    (market.Exclusion(date(2025, 1, 1), "marks up", 60, 1.57, 1.21),),
+    (market.Exclusion(date(2025, 1, 1), "marks [bold]up[/]", 60, 1.57, 1.21),),
     model_version="4",
     computed_at=clock.now(),
 )
@@ -64,12 +64,12 @@ def test_cli_gives_the_stored_series_and_the_level_on_a_day(home: Path) -> None:
     assert (current["level"], current["low"], current["high"]) == (1.25, 1.22, 1.28)
     assert current["month"] == "2025-03-01" and current["stones"] == 90
     assert [m["month"] for m in answer["series"]] == ["2025-01-01", "2025-02-01", "2025-03-01"]
-    assert answer["excluded"][0]["source"] == "marks up"
+    assert answer["excluded"][0]["source"] == "marks [bold]up[/]"
     assert answer["model_version"] == "4"
     assert _json("--as-of", "2025-02-14")["current"]["level"] == 1.22
     assert _json("--as-of", "2024-12-31")["current"]["level"] == 1.0
     text = " ".join(runner.invoke(cli, ["market"], catch_exceptions=False).output.split())
-    assert "left out 'marks up' (60 stones at level 1.570; the others 1.210)" in text
+    assert "left out 'marks [bold]up[/]' (60 stones at level 1.570; the others 1.210)" in text
     assert "level 1.250 (1.220-1.280), the estimate of 2025-03 from 90 stones" in text
 
 

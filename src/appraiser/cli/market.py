@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, fail, print_json
+from appraiser.cli.render import console, fail, literal, print_json
 
 
 def market_cmd(
@@ -55,10 +55,12 @@ def market_cmd(
                 f"{m.excluded:,}" if m.excluded else "",
             )
         console.print(table)
-    for gone in series.excluded:
+    for gone in series.excluded:  # a source is a name a sender chose: shown literally
         console.print(
-            f"{gone.month:%Y-%m}: left out {gone.source!r} ({gone.stones:,} stones at level "
-            f"{gone.level:.3f}; the others {gone.market:.3f})"
+            literal(
+                f"{gone.month:%Y-%m}: left out {gone.source!r} ({gone.stones:,} stones at level "
+                f"{gone.level:.3f}; the others {gone.market:.3f})"
+            )
         )
     level = series.level_at(day)
     if level.month is None:
