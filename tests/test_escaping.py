@@ -109,6 +109,17 @@ def test_models_and_their_history_show_names_and_reasons_as_written(
 # --- CSV cells a spreadsheet would run --------------------------------------------------------
 
 
+def test_monitor_shows_stored_actors_and_reasons_as_written(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appraiser import monitoring
+
+    monkeypatch.setattr(monitoring, "overview", lambda hours: {})
+    monkeypatch.setattr(monitoring, "summary", lambda figures: [f"promoted by {MARKUP}{ESCAPE}"])
+    shown = invoke("monitor")
+    assert f"promoted by {MARKUP}{ESCAPE_SHOWN}" in shown and "\x1b" not in shown
+
+
 def test_formula_cells_get_a_quote_and_numbers_stay_numbers() -> None:
     frame = pd.DataFrame(
         {

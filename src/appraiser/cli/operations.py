@@ -28,8 +28,8 @@ def monitor(
     if as_json:
         print_json(figures)
         return
-    for line in monitoring.summary(figures):
-        typer.echo(line)
+    for line in monitoring.summary(figures):  # lines quote stored actors and reasons
+        console.print(literal(line), soft_wrap=True)
 
 
 def export_cmd(
