@@ -180,13 +180,13 @@ def test_a_known_stone_at_another_price_is_held_as_a_conflict(store_url, tmp_pat
     new = public.drop(stones.index).sample(50, random_state=22)
     pd.concat([again, near, new]).to_csv(tmp_path / "second.csv", index=False)
     second = ingest_file(tmp_path / "second.csv")
+    training = labelled_stones().stones
+    assert len(training) == 200 + 60  # the 30 re-priced stones wait for review
     assert second.conflicts == 30 and second.rows_accepted == 60
     assert f"HELD for review as batch {second.conflict_batch}" in second.summary()
     (held,) = ingest.batches(status="held")
     assert held["id"] == second.conflict_batch and "conflicting price" in held["status_reason"]
     assert f"(batch {first.batch_id}), +50%" in held["status_reason"]
-    training = labelled_stones().stones
-    assert len(training) == 200 + 60
     assert not training["batch_id"].isin([second.conflict_batch]).any()
     ingest.set_batch_status(second.conflict_batch, "accepted", actor="test")  # reviewed
     assert len(labelled_stones().stones) == 200 + 60 + 30
