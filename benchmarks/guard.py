@@ -124,11 +124,21 @@ def guard_rates(model: Any, unseen: pd.DataFrame, draws: int) -> dict[str, Any]:
         name = f"{label}, {size} stones ({pool_name}, {len(pool):,} in the pool)"
         out[name] = {"held": wilson(held, count), "worse": wilson(worse, count), "by": why}
         rows.append(
-            [name, rate(held, count), rate(worse, count), ", ".join(f"{k} {v}" for k, v in why.items() if v)]
+            [
+                name,
+                rate(held, count),
+                rate(worse, count),
+                ", ".join(f"{k} {v}" for k, v in why.items() if v),
+            ]
         )
     print(
         format_table(
-            ["batches (drawn from stones the champion never saw)", "held", "worse only", "held for"],
+            [
+                "batches (drawn from stones the champion never saw)",
+                "held",
+                "worse only",
+                "held for",
+            ],
             rows,
             "The label-shift guard",
         )
@@ -159,7 +169,10 @@ def drift_rates(model: Any, unseen: pd.DataFrame, cycles: int, passes: int) -> d
         format_table(
             ["drift tested", "cycles with a false alarm"],
             [
-                [f"every pass, on all stones since the retrain ({passes} passes of 50)", rate(before, cycles)],
+                [
+                    f"every pass, on all stones since the retrain ({passes} passes of 50)",
+                    rate(before, cycles),
+                ],
                 ["drift.cycle_report (checkpoints, alpha spent over the cycle)", rate(now, cycles)],
             ],
             f"Drift per retrain cycle, same population ({time.perf_counter() - started:.0f} s)",
@@ -183,7 +196,10 @@ def main() -> None:
     public = data.load(None).clean
     started = time.perf_counter()
     model, unseen = champion(public, args.train)
-    print(f"champion: LightGBM on {args.train:,} public stones ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"champion: LightGBM on {args.train:,} public stones "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     results: dict[str, Any] = {}
     if args.only in (None, "guard"):
         results["guard"] = guard_rates(model, unseen, args.draws)

@@ -156,7 +156,7 @@ def test_stones_the_champion_trained_on_are_left_out_of_the_figures(
     pd.concat([known, fresh]).to_csv(tmp_path / "mixed.csv", index=False)
     report = ingest_file(tmp_path / "mixed.csv")
     trained_on = int(
-        lineage.load("1").trained_on(lineage.stone_keys(ingest.accepted_stones())).sum()  # type: ignore[union-attr]
+        lineage.load("1").trained_on(lineage.stone_keys(ingest.accepted_stones())).sum()
     )
     assert trained_on >= 40
     assert report.screening is not None
