@@ -380,9 +380,12 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     marked.assign(price=(marked["price"] * 1.3).round()).to_csv(inbox / "marked.csv", index=False)
     before = len(ingest.accepted_stones())
     report = run_pass(inbox, threshold=500, trials=1, timeout=5, show_progress=False)
-    assert report.ingested[0].held
-    assert [h["id"] for h in report.held] == [report.ingested[0].batch_id]
-    assert report.to_dict()["held"][0]["batch"] == report.ingested[0].batch_id
+    marked_in = report.ingested[0]
+    assert marked_in.held
+    # a marked-up stone the store already knows is also a conflict, held in a batch of its own
+    held_ids = [marked_in.batch_id] + ([marked_in.conflict_batch] if marked_in.conflicts else [])
+    assert sorted(h["id"] for h in report.held) == sorted(held_ids)
+    assert sorted(h["batch"] for h in report.to_dict()["held"]) == sorted(held_ids)
     assert report.result is None  # nothing new to learn from
     assert champion.current() == current
     assert len(ingest.accepted_stones()) == before
@@ -391,7 +394,8 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     runner = CliRunner()
     released = runner.invoke(app, ["batches", "release", str(report.ingested[0].batch_id)])
     assert released.exit_code == 0, released.output
-    assert len(ingest.accepted_stones()) == before + 600
+    assert len(ingest.accepted_stones()) == before + marked_in.rows_accepted
+    assert marked_in.rows_accepted + marked_in.conflicts == 600
 
 
 # --- passes remember -----------------------------------------------------------------------------

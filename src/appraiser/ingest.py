@@ -24,7 +24,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from appraiser import data, schema, store
+from appraiser import conflicts, data, schema, store
 from appraiser.screening import Screening
 from appraiser.store import Batch, RejectedRow
 
@@ -46,6 +46,8 @@ class IngestReport:
     reasons: Counter[str] = field(default_factory=Counter)
     already_ingested: bool = False
     duplicates_of_store: int = 0
+    conflicts: int = 0  # stones known at a materially different price (conflicts.py), held
+    conflict_batch: int | None = None  # the held batch keeping them
     seconds: float = 0.0
     screening: Screening | None = None  # the champion's errors on the batch (None: no champion)
     not_screened: str | None = None  # why the champion could not screen it (then it is held)
@@ -76,6 +78,11 @@ class IngestReport:
             said += (
                 f"; HELD for review, not used for training until an admin releases it "
                 f"(`appraiser batches release {self.batch_id}`)"
+            )
+        if self.conflicts:
+            said += (
+                f"; {self.conflicts:,} stones at prices conflicting with known ones HELD for "
+                f"review as batch {self.conflict_batch}"
             )
         return said
 
@@ -341,7 +348,8 @@ def ingest_file(
     reasons = Counter(result.reasons)
     # held batches count (their stones are stored); dropped ones do not (a corrected file may
     # bring the same stones again)
-    dup_batch = _duplicates_of_store(clean, accepted_stones(engine, statuses=("accepted", "held")))
+    stored = accepted_stones(engine, statuses=("accepted", "held"))
+    dup_batch = _duplicates_of_store(clean, stored)
     is_dup = dup_batch.notna().to_numpy()
     if is_dup.any():
         dup_lines = clean.loc[is_dup, "line"].to_numpy()
@@ -352,9 +360,13 @@ def ingest_file(
         rejected_frame = pd.concat([rejected_frame, extra], ignore_index=True)
         rejected_frame = rejected_frame.sort_values("line", kind="stable", ignore_index=True)
         clean = clean.loc[~is_dup]
+    conflicting = conflicts.find(clean, stored)
+    in_conflict = conflicting.notna().to_numpy()
+    held_rows, clean = clean.loc[in_conflict], clean.loc[~in_conflict]
 
     report.rows_read = result.total
     report.rows_accepted = len(clean)
+    report.conflicts = len(held_rows)
     report.rows_rejected = len(rejected_frame)
     report.reasons = reasons
     report.duplicates_of_store = int(is_dup.sum())
@@ -403,6 +415,7 @@ def ingest_file(
                 ],
             )
             report.batch_id = batch.id
+            report.conflict_batch = conflicts.hold(s, held_rows, conflicting[in_conflict], of=batch)
     except IntegrityError:
         # another process ingested the same file meanwhile: its batch stands, ours is rolled back
         existing = _batch_with_hash(engine, digest)

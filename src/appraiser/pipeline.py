@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from appraiser import champion, data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser import champion, clock, data, drift, gate, ingest, lineage, registry, schema, store
 from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
@@ -228,6 +228,22 @@ def retrain(
 INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
+def drift_stones(new: pd.DataFrame, version: str) -> pd.DataFrame:
+    """The stones drift judges this cycle, oldest first: of the store's stones since the last
+    retrain (`new`), those of batches received after `version` became champion (its reference
+    is what they are compared with) that it did not train on."""
+    moves = champion.history()
+    since = clock.utc(moves[-1]["at"]) if moves else None
+    if since is not None:
+        received = {b["id"]: clock.utc(b["received_at"]) for b in ingest.batches()}
+        later = [i for i, at in received.items() if at is not None and at > since]
+        new = new[new["batch_id"].isin(later)]
+    known = lineage.load(version)
+    if known is not None and len(new):
+        new = new[~known.trained_on(lineage.stone_keys(new))]
+    return new.reset_index(drop=True)
+
+
 def log_drift(report: pd.DataFrame, new_stones: int) -> str:
     """Record a drift report as an MLflow run (kind=drift): one metric per feature, the table."""
     import mlflow
@@ -383,9 +399,10 @@ def run_pass(
                     f"(>= {threshold:,})"
                 )
             assert champion_model is not None
-            if len(new) >= drift.MIN_STONES:
-                report.drift = drift.drift_report(new, champion_model.reference)
-                log_drift(report.drift, len(new))
+            cycle = drift_stones(new, current)
+            report.drift = drift.cycle_report(cycle, champion_model.reference)
+            if report.drift is not None:
+                log_drift(report.drift, len(cycle))
                 if drift.drifted(report.drift):
                     reasons.append("drift in " + ", ".join(drift.drifted(report.drift)))
         if reasons and attempt is not None and len(new) == 0 and new_feedback == 0:
