@@ -27,6 +27,7 @@ from appraiser.models import CANDIDATES, MIN_CALIBRATION, AdaptiveRange, Candida
 FOLDS = 5
 COVERAGE = 0.9
 BLEND_MARGIN = 0.05  # points of CV MAPE a blend must gain over the best single candidate
+CALIBRATION_FOLDS = 10  # the range's errors: fold models of 90% of the stones fitted on
 
 
 class TrainingError(RuntimeError):
@@ -253,8 +254,10 @@ def fit(
     """Tune every candidate on `fit_part`, blend, calibrate the range, measure on `holdout`, and
     refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice).
 
-    `tune_on` (a mask of `fit_part`): tune, blend and calibrate on those stones only; the others
-    are then fit on but never chose anything, so they can judge the challenger cross-fitted.
+    `tune_on` (a mask of `fit_part`): tune and blend on those stones only; the others are then
+    fit on but chose no hyperparameter nor weight, so they can judge the challenger cross-fitted.
+    The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
+    to the size of the model it serves.
     """
     names = candidates or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -283,13 +286,34 @@ def fit(
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
-    # the range each stone gets: its difficulty learnt from the out-of-fold errors, its scores
-    # cross-fitted (models.AdaptiveRange)
-    ranges = (
-        AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
-        if np.isfinite(residuals).sum() >= MIN_CALIBRATION
-        else None  # too few stones: the carat-band widths
-    )
+    # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
+    # cross-fitted, per carat band (models.AdaptiveRange). The errors are the chosen recipe's on
+    # every stone of fit_part, from CALIBRATION_FOLDS folds: fold models nearly the size of the
+    # model priced, whereas tuning's folds hold (FOLDS - 1) / FOLDS of tune_part only (in a
+    # retrain ~3,000 stones for a model of ~7,500), and errors of smaller models widen the range
+    calibration_y = features.log_price(fit_part[schema.TARGET])
+    calibration_groups = fold_groups(fit_part, seed)
+    ranges = None  # too few stones: the carat-band widths
+    if len(np.unique(calibration_groups)) >= MIN_CALIBRATION:
+        calibration_oof = sum(
+            w
+            * cross_validate(
+                CANDIDATES[n],
+                results[n].params,
+                fit_part,
+                calibration_y,
+                CALIBRATION_FOLDS,
+                seed,
+                groups=calibration_groups,
+            )
+            for n, w in weights.items()
+        )
+        ranges = AdaptiveRange.fit(
+            features.encode(fit_part).to_numpy(),
+            calibration_y - np.asarray(calibration_oof),
+            COVERAGE,
+            seed,
+        )
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
