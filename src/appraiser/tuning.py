@@ -27,7 +27,6 @@ from appraiser.models import CANDIDATES, MIN_CALIBRATION, AdaptiveRange, Candida
 FOLDS = 5
 COVERAGE = 0.9
 BLEND_MARGIN = 0.05  # points of CV MAPE a blend must gain over the best single candidate
-CALIBRATION_FOLDS = 10  # the range's errors: fold models of 90% of the stones fitted on
 
 
 class TrainingError(RuntimeError):
@@ -287,33 +286,33 @@ def fit(
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
     # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
-    # cross-fitted, per carat band (models.AdaptiveRange). The errors are the chosen recipe's on
-    # every stone of fit_part, from CALIBRATION_FOLDS folds: fold models nearly the size of the
-    # model priced, whereas tuning's folds hold (FOLDS - 1) / FOLDS of tune_part only (in a
-    # retrain ~3,000 stones for a model of ~7,500), and errors of smaller models widen the range
-    calibration_y = features.log_price(fit_part[schema.TARGET])
-    calibration_groups = fold_groups(fit_part, seed)
-    ranges = None  # too few stones: the carat-band widths
-    if len(np.unique(calibration_groups)) >= MIN_CALIBRATION:
-        calibration_oof = sum(
-            w
-            * cross_validate(
-                CANDIDATES[n],
-                results[n].params,
-                fit_part,
-                calibration_y,
-                CALIBRATION_FOLDS,
-                seed,
-                groups=calibration_groups,
+    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's errors on every stone
+    # of fit_part (CV+). Tuning's folds are models of 4/5 of the stones tuned on; when those are
+    # only some of fit_part (a retrain: ~3,000 stones for a model of ~7,500), their larger errors
+    # would widen the range, so the recipe is cross-validated again on all of fit_part
+    calibration_errors = residuals
+    if not tuned.all():
+        calibration_y = features.log_price(fit_part[schema.TARGET])
+        groups = fold_groups(fit_part, seed)
+        calibration_errors = calibration_y - np.asarray(
+            sum(
+                w
+                * cross_validate(
+                    CANDIDATES[n],
+                    results[n].params,
+                    fit_part,
+                    calibration_y,
+                    seed=seed,
+                    groups=groups,
+                )
+                for n, w in weights.items()
             )
-            for n, w in weights.items()
         )
-        ranges = AdaptiveRange.fit(
-            features.encode(fit_part).to_numpy(),
-            calibration_y - np.asarray(calibration_oof),
-            COVERAGE,
-            seed,
-        )
+    ranges = (
+        AdaptiveRange.fit(features.encode(fit_part).to_numpy(), calibration_errors, COVERAGE, seed)
+        if np.isfinite(calibration_errors).sum() >= MIN_CALIBRATION
+        else None  # too few stones: the carat-band widths
+    )
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
