@@ -82,6 +82,17 @@ class AdaptiveRange:
         self._low = np.array([_quantile(b, tail) for b in self.band_scores])
         self._high = np.array([_quantile(b, 1 - tail) for b in self.band_scores])
         self._edges = np.asarray(self.edges, dtype=float)
+        # the bands laid end to end, each shifted clear of the others, so that one searchsorted
+        # counts the scores above a threshold within any stone's band
+        lowest = min(float(b[0]) for b in self.band_scores)
+        highest = max(float(b[-1]) for b in self.band_scores)
+        self._clip = (lowest - 1.0, highest + 1.0)
+        self._shift = (highest - lowest + 3.0) * np.arange(len(self.band_scores))
+        self._flat = np.concatenate(
+            [b + d for b, d in zip(self.band_scores, self._shift, strict=True)]
+        )
+        self._ends = np.cumsum([len(b) for b in self.band_scores])
+        self._sizes = np.diff(self._ends, prepend=0)
 
     @classmethod
     def calibrated(
@@ -162,14 +173,14 @@ class AdaptiveRange:
         price = np.asarray(price, dtype=float)
         usable = np.isfinite(price) & (price > 0)  # no probability for a price that is not one
         safe = np.where(usable, price, 1.0)
-        threshold = np.atleast_1d((np.log(safe) - log_price) / self.sigma(matrix))
+        low, high = self._clip  # (np.clip costs more than the rest for one stone)
+        threshold = np.minimum(
+            np.maximum((np.log(safe) - log_price) / self.sigma(matrix), low), high
+        )
         band = self.band(matrix)
-        chance = np.empty(len(threshold))
-        for b in np.unique(band):
-            rows, scores = band == b, self.band_scores[b]
-            above = len(scores) - np.searchsorted(scores, threshold[rows], side="right")
-            chance[rows] = (above + 0.5) / (len(scores) + 1)
-        return np.where(usable, chance, np.nan)
+        at_most = np.searchsorted(self._flat, threshold + self._shift[band], side="right")
+        above = self._ends[band] - at_most
+        return np.where(usable, (above + 0.5) / (self._sizes[band] + 1), np.nan)
 
     def save(self, folder: Path) -> dict[str, Any]:
         if self.booster is not None:
