@@ -253,8 +253,10 @@ def fit(
     """Tune every candidate on `fit_part`, blend, calibrate the range, measure on `holdout`, and
     refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice).
 
-    `tune_on` (a mask of `fit_part`): tune, blend and calibrate on those stones only; the others
-    are then fit on but never chose anything, so they can judge the challenger cross-fitted.
+    `tune_on` (a mask of `fit_part`): tune and blend on those stones only; the others are then
+    fit on but chose no hyperparameter nor weight, so they can judge the challenger cross-fitted.
+    The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
+    to the size of the model it serves.
     """
     names = candidates or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -283,11 +285,32 @@ def fit(
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
-    # the range each stone gets: its difficulty learnt from the out-of-fold errors, its scores
-    # cross-fitted (models.AdaptiveRange)
+    # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
+    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's errors on every stone
+    # of fit_part (CV+). Tuning's folds are models of 4/5 of the stones tuned on; when those are
+    # only some of fit_part (a retrain: ~3,000 stones for a model of ~7,500), their larger errors
+    # would widen the range, so the recipe is cross-validated again on all of fit_part
+    calibration_errors = residuals
+    if not tuned.all():
+        calibration_y = features.log_price(fit_part[schema.TARGET])
+        groups = fold_groups(fit_part, seed)
+        calibration_errors = calibration_y - np.asarray(
+            sum(
+                w
+                * cross_validate(
+                    CANDIDATES[n],
+                    results[n].params,
+                    fit_part,
+                    calibration_y,
+                    seed=seed,
+                    groups=groups,
+                )
+                for n, w in weights.items()
+            )
+        )
     ranges = (
-        AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
-        if np.isfinite(residuals).sum() >= MIN_CALIBRATION
+        AdaptiveRange.fit(features.encode(fit_part).to_numpy(), calibration_errors, COVERAGE, seed)
+        if np.isfinite(calibration_errors).sum() >= MIN_CALIBRATION
         else None  # too few stones: the carat-band widths
     )
     model_name = (
