@@ -180,7 +180,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-API_KEY = "test-admin-key"
+API_KEY = "test-admin-key-0123456789abcdef"  # at least 24 characters, as serving requires
 
 
 @pytest.fixture
