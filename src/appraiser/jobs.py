@@ -231,7 +231,7 @@ def run(job_id: str) -> bool:
                     trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
                     timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
                     show_progress=False,
-                    actor=f"api job {job_id}",
+                    actor=audit.system_actor(f"job {job_id}"),
                 )
             except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
                 _fail(job_id, f"{type(exc).__name__}: {exc}")
