@@ -273,6 +273,10 @@ def test_the_api_upload_is_audited_with_the_keys_person(client: TestClient, publ
     assert event["details"]["batch_id"] == answer.json()["batch_id"]
 
 
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("the audit row cannot be written")
+
+
 def test_retention_is_audited_in_its_transaction(
     store_url: str, stone: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,11 +287,8 @@ def test_retention_is_audited_in_its_transaction(
     with store.session() as s, s.begin():
         s.execute(update(store.Appraisal).values(created_at=old))
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("the audit row cannot be written")
-
     with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="audit row"):
-        patched.setattr(audit, "record", refuse)
+        patched.setattr(audit, "record", _refuse)
         archive.prune_appraisals(30, actor="cli:dora")
     with store.session() as s:  # nothing deleted without its audit row
         assert len(s.scalars(select(store.Appraisal)).all()) == 1
@@ -298,6 +299,23 @@ def test_retention_is_audited_in_its_transaction(
         "dora",
         1,
     )
+
+
+def test_a_retrain_job_and_its_audit_row_are_one_write(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: POST /v1/retrain queued the job, started its process, and only then wrote the
+    audit row, in a transaction of its own."""
+    from appraiser import jobs
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="audit row"):
+        patched.setattr(audit, "record", _refuse)
+        jobs.create_job(jobs.RETRAIN, {"trials": 1}, actor="ana")
+    with store.session() as s:
+        assert s.scalars(select(store.Job)).all() == []
+    job_id = jobs.create_job(jobs.RETRAIN, {"trials": 1}, actor="ana")
+    (event,) = audit.events(action="retrain_started")
+    assert event["details"] == {"job_id": job_id, "trials": 1} and event["person"] == "ana"
 
 
 def test_export_is_audited(store_url: str, tmp_path: Path, monkeypatch) -> None:

@@ -396,6 +396,7 @@ def run_pass(
             report.note = f"fewer than {MIN_STONES} training stones in the store: not retrained"
         elif reasons:
             report.retrain_reason = "; ".join(reasons)
+            audit.record(audit.PIPELINE, "retrain_started", reason=report.retrain_reason)
             report.result = retrain(
                 trials=trials,
                 timeout=timeout,
