@@ -359,3 +359,21 @@ def test_audit_rows_cannot_be_updated_or_deleted(store_url: str) -> None:
             conn.execute(text(statement))
     (event,) = audit.events()
     assert event["actor"] == "cli:gil"
+
+
+def test_migration_0006_goes_down_and_up_again(store_url: str) -> None:
+    from alembic import command
+
+    audit.record("cli:hal", "export", day="2026-01-01")
+    engine = store.engine()
+    config = store.alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0005")
+    with engine.begin() as conn:  # the guard is gone with the revision
+        conn.execute(text("UPDATE audit_events SET actor = 'cli:ivy'"))
+    store.upgrade()
+    (event,) = audit.events()
+    assert event["actor"] == "cli:ivy" and event["person"] is None
+    with pytest.raises(DBAPIError, match="append-only"), store.engine().begin() as conn:
+        conn.execute(text("DELETE FROM audit_events"))
