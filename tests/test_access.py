@@ -45,7 +45,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def make_key(role: str, name: str) -> dict[str, str]:
-    return bearer(auth.create_key(name, role, actor="test"))
+    """A key handed to the person `name` (keys one maker makes are otherwise the maker's)."""
+    return bearer(auth.create_key(name, role, actor="test", person=name))
 
 
 def appraise(client: TestClient, stone: dict, headers: dict | None = None) -> dict:

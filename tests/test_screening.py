@@ -155,9 +155,9 @@ def test_stones_the_champion_trained_on_are_left_out_of_the_figures(
     fresh = public.drop(in_small.index).sample(60, random_state=11)
     pd.concat([known, fresh]).to_csv(tmp_path / "mixed.csv", index=False)
     report = ingest_file(tmp_path / "mixed.csv")
-    trained_on = int(
-        lineage.load("1").trained_on(lineage.stone_keys(ingest.accepted_stones())).sum()
-    )
+    v1 = lineage.load("1")
+    assert v1 is not None
+    trained_on = int(v1.trained_on(lineage.stone_keys(ingest.accepted_stones())).sum())
     assert trained_on >= 40
     assert report.screening is not None
     assert report.screening.excluded == trained_on
@@ -188,6 +188,7 @@ def test_a_known_stone_at_another_price_is_held_as_a_conflict(store_url, tmp_pat
     assert held["id"] == second.conflict_batch and "conflicting price" in held["status_reason"]
     assert f"(batch {first.batch_id}), +50%" in held["status_reason"]
     assert not training["batch_id"].isin([second.conflict_batch]).any()
+    assert second.conflict_batch is not None
     ingest.set_batch_status(second.conflict_batch, "accepted", actor="test")  # reviewed
     assert len(labelled_stones().stones) == 200 + 60 + 30
 

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from appraiser import conflicts, data, schema, store
+from appraiser import audit, conflicts, data, schema, store
 from appraiser.screening import Screening
 from appraiser.store import Batch, RejectedRow
 
@@ -233,7 +233,6 @@ def set_batch_status(
     its former status. Under the pipeline lock, so no retrain runs on a batch as it changes; in
     the audit trail under `actor`. KeyError for an unknown batch, ValueError for a move that
     changes nothing."""
-    from appraiser import audit
     from appraiser.locking import exclusive
 
     if status not in ("accepted", "dropped"):
@@ -266,10 +265,12 @@ def is_url(location: str | Path) -> bool:
     return "://" in str(location) and not str(location).startswith("file://")
 
 
-def ingest(location: str | Path, source: str = "file", *, url: str | None = None) -> IngestReport:
+def ingest(
+    location: str | Path, source: str = "file", *, url: str | None = None, actor: str | None = None
+) -> IngestReport:
     """Ingest a local file or any fsspec URL (gs:// and s3:// need the `gcs`/`s3` extras)."""
     if not is_url(location):
-        return ingest_file(str(location).removeprefix("file://"), source, url=url)
+        return ingest_file(str(location).removeprefix("file://"), source, url=url, actor=actor)
     import fsspec
 
     name = str(location)
@@ -281,11 +282,16 @@ def ingest(location: str | Path, source: str = "file", *, url: str | None = None
                 shutil.copyfileobj(remote, copy)
         except (FileNotFoundError, ValueError, ImportError) as exc:
             raise data.DataError(f"{name}: cannot be read ({exc})") from exc
-        return ingest_file(local, source, url=url, name=name)
+        return ingest_file(local, source, url=url, name=name, actor=actor)
 
 
 def ingest_query(
-    query: str, database: str, source: str = "sql", *, url: str | None = None
+    query: str,
+    database: str,
+    source: str = "sql",
+    *,
+    url: str | None = None,
+    actor: str | None = None,
 ) -> IngestReport:
     """Ingest the result of a SQL query on any SQLAlchemy URL (BigQuery through its dialect)."""
     from sqlalchemy import create_engine, text
@@ -298,7 +304,9 @@ def ingest_query(
     with tempfile.TemporaryDirectory(prefix="appraiser-ingest-") as folder:
         local = Path(folder) / "query.parquet"
         frame.astype(str).where(frame.notna(), None).to_parquet(local, index=False)
-        return ingest_file(local, source, url=url, name=f"{database.split('@')[-1]}: {query}")
+        return ingest_file(
+            local, source, url=url, name=f"{database.split('@')[-1]}: {query}", actor=actor
+        )
 
 
 def ingest_file(
@@ -308,11 +316,14 @@ def ingest_file(
     url: str | None = None,
     name: str | None = None,
     screen: bool = True,
+    actor: str | None = None,
+    action: str = "ingest",
 ) -> IngestReport:
     """Validate a CSV/Parquet file of priced stones and store it as one batch, atomically.
 
     With `screen` (the default) the champion prices the accepted stones first; a batch whose
-    prices disagree with everything known is stored `held` (see screening.py).
+    prices disagree with everything known is stored `held` (see screening.py). The batch is
+    audited as `action` by `actor` (default: the command line's user) in its own transaction.
 
     Returns `already_ingested=True` (adding nothing) when a file with the same bytes was ingested
     before. Raises DataError, storing nothing, when the file cannot be used as a whole (empty, a
@@ -396,6 +407,17 @@ def ingest_file(
             )
             s.add(batch)
             s.flush()
+            audit.record(
+                actor or audit.cli_actor(),
+                action,
+                session=s,
+                batch_id=batch.id,
+                source=source,
+                name=name or str(path.resolve()),
+                rows_read=report.rows_read,
+                rows_accepted=report.rows_accepted,
+                held=report.held,
+            )
             if report.screening is not None:
                 s.add(_evaluation(report.screening, batch.id))
             stored = ["line", *schema.COLUMNS, *(c for c in schema.OPTIONAL_COLUMNS if c in clean)]

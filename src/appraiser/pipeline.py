@@ -21,7 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from appraiser import champion, clock, data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser import (
+    audit,
+    champion,
+    clock,
+    data,
+    drift,
+    gate,
+    ingest,
+    lineage,
+    registry,
+    schema,
+    store,
+)
 from appraiser.challenge import against_champion, tuning_mask
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
@@ -143,9 +155,10 @@ def retrain(
     timeout: float = DEFAULT_TIMEOUT,
     policy: GatePolicy | None = None,
     show_progress: bool = True,
-    actor: str = "gate",
+    actor: str = audit.GATE,
 ) -> TrainResult:
-    """Train a challenger on the store's training stones; promote it only if the gate agrees.
+    """Train a challenger on the store's training stones; promote it only if the gate agrees
+    (the move is audited under `actor`: who asked for the retrain, else the system's gate).
 
     Holds the pipeline lock throughout, so no other retrain, pass or champion move interleaves.
     """
@@ -327,11 +340,12 @@ def _move(path: Path, folder: Path) -> Path:
 def ingest_inbox(
     inbox: Path, source: str = "inbox"
 ) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
-    """Ingest every file in the inbox; move each to processed/ or failed/ (with a .reason.txt)."""
+    """Ingest every file in the inbox (audited as the system's `system:inbox`); move each to
+    processed/ or failed/ (with a .reason.txt)."""
     reports, failed = [], []
     for path in sorted(p for p in inbox.iterdir() if p.suffix.lower() in INBOX_SUFFIXES):
         try:
-            reports.append(ingest.ingest_file(path, source=source))
+            reports.append(ingest.ingest_file(path, source=source, actor=audit.INBOX))
             _move(path, inbox / "processed")
         except data.DataError as exc:
             moved = _move(path, inbox / "failed")
@@ -411,8 +425,13 @@ def run_pass(
             report.note = f"fewer than {MIN_STONES} training stones in the store: not retrained"
         elif reasons:
             report.retrain_reason = "; ".join(reasons)
+            audit.record(audit.PIPELINE, "retrain_started", reason=report.retrain_reason)
             report.result = retrain(
-                trials=trials, timeout=timeout, policy=policy, show_progress=show_progress
+                trials=trials,
+                timeout=timeout,
+                policy=policy,
+                show_progress=show_progress,
+                actor=audit.PIPELINE,
             )
         report.champion = champion.current()
         if report.champion is not None and (reports or report.result is not None):

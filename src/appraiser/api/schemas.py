@@ -206,12 +206,19 @@ class ReviewIn(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="who holds it (unique)")
+    name: str = Field(min_length=1, max_length=100, description="the key's name (unique)")
     role: Literal["staff", "expert", "admin"]
+    person: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="who holds it; default: the person of the key that makes it",
+    )
 
 
 class KeyInfo(BaseModel):
     name: str
+    person: str = Field(description="who holds it: rules about people compare persons")
     role: str
     prefix: str = Field(description="the key's first characters, to tell keys apart")
     created_at: Timestamp
@@ -223,6 +230,7 @@ class KeyInfo(BaseModel):
 
 class KeyCreated(BaseModel):
     name: str
+    person: str
     role: str
     key: str = Field(description="shown once: only its hash is kept")
 
@@ -230,7 +238,8 @@ class KeyCreated(BaseModel):
 class AuditEventOut(BaseModel):
     id: int
     at: Timestamp
-    actor: str
+    actor: str = Field(description="a key's name, cli:<user>, or system:<what> for the system")
+    person: str | None = Field(description="the person behind the actor; null for the system")
     action: str
     details: dict[str, Any]
 

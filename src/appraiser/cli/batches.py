@@ -35,6 +35,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Validate priced stones and keep them in the store (each file once, atomically)."""
+    from appraiser import audit
     from appraiser.ingest import IngestReport, ingest_query
     from appraiser.ingest import ingest as ingest_location
 
@@ -42,11 +43,14 @@ def ingest(
         raise fail("name at least one FILE, or a --sql query with its --database", code=2)
     if sql and not database:
         raise fail("--sql needs --database (a SQLAlchemy URL)", code=2)
+    actor = audit.cli_actor()
     jobs: list[tuple[str, Callable[[], IngestReport]]] = [
-        (f, functools.partial(ingest_location, f, source=source)) for f in files or []
+        (f, functools.partial(ingest_location, f, source=source, actor=actor)) for f in files or []
     ]
     if sql and database:
-        jobs.append((sql, functools.partial(ingest_query, sql, database, source=source)))
+        jobs.append(
+            (sql, functools.partial(ingest_query, sql, database, source=source, actor=actor))
+        )
     failed = 0
     for name, job in jobs:
         try:

@@ -50,7 +50,7 @@ def export_cmd(
     by day, with each labelled stone whole): for the warehouse, and before `retention`."""
     import datetime as dt
 
-    from appraiser import archive, clock
+    from appraiser import archive, audit, clock
     from appraiser.config import settings
     from appraiser.store import StoreOutdated
 
@@ -61,7 +61,9 @@ def export_cmd(
     cfg = settings()
     target = to or cfg.export_to or str(cfg.home.resolve() / "exports")
     try:
-        done = archive.export_day(when, target, bigquery=cfg.bigquery_dataset)
+        done = archive.export_day(
+            when, target, bigquery=cfg.bigquery_dataset, actor=audit.cli_actor()
+        )
     except StoreOutdated as exc:
         raise fail(str(exc)) from exc
     except (ImportError, ValueError, OSError) as exc:  # a bad URL, a disk, BigQuery without gs://
@@ -82,11 +84,11 @@ def retention_cmd(
 ) -> None:
     """Delete served appraisals older than DAYS days (export them first), never one an expert
     priced: the label needs its stone."""
-    from appraiser import archive
+    from appraiser import archive, audit
     from appraiser.store import StoreOutdated
 
     try:
-        pruned = archive.prune_appraisals(days, dry_run=dry_run)
+        pruned = archive.prune_appraisals(days, dry_run=dry_run, actor=audit.cli_actor())
     except StoreOutdated as exc:
         raise fail(str(exc)) from exc
     verb = "would delete" if dry_run else "deleted"

@@ -41,7 +41,7 @@ def train(
     if_no_champion: Annotated[bool, typer.Option(help="do nothing when a champion exists")] = False,
 ) -> None:
     """Validate -> tune and train the candidates -> evaluate -> register; promote if better."""
-    from appraiser import champion, registry
+    from appraiser import audit, champion, registry
     from appraiser.train import TrainingError
     from appraiser.train import train as run_training
 
@@ -56,7 +56,13 @@ def train(
         return
     console.print(literal(f"Training on {data_path or data.PUBLIC_TABLE} ..."))
     try:
-        result = run_training(data_path, trials=trials, timeout=timeout, candidates=candidate)
+        result = run_training(
+            data_path,
+            trials=trials,
+            timeout=timeout,
+            candidates=candidate,
+            actor=audit.cli_actor(),
+        )
     except (data.DataError, TrainingError) as exc:
         raise fail(str(exc)) from exc
     console.print(report_table(result.validation))

@@ -139,12 +139,16 @@ class Feedback(Base):
 
 class ApiKey(Base):
     """A key for the API: only its SHA-256 is kept (keys are 256-bit random, so a fast hash is
-    enough: there is nothing to guess); `prefix` lets people tell keys apart."""
+    enough: there is nothing to guess); `prefix` lets people tell keys apart. `name_key` is the
+    name's canonical form (audit.canonical), unique, so no two keys' names look alike; `person`
+    is who holds the key (auth.py says how it is decided)."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    name_key: Mapped[str] = mapped_column(String(120), unique=True, index=True)
+    person: Mapped[str] = mapped_column(String(100), index=True)
     role: Mapped[str] = mapped_column(String(20))  # staff, expert or admin
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(12))
@@ -155,13 +159,16 @@ class ApiKey(Base):
 
 
 class AuditEvent(Base):
-    """One admin or expert action: who, when, what, and its details (JSON text)."""
+    """One change of state: who (`actor`, and the `person` behind it: None for the system and
+    for rows from before persons were kept), when, what, and its details (JSON text). Rows are
+    never updated nor deleted (the store refuses: migration 0006)."""
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
+    person: Mapped[str | None] = mapped_column(String(100), index=True)
     action: Mapped[str] = mapped_column(String(40), index=True)
     details: Mapped[str] = mapped_column(Text)
 
