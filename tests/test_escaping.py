@@ -35,7 +35,10 @@ def invoke(*args: str) -> str:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     use_home(tmp_path / "home")
-    monkeypatch.setenv("COLUMNS", "400")  # Rich reads it when it prints: tables unwrapped
+    # tables unwrapped: a console fixes its width when made if COLUMNS is set then (xdist's
+    # workers), so both consoles are widened themselves
+    for console in (render.console, render.err):
+        monkeypatch.setattr(console, "_width", 400)
     return tmp_path
 
 
