@@ -48,7 +48,7 @@ def labelled(label: str, style: str, message: object) -> Text:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Say what went wrong on stderr; the caller raises the returned Exit (code 2: usage)."""
-    err.print(labelled("error", "bold red", message))
+    err.print(labelled("error", "bold red", message), soft_wrap=True)  # commands stay whole
     return typer.Exit(code)
 
 
