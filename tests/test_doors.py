@@ -207,6 +207,13 @@ def test_a_short_bootstrap_key_is_refused_at_start(
     Settings(api_key=SecretStr("x" * 24)).check_serving()  # 24 is enough: no error
 
 
+def test_any_proxy_is_refused_as_a_trusted_proxy() -> None:
+    """Review: with '*' uvicorn believes the leftmost X-Forwarded-For entry, the client's own."""
+    with pytest.raises(ValueError, match="APPRAISER_TRUSTED_PROXIES"):
+        Settings(trusted_proxies="10.0.0.0/8, *").check_serving()
+    Settings(trusted_proxies="10.0.0.0/8").check_serving()
+
+
 def test_a_rate_limit_is_on_by_default_above_the_benchmarks_load() -> None:
     (limit,) = deps.make_limits(Settings().rate_limit)
     # docs/measurements.md: one worker served 2,157 single stones/s to the loopback benchmark

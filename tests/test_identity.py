@@ -87,6 +87,46 @@ def test_a_second_key_does_not_approve_its_makers_price(client: TestClient, ston
     assert approved["actor"] == "bob" and approved["person"] == "bob"
 
 
+def test_a_key_cannot_make_a_key_for_another_person(client: TestClient) -> None:
+    """Review: an admin made a key "for bob" with her own key and approved her price with it."""
+    alice = bearer(auth.create_key("alice", "admin", actor="alice"))
+    refused = client.post(
+        "/v1/keys", json={"name": "helper", "role": "admin", "person": "bob"}, headers=alice
+    )
+    assert refused.status_code == 403 and "person" in refused.json()["message"]
+    assert made(client, "alice-2", "admin", alice, person="Alice")  # her own person, named
+    assert made(client, "bob", "admin", ADMIN, person="bob")  # the bootstrap key names people
+
+
+def test_a_nul_character_in_the_address_is_a_clients_mistake(client: TestClient) -> None:
+    """Review: on PostgreSQL `?person=%00` and a key name holding NUL answered 500."""
+    for method, address in (
+        ("GET", "/v1/audit?person=%00"),
+        ("GET", "/v1/audit?actor=a%00b"),
+        ("POST", "/v1/keys/a%00/revoke"),
+    ):
+        answer = client.request(method, address, headers=ADMIN)
+        assert answer.status_code == 422 and "NUL" in answer.json()["message"], address
+
+
+def test_the_bootstrap_key_does_not_review(client: TestClient, stone: dict) -> None:
+    """Review: the bootstrap key is no one's, so it approved anyone's price."""
+    ana = bearer(auth.create_key("ana", "expert", actor="ana"))
+    price = price_sent(client, stone, ana)
+    refused = client.post(f"/v1/feedback/{price}/approve", headers=ADMIN)
+    assert refused.status_code == 409 and "own key" in refused.json()["message"]
+
+
+def test_the_command_line_user_is_not_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: `USER=carol appraiser feedback approve` acted as carol."""
+    real = audit.cli_actor()
+    for variable in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(variable, "carol")
+    assert audit.cli_actor() == real != "cli:carol"
+
+
 def test_a_key_made_with_the_bootstrap_key_is_the_bootstrap_persons(
     client: TestClient, stone: dict
 ) -> None:
@@ -351,9 +391,17 @@ def test_audit_rows_cannot_be_updated_or_deleted(store_url: str) -> None:
     """Defect: the app's database role could UPDATE and DELETE audit_events."""
     audit.record("cli:gil", "export", day="2026-01-01")
     engine = store.engine()
+    rewrite = (
+        "INSERT {or_replace} INTO audit_events (id, created_at, actor, action, details) "
+        "SELECT id, created_at, 'someone else', action, details FROM audit_events {on_conflict}"
+    )
     statements = ["UPDATE audit_events SET actor = 'someone else'", "DELETE FROM audit_events"]
     if engine.dialect.name == "postgresql":
         statements.append("TRUNCATE audit_events")
+        upsert = "ON CONFLICT (id) DO UPDATE SET actor = EXCLUDED.actor"
+        statements.append(rewrite.format(or_replace="", on_conflict=upsert))
+    else:  # review: REPLACE deletes the old row without firing a DELETE trigger
+        statements.append(rewrite.format(or_replace="OR REPLACE", on_conflict=""))
     for statement in statements:
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))

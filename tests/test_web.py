@@ -476,7 +476,8 @@ def test_admin_approves_and_rejects_expert_prices(tab: Tab) -> None:
     expect(page.locator("#review-error")).to_contain_text("needs the admin role")
     expect(rows).to_have_count(0)
 
-    use_key(page, API_KEY)
+    # an admin's own key (the bootstrap key is no one's: it does not review)
+    use_key(page, auth.create_key("reviewer", "admin", actor="test", person="reviewer"))
     expect(page.locator("#review-error")).to_be_hidden()
     expect(rows).to_have_count(2)
     expect(status).to_have_text("2 prices wait for review.")
@@ -517,15 +518,18 @@ def test_admin_approves_and_rejects_expert_prices(tab: Tab) -> None:
 
 
 def test_a_price_reviewed_elsewhere_is_not_reviewed_twice(tab: Tab) -> None:
+    from appraiser import auth
+
     (sent,) = expert_prices(tab.base, [1.0])
     page = tab.open("/admin")
-    use_key(page, API_KEY)
+    use_key(page, auth.create_key("desk", "admin", actor="test", person="desk"))
     expect(page.locator("#review tbody tr")).to_have_count(1)
 
     # another admin approves it meanwhile; this page's Reject then gets the server's 409
-    done = httpx.post(f"{tab.base}/v1/feedback/{sent['id']}/approve", headers=bearer(API_KEY))
+    other = auth.create_key("other-admin", "admin", actor="test", person="other")
+    done = httpx.post(f"{tab.base}/v1/feedback/{sent['id']}/approve", headers=bearer(other))
     assert done.status_code == 200, done.text
     page.get_by_role("button", name=f"Reject price {sent['id']}").click()
-    expect(page.locator("#review-error")).to_contain_text("approved already by bootstrap-admin")
+    expect(page.locator("#review-error")).to_contain_text("approved already by other-admin")
     expect(page.locator("#review tbody tr").get_by_role("button")).to_have_count(0)
     expect(page.locator("#review-status")).to_contain_text("Nothing to review")

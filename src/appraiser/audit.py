@@ -16,8 +16,9 @@ Who acts, as the trail names them (`actor`):
 
 from __future__ import annotations
 
-import getpass
 import json
+import os
+import pwd
 import re
 from datetime import datetime
 from typing import Any
@@ -81,11 +82,13 @@ def person_of(actor: str, session: Session | None = None) -> str | None:
 
 
 def cli_actor() -> str:
-    """Who acts from the command line: the operating-system user (the CLI runs on the host)."""
+    """Who acts from the command line: the operating-system user the process runs as (its
+    effective uid's name: USER and LOGNAME are the caller's to set, so they name nobody)."""
+    uid = os.geteuid()
     try:
-        user = getpass.getuser()
-    except Exception:  # no user name in a bare container
-        user = "unknown"
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (a bare container)
+        user = f"uid {uid}"
     return f"cli:{user}"
 
 

@@ -12,8 +12,10 @@ APPRAISER_API_KEY stays valid as a bootstrap admin key, so the first real keys c
 Every key belongs to a person (`person`), and rules that are about people (nobody approves their
 own expert price: feedback.review) compare persons, never keys, so a second key does not make a
 second person. Who a new key belongs to:
-- the person named when it is made (`--person`, the API's `person`): an admin hands a key to
-  someone else this way, and the audit trail keeps who named whom (`key_created`);
+- the person named when it is made (`--person`, the API's `person`): the bootstrap key or the
+  command line hands a key to someone else this way, and the audit trail keeps who named whom
+  (`key_created`); a key may not make a key for another person (else one admin could make a
+  key "for" a colleague and approve their own price with it);
 - otherwise its maker's person: a key made with a key belongs to that key's person, one made
   from the command line to the shell's user (`cli:<user>` is the person `<user>`), one made
   with the bootstrap key to the person `bootstrap admin` (the bootstrap key is its own person).
@@ -121,8 +123,16 @@ def create_key(name: str, role: str, *, actor: str, person: str | None = None) -
     store.ready()
     try:
         with store.session() as s, s.begin():
+            maker = audit.person_of(actor, s)
+            if holder is not None and holder != maker and _is_key(actor, s):
+                raise KeyRefused(
+                    f"person: a key made with a key belongs to that key's person ({maker!r}); "
+                    "only the bootstrap key or the command line (`appraiser keys create "
+                    "--person`) makes a key for another person",
+                    status=403,
+                )
             if holder is None:
-                holder = audit.person_of(actor, s) or name_key  # the system: the key's own
+                holder = maker or name_key  # the system: the key's own
             s.add(
                 store.ApiKey(
                     name=kept,
@@ -149,6 +159,12 @@ def create_key(name: str, role: str, *, actor: str, person: str | None = None) -
             "compared without case and separators)"
         ) from exc
     return key
+
+
+def _is_key(actor: str, session: Any) -> bool:
+    """True when `actor` is a key's name (not the bootstrap key, the shell or a library caller)."""
+    query = select(store.ApiKey.id).where(store.ApiKey.name == actor)
+    return actor != BOOTSTRAP and session.scalar(query) is not None
 
 
 def list_keys() -> list[dict[str, Any]]:

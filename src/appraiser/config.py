@@ -104,8 +104,8 @@ class Settings(BaseSettings):
         default="",
         description=(
             "comma-separated addresses or networks of the proxies in front whose "
-            "X-Forwarded-For / X-Forwarded-Proto name the client ('*': any); empty: none, the "
-            "client is the peer of the connection (rate limits and logs count it)"
+            "X-Forwarded-For / X-Forwarded-Proto name the client ('*' is refused); empty: "
+            "none, the client is the peer of the connection (rate limits and logs count it)"
         ),
     )
     request_body_seconds: float = Field(
@@ -199,6 +199,11 @@ class Settings(BaseSettings):
                 f"APPRAISER_API_KEY: the bootstrap admin key must be at least "
                 f"{MIN_API_KEY_CHARS} characters (it has {len(key)}); make one with "
                 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        if "*" in self.trusted_proxy_list:  # any peer could then name any client
+            problems.append(
+                "APPRAISER_TRUSTED_PROXIES: name the proxies' addresses or networks, not '*' "
+                "(with '*' every caller chooses the address its rate limit counts)"
             )
         if problems:
             raise ValueError("; ".join(problems))

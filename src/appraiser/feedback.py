@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from appraiser import audit, clock, data, lineage, schema, store
+from appraiser.auth import BOOTSTRAP
 
 STATUSES = ("pending", "approved", "rejected")
 FAR = 2.0  # flagged when the price is this many times as far (in log) as the range's edge
@@ -115,6 +116,10 @@ def review(
         row = s.get(store.Feedback, feedback_id, with_for_update=True)
         if row is None:
             raise KeyError(f"no expert price with id {feedback_id}")
+        if actor == BOOTSTRAP:  # it is no one's: a review needs a person's own admin key
+            raise FeedbackRefused(
+                "the bootstrap key makes the first keys; an admin reviews with their own key"
+            )
         reviewer = audit.canonical(person) if person else audit.person_of(actor, s)
         sender = audit.person_of(row.actor, s) if row.actor is not None else None
         if row.actor == actor or (sender is not None and sender == reviewer):

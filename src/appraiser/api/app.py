@@ -28,6 +28,7 @@ from appraiser.api.middleware import (
     InFlight,
     LimitBodySize,
     MetricsPort,
+    RefuseNulBytes,
     SecurityHeaders,
     TimeRequests,
 )
@@ -92,6 +93,7 @@ def create_app(
     app.state.ctx = ctx
     errors.install(app)
     app.add_middleware(LimitBodySize, limit=cfg.max_request_bytes)
+    app.add_middleware(RefuseNulBytes)
     if cfg.cors_origin_list:  # outside the size limit, so a 413 reaches browsers with CORS headers
         app.add_middleware(
             CORSMiddleware,

@@ -57,6 +57,21 @@ def _message(status: int, text: str) -> JSONResponse:
     return JSONResponse({"message": text, "detail": text}, status_code=status)
 
 
+class RefuseNulBytes:
+    """422 for a NUL character in the path or query: no name or value holds one, and PostgreSQL
+    refuses it in text (a 500 otherwise, on any route that looks a value up)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            text = "the address: a path or query value must not contain a NUL character (%00)"
+            await _message(422, text)(scope, _no_receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class LimitBodySize:
     """Refuses request bodies over `limit` bytes with 413, by Content-Length or while reading."""
 

@@ -18,7 +18,7 @@ router = APIRouter(tags=["market"], responses=ERRORS)
 
 @router.get("/v1/market", response_model=MarketOut, summary="The market level over time")
 async def market_level(
-    _: deps.Appraising,
+    _: deps.Staff,
     as_of: Annotated[
         date | None, Query(description="the level on this day (YYYY-MM-DD); today by default")
     ] = None,

@@ -42,8 +42,12 @@ _PREFIXES = ("api job", "cli", "system")
 
 APPEND_ONLY = "audit_events is append-only: its rows are never updated nor deleted"
 SQLITE_TRIGGERS = {
-    "audit_events_no_update": "UPDATE",
-    "audit_events_no_delete": "DELETE",
+    "audit_events_no_update": "UPDATE ON audit_events",
+    "audit_events_no_delete": "DELETE ON audit_events",
+    # INSERT OR REPLACE deletes the old row without firing a DELETE trigger
+    "audit_events_no_replace": (
+        "INSERT ON audit_events WHEN EXISTS (SELECT 1 FROM audit_events WHERE id = NEW.id)"
+    ),
 }
 PG_FUNCTION = "audit_events_append_only"
 
@@ -133,7 +137,7 @@ def _guard_audit_trail() -> None:
     if conn.dialect.name == "sqlite":
         for name, operation in SQLITE_TRIGGERS.items():
             op.execute(
-                f"CREATE TRIGGER {name} BEFORE {operation} ON audit_events "
+                f"CREATE TRIGGER {name} BEFORE {operation} "
                 f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
             )
         return
