@@ -507,7 +507,7 @@ def test_admin_approves_and_rejects_expert_prices(tab: Tab) -> None:
     admin = bearer(API_KEY)
     approved = httpx.get(f"{tab.base}/v1/feedback?status=approved", headers=admin).json()
     assert [(p["id"], p["price"], p["reviewed_by"]) for p in approved] == [
-        (fair["id"], fair["price"], "bootstrap-admin")
+        (fair["id"], fair["price"], "reviewer")
     ]
     rejected = httpx.get(f"{tab.base}/v1/feedback?status=rejected", headers=admin).json()
     assert [p["id"] for p in rejected] == [absurd["id"]]
