@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,10 +128,8 @@ def test_the_holdout_keeps_twins_on_one_side(public, tmp_path, monkeypatch):
         raise RuntimeError("captured")
 
     monkeypatch.setattr(train, "fit_and_register", capture)
-    try:
+    with pytest.raises(RuntimeError, match="captured"):
         train.train(path, promote_if_better=False, show_progress=False)
-    except RuntimeError:
-        pass
     fit_keys, held_keys = (lineage.stone_keys(seen[k]) for k in ("fit_part", "holdout"))
     assert not np.isin(held_keys, fit_keys).any()
     assert len(seen["fit_part"]) + len(seen["holdout"]) == 800

@@ -141,7 +141,7 @@ def retrain(
         return
     console.print(
         metrics_table(
-            f"{result.model_name} on the reference stones", {"challenger": result.holdout}
+            f"{result.model_name} out of fold", {"challenger": result.holdout}
         )
     )
     print_decision(result)
