@@ -4,19 +4,20 @@
     python benchmarks/gate_oc.py --smoke          # 6 draws: the script works, no figure
 
 Each draw, from the public table (53,940 stones), with a cheap fixed recipe (LightGBM, 150 trees
-of 15 leaves, monotone, fixed parameters) so that many draws fit:
+of 7 leaves, monotone, fixed parameters) so that many draws fit:
 - the champion: the recipe trained on every stone of a "collection" (--collection stones), as
   `appraiser train --data` does;
 - the challenger: the recipe, or a perturbed one, trained on the collection's and some fresh
   stones' non-sealed ones, as a retrain does (lineage.roles: the sealed stones stay out);
 - the gate as it runs: every non-sealed stone priced by both recipes refitted without the fold
   holding it (challenge.cross_fitted_prices, 10 folds, twins together), then gate.decide with the
-  default policy (lower bound > 0, estimate >= 0.02 point, slices, coverage, sanity);
+  default policy (lower bound > 0, estimate >= 0.02 point, slices, sanity; not coverage, see
+  POLICY);
 - the TRUE gain: champion MAPE minus challenger MAPE on 30,000 public stones neither saw (their
   twins too), paired, so its own SE is about 0.01 point.
-Draws mix four kinds so true gains spread from clearly worse to clearly better: the same stones
-with another bagging seed (a tie), a weaker challenger (fewer trees) with a few fresh stones,
-a few fresh stones, many fresh stones. Printed, conditional on the true gain (Wilson 95%):
+Draws mix four kinds so true gains spread from clearly worse to clearly better: a handful of
+fresh stones (a near-tie), a weaker challenger (fewer trees) with a few fresh stones, a few fresh
+stones, many fresh stones. Printed, conditional on the true gain (Wilson 95%):
 (A) P(promote | gain <= 0), (B) P(promote | gain >= 0.10), (C) P(promote | |gain| <= 0.02), and
 (D) the calibration of the estimate: (estimate - truth) / SE over all draws, mean and SD (SE of
 the paired estimate and of the truth, combined).
@@ -36,17 +37,32 @@ import numpy as np
 import pandas as pd
 from _bench import format_table, write_json
 
+# No bagging: a fit is then fixed by its stones, not by the luck of one bagging draw, which no
+# estimate from other fits can see.
+# small leaves and no bagging keep it stable: 70 more stones move one fit's MAPE on 30,000 unseen
+# stones by about 0.02 point (the served recipe's: about 0.03), not by 0.05-0.15 as with 15 leaves
 RECIPE = {
     "n_estimators": 150,
     "learning_rate": 0.1,
-    "num_leaves": 15,
-    "min_child_samples": 10,
-    "subsample": 0.7,
-    "subsample_freq": 1,
+    "num_leaves": 7,
+    "min_child_samples": 20,
+    "subsample": 1.0,
 }
 KINDS = ("tie", "weaker", "few fresh", "many fresh")
 KIND_SHARES = (0.35, 0.30, 0.20, 0.15)  # ties and weaker challengers: the null needs most draws
 TRUTH_STONES = 30_000
+
+
+def _policy() -> Any:
+    from appraiser.gate import GatePolicy
+
+    # the default policy but the coverage check: this recipe's range is one width per carat band,
+    # which the per-grade coverage check rightly blocks (the served range adapts per grade); the
+    # range is not what is measured here
+    return GatePolicy(coverage_band=(0.0, 100.0))
+
+
+POLICY = _policy()
 
 
 def wilson(k: int, n: int) -> tuple[float, float, float]:
@@ -95,7 +111,7 @@ def one_draw(draw: int, base_seed: int, collection_size: int, intervals: list[fl
     rng = np.random.default_rng([base_seed, draw])
     kind = KINDS[rng.choice(len(KINDS), p=KIND_SHARES)]
     fresh_n = {
-        "tie": 0,
+        "tie": int(rng.integers(20, 200)),
         "weaker": int(rng.integers(100, 1000)),
         "few fresh": int(rng.integers(100, 800)),
         "many fresh": int(rng.integers(1000, 3000)),
@@ -103,8 +119,7 @@ def one_draw(draw: int, base_seed: int, collection_size: int, intervals: list[fl
     order = rng.permutation(len(public))
     collection = public.iloc[order[:collection_size]]
     fresh = public.iloc[order[collection_size : collection_size + fresh_n]]
-    champion_params = {**RECIPE, "random_state": int(rng.integers(1 << 30))}
-    challenger_params = {**RECIPE, "random_state": int(rng.integers(1 << 30))}
+    champion_params, challenger_params = dict(RECIPE), dict(RECIPE)
     if kind == "weaker":
         challenger_params["n_estimators"] = int(rng.integers(60, 120))
     store = pd.concat([collection, fresh], ignore_index=True)
@@ -133,6 +148,7 @@ def one_draw(draw: int, base_seed: int, collection_size: int, intervals: list[fl
         champion=champion,
         champion_lineage=known,
         cross_fitted=priced,
+        policy=POLICY,
     )
     gate_seconds = time.perf_counter() - started
     # the truth: public stones neither model saw, nor any twin of theirs

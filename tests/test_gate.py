@@ -79,8 +79,6 @@ def test_a_near_tie_is_not_promoted_however_narrow_its_interval(public):
         actual, actual * (1 + champion_err), actual * (1 + challenger_err)
     )
     assert comparison.low > 0 and comparison.improvement < 0.02  # significant, and tiny
-    policy = gate.GatePolicy()
-    assert policy.min_gain == 0.02
     priced = stones.assign(
         champion_price=actual * (1 + champion_err),
         challenger_price=actual * (1 + challenger_err),
@@ -107,3 +105,4 @@ def test_a_near_tie_is_not_promoted_however_narrow_its_interval(public):
     assert decision.comparison is not None and decision.comparison.low > 0
     assert not decision.promote
     assert "blocked by improvement" in decision.reason and "reach 0.02" in decision.reason
+    assert gate.GatePolicy().min_gain == 0.02
