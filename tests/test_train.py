@@ -121,7 +121,7 @@ def test_the_holdout_keeps_twins_on_one_side(public, tmp_path, monkeypatch):
     twins = stones.head(200).assign(price=(stones["price"].head(200) * 1.05).round())
     path = tmp_path / "twins.csv"
     pd.concat([stones, twins]).to_csv(path, index=False)
-    seen = {}
+    seen: dict[str, pd.DataFrame] = {}
 
     def capture(validation, fit_part, holdout, **kwargs):
         seen.update(fit_part=fit_part, holdout=holdout)
