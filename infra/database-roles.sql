@@ -10,6 +10,12 @@
 -- `options=-c role=appraiser_owner`); the API's and the pipeline's users read and write rows; the
 -- export's user reads. Tables a later migration creates get the same grants (default privileges),
 -- so a migration never leaves the app unable to read its own table.
+--
+-- The audit trail is the exception: the app role may only INSERT and SELECT `audit_events`.
+-- Default privileges cannot single out one table, and the table does not exist yet when this
+-- runs, so migration 0006 revokes UPDATE, DELETE and TRUNCATE on it from every role but its
+-- owner (and a trigger refuses them to everyone, the owner included); the block at the end does
+-- the same where the schema was built before these roles.
 
 CREATE ROLE appraiser_owner NOLOGIN;     -- owns every table: only migrations change the schema
 CREATE ROLE appraiser_app NOLOGIN;       -- sa-api, sa-pipeline: rows, never the schema
@@ -31,3 +37,11 @@ ALTER DEFAULT PRIVILEGES FOR ROLE appraiser_owner IN SCHEMA public
     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO appraiser_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE appraiser_owner IN SCHEMA public
     GRANT SELECT ON TABLES TO appraiser_readonly;
+
+DO $$
+BEGIN
+  IF to_regclass('public.audit_events') IS NOT NULL THEN
+    REVOKE UPDATE, DELETE, TRUNCATE ON public.audit_events FROM appraiser_app, appraiser_readonly;
+    GRANT SELECT, INSERT ON public.audit_events TO appraiser_app;
+  END IF;
+END $$;

@@ -22,9 +22,12 @@ run = gcp.cloudrunv2
 SIDECAR_IMAGE = (
     "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
 )
-# the port the app serves on in Cloud Run: the Prometheus collector's default scrape target
-# (RunMonitoring's default endpoint is :8080/metrics), so it needs no configuration of its own
-APP_PORT = 8080
+# the API's port in Cloud Run (the container port, the only one its ingress reaches), and the
+# metrics port beside it: the Prometheus collector's default scrape target (RunMonitoring's
+# default endpoint is :8080/metrics), so it needs no configuration of its own, while nothing from
+# outside the instance can reach it (the app answers /metrics there only)
+APP_PORT = 8000
+METRICS_PORT = 8080
 MLFLOW_PORT = 8080
 Env = dict[str, pulumi.Input[str]]
 
@@ -110,6 +113,10 @@ def _api_service(
         "APPRAISER_RETRAIN_JOB": (
             f"projects/{ctx.project}/locations/{ctx.region}/jobs/appraiser-retrain"
         ),
+        "APPRAISER_METRICS_PORT": str(METRICS_PORT),
+        # the collector dials 0.0.0.0:8080 inside the instance; Cloud Run routes no outside
+        # traffic to a port other than the container port
+        "APPRAISER_METRICS_HOST": "0.0.0.0",
     }
     command, args = SERVE
     app = run.ServiceTemplateContainerArgs(

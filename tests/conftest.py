@@ -180,7 +180,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-API_KEY = "test-admin-key"
+API_KEY = "test-admin-key-0123456789abcdef"  # at least 24 characters, as serving requires
 
 
 @pytest.fixture
@@ -208,6 +208,14 @@ def _copy_lineage(source: Path, target: Path) -> None:
     with sqlite3.connect(source) as src, sqlite3.connect(target) as conn:
         src.backup(conn)  # consistent, WAL included
         conn.execute("PRAGMA journal_mode=WAL")
+        # the audit trail refuses deletions (migration 0006): this private copy starts empty,
+        # so its guards are lifted for the clean-up and put back as they were
+        guards = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+            ("audit_events",),
+        ).fetchall()
+        for name, _ in guards:
+            conn.execute(f'DROP TRIGGER "{name}"')
         for table in (
             "feedback",
             "appraisals",
@@ -220,6 +228,8 @@ def _copy_lineage(source: Path, target: Path) -> None:
             "audit_events",
         ):
             conn.execute(f"DELETE FROM {table}")
+        for _, sql in guards:
+            conn.execute(sql)
 
 
 @pytest.fixture

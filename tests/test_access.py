@@ -45,7 +45,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def make_key(role: str, name: str) -> dict[str, str]:
-    return bearer(auth.create_key(name, role, actor="test"))
+    """A key handed to the person `name` (keys one maker makes are otherwise the maker's)."""
+    return bearer(auth.create_key(name, role, actor="test", person=name))
 
 
 def appraise(client: TestClient, stone: dict, headers: dict | None = None) -> dict:
@@ -254,7 +255,7 @@ def test_a_flood_past_the_limit_gets_429_and_the_server_stays_healthy(
             limited = next(a for a in answers if a.status_code == 429)
             assert int(limited.headers["retry-after"]) >= 1
             assert "too many requests" in limited.json()["message"]
-            assert httpx.get(server.url + "/health").status_code in (200, 429)
+            assert httpx.get(server.url + "/health").status_code == 200  # never limited
             time.sleep(1.1)  # the window passes: served again
             assert httpx.post(server.url + "/v1/appraisals", json=stone).status_code == 200
     finally:

@@ -26,8 +26,10 @@ ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture
 def client(home_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    """The app on a private copy of the trained home, admin key set."""
+    """The app on a private copy of the trained home, admin key set, metrics on port 9464 (a
+    TestClient reaches it as http://testserver:9464)."""
     monkeypatch.setenv("APPRAISER_API_KEY", API_KEY)
+    monkeypatch.setenv("APPRAISER_METRICS_PORT", "9464")
     settings.cache_clear()
     with TestClient(create_app()) as c:
         yield c
@@ -311,7 +313,7 @@ def test_ingest_json_and_csv_with_a_report(
 
 
 def test_models_and_promotion(client: TestClient) -> None:
-    listed = client.get("/v1/models").json()
+    listed = client.get("/v1/models", headers=ADMIN).json()
     assert listed["champion"] == "1"
     (only,) = listed["models"]
     assert only["champion"] and 0 < only["metrics"]["mape"] < 50
@@ -395,7 +397,9 @@ def test_health_and_metrics(client: TestClient, stone: dict) -> None:
     assert client.get("/ready").status_code == 200
     client.post("/v1/appraisals", json=stone)
     client.post("/v1/appraisals", json={**stone, "cut": "?"})
-    text = client.get("/metrics").text
+    assert client.get("/metrics").status_code == 404  # the API's port never serves them
+    metrics_port = client.app.state.ctx.config.metrics_port  # type: ignore[attr-defined]
+    text = client.get(f"http://testserver:{metrics_port}/metrics").text
     assert 'appraiser_stones_priced_total{endpoint="single"}' in text
     assert 'route="/v1/appraisals",status="422"' in text
     assert "appraiser_champion_version 1.0" in text

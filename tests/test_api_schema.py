@@ -59,7 +59,6 @@ def test_every_endpoint_is_in_the_schema() -> None:
         "/v1/retrain",
         "/v1/jobs/{job_id}",
         "/health",
-        "/metrics",
         "/v1/feedback",
         "/v1/feedback/{feedback_id}/{verdict}",
         "/v1/keys",

@@ -829,12 +829,16 @@ def test_monitoring_images_are_pinned_and_configured_from_the_repo(services):
     argv = services["prometheus"]["command"]
     config_file = in_container(option(argv, "--config.file"), services["prometheus"])
     config = yaml.safe_load(config_file.read_text())
-    # Prometheus scrapes the API where compose serves it
+    # Prometheus scrapes the API's metrics port, which is neither the API's nor published
     api_port = option(command_of(services["api"]), "--port")
+    metrics_port = services["api"]["environment"]["APPRAISER_METRICS_PORT"]
+    assert services["api"]["environment"]["APPRAISER_METRICS_HOST"] == "0.0.0.0"
+    published = [str(p).rsplit(":", 1)[1] for p in services["api"]["ports"]]
+    assert metrics_port != api_port and metrics_port not in published
     targets = [
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     ]
-    assert targets == [f"api:{api_port}"]
+    assert targets == [f"api:{metrics_port}"]
     assert config["scrape_configs"][0].get("metrics_path", "/metrics") == "/metrics"
     rule_files = [in_container(path, services["prometheus"]) for path in config["rule_files"]]
     assert rule_files and all(path.is_file() for path in rule_files)

@@ -509,7 +509,8 @@ def test_billing_and_the_metrics_scrape_follow_the_design(
 ) -> None:
     """The API services keep their CPU (the champion poller and the writer run between
     requests), MLflow scales to zero between polls, and the Prometheus collector's default
-    scrape (:8080/metrics) reaches the app."""
+    scrape (:8080/metrics) reaches the app's metrics port, which is not the port Cloud Run's
+    ingress serves (so the figures are not public)."""
     billing = {s.name: s.instance_billing for s in spec.LEVELS[level].services}
     for service in of_type(declared[level], RUN_SERVICE):
         name = service.inputs["name"]
@@ -517,9 +518,11 @@ def test_billing_and_the_metrics_scrape_follow_the_design(
         assert app["resources"]["cpuIdle"] is (not billing.get(name, False)), name
         if name in billing:
             port = app["ports"]["containerPort"]
-            assert port == services.APP_PORT == 8080
+            assert port == services.APP_PORT != services.METRICS_PORT == 8080
             args = app["args"]
             assert args[args.index("--port") + 1] == str(int(port)) and args.count("--port") == 1
+            env = {e["name"]: e.get("value") for e in app["envs"]}
+            assert env["APPRAISER_METRICS_PORT"] == "8080"
             collector = service.inputs["template"]["containers"][1]
             assert collector["name"] == "collector" and collector["dependsOns"] == ["appraiser"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import URL, make_url, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from appraiser import schema, store
 from tests import pg
@@ -106,6 +106,43 @@ def test_the_roles_let_each_component_do_its_part_only(monkeypatch: pytest.Monke
                 store.engine(api).begin() as conn,
             ):
                 conn.execute(text("ALTER TABLE appraisals ADD COLUMN intruder int"))
+            # the audit trail: the app's roles add and read rows, never change or remove them
+            monkeypatch.setenv("APPRAISER_DATABASE_URL", api)
+            from appraiser import audit
+
+            audit.record("cli:ops", "upload", batch_id=1)
+            app_role = f"appraiser_app_{suffix}"
+            with store.engine(api).connect() as conn:
+                granted = {
+                    what: conn.execute(
+                        text("SELECT has_table_privilege(:role, 'audit_events', :what)"),
+                        {"role": app_role, "what": what},
+                    ).scalar()
+                    for what in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+                }
+            assert granted == {
+                "SELECT": True,
+                "INSERT": True,
+                "UPDATE": False,
+                "DELETE": False,
+                "TRUNCATE": False,
+            }
+            for each, statement in (
+                (api, "UPDATE audit_events SET actor = 'x'"),
+                (pipeline, "DELETE FROM audit_events"),
+                (pipeline, "TRUNCATE audit_events"),
+            ):
+                with (
+                    pytest.raises(ProgrammingError, match="permission denied"),
+                    store.engine(each).begin() as conn,
+                ):
+                    conn.execute(text(statement))
+            with (  # the owner too: the trigger refuses whoever asks
+                pytest.raises(DBAPIError, match="append-only"),
+                store.engine(migrate).begin() as conn,
+            ):
+                conn.execute(text("DELETE FROM audit_events"))
+            assert [e["actor"] for e in audit.events()] == ["cli:ops"]
         finally:
             for each in (migrate, api, pipeline, export):
                 store.dispose(each)

@@ -84,6 +84,90 @@ def test_the_deal_probability_is_calibrated_and_falls_with_the_asking_price(tmp_
     assert np.allclose(again.sigma(test[:50]), ranges.sigma(test[:50]))
 
 
+def _tails_by_carat(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Errors of the same typical size whose tails differ by carat: normal below 1.5 ct, Student
+    t (1.5 df) above; a scale per stone (sigma) cannot even out a difference of shape."""
+    rng = np.random.default_rng(seed)
+    matrix = np.zeros((n, len(features.ENCODED)))
+    matrix[:, features.ENCODED.index("carat")] = rng.uniform(0.3, 2.5, n)
+    big = matrix[:, 0] >= 1.5
+    errors = np.where(big, 0.03 * rng.standard_t(1.5, n), rng.normal(0, 0.06, n))
+    return matrix, errors, schema.carat_band_index(matrix[:, 0])
+
+
+def test_the_range_holds_in_every_carat_band() -> None:
+    """Defect: one distribution of scores for every stone covered 97% of public stones of 2 ct
+    and more; each carat band now keeps its own scores (Mondrian), for the range and the deal."""
+    matrix, errors, _ = _tails_by_carat(8000, 1)
+    ranges = AdaptiveRange.fit(matrix, errors, 0.9, seed=1)
+    test, truth, band = _tails_by_carat(30000, 2)
+    zero = np.zeros(len(test))
+
+    def per_band(model: AdaptiveRange) -> list[float]:
+        low, high = model.bounds(test, zero)
+        inside = (truth >= low) & (truth <= high)
+        return [float(inside[band == b].mean()) for b in range(len(schema.CARAT_LABELS))]
+
+    pooled = AdaptiveRange(ranges.booster, ranges.scores, 0.9)  # one distribution for all
+    assert min(per_band(pooled)) < 0.87 and max(per_band(pooled)) > 0.92  # the example bites
+    assert all(0.875 <= c <= 0.925 for c in per_band(ranges)), per_band(ranges)
+    _, high = ranges.bounds(test, zero)
+    chance = ranges.prob_above(test, zero, np.exp(high))  # P(above the range's top) ~ 5%
+    for b in range(len(schema.CARAT_LABELS)):
+        rows = band == b
+        assert abs(chance[rows].mean() - (truth[rows] > high[rows]).mean()) < 0.015, b
+
+
+def test_short_carat_bands_merge_into_their_smaller_neighbour() -> None:
+    from appraiser.models.ranges import MIN_BAND_SCORES, carat_bands
+
+    def carats(*counts: int) -> np.ndarray:  # counts per band of schema.CARAT_EDGES
+        middles = (0.3, 0.7, 1.2, 1.7, 2.5)
+        return np.repeat(middles[: len(counts)], counts)
+
+    assert MIN_BAND_SCORES == 200
+    assert carat_bands(carats(900, 900, 600, 300, 200)) == [0.5, 1.0, 1.5, 2.0]
+    # 2 ct and more short: into 1.5-2 ct, its only neighbour
+    assert carat_bands(carats(900, 900, 600, 300, 120)) == [0.5, 1.0, 1.5]
+    # 1.5-2 ct short: into the smaller neighbour (2 ct and more), which then has enough
+    assert carat_bands(carats(900, 900, 600, 150, 120)) == [0.5, 1.0, 1.5]
+    assert carat_bands(carats(900, 900, 90, 150, 400)) == [0.5, 1.0, 2.0]
+    assert carat_bands(carats(150, 900, 600, 300, 200)) == [1.0, 1.5, 2.0]  # lightest: upwards
+    # a chain of short bands ends as one band of them
+    assert carat_bands(carats(900, 80, 50, 40, 30)) == [0.5]
+    assert carat_bands(carats(900, 60, 50, 40, 30)) == []  # still short together: into the rest
+    assert carat_bands(carats(60, 50, 40, 30, 10)) == []  # too few stones: one band
+
+
+def test_a_range_saved_before_the_bands_loads_and_prices_as_before(tmp_path: Path) -> None:
+    """A model saved with one list of scores keeps its one distribution: the same ends (the
+    conformal order statistics of all scores) and the same deal probabilities for every stone."""
+    matrix, errors, _ = _tails_by_carat(3000, 3)
+    banded = AdaptiveRange.fit(matrix, errors, 0.9, seed=0)
+    state = banded.save(tmp_path)
+    assert len(state["band_scores"]) == 5 and state["carat_edges"] == [0.5, 1.0, 1.5, 2.0]
+    old = {"file": state["file"], "scores": [float(v) for v in banded.scores], "coverage": 0.9}
+    loaded = AdaptiveRange.load(tmp_path, old)
+    test, _, _ = _tails_by_carat(500, 4)
+    sigma, scores = banded.sigma(test), np.sort(banded.scores)
+    n = len(scores)  # the order statistics as a single distribution gives them
+    low, high = scores[int(np.floor((n + 1) * 0.05)) - 1], scores[int(np.ceil((n + 1) * 0.95)) - 1]
+    got_low, got_high = loaded.bounds(test, np.zeros(len(test)))
+    np.testing.assert_allclose(got_low, sigma * low, rtol=1e-9)
+    np.testing.assert_allclose(got_high, sigma * high, rtol=1e-9)
+    asking = np.exp(np.random.default_rng(5).normal(0, 0.1, len(test)))
+    above = n - np.searchsorted(scores, np.log(asking) / sigma, side="right")
+    np.testing.assert_allclose(
+        loaded.prob_above(test, np.zeros(len(test)), asking), (above + 0.5) / (n + 1)
+    )
+    again = AdaptiveRange.load(tmp_path, state)  # and the banded state comes back banded
+    assert again.edges == banded.edges
+    np.testing.assert_allclose(
+        again.bounds(test, np.zeros(len(test))), banded.bounds(test, np.zeros(len(test))), atol=1e-6
+    )
+    np.testing.assert_allclose(again.scores, banded.scores, atol=1e-6)
+
+
 def test_verdicts() -> None:
     assert explain.deal(1000, 0.9)["verdict"] == "below market"
     assert explain.deal(1000, 0.5)["verdict"] == "fair"

@@ -40,6 +40,7 @@ START_DEADLINE = 240.0  # seconds: two workers import the app and load the model
 class Served:
     port: int
     process: Process
+    metrics_port: int  # APPRAISER_METRICS_PORT: /metrics is served there only
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +52,18 @@ def two_workers(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) ->
         trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
     )
     _copy_lineage(trained_home / "appraiser.db", home / "appraiser.db")
-    port = free_port()
-    env = base_env(APPRAISER_HOME=str(home), APPRAISER_API_KEY=API_KEY, APPRAISER_LOG_FORMAT="json")
+    port, metrics_port = free_port(), free_port()
+    env = base_env(
+        APPRAISER_HOME=str(home),
+        APPRAISER_API_KEY=API_KEY,
+        APPRAISER_LOG_FORMAT="json",
+        APPRAISER_METRICS_PORT=str(metrics_port),
+    )
     command = [sys.executable, "-m", "appraiser.cli", "serve", "--port", str(port)]
     process = Process("serve", [*command, "--workers", "2"], env, root / "serve.log").start()
     try:
         wait_until_up(process, port, "/ready", time.monotonic() + START_DEADLINE)
-        yield Served(port, process)
+        yield Served(port, process, metrics_port)
     finally:
         process.stop()
 
@@ -120,7 +126,7 @@ def appraised(two_workers: Served) -> list[str]:
 
 def test_metrics_sum_over_workers(two_workers: Served, appraised: list[str]) -> None:
     """Every scrape, whichever worker answers it, counts the 200 appraisals of both workers."""
-    port = two_workers.port
+    port = two_workers.metrics_port
     route = 'method="POST",route="/v1/appraisals",status="200"'
     # a worker's live figures (its loads) reach the shared files within metrics.SYNC_SECONDS of
     # its start; on a loaded machine its first copy can come after the first scrape
@@ -216,7 +222,7 @@ def base_name(name: str) -> str:
 def test_dashboard_and_alert_rules_name_metrics_the_server_exports(
     two_workers: Served, appraised: list[str]
 ) -> None:
-    exported = exported_names(scrape(two_workers.port))
+    exported = exported_names(scrape(two_workers.metrics_port))
     exported |= {base_name(n) for n in exported}
     used = expressions()
     assert len(used) >= 10

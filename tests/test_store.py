@@ -83,7 +83,7 @@ def test_upgrade_creates_tables_matching_the_models(url: str) -> None:
     engine = store.upgrade(url)
     assert set(store.TABLES) <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0005"
+        assert MigrationContext.configure(conn).get_current_revision() == "0007"
         assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
     store.upgrade(url)  # a second upgrade is a no-op, not an error
 

@@ -349,12 +349,9 @@ def test_admin_uploads_a_csv_and_lists_the_models(tab: Tab, tmp_path: Path) -> N
     )
     page = tab.open("/admin")
 
-    # the models, with the champion marked (no key needed to read them)
-    champion = page.locator("#models tbody tr.champion")
-    expect(champion).to_have_count(1)
-    expect(champion).to_contain_text("Champion")
-    expect(champion.locator("td.num").first).to_have_text(re.compile(r"^\d+\.\d$"))
-    expect(champion.get_by_role("button", name=re.compile("Promote"))).to_have_count(0)
+    # the model versions need a key: none is entered yet
+    expect(page.locator("#models-status")).to_contain_text("Enter an API key")
+    expect(page.locator("#models tbody tr")).to_have_count(0)
 
     # a wrong key: the server's message, the key marked invalid
     page.get_by_label("Admin API key").fill("not-the-key")
@@ -366,6 +363,12 @@ def test_admin_uploads_a_csv_and_lists_the_models(tab: Tab, tmp_path: Path) -> N
     page.get_by_label("Admin API key").fill(API_KEY)
     page.get_by_role("button", name="Use this key").click()
     assert page.evaluate("sessionStorage.getItem('appraiser.apiKey')") == API_KEY
+    # the models, with the champion marked
+    champion = page.locator("#models tbody tr.champion")
+    expect(champion).to_have_count(1)
+    expect(champion).to_contain_text("Champion")
+    expect(champion.locator("td.num").first).to_have_text(re.compile(r"^\d+\.\d$"))
+    expect(champion.get_by_role("button", name=re.compile("Promote"))).to_have_count(0)
     page.get_by_label("Source").fill("browser test")
     page.get_by_role("button", name="Upload").click()
 
@@ -388,6 +391,7 @@ def test_the_pages_load_nothing_from_another_origin(tab: Tab) -> None:
     appraise(page)
     expect(page.locator("#price")).to_have_text(PRICE)
     tab.open("/admin")
+    use_key(page, API_KEY)
     expect(page.locator("#models tbody tr.champion")).to_have_count(1)
     # the API reference: Swagger UI from the installed assets, started by /static/docs.js
     page.goto(tab.base + "/docs")

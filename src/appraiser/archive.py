@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
-from appraiser import clock, schema, store
+from appraiser import audit, clock, schema, store
 from appraiser.store import Appraisal, Feedback
 
 REVIEWED = ("approved", "rejected")
@@ -78,10 +78,16 @@ def _write(table: pa.Table, target: str, kind: str, day: date) -> str:
 
 
 def export_day(
-    day: date, target: str, url: str | None = None, bigquery: str | None = None
+    day: date,
+    target: str,
+    url: str | None = None,
+    bigquery: str | None = None,
+    *,
+    actor: str | None = None,
 ) -> Exported:
     """Write `day`'s appraisals and the feedback reviewed that day (UTC) under `target`, then
-    load them into the BigQuery dataset `bigquery` (PROJECT.DATASET) when one is named."""
+    load them into the BigQuery dataset `bigquery` (PROJECT.DATASET) when one is named; audited
+    as `export` by `actor` (default: the command line's user) once the files are written."""
     if bigquery and not target.startswith("gs://"):
         raise ValueError(f"BigQuery loads files from gs:// only; the export goes to {target}")
     start, end = day_bounds(day)
@@ -158,6 +164,17 @@ def export_day(
         _write(feedback, target, "feedback", day),
     ]
     loaded = load_into_bigquery(files, day, bigquery) if bigquery else None
+    with store.session(url) as s, s.begin():
+        audit.record(
+            actor or audit.cli_actor(),
+            "export",
+            session=s,
+            day=day.isoformat(),
+            appraisals=len(served),
+            feedback=len(reviewed),
+            files=files,
+            loaded=loaded,
+        )
     return Exported(day, len(served), len(reviewed), files, loaded)
 
 
@@ -190,10 +207,16 @@ def load_into_bigquery(files: list[str], day: date, dataset: str) -> list[str]:
 
 
 def prune_appraisals(
-    older_than_days: int, url: str | None = None, *, dry_run: bool = False
+    older_than_days: int,
+    url: str | None = None,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
 ) -> Pruned:
     """Delete appraisals served more than `older_than_days` days ago, except those an expert
-    priced (any feedback, whatever its status: the stone is the label's other half)."""
+    priced (any feedback, whatever its status: the stone is the label's other half). The
+    deletion is audited as `retention` by `actor` (default: the command line's user) in its
+    transaction; the audit trail itself is never pruned."""
     if older_than_days < 1:
         raise ValueError("older_than_days: keep at least one day")
     cutoff = clock.now() - timedelta(days=older_than_days)
@@ -208,5 +231,14 @@ def prune_appraisals(
             select(func.count()).select_from(Appraisal).where(old, Appraisal.id.in_(labelled))
         )
         if not dry_run:
+            audit.record(
+                actor or audit.cli_actor(),
+                "retention",
+                session=s,
+                older_than_days=older_than_days,
+                cutoff=cutoff.isoformat(),
+                deleted=int(deletable or 0),
+                kept_labelled=int(kept or 0),
+            )
             s.execute(delete(Appraisal).where(old, Appraisal.id.not_in(labelled)))
     return Pruned(cutoff, int(deletable or 0), int(kept or 0), dry_run)

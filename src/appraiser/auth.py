@@ -8,6 +8,22 @@ Roles, each allowed what the ones before it are:
 Keys are 256-bit random strings shown once when made; the store keeps only their SHA-256 (a
 slow password hash buys nothing against a random 256-bit secret, and a lookup must be cheap).
 APPRAISER_API_KEY stays valid as a bootstrap admin key, so the first real keys can be made.
+
+Every key belongs to a person (`person`), and rules that are about people (nobody approves their
+own expert price: feedback.review) compare persons, never keys, so a second key does not make a
+second person. Who a new key belongs to:
+- the person named when it is made (`--person`, the API's `person`): an admin hands a key to
+  someone else this way, and the audit trail keeps who named whom (`key_created`);
+- otherwise its maker's person: a key made with a key belongs to that key's person, one made
+  from the command line to the shell's user (`cli:<user>` is the person `<user>`), one made
+  with the bootstrap key to the person `bootstrap admin` (the bootstrap key is its own person).
+Persons are compared in canonical form (audit.canonical), so `Ana` and `ana ` are one person.
+
+Names are unique in canonical form (case folded, runs of spaces, '.', '_', '@' and '-' as one
+space, none at the ends), so `Shop` cannot join `shop`; a name whose canonical form is one the
+system acts under (RESERVED) or starts with a system prefix (`api job`, `cli`, `system`) is
+refused (`gate `, `Gate`, `bootstrap-admin.`, `api job 0192abcd`). The system's own actors carry
+a `system:` prefix in the audit trail, and no name may hold a ':'.
 """
 
 from __future__ import annotations
@@ -33,8 +49,11 @@ KEY_PREFIX = "dak_"  # "diamond appraiser key": recognisable in logs and secret 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$")
 KEY_PATTERN = re.compile(r"^dak_[A-Za-z0-9_-]{43}$")  # KEY_PREFIX + token_urlsafe(32)
 BOOTSTRAP = "bootstrap-admin"  # the name APPRAISER_API_KEY acts under
-# names the system acts under in the audit trail: no key may take them
-RESERVED = frozenset({BOOTSTRAP, "anonymous", "gate", "pipeline", "unknown", "api", "cli"})
+# names the system acts under, or did in earlier audit rows: no key may take one that looks alike
+RESERVED = frozenset(
+    {BOOTSTRAP, "anonymous", "gate", "pipeline", "unknown", "api", "cli", "system"}
+)
+RESERVED_PREFIXES = ("api job", "cli", "system")  # canonical: `api job <id>`, `cli:`, `system:`
 CACHE_SECONDS = 5.0  # a revoked key stops working within this long on every server
 
 
@@ -49,10 +68,11 @@ class KeyRefused(ValueError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key's name and role, or anonymous (role None)."""
+    """Who is calling: a key's name, role and person, or anonymous (role None)."""
 
     name: str
     role: str | None
+    person: str | None = None
 
     def can(self, role: str) -> bool:
         """True when this caller holds `role` or one above it."""
@@ -66,44 +86,80 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(name: str, role: str, *, actor: str) -> str:
-    """Make a key for `name` with `role`; returns the key itself (shown once, never stored)."""
+def _refused_name(field: str, value: str) -> KeyRefused:
+    return KeyRefused(
+        f"{field}: 1-100 characters, letters, digits, space, '.', '_', '@' or '-', starting "
+        f"with a letter or digit, and not like a name the system acts under ({value!r} is "
+        f"{audit.canonical(value)!r} once case and separators are set aside; refused: "
+        f"{', '.join(sorted(RESERVED))}, and names starting with "
+        f"{', '.join(repr(p) for p in RESERVED_PREFIXES)})",
+        status=422,
+    )
+
+
+def check_name(name: str, field: str = "name") -> tuple[str, str]:
+    """(the name as kept: trimmed, inner spaces collapsed; its canonical form), or KeyRefused
+    for a name that breaks NAME_PATTERN or looks like one the system acts under."""
+    kept = " ".join(name.split())
+    key = audit.canonical(kept)
+    system_like = key in {audit.canonical(r) for r in RESERVED} or any(
+        key == p or key.startswith(p + " ") for p in RESERVED_PREFIXES
+    )
+    if not NAME_PATTERN.match(kept) or not key or system_like:
+        raise _refused_name(field, name)
+    return kept, key
+
+
+def create_key(name: str, role: str, *, actor: str, person: str | None = None) -> str:
+    """Make a key for `name` with `role`, held by `person` (default: `actor`'s person, see the
+    module's docstring); returns the key itself (shown once, never stored)."""
     if role not in ROLES:
         raise KeyRefused(f"role: must be one of {', '.join(ROLES)}, not {role!r}", status=422)
-    if not NAME_PATTERN.match(name) or name in RESERVED or name.startswith("cli:"):
-        raise KeyRefused(
-            "name: 1-100 characters, letters, digits, space, '.', '_', '@' or '-', starting "
-            "with a letter or digit, and not one the system acts under "
-            f"({', '.join(sorted(RESERVED))})",
-            status=422,
-        )
+    kept, name_key = check_name(name)
+    holder = check_name(person, "person")[1] if person is not None else None
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     store.ready()
     try:
         with store.session() as s, s.begin():
+            if holder is None:
+                holder = audit.person_of(actor, s) or name_key  # the system: the key's own
             s.add(
                 store.ApiKey(
-                    name=name,
+                    name=kept,
+                    name_key=name_key,
+                    person=holder[:100],
                     role=role,
                     key_hash=digest(key),
                     prefix=key[:10],
                     created_by=actor[:200],
                 )
             )
-            audit.record(actor, "key_created", session=s, name=name, role=role)
+            audit.record(
+                actor,
+                "key_created",
+                session=s,
+                name=kept,
+                role=role,
+                holder=holder,
+                named=person is not None,
+            )
     except IntegrityError as exc:
-        raise KeyRefused(f"name: a key named {name!r} exists already (revoked or not)") from exc
+        raise KeyRefused(
+            f"name: a key named like {kept!r} exists already (revoked or not; names are "
+            "compared without case and separators)"
+        ) from exc
     return key
 
 
 def list_keys() -> list[dict[str, Any]]:
-    """Every key ever made (never the key itself): name, role, prefix, made, revoked."""
+    """Every key ever made (never the key itself): name, person, role, prefix, made, revoked."""
     store.ready()
     with store.session() as s:
         rows = s.scalars(select(store.ApiKey).order_by(store.ApiKey.id)).all()
         return [
             {
                 "name": r.name,
+                "person": r.person,
                 "role": r.role,
                 "prefix": r.prefix,
                 "created_at": r.created_at,
@@ -116,21 +172,26 @@ def list_keys() -> list[dict[str, Any]]:
         ]
 
 
-def revoke_key(name: str, *, actor: str) -> None:
-    """Revoke the key named `name` (at once on this process, within CACHE_SECONDS elsewhere)."""
+def revoke_key(name: str, *, actor: str) -> str:
+    """Revoke the key named `name`, in any case and spacing (at once on this process, within
+    CACHE_SECONDS elsewhere); returns its name as kept."""
     store.ready()
     with store.session() as s, s.begin():
-        row = s.scalars(select(store.ApiKey).where(store.ApiKey.name == name)).one_or_none()
+        row = s.scalars(
+            select(store.ApiKey).where(store.ApiKey.name_key == audit.canonical(name))
+        ).one_or_none()
         if row is None:
             raise KeyRefused(
                 f"name: no key named {name!r} (`appraiser keys list` shows them)", status=404
             )
         if row.revoked_at is not None:
-            raise KeyRefused(f"name: the key {name!r} was revoked already")
+            raise KeyRefused(f"name: the key {row.name!r} was revoked already")
         row.revoked_at = clock.now()
         row.revoked_by = actor[:200]
-        audit.record(actor, "key_revoked", session=s, name=name, role=row.role)
+        audit.record(actor, "key_revoked", session=s, name=row.name, role=row.role)
+        revoked = row.name
     _cache.clear()
+    return revoked
 
 
 # --- authentication, on every request that carries a key -----------------------------------------
@@ -147,7 +208,7 @@ def authenticate(key: str, bootstrap: str | None = None) -> Principal | None:
         secret = settings().api_key
         bootstrap = secret.get_secret_value() if secret is not None else ""
     if bootstrap and hmac.compare_digest(key.encode(), bootstrap.encode()):
-        return Principal(BOOTSTRAP, "admin")
+        return Principal(BOOTSTRAP, "admin", audit.canonical(BOOTSTRAP))
     if not KEY_PATTERN.match(key):
         return None  # not one of ours: no database round trip
     hashed = digest(key)
@@ -163,7 +224,7 @@ def authenticate(key: str, bootstrap: str | None = None) -> Principal | None:
                 store.ApiKey.key_hash == hashed, store.ApiKey.revoked_at.is_(None)
             )
         ).one_or_none()
-        found = Principal(row.name, row.role) if row is not None else None
+        found = Principal(row.name, row.role, row.person) if row is not None else None
     with _cache_lock:
         _cache[hashed] = (now, found)
         _cache.move_to_end(hashed)

@@ -4,7 +4,8 @@ remembered in order.
 The store's `promotions` history is the source of truth: it is written under the pipeline lock,
 with an audit row, by every move below. MLflow's `champion` alias follows it, but anyone who
 reaches MLflow can move the alias; an alias that disagrees with the history is logged and not
-followed. Only a store with no history at all (one from before it was kept) takes the alias.
+followed. Only a store with no history at all (one from before it was kept) takes the alias; a
+store that cannot be read now is an error, never a reason to follow the alias.
 
 A move (the gate's promotion, a person's promotion, a rollback) happens under the pipeline lock
 and only if the champion is still the one the decision was made against (compare-and-set): a gate
@@ -72,11 +73,13 @@ _warned: set[tuple[str, str | None]] = set()  # disagreements logged once each
 
 
 def _stored() -> str | None:
-    """The last move in the store's promotion history; None when it has none or cannot be read
-    (a store from before the history was kept): then the alias answers."""
+    """The last move in the store's promotion history; None when it has none (a new store, or
+    one from before the history was kept): then the alias answers. A store that cannot be read
+    raises RegistryUnavailable: whoever moved the alias must not win by an outage."""
     if not StoreSettings().database_url:  # the default SQLite store, as store.database_url
         return _stored_sqlite(settings().home.resolve() / STORE_FILE)
     from sqlalchemy import select
+    from sqlalchemy.exc import DBAPIError
 
     from appraiser import store
 
@@ -85,10 +88,25 @@ def _stored() -> str | None:
             latest = s.scalars(
                 select(store.Promotion.version).order_by(store.Promotion.id.desc()).limit(1)
             ).first()
-    except Exception as exc:  # no table yet, no database
-        log.debug("no champion from the store's history: %s", exc)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42P01" and not _no_table(exc):
+            raise _unreadable(exc) from exc
+        log.debug("no champion from the store's history: %s", exc)  # undefined_table
         return None
     return str(latest) if latest is not None else None
+
+
+def _no_table(exc: Exception) -> bool:
+    return "no such table" in str(exc)
+
+
+def _unreadable(exc: Exception) -> RegistryError:
+    from appraiser.model_cache import RegistryUnavailable
+
+    return RegistryUnavailable(
+        f"the store's champion history cannot be read ({type(exc).__name__}: {exc}); the "
+        "registry's alias is not followed instead"
+    )
 
 
 def _stored_sqlite(path: Path) -> str | None:
@@ -102,7 +120,9 @@ def _stored_sqlite(path: Path) -> str | None:
             latest = connection.execute(
                 "SELECT version FROM promotions ORDER BY id DESC LIMIT 1"
             ).fetchone()
-    except sqlite3.Error as exc:  # no table yet
+    except sqlite3.Error as exc:
+        if not _no_table(exc):  # locked past the timeout, corrupt, unreadable
+            raise _unreadable(exc) from exc
         log.debug("no champion from the store's history: %s", exc)
         return None
     return str(latest[0]) if latest is not None else None

@@ -6,13 +6,18 @@ PostgreSQL hands stored times back aware and SQLite naive; `utc` makes either co
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import overload
 
 
 def now() -> datetime:
     """The current time, aware, in UTC (stored with every batch, appraisal, job and feedback)."""
     return datetime.now(UTC)
+
+
+def today() -> date:
+    """Today's date in UTC (the latest day a labelled stone may say it was appraised)."""
+    return now().date()
 
 
 @overload

@@ -16,6 +16,12 @@ RETRAIN_THRESHOLD = 500  # accepted stones since the champion's training that ca
 EXPERIMENT = "diamond-appraiser"
 STORE_FILE = "appraiser.db"  # the SQLite store under APPRAISER_HOME when no database is named
 MAX_BATCH = 10_000  # stones per POST /v1/appraisals/batch
+MIN_API_KEY_CHARS = 24  # a bootstrap key shorter than this is refused at start
+# per client (key, else address) and per server process: above what one process serves from one
+# client (about 2,000 single stones/s measured, docs/measurements.md), so it never binds an
+# honest client or the loopback benchmark, yet a runaway client or a flood of cheap requests
+# (unknown keys, 404s) is cut off; a known audience sets a tighter one (compose: 50/second)
+DEFAULT_RATE_LIMIT = "5000/second"
 
 
 class StoreSettings(BaseSettings):
@@ -86,12 +92,42 @@ class Settings(BaseSettings):
         default=False,
         description="true: appraising needs a key too (staff or above); false: anyone may",
     )
-    rate_limit: str | None = Field(
-        default=None,
+    rate_limit: str = Field(
+        default=DEFAULT_RATE_LIMIT,
         description=(
-            "requests each client (its key, else its IP) may make, e.g. '50/second' or "
-            "'50/second;1000/minute' (the `limits` notation); unset: no limit (per process)"
+            "requests each client (its key, else its IP) may make per server process, e.g. "
+            "'50/second' or '50/second;1000/minute' (the `limits` notation); 'none': no limit. "
+            "/health and /ready are never limited"
         ),
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description=(
+            "comma-separated addresses or networks of the proxies in front whose "
+            "X-Forwarded-For / X-Forwarded-Proto name the client ('*': any); empty: none, the "
+            "client is the peer of the connection (rate limits and logs count it)"
+        ),
+    )
+    request_body_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "a batch or list body must arrive within this many seconds, else 408; read before "
+            "it takes one of the max_batch_calls places, so a slow sender holds only its own"
+        ),
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=(
+            "`appraiser serve` answers GET /metrics on this port only (never on the API's); "
+            "unset: no metrics endpoint. Keep it off the public network (compose: the "
+            "containers' network; Cloud Run: not the container port)"
+        ),
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="the interface the metrics port listens on"
     )
     max_queued: int = Field(
         default=2000, description="single-stone requests waiting to be priced; more get 503"
@@ -153,6 +189,23 @@ class Settings(BaseSettings):
             "reads them, with one line per request (id, route, status, latency, model version)"
         ),
     )
+
+    def check_serving(self) -> None:
+        """ValueError naming each setting a server must not start with, and the rule."""
+        problems = []
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        if key and len(key) < MIN_API_KEY_CHARS:  # empty: no bootstrap key, as unset
+            problems.append(
+                f"APPRAISER_API_KEY: the bootstrap admin key must be at least "
+                f"{MIN_API_KEY_CHARS} characters (it has {len(key)}); make one with "
+                'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -187,6 +188,9 @@ class ValidationResult:
     rejected: pd.DataFrame
     total: int
     reasons: Counter[str] = field(default_factory=Counter)
+    # each clean row's schema.APPRAISED_AT (a date, None where the row gave none); None when
+    # the table has no such column or is not labelled
+    dates: pd.Series | None = None
 
     @property
     def report(self) -> pd.DataFrame:
@@ -219,8 +223,9 @@ def validate(
     check_columns(raw, required, source)
     # other columns are ignored (and could collide with the `line`, `reasons`, `batch_id` added
     # to rejected rows): the raw values kept are those of the schema's columns
-    if any(c not in schema.COLUMNS for c in raw.columns):
-        raw = raw[[c for c in raw.columns if c in schema.COLUMNS]]
+    known = (*schema.COLUMNS, *schema.OPTIONAL_COLUMNS) if labelled else schema.COLUMNS
+    if any(c not in known for c in raw.columns):
+        raw = raw[[c for c in raw.columns if c in known]]
     raw = raw.reset_index(drop=True)
     frame = pd.DataFrame(index=raw.index)
     problems: dict[int, list[str]] = {}
@@ -234,6 +239,14 @@ def validate(
         frame[name] = values
     for name in schema.GRADE_COLUMNS:
         frame[name] = raw[name].astype(object).where(raw[name].notna(), None)
+    dates = None
+    if labelled and schema.APPRAISED_AT in raw.columns:
+        from appraiser.clock import today
+
+        dates, bad_dates = schema.appraisal_dates(raw[schema.APPRAISED_AT], today())
+        for i in np.flatnonzero(bad_dates.to_numpy()):
+            shown = raw[schema.APPRAISED_AT].iat[i]
+            problems.setdefault(int(i), []).append(f"{schema.APPRAISED_AT_RULE} (not {shown!r})")
 
     if not _breaks_no_rule(frame, labelled, dedupe):
         for index, reason in _schema_faults(frame, labelled, dedupe):
@@ -255,7 +268,13 @@ def validate(
     rejected["reasons"] = ["; ".join(problems[i]) for i in rejected.index]
     rejected = rejected.reset_index(drop=True)
     counts: Counter[str] = Counter(r for i in problems for r in problems[i])
-    return ValidationResult(clean=clean, rejected=rejected, total=len(raw), reasons=counts)
+    return ValidationResult(
+        clean=clean,
+        rejected=rejected,
+        total=len(raw),
+        reasons=counts,
+        dates=None if dates is None else dates[~bad].reset_index(drop=True),
+    )
 
 
 def load(path: str | Path | None = None, *, labelled: bool = True) -> ValidationResult:
@@ -274,3 +293,48 @@ def francesco_path() -> Path | None:
 
     candidates = [settings().data, Path(__file__).resolve().parents[3] / "shared/data/diamonds.csv"]
     return next((p for p in candidates if p is not None and p.exists()), None)
+
+
+# A spreadsheet runs a cell beginning with one of these as a formula (OWASP's list for CSV
+# injection: tab and carriage return too, which some spreadsheets skip before reading on).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def formula_safe(value: object) -> object:
+    """A CSV cell as a spreadsheet must show it: text beginning with a formula character gets a
+    leading quote unless it is a plain number ("-2" stays, "-2+3" does not); anything else is
+    returned as it is. The web page's download applies the same rule (csvCell in web/app.js)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return value if _PLAIN_NUMBER.fullmatch(value) else "'" + value
+    return value
+
+
+def formula_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table about to be written as CSV, its header and text cells made `formula_safe`. Number
+    columns are left alone (a negative price stays a number); every CSV the CLI, the API and a
+    run's artifacts write goes through here. Returns `frame` itself when nothing needs a quote."""
+    out = frame
+    for position in range(frame.shape[1]):
+        column = frame.iloc[:, position]
+        dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        elif not pd.api.types.is_string_dtype(dtype):  # object or str: text, perhaps
+            continue
+        try:
+            risky = column.str.startswith(FORMULA_START, na=False).to_numpy(dtype=bool)
+        except AttributeError:  # an object column without a single string (numbers, None)
+            continue
+        if not risky.any():  # the usual case: one vectorised pass per text column
+            continue
+        values = column.to_numpy(dtype=object, copy=True)
+        values[risky] = [formula_safe(v) for v in values[risky]]
+        if out is frame:
+            out = frame.copy()
+        out.isetitem(position, values)
+    header = [formula_safe(c) for c in frame.columns]
+    if header != list(frame.columns):
+        out = out.copy() if out is frame else out
+        out.columns = header
+    return out

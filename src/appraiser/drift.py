@@ -10,6 +10,12 @@ significant and large enough to matter:
 alpha (5%) is the family-wise false-alarm rate per batch (Bonferroni over the nine features);
 batches under MIN_STONES are not judged. The measured rates are in benchmarks/trust.py.
 
+A pipeline pass judges the stones since the last retrain (`cycle_report`), a set that grows pass
+after pass until a retrain: testing all of it at every pass at alpha would raise many alarms per
+cycle. So it is tested only at checkpoints, on the first MIN_STONES x 2^j stones (in arrival order,
+so a pass between two checkpoints re-reads the same verdict), at alpha / 2^(j+1): the false alarms
+of a whole cycle add up to alpha at most (benchmarks/guard.py measures it).
+
 The primary signal is not here but in screening.py: the champion's error and coverage on each newly
 labelled batch.
 """
@@ -85,3 +91,23 @@ def drift_report(
 def drifted(report: pd.DataFrame) -> list[str]:
     """The features a report flags."""
     return list(report.loc[report["drift"], "feature"])
+
+
+def checkpoint(stones: int) -> int | None:
+    """The newest checkpoint j a cycle of `stones` stones has reached (None: not the first)."""
+    if stones < MIN_STONES:
+        return None
+    return int(np.floor(np.log2(stones / MIN_STONES)))
+
+
+def cycle_report(
+    new: pd.DataFrame, reference: pd.DataFrame, *, alpha: float = ALPHA, seed: int = 0
+) -> pd.DataFrame | None:
+    """The drift report of a retrain cycle's stones (`new`, oldest first) at its newest
+    checkpoint: its first MIN_STONES x 2^j stones at alpha / 2^(j+1); None before the first."""
+    j = checkpoint(len(new))
+    if j is None:
+        return None
+    return drift_report(
+        new.iloc[: MIN_STONES * 2**j], reference, alpha=alpha / 2 ** (j + 1), seed=seed
+    )

@@ -99,17 +99,28 @@ def submit(appraisal_uid: str, price: float, *, actor: str) -> dict[str, Any]:
         return _as_dict(row, appraisal)
 
 
-def review(feedback_id: int, *, approve: bool, actor: str, note: str | None = None) -> dict:
+def review(
+    feedback_id: int,
+    *,
+    approve: bool,
+    actor: str,
+    note: str | None = None,
+    person: str | None = None,
+) -> dict:
     """An admin's verdict on a pending price (KeyError: no such price; FeedbackRefused: it was
-    reviewed already)."""
+    reviewed already, or the reviewer is the person who sent it, whatever key or command line
+    each used). `person`: the reviewer's, when the caller knows it (else audit.person_of)."""
     store.ready()
     with store.session() as s, s.begin():
         row = s.get(store.Feedback, feedback_id, with_for_update=True)
         if row is None:
             raise KeyError(f"no expert price with id {feedback_id}")
-        if row.actor is not None and row.actor == actor:
+        reviewer = audit.canonical(person) if person else audit.person_of(actor, s)
+        sender = audit.person_of(row.actor, s) if row.actor is not None else None
+        if row.actor == actor or (sender is not None and sender == reviewer):
             raise FeedbackRefused(
-                f"expert price {feedback_id} was sent by {actor}: another admin reviews it"
+                f"expert price {feedback_id} was sent by {row.actor} (person {sender!r}), the "
+                f"person reviewing it as {actor}: another admin reviews it"
             )
         if row.status != "pending":
             raise FeedbackRefused(
@@ -125,6 +136,7 @@ def review(feedback_id: int, *, approve: bool, actor: str, note: str | None = No
             actor,
             "feedback_approved" if approve else "feedback_rejected",
             session=s,
+            person=reviewer,
             feedback_id=feedback_id,
             expert=row.actor,
             price=row.price,

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from appraiser import data, schema, store
+from appraiser import audit, conflicts, data, schema, store
 from appraiser.screening import Screening
 from appraiser.store import Batch, RejectedRow
 
@@ -46,6 +46,8 @@ class IngestReport:
     reasons: Counter[str] = field(default_factory=Counter)
     already_ingested: bool = False
     duplicates_of_store: int = 0
+    conflicts: int = 0  # stones known at a materially different price (conflicts.py), held
+    conflict_batch: int | None = None  # the held batch keeping them
     seconds: float = 0.0
     screening: Screening | None = None  # the champion's errors on the batch (None: no champion)
     not_screened: str | None = None  # why the champion could not screen it (then it is held)
@@ -76,6 +78,11 @@ class IngestReport:
             said += (
                 f"; HELD for review, not used for training until an admin releases it "
                 f"(`appraiser batches release {self.batch_id}`)"
+            )
+        if self.conflicts:
+            said += (
+                f"; {self.conflicts:,} stones at prices conflicting with known ones HELD for "
+                f"review as batch {self.conflict_batch}"
             )
         return said
 
@@ -226,7 +233,6 @@ def set_batch_status(
     its former status. Under the pipeline lock, so no retrain runs on a batch as it changes; in
     the audit trail under `actor`. KeyError for an unknown batch, ValueError for a move that
     changes nothing."""
-    from appraiser import audit
     from appraiser.locking import exclusive
 
     if status not in ("accepted", "dropped"):
@@ -259,10 +265,12 @@ def is_url(location: str | Path) -> bool:
     return "://" in str(location) and not str(location).startswith("file://")
 
 
-def ingest(location: str | Path, source: str = "file", *, url: str | None = None) -> IngestReport:
+def ingest(
+    location: str | Path, source: str = "file", *, url: str | None = None, actor: str | None = None
+) -> IngestReport:
     """Ingest a local file or any fsspec URL (gs:// and s3:// need the `gcs`/`s3` extras)."""
     if not is_url(location):
-        return ingest_file(str(location).removeprefix("file://"), source, url=url)
+        return ingest_file(str(location).removeprefix("file://"), source, url=url, actor=actor)
     import fsspec
 
     name = str(location)
@@ -274,11 +282,16 @@ def ingest(location: str | Path, source: str = "file", *, url: str | None = None
                 shutil.copyfileobj(remote, copy)
         except (FileNotFoundError, ValueError, ImportError) as exc:
             raise data.DataError(f"{name}: cannot be read ({exc})") from exc
-        return ingest_file(local, source, url=url, name=name)
+        return ingest_file(local, source, url=url, name=name, actor=actor)
 
 
 def ingest_query(
-    query: str, database: str, source: str = "sql", *, url: str | None = None
+    query: str,
+    database: str,
+    source: str = "sql",
+    *,
+    url: str | None = None,
+    actor: str | None = None,
 ) -> IngestReport:
     """Ingest the result of a SQL query on any SQLAlchemy URL (BigQuery through its dialect)."""
     from sqlalchemy import create_engine, text
@@ -291,7 +304,9 @@ def ingest_query(
     with tempfile.TemporaryDirectory(prefix="appraiser-ingest-") as folder:
         local = Path(folder) / "query.parquet"
         frame.astype(str).where(frame.notna(), None).to_parquet(local, index=False)
-        return ingest_file(local, source, url=url, name=f"{database.split('@')[-1]}: {query}")
+        return ingest_file(
+            local, source, url=url, name=f"{database.split('@')[-1]}: {query}", actor=actor
+        )
 
 
 def ingest_file(
@@ -301,11 +316,14 @@ def ingest_file(
     url: str | None = None,
     name: str | None = None,
     screen: bool = True,
+    actor: str | None = None,
+    action: str = "ingest",
 ) -> IngestReport:
     """Validate a CSV/Parquet file of priced stones and store it as one batch, atomically.
 
     With `screen` (the default) the champion prices the accepted stones first; a batch whose
-    prices disagree with everything known is stored `held` (see screening.py).
+    prices disagree with everything known is stored `held` (see screening.py). The batch is
+    audited as `action` by `actor` (default: the command line's user) in its own transaction.
 
     Returns `already_ingested=True` (adding nothing) when a file with the same bytes was ingested
     before. Raises DataError, storing nothing, when the file cannot be used as a whole (empty, a
@@ -327,18 +345,22 @@ def ingest_file(
     result = data.validate(raw, labelled=True, source=shown)
     # a duplicate's raw values are kept as validate keeps a bad row's: the schema's columns only
     # (a sender's own `line`, `batch_id` or `reasons` column would collide with ours)
-    raw = raw[[c for c in raw.columns if c in schema.COLUMNS]].reset_index(drop=True)
+    kept = (*schema.COLUMNS, *schema.OPTIONAL_COLUMNS)
+    raw = raw[[c for c in raw.columns if c in kept]].reset_index(drop=True)
     bad_positions = result.rejected["line"].to_numpy(dtype=np.int64) - 2
     keep = np.ones(len(raw), dtype=bool)
     keep[bad_positions] = False
     clean = result.clean.copy()
     clean["line"] = np.flatnonzero(keep) + 2
+    if result.dates is not None:  # stored as given; a row without one reads its batch's day
+        clean[schema.APPRAISED_AT] = result.dates.to_numpy()
 
     rejected_frame = result.rejected
     reasons = Counter(result.reasons)
     # held batches count (their stones are stored); dropped ones do not (a corrected file may
     # bring the same stones again)
-    dup_batch = _duplicates_of_store(clean, accepted_stones(engine, statuses=("accepted", "held")))
+    stored = accepted_stones(engine, statuses=("accepted", "held"))
+    dup_batch = _duplicates_of_store(clean, stored)
     is_dup = dup_batch.notna().to_numpy()
     if is_dup.any():
         dup_lines = clean.loc[is_dup, "line"].to_numpy()
@@ -349,9 +371,13 @@ def ingest_file(
         rejected_frame = pd.concat([rejected_frame, extra], ignore_index=True)
         rejected_frame = rejected_frame.sort_values("line", kind="stable", ignore_index=True)
         clean = clean.loc[~is_dup]
+    conflicting = conflicts.find(clean, stored)
+    in_conflict = conflicting.notna().to_numpy()
+    held_rows, clean = clean.loc[in_conflict], clean.loc[~in_conflict]
 
     report.rows_read = result.total
     report.rows_accepted = len(clean)
+    report.conflicts = len(held_rows)
     report.rows_rejected = len(rejected_frame)
     report.reasons = reasons
     report.duplicates_of_store = int(is_dup.sum())
@@ -381,9 +407,21 @@ def ingest_file(
             )
             s.add(batch)
             s.flush()
+            audit.record(
+                actor or audit.cli_actor(),
+                action,
+                session=s,
+                batch_id=batch.id,
+                source=source,
+                name=name or str(path.resolve()),
+                rows_read=report.rows_read,
+                rows_accepted=report.rows_accepted,
+                held=report.held,
+            )
             if report.screening is not None:
                 s.add(_evaluation(report.screening, batch.id))
-            stones = clean[["line", *schema.COLUMNS]].assign(batch_id=batch.id)
+            stored = ["line", *schema.COLUMNS, *(c for c in schema.OPTIONAL_COLUMNS if c in clean)]
+            stones = clean[stored].assign(batch_id=batch.id)
             _insert_diamonds(s, _records(stones))
             raw_columns = rejected_frame.drop(columns=["line", "reasons"])
             _insert_rejected(
@@ -399,6 +437,7 @@ def ingest_file(
                 ],
             )
             report.batch_id = batch.id
+            report.conflict_batch = conflicts.hold(s, held_rows, conflicting[in_conflict], of=batch)
     except IntegrityError:
         # another process ingested the same file meanwhile: its batch stands, ours is rolled back
         existing = _batch_with_hash(engine, digest)

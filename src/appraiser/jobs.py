@@ -38,12 +38,17 @@ class JobLaunchFailed(RuntimeError):
 # --- the jobs table -----------------------------------------------------------------------------
 
 
-def create_job(kind: str, params: Mapping[str, Any], url: str | None = None) -> str:
-    """A queued job; returns its id."""
+def create_job(
+    kind: str, params: Mapping[str, Any], url: str | None = None, *, actor: str | None = None
+) -> str:
+    """A queued job; returns its id. With `actor`, audited (`<kind>_started`) in the same
+    transaction."""
     store.ready(url)
     job_id = store.new_uid()
     with store.session(url) as s, s.begin():
         s.add(Job(id=job_id, kind=kind, status="queued", params=json.dumps(dict(params))))
+        if actor is not None:
+            audit.record(actor, f"{kind}_started", session=s, job_id=job_id, **params)
     return job_id
 
 
@@ -96,12 +101,11 @@ def start_retrain(params: dict[str, Any], *, actor: str) -> str:
     running = active_job(RETRAIN)
     if running is not None and not _abandoned(running):
         raise JobConflict(f"a retrain is already under way (job {running})")
-    job_id = create_job(RETRAIN, params)
+    job_id = create_job(RETRAIN, params, actor=actor)
     if settings().job_launcher == "cloud-run":
         _start_cloud_run(job_id)
     else:
         _start_local(job_id)
-    audit.record(actor, "retrain_started", job_id=job_id, **params)
     return job_id
 
 
@@ -231,7 +235,7 @@ def run(job_id: str) -> bool:
                     trials=int(params.get("trials", pipeline.DEFAULT_TRIALS)),
                     timeout=float(params.get("timeout", pipeline.DEFAULT_TIMEOUT)),
                     show_progress=False,
-                    actor=f"api job {job_id}",
+                    actor=audit.system_actor(f"job {job_id}"),
                 )
             except Exception as exc:  # recorded for GET /v1/jobs/{id}; the champion is untouched
                 _fail(job_id, f"{type(exc).__name__}: {exc}")

@@ -223,6 +223,8 @@ def evaluations(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, An
                 "at": _iso(r.created_at),
                 "version": r.model_version,
                 "stones": r.stones,
+                # stones the champion trained on, left out of these figures (screening.py)
+                "excluded": int(details.get("excluded") or 0),
                 "mape": _round(r.mape),
                 "coverage": _round(r.coverage),
                 "bias": _round(100 * math.expm1(r.bias)) if r.bias is not None else None,

@@ -22,7 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from appraiser import champion, data, drift, gate, ingest, lineage, registry, schema, store
+from appraiser import (
+    audit,
+    champion,
+    clock,
+    data,
+    drift,
+    gate,
+    ingest,
+    lineage,
+    registry,
+    schema,
+    store,
+)
 from appraiser.challenge import against_champion
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
@@ -144,9 +156,10 @@ def retrain(
     timeout: float = DEFAULT_TIMEOUT,
     policy: GatePolicy | None = None,
     show_progress: bool = True,
-    actor: str = "gate",
+    actor: str = audit.GATE,
 ) -> TrainResult:
-    """Train a challenger on the store's training stones; promote it only if the gate agrees.
+    """Train a challenger on the store's training stones; promote it only if the gate agrees
+    (the move is audited under `actor`: who asked for the retrain, else the system's gate).
 
     Holds the pipeline lock throughout, so no other retrain, pass or champion move interleaves.
     """
@@ -226,6 +239,22 @@ def retrain(
 INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
+def drift_stones(new: pd.DataFrame, version: str) -> pd.DataFrame:
+    """The stones drift judges this cycle, oldest first: of the store's stones since the last
+    retrain (`new`), those of batches received after `version` became champion (its reference
+    is what they are compared with) that it did not train on."""
+    moves = champion.history()
+    since = clock.utc(moves[-1]["at"]) if moves else None
+    if since is not None:
+        received = {b["id"]: clock.utc(b["received_at"]) for b in ingest.batches()}
+        later = [i for i, at in received.items() if at is not None and at > since]
+        new = new[new["batch_id"].isin(later)]
+    known = lineage.load(version)
+    if known is not None and len(new):
+        new = new[~known.trained_on(lineage.stone_keys(new))]
+    return new.reset_index(drop=True)
+
+
 def log_drift(report: pd.DataFrame, new_stones: int) -> str:
     """Record a drift report as an MLflow run (kind=drift): one metric per feature, the table."""
     import mlflow
@@ -238,7 +267,7 @@ def log_drift(report: pd.DataFrame, new_stones: int) -> str:
             {f"drift_{r.feature}_{r.test.lower()}": r.statistic for r in report.itertuples()}
             | {f"drift_{r.feature}_p": r.p_value for r in report.itertuples()}
         )
-        mlflow.log_text(report.to_csv(index=False), "drift.csv")
+        mlflow.log_text(data.formula_safe_frame(report).to_csv(index=False), "drift.csv")
     return str(run.info.run_id)
 
 
@@ -309,11 +338,12 @@ def _move(path: Path, folder: Path) -> Path:
 def ingest_inbox(
     inbox: Path, source: str = "inbox"
 ) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
-    """Ingest every file in the inbox; move each to processed/ or failed/ (with a .reason.txt)."""
+    """Ingest every file in the inbox (audited as the system's `system:inbox`); move each to
+    processed/ or failed/ (with a .reason.txt)."""
     reports, failed = [], []
     for path in sorted(p for p in inbox.iterdir() if p.suffix.lower() in INBOX_SUFFIXES):
         try:
-            reports.append(ingest.ingest_file(path, source=source))
+            reports.append(ingest.ingest_file(path, source=source, actor=audit.INBOX))
             _move(path, inbox / "processed")
         except data.DataError as exc:
             moved = _move(path, inbox / "failed")
@@ -381,9 +411,10 @@ def run_pass(
                     f"(>= {threshold:,})"
                 )
             assert champion_model is not None
-            if len(new) >= drift.MIN_STONES:
-                report.drift = drift.drift_report(new, champion_model.reference)
-                log_drift(report.drift, len(new))
+            cycle = drift_stones(new, current)
+            report.drift = drift.cycle_report(cycle, champion_model.reference)
+            if report.drift is not None:
+                log_drift(report.drift, len(cycle))
                 if drift.drifted(report.drift):
                     reasons.append("drift in " + ", ".join(drift.drifted(report.drift)))
         if reasons and attempt is not None and len(new) == 0 and new_feedback == 0:
@@ -392,8 +423,13 @@ def run_pass(
             report.note = f"fewer than {MIN_STONES} training stones in the store: not retrained"
         elif reasons:
             report.retrain_reason = "; ".join(reasons)
+            audit.record(audit.PIPELINE, "retrain_started", reason=report.retrain_reason)
             report.result = retrain(
-                trials=trials, timeout=timeout, policy=policy, show_progress=show_progress
+                trials=trials,
+                timeout=timeout,
+                policy=policy,
+                show_progress=show_progress,
+                actor=audit.PIPELINE,
             )
         report.champion = champion.current()
         if report.champion is not None and (reports or report.result is not None):

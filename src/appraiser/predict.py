@@ -71,7 +71,8 @@ def score_file(
     with partial.open("wb") as out, ThreadPoolExecutor(max_workers=1) as writer:
         for chunk in _chunks(source, chunk_rows):
             scored = score_frame(model, chunk, first_line=rows + 2)
-            table = pa.Table.from_pandas(scored, preserve_index=False)
+            # the input's text passes through: kept from running as a spreadsheet formula
+            table = pa.Table.from_pandas(data.formula_safe_frame(scored), preserve_index=False)
             options = pa_csv.WriteOptions(include_header=rows == 0, quoting_style="needed")
             if pending is not None:
                 pending.result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any, TypeAlias
 
 import numpy as np
@@ -47,6 +48,7 @@ DESCRIPTIONS = {
     "y": "width in mm",
     "z": "depth in mm",
     "price": "appraised price in 2008 US dollars",
+    "appraised_at": "the day the price was given (YYYY-MM-DD); empty: the day the file arrived",
 }
 
 
@@ -137,6 +139,39 @@ def grade_code(column: str, values: pd.Series) -> pd.Series:
     """Ordinal codes (0 = worst) for a grade column; unknown grades become NaN."""
     order = GRADES[column]
     return values.map({g: i for i, g in enumerate(order)})
+
+
+# --- when a labelled stone was priced ---------------------------------------------------------
+
+# A labelled row may say the day its price was given: the market level (market.py) is estimated
+# from dated prices. Optional: a row without it was priced the day its file arrived.
+APPRAISED_AT = "appraised_at"
+OPTIONAL_COLUMNS: tuple[str, ...] = (APPRAISED_AT,)
+EARLIEST_APPRAISAL = date(1990, 1, 1)
+APPRAISED_AT_RULE = (
+    f"{APPRAISED_AT} must be a date written YYYY-MM-DD, "
+    f"from {EARLIEST_APPRAISAL.isoformat()} to today (UTC)"
+)
+_ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def appraisal_dates(values: pd.Series, today: date) -> tuple[pd.Series, pd.Series]:
+    """(each value as a `date`, None where it is missing; True where a present value breaks
+    APPRAISED_AT_RULE). Text must be an ISO date; a Parquet date or timestamp column counts by
+    its day."""
+    present = values.notna() & values.astype(str).str.strip().ne("")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, errors="coerce")
+    else:
+        text = values.astype(str).str.strip()
+        iso = text.str.match(_ISO_DATE)
+        parsed = pd.to_datetime(text.where(iso), format="%Y-%m-%d", errors="coerce")
+    days = pd.Series(
+        [d.date() if not pd.isna(d) else None for d in parsed], index=values.index, dtype=object
+    )
+    known = days.notna()
+    in_range = known & days.map(lambda d: d is not None and EARLIEST_APPRAISAL <= d <= today)
+    return days.where(present & known, None), present & ~in_range
 
 
 # --- single stones (API requests, the CLI's explain) ----------------------------------------

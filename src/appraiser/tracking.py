@@ -72,10 +72,13 @@ def log_training(
     """Write the run's files, log the run and its model, register a new version (not promoted)."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_runs_dir()))
     model_dir = fitted.final.save(run_dir / "model")
-    validation.rejected.to_csv(run_dir / "rejected_rows.csv", index=False)
-    validation.report.to_csv(run_dir / "quality_report.csv", index=False)
-    fitted.candidates.to_csv(run_dir / "candidates.csv", index=False)
-    fitted.slices.to_csv(run_dir / "slice_metrics.csv", index=False)
+    for name, table in (
+        ("rejected_rows", validation.rejected),
+        ("quality_report", validation.report),
+        ("candidates", fitted.candidates),
+        ("slice_metrics", fitted.slices),
+    ):
+        data.formula_safe_frame(table).to_csv(run_dir / f"{name}.csv", index=False)
     (run_dir / "decision.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str))
     pd.DataFrame(
         {"stone_key": np.unique(lineage.stone_keys(fitted.final_stones)).astype("uint64")}

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from appraiser import champion, data, fast, lineage, tracking
+from appraiser import audit, champion, data, fast, lineage, tracking
 from appraiser.challenge import against_champion
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
@@ -115,8 +115,10 @@ def train(
     show_progress: bool = True,
     promote_if_better: bool = True,
     policy: GatePolicy | None = None,
+    actor: str = audit.GATE,
 ) -> TrainResult:
-    """Train, evaluate and register a model on a table (the public table when no path is given).
+    """Train, evaluate and register a model on a table (the public table when no path is given);
+    a promotion is audited under `actor` (the person who ran it; the system's gate by default).
 
     The gate compares it with the champion on this file's stones (not the sealed ones), each
     priced by both recipes refitted without it (challenge.against_champion).
@@ -158,6 +160,7 @@ def train(
         show_progress=show_progress,
         decide=decide,
         kind="train",
+        actor=actor,
     )
 
 
@@ -185,7 +188,7 @@ def fit_and_register(
     show_progress: bool = True,
     tags: dict[str, str] | None = None,
     lineage_extra: dict[str, Any] | None = None,
-    actor: str = "gate",
+    actor: str = audit.GATE,
 ) -> TrainResult:
     """Fit, decide, log to MLflow and register, record the lineage, then move the champion if the
     gate agreed (compare-and-set against the champion it judged).

@@ -289,7 +289,10 @@ def fit(
     refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice).
 
     `holdout` None (a retrain: every stone but the sealed ones trains): measured out of fold
-    instead, each stone of `fit_part` priced by the tuning's fold models that did not see it."""
+    instead, each stone of `fit_part` priced by the tuning's fold models that did not see it.
+    The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
+    to the size of the model it serves.
+    """
     names = candidates or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
@@ -316,11 +319,14 @@ def fit(
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
-    # the range each stone gets: its difficulty learnt from the out-of-fold errors, its scores
-    # cross-fitted (models.AdaptiveRange)
+    # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
+    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's out-of-fold errors on
+    # every stone of fit_part (CV+): tuning sees them all, so its fold models are 4/5 of the size
+    # of the model the range serves
+    calibration_errors = residuals
     ranges = (
-        AdaptiveRange.fit(features.encode(tune_part).to_numpy(), residuals, COVERAGE, seed)
-        if np.isfinite(residuals).sum() >= MIN_CALIBRATION
+        AdaptiveRange.fit(features.encode(fit_part).to_numpy(), calibration_errors, COVERAGE, seed)
+        if np.isfinite(calibration_errors).sum() >= MIN_CALIBRATION
         else None  # too few stones: the carat-band widths
     )
     model_name = (

@@ -24,8 +24,15 @@ from appraiser.api.metrics import (
     WRITE_FAILURES,
     WRITTEN,
 )
-from appraiser.api.middleware import InFlight, LimitBodySize, SecurityHeaders, TimeRequests
+from appraiser.api.middleware import (
+    InFlight,
+    LimitBodySize,
+    MetricsPort,
+    SecurityHeaders,
+    TimeRequests,
+)
 from appraiser.api.routers import admin, appraisals, diamonds, feedback, models, operations
+from appraiser.api.routers import market as market_routes
 from appraiser.api.routers import monitoring as monitoring_routes
 from appraiser.api.schemas import ErrorOut
 from appraiser.config import Settings, settings
@@ -47,6 +54,7 @@ def create_app(
     """The API and the web page. `watcher` defaults to one polling the registry every
     APPRAISER_RELOAD_SECONDS; appraisals are written to the store in the background."""
     cfg = config or settings()
+    cfg.check_serving()  # a weak bootstrap key is refused by any server, not only `serve`
     ctx = deps.Context(
         config=cfg,
         champions=watcher or ChampionWatcher(cfg.reload_seconds, settle_heap=cfg.settle_heap),
@@ -93,9 +101,12 @@ def create_app(
         )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(TimeRequests, in_flight=in_flight)
+    # outermost: the metrics port serves nothing else, and nothing else serves the metrics
+    app.add_middleware(MetricsPort, port=cfg.metrics_port, scrape=operations.scrape)
     for module in (appraisals, feedback, diamonds, models, admin, operations):
         app.include_router(module.router)
     app.include_router(monitoring_routes.router)  # GET /v1/monitoring
+    app.include_router(market_routes.router)  # GET /v1/market
     app.mount("/static", StaticFiles(directory=operations.WEB), name="static")
     app.mount("/docs/assets", StaticFiles(directory=operations.DOCS_ASSETS), name="docs-assets")
 

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -53,14 +53,16 @@ Ctx = Annotated[Context, Depends(context)]
 
 
 def make_limits(spec: str | None) -> list[RateLimitItem]:
-    """APPRAISER_RATE_LIMIT as limits (',' or ';' between several); ValueError names the rule."""
-    if not spec or not spec.strip():
+    """APPRAISER_RATE_LIMIT as limits (',' or ';' between several; 'none' or empty: none);
+    ValueError names the rule."""
+    if not spec or not spec.strip() or spec.strip().lower() == "none":
         return []
     try:
         return list(parse_many(spec.replace(",", ";")))
     except ValueError as exc:
         raise ValueError(
-            f"APPRAISER_RATE_LIMIT={spec!r}: write e.g. '50/second' or '50/second;1000/minute'"
+            f"APPRAISER_RATE_LIMIT={spec!r}: write e.g. '50/second' or '50/second;1000/minute', "
+            "or 'none'"
         ) from exc
 
 
@@ -85,9 +87,9 @@ def _test_limit(ctx: Context, identity: str) -> None:
 
 
 def _client_ip(request: Request) -> str:
-    """The client's address (behind a gateway: the one uvicorn takes from X-Forwarded-For when
-    the gateway is trusted, `appraiser serve --forwarded-allow-ips`); IPv6 by its /64, which
-    one client holds whole."""
+    """The client's address: the connection's peer, or behind a proxy named in
+    APPRAISER_TRUSTED_PROXIES the one uvicorn takes from its X-Forwarded-For (`appraiser serve`;
+    anyone else's header is ignored); IPv6 by its /64, which one client holds whole."""
     host = request.client.host if request.client else "unknown"
     if ":" in host:
         try:
@@ -129,6 +131,46 @@ async def caller(
 
 
 Caller = Annotated[auth.Principal, Depends(caller)]
+
+
+async def observer(
+    request: Request,
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> auth.Principal:
+    """Who asks /health or /ready, which probes must always reach: never refused for the rate
+    limit. Without a key nothing is counted; a key is checked as `caller` does (so invented
+    keys still cost the store nothing past the limit) and, past the limit, the caller is simply
+    anonymous."""
+    if credentials is None or not credentials.credentials:
+        return auth.ANONYMOUS
+    try:
+        return await caller(request, ctx, credentials)
+    except HTTPException as exc:
+        if exc.status_code != 429:
+            raise
+        return auth.ANONYMOUS
+
+
+Observer = Annotated[auth.Principal, Depends(observer)]
+
+T = TypeVar("T")
+
+
+async def body_in_time(ctx: Context, reading: Awaitable[T]) -> T:
+    """`reading` (the request's body or form) within APPRAISER_REQUEST_BODY_SECONDS, else 408:
+    a client that sends headers and then trickles its body holds nothing but its connection."""
+    seconds = ctx.config.request_body_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await reading
+    except TimeoutError:
+        raise HTTPException(
+            408,
+            f"the request body did not arrive within {seconds:g} s "
+            "(APPRAISER_REQUEST_BODY_SECONDS): send it whole, at once",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def role(needed: str) -> Callable[..., Awaitable[auth.Principal]]:

@@ -1,13 +1,16 @@
-"""Pure ASGI middleware, cheap on the hot path: the request-size limit, request timing (metrics
-and the JSON request log) and the browser hardening headers."""
+"""Pure ASGI middleware, cheap on the hot path: the metrics port, the request-size limit, request
+timing (metrics and the JSON request log) and the browser hardening headers."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appraiser.api import request_log
@@ -17,6 +20,41 @@ from appraiser.config import settings
 
 class BodyTooLarge(Exception):
     pass
+
+
+class MetricsPort:
+    """GET /metrics only on connections to the metrics port (APPRAISER_METRICS_PORT, a listener
+    `appraiser serve` opens beside the API's), where nothing else is served; the API's port
+    answers /metrics with 404. Anonymous callers of the API learn nothing from the figures, and
+    the scraper needs no key (the Cloud Run collector cannot send one)."""
+
+    def __init__(self, app: ASGIApp, port: int | None, scrape: Callable[[], bytes]) -> None:
+        self.app = app
+        self.port = port
+        self.scrape = scrape
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = scope.get("server")
+        if self.port is not None and server is not None and server[1] == self.port:
+            if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+                body = await run_in_threadpool(self.scrape)
+                answer: Response = Response(body, media_type=CONTENT_TYPE_LATEST)
+            else:
+                answer = _message(404, "only GET /metrics is served on the metrics port")
+            await answer(scope, receive, send)
+        elif scope["path"] == "/metrics":
+            await _message(
+                404, "metrics are served on their own port (APPRAISER_METRICS_PORT), not here"
+            )(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _message(status: int, text: str) -> JSONResponse:
+    return JSONResponse({"message": text, "detail": text}, status_code=status)
 
 
 class LimitBodySize:
@@ -49,9 +87,7 @@ class LimitBodySize:
 
 async def _too_large(limit: int, send: Send) -> None:
     text = f"the request body is over {limit:,} bytes; send fewer stones per request"
-    await JSONResponse({"message": text, "detail": text}, status_code=413)(
-        {"type": "http"}, _no_receive, send
-    )
+    await _message(413, text)({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:

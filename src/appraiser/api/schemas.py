@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
@@ -206,12 +206,19 @@ class ReviewIn(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="who holds it (unique)")
+    name: str = Field(min_length=1, max_length=100, description="the key's name (unique)")
     role: Literal["staff", "expert", "admin"]
+    person: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="who holds it; default: the person of the key that makes it",
+    )
 
 
 class KeyInfo(BaseModel):
     name: str
+    person: str = Field(description="who holds it: rules about people compare persons")
     role: str
     prefix: str = Field(description="the key's first characters, to tell keys apart")
     created_at: Timestamp
@@ -223,6 +230,7 @@ class KeyInfo(BaseModel):
 
 class KeyCreated(BaseModel):
     name: str
+    person: str
     role: str
     key: str = Field(description="shown once: only its hash is kept")
 
@@ -230,7 +238,8 @@ class KeyCreated(BaseModel):
 class AuditEventOut(BaseModel):
     id: int
     at: Timestamp
-    actor: str
+    actor: str = Field(description="a key's name, cli:<user>, or system:<what> for the system")
+    person: str | None = Field(description="the person behind the actor; null for the system")
     action: str
     details: dict[str, Any]
 
@@ -339,3 +348,37 @@ class ErrorOut(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
+
+
+class MarketLevelOut(BaseModel):
+    """One month of the market level: prices over the champion's prices on the base level."""
+
+    month: date | None = Field(
+        description="the month's first day; null: the base level (no estimate on or before)"
+    )
+    level: float = Field(description="1.0 = the prices the champion learned; 1.2 = 20% above")
+    low: float = Field(description="the 90% interval's lower end")
+    high: float = Field(description="the 90% interval's upper end")
+    stones: int = Field(description="the stones the month's estimate stands on")
+    observed: float | None = Field(description="the month's own median, before smoothing")
+    excluded: int = Field(description="stones left out: their source departed from the others")
+
+
+class MarketCurrentOut(MarketLevelOut):
+    as_of: date = Field(description="the day asked about (today, UTC, unless as_of was given)")
+
+
+class MarketExclusionOut(BaseModel):
+    month: date
+    source: str = Field(description="the batches' source whose stones were left out")
+    stones: int
+    level: float = Field(description="the level that source's stones imply")
+    market: float = Field(description="the level the other sources agree on")
+
+
+class MarketOut(BaseModel):
+    current: MarketCurrentOut = Field(description="the level on `as_of`: its month's estimate")
+    series: list[MarketLevelOut] = Field(description="every month, oldest first")
+    excluded: list[MarketExclusionOut]
+    model_version: str | None = Field(description="the champion that priced the stones")
+    computed_at: Timestamp | None = Field(description="when the series was last estimated")

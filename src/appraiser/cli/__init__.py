@@ -15,6 +15,7 @@ themselves, so that `appraiser predict` starts without the training stack.
 | feedback | feedback.py |
 | keys, audit | admin.py |
 | monitor, export, retention, db | operations.py |
+| market | market.py |
 | serve | serve.py |
 """
 
@@ -27,6 +28,7 @@ from appraiser.cli import (
     appraisals,
     batches,
     feedback,
+    market,
     operations,
     pipeline,
     serve,
@@ -57,6 +59,7 @@ app.command()(pipeline.watch)
 app.command(name="explain")(appraisals.explain_cmd)
 app.command()(serve.serve)
 app.command()(operations.monitor)
+app.command("market")(market.market_cmd)
 app.command("export")(operations.export_cmd)
 app.command("retention")(operations.retention_cmd)
 

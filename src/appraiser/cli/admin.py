@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, err, fail
+from appraiser.cli.render import console, err, fail, literal
 
 keys_app = typer.Typer(help="API keys with roles (staff, expert, admin); only hashes are kept.")
 
@@ -27,16 +27,23 @@ def keys_create(
     role: Annotated[
         Role, typer.Option(help="staff: appraise; expert: also send prices; admin: all")
     ],
-    name: Annotated[str, typer.Option(help="who holds it (unique)")],
+    name: Annotated[str, typer.Option(help="the key's name (unique)")],
+    person: Annotated[
+        str | None,
+        typer.Option(help="who holds it; default: you (the shell's user, as `cli:USER`)"),
+    ] = None,
 ) -> None:
     """Make an API key. It is printed once, on the last line: only its hash is kept."""
     from appraiser import audit, auth
 
     try:
-        key = auth.create_key(name, role.value, actor=audit.cli_actor())
+        key = auth.create_key(name, role.value, actor=audit.cli_actor(), person=person)
     except auth.KeyRefused as exc:
         raise fail(str(exc)) from exc
-    err.print(f"Key {name!r} ({role.value}) made; it is shown once, below:")
+    holder = person or audit.person_of(audit.cli_actor())
+    err.print(
+        literal(f"Key {name!r} ({role.value}, held by {holder}) made; it is shown once, below:")
+    )
     print(key)
 
 
@@ -49,14 +56,15 @@ def keys_list(as_json: Json = False) -> None:
     if as_json:
         print(json.dumps(found, default=str))
         return
-    table = Table("name", "role", "starts with", "made", "by", "revoked")
+    table = Table("name", "person", "role", "starts with", "made", "by", "revoked")
     for k in found:
         table.add_row(
-            k["name"],
-            k["role"],
-            k["prefix"],
+            literal(k["name"]),
+            literal(k["person"]),
+            literal(k["role"]),
+            literal(k["prefix"]),
             str(k["created_at"])[:19],
-            k["created_by"],
+            literal(k["created_by"]),
             str(k["revoked_at"])[:19] if k["revoked_at"] else "",
         )
     console.print(table if found else "No keys yet: `appraiser keys create --role ROLE --name N`.")
@@ -71,12 +79,13 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> 
         auth.revoke_key(name, actor=audit.cli_actor())
     except auth.KeyRefused as exc:
         raise fail(str(exc)) from exc
-    console.print(f"Key {name!r} revoked.")
+    console.print(literal(f"Key {name!r} revoked."))
 
 
 def audit_cmd(
     action: Annotated[str | None, typer.Option(help="only this kind of action")] = None,
     actor: Annotated[str | None, typer.Option(help="only this key's name (or cli:USER)")] = None,
+    person: Annotated[str | None, typer.Option(help="only this person's actions")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
     as_json: Json = False,
 ) -> None:
@@ -85,12 +94,18 @@ def audit_cmd(
 
     if action is not None and action not in audit.ACTIONS:
         raise fail(f"--action: one of {', '.join(audit.ACTIONS)}", code=2)
-    found = audit.events(limit=limit, action=action, actor=actor)
+    found = audit.events(limit=limit, action=action, actor=actor, person=person)
     if as_json:
         print(json.dumps(found, default=str))
         return
-    table = Table("at", "actor", "action", "details")
+    table = Table("at", "actor", "person", "action", "details")
     for e in found:
         details = json.dumps(e["details"], default=str)
-        table.add_row(str(e["at"])[:19], e["actor"], e["action"], details)
+        table.add_row(
+            str(e["at"])[:19],
+            literal(e["actor"]),
+            literal(e["person"] or ""),
+            literal(e["action"]),
+            literal(details),
+        )
     console.print(table if found else "Nothing in the audit trail yet.")

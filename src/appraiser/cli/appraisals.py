@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from appraiser import data, schema
-from appraiser.cli.render import console, err, fail, validation_message
+from appraiser.cli.render import console, err, fail, labelled, literal, validation_message
 
 
 def predict(
@@ -51,8 +51,10 @@ def predict(
             except data.DataError as exc:
                 raise fail(str(exc)) from exc
     console.print(
-        f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
-        f"error (see the `error` column) -> {output} (model v{appraiser.version})"
+        literal(
+            f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
+            f"error (see the `error` column) -> {output} (model v{appraiser.version})"
+        )
     )
 
 
@@ -144,4 +146,4 @@ def explain_cmd(
             comp.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in row])
         console.print(comp)
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(labelled("warning", "yellow", warning))

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from appraiser import data
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, err, fail, print_json
+from appraiser.cli.render import console, err, fail, labelled, literal, print_json
 
 batches_app = typer.Typer(help="Ingested batches; release or drop the ones held for review.")
 
@@ -35,6 +35,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Validate priced stones and keep them in the store (each file once, atomically)."""
+    from appraiser import audit
     from appraiser.ingest import IngestReport, ingest_query
     from appraiser.ingest import ingest as ingest_location
 
@@ -42,25 +43,28 @@ def ingest(
         raise fail("name at least one FILE, or a --sql query with its --database", code=2)
     if sql and not database:
         raise fail("--sql needs --database (a SQLAlchemy URL)", code=2)
+    actor = audit.cli_actor()
     jobs: list[tuple[str, Callable[[], IngestReport]]] = [
-        (f, functools.partial(ingest_location, f, source=source)) for f in files or []
+        (f, functools.partial(ingest_location, f, source=source, actor=actor)) for f in files or []
     ]
     if sql and database:
-        jobs.append((sql, functools.partial(ingest_query, sql, database, source=source)))
+        jobs.append(
+            (sql, functools.partial(ingest_query, sql, database, source=source, actor=actor))
+        )
     failed = 0
     for name, job in jobs:
         try:
             report = job()
         except data.DataError as exc:
-            err.print(f"[bold red]refused:[/] {exc} (nothing stored from {name})")
+            err.print(labelled("refused", "bold red", f"{exc} (nothing stored from {name})"))
             failed += 1
             continue
-        console.print(report.summary())
+        console.print(literal(report.summary()))
         for reason, rows in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
-            console.print(f"  {rows:>7,}  {reason}")
+            console.print(literal(f"  {rows:>7,}  {reason}"))
         if report.screening is not None:
             style = "bold yellow" if report.held else "dim"
-            console.print(f"  [{style}]{report.screening.summary()}[/]")
+            console.print(literal(f"  {report.screening.summary()}", style=style))
     if failed:
         raise typer.Exit(1)
 
@@ -76,14 +80,14 @@ def rejected(
 
     rows = rejected_rows(batch)
     if output is not None:
-        rows.to_csv(output, index=False)
-        console.print(f"{len(rows):,} rejected rows -> {output}")
+        data.formula_safe_frame(rows).to_csv(output, index=False)
+        console.print(literal(f"{len(rows):,} rejected rows -> {output}"))
         return
     table = Table(title=f"{len(rows):,} rejected rows" + (f" of batch {batch}" if batch else ""))
     for col in ("batch_id", "line", "reasons"):
         table.add_column(col)
     for row in rows.head(200).itertuples():
-        table.add_row(str(row.batch_id), str(row.line), str(row.reasons))
+        table.add_row(str(row.batch_id), str(row.line), literal(row.reasons))
     console.print(table)
     if len(rows) > 200:
         console.print("(first 200 shown; use --output FILE for all of them)")
@@ -120,10 +124,10 @@ def batches(
         table.add_row(
             str(b["id"]),
             f"{b['received_at']:%Y-%m-%d %H:%M}",
-            str(b["file_name"])[-40:],
+            literal(str(b["file_name"])[-40:]),
             f"{b['rows_accepted']:,}",
-            b["status"],
-            screened["summary"] if screened else "(not screened: no champion then)",
+            literal(b["status"]),
+            literal(screened["summary"]) if screened else "(not screened: no champion then)",
         )
     console.print(table)
 
@@ -137,7 +141,7 @@ def _set_status(batch_id: int, status: str) -> None:
         before = set_batch_status(batch_id, status, actor=audit.cli_actor())
     except (KeyError, ValueError) as exc:
         raise fail(str(exc.args[0])) from exc
-    console.print(f"Batch {batch_id}: {before} -> {status}.")
+    console.print(literal(f"Batch {batch_id}: {before} -> {status}."))
 
 
 @batches_app.command("release")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from appraiser import schema
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, fail
+from appraiser.cli.render import console, fail, literal
 
 feedback_app = typer.Typer(help="Experts' prices: send, and review them before they teach.")
 
@@ -37,9 +37,11 @@ def feedback_send(
     except feedback.FeedbackRefused as exc:
         raise fail(str(exc)) from exc
     console.print(
-        f"Expert price {sent['id']} kept as pending: ${price:,.0f} for appraisal {appraisal_id}"
-        + (f" (flagged: {sent['flag']})" if sent["flag"] else "")
-        + f". `appraiser feedback approve {sent['id']}` lets it teach the model."
+        literal(
+            f"Expert price {sent['id']} kept as pending: ${price:,.0f} for appraisal {appraisal_id}"
+            + (f" (flagged: {sent['flag']})" if sent["flag"] else "")
+            + f". `appraiser feedback approve {sent['id']}` lets it teach the model."
+        )
     )
 
 
@@ -71,13 +73,13 @@ def feedback_list(
     for f in found:
         table.add_row(
             str(f["id"]),
-            f["appraisal_id"],
+            literal(f["appraisal_id"]),
             f"${f['appraised_price']:,.0f} "
             f"(${f['price_low'] or 0:,.0f}-${f['price_high'] or 0:,.0f})",
             f"${f['price']:,.0f}",
-            str(f["expert"] or "(before review)"),
-            f["status"],
-            f["flag"] or "",
+            literal(f["expert"] or "(before review)"),
+            literal(f["status"]),
+            literal(f["flag"] or ""),
         )
     console.print(table)
 
@@ -90,7 +92,7 @@ def _review(feedback_id: int, approve: bool, note: str | None) -> None:
         done = feedback.review(feedback_id, approve=approve, actor=audit.cli_actor(), note=note)
     except (KeyError, feedback.FeedbackRefused) as exc:
         raise fail(str(exc.args[0])) from exc
-    console.print(f"Expert price {feedback_id} (${done['price']:,.0f}): {done['status']}.")
+    console.print(literal(f"Expert price {feedback_id} (${done['price']:,.0f}): {done['status']}."))
 
 
 Note = Annotated[str | None, typer.Option(help="why, for the audit trail")]

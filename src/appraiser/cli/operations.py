@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, fail, print_json
+from appraiser.cli.render import console, fail, literal, print_json
 
 db_app = typer.Typer(help="The store's schema: migrate it once per deploy, or check it is current.")
 
@@ -28,8 +28,8 @@ def monitor(
     if as_json:
         print_json(figures)
         return
-    for line in monitoring.summary(figures):
-        typer.echo(line)
+    for line in monitoring.summary(figures):  # lines quote stored actors and reasons
+        console.print(literal(line), soft_wrap=True)
 
 
 def export_cmd(
@@ -50,7 +50,7 @@ def export_cmd(
     by day, with each labelled stone whole): for the warehouse, and before `retention`."""
     import datetime as dt
 
-    from appraiser import archive, clock
+    from appraiser import archive, audit, clock
     from appraiser.config import settings
     from appraiser.store import StoreOutdated
 
@@ -61,17 +61,21 @@ def export_cmd(
     cfg = settings()
     target = to or cfg.export_to or str(cfg.home.resolve() / "exports")
     try:
-        done = archive.export_day(when, target, bigquery=cfg.bigquery_dataset)
+        done = archive.export_day(
+            when, target, bigquery=cfg.bigquery_dataset, actor=audit.cli_actor()
+        )
     except StoreOutdated as exc:
         raise fail(str(exc)) from exc
     except (ImportError, ValueError, OSError) as exc:  # a bad URL, a disk, BigQuery without gs://
         raise fail(f"--to {target}: {exc}") from exc
     console.print(
-        f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
-        + ", ".join(done.files)
+        literal(
+            f"{when}: {done.appraisals:,} appraisals, {done.feedback:,} reviewed expert prices -> "
+            + ", ".join(done.files)
+        )
     )
     if done.loaded:
-        console.print("Loaded into BigQuery: " + ", ".join(done.loaded))
+        console.print(literal("Loaded into BigQuery: " + ", ".join(done.loaded)))
 
 
 def retention_cmd(
@@ -80,11 +84,11 @@ def retention_cmd(
 ) -> None:
     """Delete served appraisals older than DAYS days (export them first), never one an expert
     priced: the label needs its stone."""
-    from appraiser import archive
+    from appraiser import archive, audit
     from appraiser.store import StoreOutdated
 
     try:
-        pruned = archive.prune_appraisals(days, dry_run=dry_run)
+        pruned = archive.prune_appraisals(days, dry_run=dry_run, actor=audit.cli_actor())
     except StoreOutdated as exc:
         raise fail(str(exc)) from exc
     verb = "would delete" if dry_run else "deleted"
@@ -111,12 +115,14 @@ def db_upgrade(
             store.check_schema()
         except store.StoreOutdated as exc:
             raise fail(str(exc)) from exc
-        console.print(f"The store's schema is current ({store.revisions()[0]}): {shown}")
+        console.print(literal(f"The store's schema is current ({store.revisions()[0]}): {shown}"))
         return
     before, head = store.revisions()
     store.upgrade()
     console.print(
-        f"The store's schema is at {head}"
-        + ("" if before == head else f" (was {before or 'empty'})")
-        + f": {shown}"
+        literal(
+            f"The store's schema is at {head}"
+            + ("" if before == head else f" (was {before or 'empty'})")
+            + f": {shown}"
+        )
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from appraiser.cli.options import Json, Margin, SliceTolerance, Threshold, Timeout, Trials, policy
-from appraiser.cli.render import console, err, fail, print_decision, print_json
+from appraiser.cli.render import console, err, fail, labelled, literal, print_decision, print_json
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 
 if TYPE_CHECKING:
@@ -22,21 +22,29 @@ def print_pass(report: PassReport) -> None:
     """A pass in words: files taken or refused, held batches, warnings, and the retrain's outcome
     (`pipeline run`, and each pass of `watch`)."""
     for done in report.ingested:
-        console.print(done.summary())
+        console.print(literal(done.summary()))
         if done.screening is not None:
-            console.print(f"  {done.screening.summary()}")
+            console.print(literal(f"  {done.screening.summary()}"))
     for name, why in report.failed:
-        err.print(f"[bold red]refused:[/] {name}: {why} (moved to failed/)")
+        err.print(labelled("refused", "bold red", f"{name}: {why} (moved to failed/)"))
     for batch in report.held:
         err.print(
-            f"[bold yellow]held:[/] batch {batch['id']} ({batch['file_name']}): "
-            f"{batch['status_reason']}; `appraiser batches release|drop {batch['id']}`"
+            labelled(
+                "held",
+                "bold yellow",
+                f"batch {batch['id']} ({batch['file_name']}): {batch['status_reason']}; "
+                f"`appraiser batches release|drop {batch['id']}`",
+            )
         )
     for signal in report.signals:
-        err.print(f"[yellow]warning:[/] {signal}")
+        err.print(labelled("warning", "yellow", signal))
     if report.drift is not None and report.drift["drift"].any():
         drifted = ", ".join(report.drift.loc[report.drift["drift"], "feature"])
-        err.print(f"[yellow]warning:[/] the new stones drift from the training data in {drifted}")
+        err.print(
+            labelled(
+                "warning", "yellow", f"the new stones drift from the training data in {drifted}"
+            )
+        )
     if report.sealed is not None:
         console.print(
             f"Champion v{report.sealed['version']} on the sealed set: MAPE "
@@ -45,11 +53,13 @@ def print_pass(report: PassReport) -> None:
     if report.result is None:
         said = report.note or "nothing calls for a retrain"
         console.print(
-            f"{report.new_stones:,} new stones, {report.new_feedback:,} expert prices since the "
-            f"last retrain: {said}."
+            literal(
+                f"{report.new_stones:,} new stones, {report.new_feedback:,} expert prices since "
+                f"the last retrain: {said}."
+            )
         )
         return
-    console.print(f"Retrained ({report.retrain_reason}).")
+    console.print(literal(f"Retrained ({report.retrain_reason})."))
     print_decision(report.result)
 
 
@@ -88,7 +98,7 @@ def pipeline_run(
         if as_json:
             print_json({"busy": True, "message": str(exc)})
         else:
-            console.print(f"[yellow]Nothing done:[/] {exc}")
+            console.print(labelled("Nothing done", "yellow", exc))
         return
     except (TrainingError, RegistryError, StoreOutdated) as exc:
         raise fail(str(exc)) from exc
@@ -108,7 +118,7 @@ def watch(
 
     if not inbox.is_dir():
         raise fail(f"{inbox}: no such folder")
-    console.print(f"Watching {inbox} (Ctrl-C to stop) ...")
+    console.print(literal(f"Watching {inbox} (Ctrl-C to stop) ..."))
     try:
         watch_folder(inbox, interval=interval, on_pass=print_pass, threshold=threshold)
     except KeyboardInterrupt:

@@ -1,10 +1,15 @@
 """What every command group prints with: the two consoles (results on stdout, messages on
-stderr), errors that exit, JSON for scripts, and the Rich tables several commands share."""
+stderr), errors that exit, JSON for scripts, and the Rich tables several commands share.
+
+Rich reads a printed string as markup (`[white on white]`) and emoji codes (`:warning:`), so a
+file name, key name, note or reason could restyle or hide what an admin reads: every stored or
+user-supplied value is printed through `literal` (alone, or after a styled label: `labelled`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -12,6 +17,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from appraiser import data, evaluate, schema
 
@@ -22,9 +28,27 @@ console = Console()
 err = Console(stderr=True)
 
 
+# What a terminal acts on instead of showing: control characters but the line feed and tab
+# (escape sequences can hide, recolour or rewrite a line) and the bidirectional and zero-width
+# marks (text shown in another order, or not at all).
+_UNSHOWN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def literal(value: object, style: str = "") -> Text:
+    """The value exactly as stored, for a table cell or a line: no markup or emoji codes read in
+    it, and a character the terminal would act on shown as its escape (\\x1b, \\u202e)."""
+    text = _UNSHOWN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+    return Text(text, style=style)
+
+
+def labelled(label: str, style: str, message: object) -> Text:
+    """`label:` in a style, then the message as `literal` shows it ("error: ...")."""
+    return Text.assemble((f"{label}:", style), " ", literal(message))
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Say what went wrong on stderr; the caller raises the returned Exit (code 2: usage)."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(labelled("error", "bold red", message), soft_wrap=True)  # commands stay whole
     return typer.Exit(code)
 
 
@@ -51,7 +75,7 @@ def _finite(value: object) -> object:
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     """One column per set of metrics (holdout, challenger, ...), one row per metric."""
-    table = Table(title=title)
+    table = Table(title=literal(title))  # titles name the data file
     table.add_column("metric")
     for name in rows:
         table.add_column(name, justify="right")
@@ -70,7 +94,7 @@ def report_table(validation: data.ValidationResult) -> Table:
     table.add_column("reason rows were rejected")
     table.add_column("rows", justify="right")
     for row in validation.report.itertuples():
-        table.add_row(str(row.reason), f"{row.rows:,}")
+        table.add_row(literal(row.reason), f"{row.rows:,}")
     if validation.report.empty:
         table.add_row("(none: every row is valid)", "0")
     return table
@@ -83,8 +107,8 @@ def slices_table(slices: pd.DataFrame) -> Table:
         table.add_column(col, justify="left" if col in ("slice", "value") else "right")
     for row in slices.itertuples():
         table.add_row(
-            str(row.slice),
-            str(row.value),
+            literal(row.slice),
+            literal(row.value),
             f"{row.stones:,}",
             f"{row.mape:.2f}",
             f"{row.within_10:.1f}",
@@ -104,9 +128,14 @@ def print_decision(result: TrainResult) -> None:
         for col in ("check", "passed", "detail"):
             table.add_column(col)
         for check in decision.checks:
-            table.add_row(check.name, "yes" if check.passed else "[red]no[/]", check.detail)
+            passed = Text("yes") if check.passed else Text("no", style="red")
+            table.add_row(literal(check.name), passed, literal(check.detail))
         console.print(table)
     verdict = (
-        "[bold green]promoted to champion[/]" if result.champion else "[yellow]not promoted[/]"
+        ("promoted to champion", "bold green") if result.champion else ("not promoted", "yellow")
     )
-    console.print(f"Challenger v{result.version} {verdict}: {result.decision}.")
+    console.print(
+        Text.assemble(
+            f"Challenger v{result.version} ", verdict, ": ", literal(result.decision), "."
+        )
+    )

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from appraiser import data, evaluate, schema
 from appraiser.cli.options import Json, Margin, SliceTolerance, Timeout, Trials, policy
 from appraiser.cli.render import (
     console,
     fail,
+    literal,
     metrics_table,
     print_decision,
     print_json,
@@ -39,7 +41,7 @@ def train(
     if_no_champion: Annotated[bool, typer.Option(help="do nothing when a champion exists")] = False,
 ) -> None:
     """Validate -> tune and train the candidates -> evaluate -> register; promote if better."""
-    from appraiser import champion, registry
+    from appraiser import audit, champion, registry
     from appraiser.train import TrainingError
     from appraiser.train import train as run_training
 
@@ -52,14 +54,22 @@ def train(
             f"Champion v{version} exists; not training (drop --if-no-champion to retrain)."
         )
         return
-    console.print(f"Training on {data_path or data.PUBLIC_TABLE} ...")
+    console.print(literal(f"Training on {data_path or data.PUBLIC_TABLE} ..."))
     try:
-        result = run_training(data_path, trials=trials, timeout=timeout, candidates=candidate)
+        result = run_training(
+            data_path,
+            trials=trials,
+            timeout=timeout,
+            candidates=candidate,
+            actor=audit.cli_actor(),
+        )
     except (data.DataError, TrainingError) as exc:
         raise fail(str(exc)) from exc
     console.print(report_table(result.validation))
     if len(result.validation.rejected):
-        console.print(f"Rejected rows with their reasons: {result.run_dir / 'rejected_rows.csv'}")
+        console.print(
+            literal(f"Rejected rows with their reasons: {result.run_dir / 'rejected_rows.csv'}")
+        )
     cand = Table(title="Candidates (5-fold CV on 80% of the stones)")
     for col in ("candidate", "CV MAPE %", "within ±10% %", "trials", "seconds"):
         cand.add_column(col, justify="left" if col == "candidate" else "right")
@@ -75,9 +85,17 @@ def train(
     console.print(
         metrics_table(f"{result.model_name} on the 20% holdout", {"holdout": result.holdout})
     )
-    verdict = "[bold green]is now champion[/]" if result.champion else "[yellow]is not champion[/]"
-    console.print(f"Model version {result.version} {verdict}: {result.decision}.")
-    console.print(f"Run {result.run_id} in {result.seconds:.0f} s; artifacts in {result.run_dir}")
+    verdict = (
+        ("is now champion", "bold green") if result.champion else ("is not champion", "yellow")
+    )
+    console.print(
+        Text.assemble(
+            f"Model version {result.version} ", verdict, ": ", literal(result.decision), "."
+        )
+    )
+    console.print(
+        literal(f"Run {result.run_id} in {result.seconds:.0f} s; artifacts in {result.run_dir}")
+    )
 
 
 def evaluate_cmd(

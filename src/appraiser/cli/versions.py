@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from appraiser.cli.options import Json
-from appraiser.cli.render import console, fail, print_json
+from appraiser.cli.render import console, fail, literal, print_json
 
 models_app = typer.Typer(help="Model versions, their metrics, and which one is champion.")
 
@@ -66,7 +66,7 @@ def models(ctx: typer.Context, as_json: Json = False) -> None:
             v.version,
             "*" if v.champion else "",
             f"{v.created:%Y-%m-%d %H:%M}",
-            v.model,
+            literal(v.model),
             f"{m.get('mape', float('nan')):.2f}",
             f"{m.get('coverage', float('nan')):.1f}",
             f"{v.sealed['mape']:.2f}" if v.sealed else "",
@@ -101,7 +101,9 @@ def promote_cmd(
         )
     except (RegistryError, PipelineBusy) as exc:
         raise fail(str(exc)) from exc
-    console.print(f"v{version} is now champion (was {'v' + before if before else 'none'}).")
+    console.print(
+        literal(f"v{version} is now champion (was {'v' + before if before else 'none'}).")
+    )
 
 
 @models_app.command("rollback")
@@ -161,8 +163,8 @@ def history_cmd(as_json: Json = False) -> None:
             f"{m['at']:%Y-%m-%d %H:%M}",
             f"v{m['version']}",
             f"v{m['previous']}" if m["previous"] else "",
-            m["kind"],
-            m["actor"],
-            m["reason"][:200],
+            literal(m["kind"]),
+            literal(m["actor"]),
+            literal(m["reason"][:200]),
         )
     console.print(table)

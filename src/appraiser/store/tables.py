@@ -1,5 +1,5 @@
 """The store's tables: batches, accepted stones, rejected rows, appraisals, feedback, keys, the
-audit trail, jobs, model versions, champion moves and evaluations.
+audit trail, jobs, model versions, champion moves, evaluations and the market level.
 
 The schema is owned by the Alembic migrations in `appraiser/migrations` (store.migrate applies
 them); the classes here must match them (tests/test_store.py checks).
@@ -7,10 +7,11 @@ them); the classes here must match them (tests/test_store.py checks).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -72,6 +73,8 @@ class StoredDiamond(Base):
     y: Mapped[float] = mapped_column(Double)
     z: Mapped[float] = mapped_column(Double)
     price: Mapped[float] = mapped_column(Double)
+    # the day the price was given, when the file said (schema.APPRAISED_AT); else its batch's
+    appraised_at: Mapped[date | None] = mapped_column(Date)
 
 
 class RejectedRow(Base):
@@ -136,12 +139,16 @@ class Feedback(Base):
 
 class ApiKey(Base):
     """A key for the API: only its SHA-256 is kept (keys are 256-bit random, so a fast hash is
-    enough: there is nothing to guess); `prefix` lets people tell keys apart."""
+    enough: there is nothing to guess); `prefix` lets people tell keys apart. `name_key` is the
+    name's canonical form (audit.canonical), unique, so no two keys' names look alike; `person`
+    is who holds the key (auth.py says how it is decided)."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    name_key: Mapped[str] = mapped_column(String(120), unique=True, index=True)
+    person: Mapped[str] = mapped_column(String(100), index=True)
     role: Mapped[str] = mapped_column(String(20))  # staff, expert or admin
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(12))
@@ -152,13 +159,16 @@ class ApiKey(Base):
 
 
 class AuditEvent(Base):
-    """One admin or expert action: who, when, what, and its details (JSON text)."""
+    """One change of state: who (`actor`, and the `person` behind it: None for the system and
+    for rows from before persons were kept), when, what, and its details (JSON text). Rows are
+    never updated nor deleted (the store refuses: migration 0006)."""
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
+    person: Mapped[str | None] = mapped_column(String(100), index=True)
     action: Mapped[str] = mapped_column(String(40), index=True)
     details: Mapped[str] = mapped_column(Text)
 
@@ -235,6 +245,25 @@ class Evaluation(Base):
     details: Mapped[str | None] = mapped_column(Text)  # JSON
 
 
+class MarketLevel(Base):
+    """One month of the market level (market.py): prices that month over the champion's prices
+    on the base level, smoothed, with a 90% interval and the stones behind it. Rewritten whole
+    by each refresh; `details` (JSON) names the sources left out that month and why."""
+
+    __tablename__ = "market_levels"
+
+    month: Mapped[date] = mapped_column(Date, primary_key=True)  # its first day
+    level: Mapped[float] = mapped_column(Double)
+    low: Mapped[float] = mapped_column(Double)
+    high: Mapped[float] = mapped_column(Double)
+    observed: Mapped[float | None] = mapped_column(Double)  # the month's own median, unsmoothed
+    stones: Mapped[int] = mapped_column(Integer)
+    excluded: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(40))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    details: Mapped[str | None] = mapped_column(Text)
+
+
 TABLES: tuple[str, ...] = (
     "batches",
     "diamonds",
@@ -247,5 +276,6 @@ TABLES: tuple[str, ...] = (
     "evaluations",
     "api_keys",
     "audit_events",
+    "market_levels",
 )
 STONE_COLUMNS: tuple[str, ...] = schema.COLUMNS

@@ -358,18 +358,31 @@
 
   // --- models -------------------------------------------------------------------------------
 
+  const NEEDS_MODELS_KEY = "Enter an API key above to see the model versions.";
+  let modelsRun = 0; // only the latest load draws the table
+
   async function loadModels(note) {
+    const run = ++modelsRun;
     hideAlert("models-error");
+    const body = document.querySelector("#models tbody");
+    const key = $("api-key").value.trim() || storedKey(); // the list needs a staff key or above
+    if (!key) {
+      body.replaceChildren();
+      $("models-status").textContent = NEEDS_MODELS_KEY;
+      return;
+    }
     $("models-status").textContent = "Loading models\u2026";
     let answer;
     try {
-      answer = await api("GET", "/v1/models");
+      answer = await api("GET", "/v1/models", { key });
     } catch (error) {
+      if (run !== modelsRun) return;
+      onKeyError(error);
       showAlert("models-error", error.message);
       $("models-status").textContent = "";
       return;
     }
-    const body = document.querySelector("#models tbody");
+    if (run !== modelsRun) return;
     body.replaceChildren();
     const models = answer.models || [];
     if (!models.length) {
@@ -869,6 +882,8 @@
   setUpRetrain();
   setUpMonitoring();
   $("models-refresh").addEventListener("click", () => loadModels());
+  $("key-form").addEventListener("submit", () => loadModels());
+  $("key-forget").addEventListener("click", () => loadModels());
   $("review-refresh").addEventListener("click", () => loadReview({ ask: true }));
   Promise.allSettled([loadModels(), loadReview(), loadMonitoring()]).finally(() => {
     document.body.dataset.ready = "true";

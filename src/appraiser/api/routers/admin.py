@@ -24,12 +24,17 @@ async def list_keys(_: deps.Admin) -> list[dict[str, Any]]:
 
 @router.post("/v1/keys", response_model=KeyCreated, status_code=201, summary="Make an API key")
 async def create_key(body: KeyIn, who: deps.Admin) -> dict[str, Any]:
-    """The key is in this answer only: the store keeps its hash."""
+    """The key is in this answer only: the store keeps its hash. It belongs to `person`, or
+    else to the person of the key that makes it."""
     try:
-        key = await run_in_threadpool(lambda: auth.create_key(body.name, body.role, actor=who.name))
+        key = await run_in_threadpool(
+            lambda: auth.create_key(body.name, body.role, actor=who.name, person=body.person)
+        )
     except auth.KeyRefused as exc:
         raise HTTPException(exc.status, str(exc)) from exc
-    return {"name": body.name, "role": body.role, "key": key}
+    kept = auth.check_name(body.name)[0]
+    made = next(k for k in await run_in_threadpool(auth.list_keys) if k["name"] == kept)
+    return {"name": made["name"], "person": made["person"], "role": body.role, "key": key}
 
 
 @router.post("/v1/keys/{name}/revoke", response_model=KeyInfo, summary="Revoke an API key")
@@ -38,10 +43,10 @@ async def revoke_key(
 ) -> dict[str, Any]:
     """The key stops working at once on this server, within seconds on the others."""
     try:
-        await run_in_threadpool(lambda: auth.revoke_key(name, actor=who.name))
+        revoked = await run_in_threadpool(lambda: auth.revoke_key(name, actor=who.name))
     except auth.KeyRefused as exc:
         raise HTTPException(exc.status, str(exc)) from exc
-    return next(k for k in await run_in_threadpool(auth.list_keys) if k["name"] == name)
+    return next(k for k in await run_in_threadpool(auth.list_keys) if k["name"] == revoked)
 
 
 @router.get("/v1/audit", response_model=list[AuditEventOut], summary="The audit trail")
@@ -49,6 +54,7 @@ async def audit_trail(
     _: deps.Admin,
     action: Annotated[str | None, Query(max_length=40, description="one kind of action")] = None,
     actor: Annotated[str | None, Query(max_length=200, description="one key's name")] = None,
+    person: Annotated[str | None, Query(max_length=100, description="one person")] = None,
     since: Annotated[datetime | None, Query(description="from this time (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -57,5 +63,5 @@ async def audit_trail(
     if action is not None and action not in audit.ACTIONS:
         raise HTTPException(422, f"action: one of {', '.join(audit.ACTIONS)}")
     return await run_in_threadpool(
-        lambda: audit.events(limit=limit, action=action, actor=actor, since=since)
+        lambda: audit.events(limit=limit, action=action, actor=actor, person=person, since=since)
     )

@@ -154,14 +154,16 @@ def _validated_by_pydantic(body: bytes) -> list[dict[str, Any]]:
 )
 async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> Response:
     """One appraisal per stone, in the order sent. A bad stone fails the whole request (422, its
-    index in `detail[].loc`); over the limit is 413; too many batches at once, 503."""
+    index in `detail[].loc`); over the limit is 413; too many batches at once, 503; a body
+    that does not arrive within APPRAISER_REQUEST_BODY_SECONDS, 408."""
+    # the body is read here rather than declared (FastAPI's generic path costs twice as much),
+    # whole and in time before a place is taken: a slow sender must not hold one
+    body = await deps.body_in_time(ctx, request.body())
     if ctx.batch_slots.locked():  # a cap on batch calls in flight: past it, say so at once
         raise Overloaded(f"{ctx.config.max_batch_calls} batch calls are being priced")
     async with ctx.batch_slots:
-        # the body is read here rather than declared (FastAPI's generic path costs twice as
-        # much); a valid batch is checked column by column, anything else by pydantic (Rust),
-        # whose errors name the stone, the field and the rule
-        body = await request.body()
+        # a valid batch is checked column by column, anything else by pydantic (Rust), whose
+        # errors name the stone, the field and the rule
         stones = batch_input.valid_stones(body)
         if stones is None:
             stones = _validated_by_pydantic(body)
@@ -197,7 +199,7 @@ async def price_list(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> dic
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise HTTPException(415, "send multipart/form-data with the CSV as the field 'file'")
-    form = await request.form()
+    form = await deps.body_in_time(ctx, request.form())  # before a place is taken, as batches
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(422, "file: attach the CSV as the form field 'file'")

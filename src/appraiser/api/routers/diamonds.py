@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from appraiser import audit, schema
+from appraiser import schema
 from appraiser.api import deps
 from appraiser.api.schemas import ERRORS, MAX_COMPARABLES, IngestOut, SimilarOut
 
@@ -80,23 +80,11 @@ async def add_diamonds(request: Request, who: deps.Admin) -> dict[str, Any]:
     prices the champion finds far from everything known is held. The same content sent twice is
     stored once."""
     content, source, name, ignored = await _ingest_payload(request)
-    report = await run_in_threadpool(_ingest_bytes, content, source, name)
+    report = await run_in_threadpool(_ingest_bytes, content, source, name, who.name)
     if ignored:
         report["message"] = (
             f"fields ignored (not stone columns): {', '.join(ignored)}; " + report["message"]
         )
-    await run_in_threadpool(
-        lambda: audit.record(
-            who.name,
-            "upload",
-            batch_id=report["batch_id"],
-            source=source,
-            name=name,
-            rows_read=report["rows_read"],
-            rows_accepted=report["rows_accepted"],
-            held=report["held"],
-        )
-    )
     return report
 
 
@@ -147,14 +135,17 @@ def _printable(text: str, limit: int = 200) -> str:
     return "".join(c for c in text if c.isprintable())[:limit] or "api"
 
 
-def _ingest_bytes(content: bytes, source: str, name: str) -> dict[str, Any]:
+def _ingest_bytes(content: bytes, source: str, name: str, actor: str) -> dict[str, Any]:
+    """Ingest the upload; its audit row (`upload` by `actor`) commits with the batch."""
     from appraiser import data, ingest
 
     with tempfile.TemporaryDirectory(prefix="appraiser-upload-") as folder:
         path = Path(folder) / "upload.csv"
         path.write_bytes(content)
         try:
-            report = ingest.ingest_file(path, source=source, name=name[:200])
+            report = ingest.ingest_file(
+                path, source=source, name=name[:200], actor=actor, action="upload"
+            )
         except data.DataError as exc:
             raise HTTPException(422, str(exc).replace(str(path), "the upload")) from exc
     rejected = []

@@ -43,13 +43,15 @@ async def review(
     body: ReviewIn | None = None,
 ) -> dict[str, Any]:
     """approve: the next retrain learns from it; reject: kept, never used. Either is final
-    (409 for a price reviewed already) and is recorded in the audit trail."""
+    (409 for a price reviewed already, or sent by the person the key belongs to, whichever of
+    their keys sent it) and is recorded in the audit trail."""
     try:
         return await run_in_threadpool(
             lambda: feedback.review(
                 feedback_id,
                 approve=verdict == "approve",
                 actor=who.name,
+                person=who.person,
                 note=body.note if body else None,
             )
         )

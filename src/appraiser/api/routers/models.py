@@ -27,9 +27,10 @@ from appraiser.api.schemas import (
 router = APIRouter(tags=["models"], responses=ERRORS)
 
 
-@router.get("/v1/models", response_model=ModelsOut, summary="Model versions")
-async def models(_: deps.Appraising) -> dict[str, Any]:
-    """Every registered version, newest first, with its holdout metrics (MAPE in %...)."""
+@router.get("/v1/models", response_model=ModelsOut, summary="Model versions (staff key)")
+async def models(_: deps.Staff) -> dict[str, Any]:
+    """Every registered version, newest first, with its holdout metrics (MAPE in %...). A staff
+    key or above even when appraising is open to all: versions and metrics are the business's."""
     found = await run_in_threadpool(champion.versions)
     return {
         "champion": next((v.version for v in found if v.champion), None),

@@ -1,5 +1,6 @@
-"""What operators and pages need: the schema, liveness and readiness, metrics, the web pages and
-the API docs (served from assets installed with the package: nothing from another origin)."""
+"""What operators and pages need: the schema, liveness and readiness, the metrics' figures (served
+on their own port: api.middleware.MetricsPort), the web pages and the API docs (served from
+assets installed with the package: nothing from another origin)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse
+from prometheus_client import generate_latest
 
 from appraiser import schema, store
 from appraiser.api import deps
@@ -72,9 +72,9 @@ def _health(ctx: deps.Context, who: Any) -> dict[str, Any]:
 
 
 @router.get("/health", response_model=HealthOut, tags=["reference"], summary="Liveness")
-async def health(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
-    """200 while the process runs; `champion` is the version it serves (null: none yet);
-    `reload_error` (admin key only) says why the last reload failed."""
+async def health(ctx: deps.Ctx, who: deps.Observer) -> dict[str, Any]:
+    """200 while the process runs, never rate-limited; `champion` is the version it serves
+    (null: none yet); `reload_error` (admin key only) says why the last reload failed."""
     return _health(ctx, who)
 
 
@@ -85,31 +85,21 @@ async def health(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
     tags=["reference"],
     summary="Readiness: a model is loaded",
 )
-async def ready(ctx: deps.Ctx, who: deps.Caller) -> dict[str, Any]:
+async def ready(ctx: deps.Ctx, who: deps.Observer) -> dict[str, Any]:
     """200 once a champion is loaded and appraisals can be served, 503 before: for load
-    balancers and start-up probes (`/health` is liveness only)."""
+    balancers and start-up probes (`/health` is liveness only); never rate-limited."""
     if ctx.champions.current is None:
         raise HTTPException(503, "no model loaded yet: train one (`appraiser train`)")
     return _health(ctx, who)
 
 
-@router.get(
-    "/metrics",
-    tags=["reference"],
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
-async def metrics() -> Response:
-    """Request latency by route and status, stones priced, the model served, store writes, the
-    newest labelled batch's range coverage and drift; summed over the server's workers."""
-    return Response(await run_in_threadpool(_scrape), media_type=CONTENT_TYPE_LATEST)
-
-
 _batch_read_at = -math.inf
 
 
-def _scrape() -> bytes:
+def scrape() -> bytes:
+    """The metrics in Prometheus's text format (api.middleware.MetricsPort serves them):
+    request latency by route and status, stones priced, the model served, store writes, the
+    newest labelled batch's range coverage and drift; summed over the server's workers."""
     global _batch_read_at
     sync_live()
     if time.monotonic() - _batch_read_at > BATCH_FIGURES_SECONDS:
