@@ -5,8 +5,8 @@
 In a fresh APPRAISER_HOME, with the default tuning budget:
 1. `train --data collection` -> v1 (trained on every stone of the collection);
 2. ingest the collection and 5,000 fresh public stones (not in it; drawn with --seed), `retrain`
-   -> v2: judged only on stones neither model trained on (reference stones, and v2's training
-   stones v1 never saw, cross-fitted); v1 and v2 then scored on public stones in no set;
+   -> v2: judged on every non-sealed stone, each priced by both recipes refitted without it
+   (double cross-fitting); v1 and v2 then scored on public stones in no set;
 3. twice: 200 more same-population stones, `retrain`: the gate should promote nothing;
 4. a batch of 600 stones marked up 30% dropped in the inbox, one pass: held, champion unchanged;
 5. one `pipeline run` pass with 5,000 more stones through the inbox (timed);

@@ -118,7 +118,6 @@ def test_the_range_is_calibrated_on_every_stone_by_models_nearly_as_large(
         return real(self, frame, y_log)
 
     monkeypatch.setattr(Hedonic, "fit", recording)
-    tune_on = np.arange(len(stones)) % 2 == 0  # as in a retrain: tuned on the champion's half
     fitted = tuning.fit(
         stones,
         public.sample(100, random_state=6),
@@ -128,8 +127,7 @@ def test_the_range_is_calibrated_on_every_stone_by_models_nearly_as_large(
         timeout=5,
         candidates=["hedonic"],
         show_progress=False,
-        tune_on=tune_on,
     )
     assert fitted.ranges is not None and len(fitted.ranges.scores) == len(stones)
-    calibrating = [s for s in sizes if 0.75 * len(stones) <= s < len(stones)]
-    assert len(calibrating) == tuning.FOLDS, sizes
+    folds = [s for s in sizes if s < len(stones)]  # every model but the final refit
+    assert folds and min(folds) >= 0.75 * len(stones), sizes

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,18 +94,46 @@ def _champion() -> Appraiser:
     return _cache["a"]
 
 
-def test_training_again_on_the_same_file_decides_nothing_automatically(home_copy, small_csv):
-    """The champion trained on every stone of the file, so its holdout is no fair ground: the
-    old gate compared there and favoured the champion (issue 9); now a person decides."""
+def test_training_again_on_the_same_file_is_judged_on_every_stone(home_copy, small_csv):
+    """Defect: the champion trained on every stone of the file, so nothing could judge and a
+    person had to decide; now both recipes are refitted without each stone (double
+    cross-fitting), and every stone but the sealed ones judges."""
+    from appraiser import data, lineage
     from appraiser.train import train
 
     result = train(small_csv, trials=1, timeout=10, candidates=["hedonic"], show_progress=False)
-    assert not result.champion
-    assert result.gate is not None and not result.gate.automatic
-    assert "only 0 of " in result.decision
-    assert "holdout stones of this file were seen by neither model" in result.decision
+    decision = result.gate
+    assert decision is not None and decision.automatic and decision.comparison is not None
+    stones = data.load(small_csv).clean
+    unsealed = stones[lineage.roles(stones) != "sealed"].drop_duplicates()
+    assert decision.judged_on["stones"] == decision.comparison.stones == len(unsealed)
+    assert "double cross-fitting" in result.decision
+    assert not result.champion  # the linear baseline cannot beat the tuned trees
     assert champion.current() == "1"
-    assert result.version == "2"
+
+
+def test_the_holdout_keeps_twins_on_one_side(public, tmp_path, monkeypatch):
+    """Defect: the 20% holdout was drawn row by row, so a stone and its twin (the same nine
+    features, perhaps another price) landed on both sides and the holdout saw its own price."""
+    from appraiser import lineage, train
+
+    stones = public.sample(600, random_state=4)
+    twins = stones.head(200).assign(price=(stones["price"].head(200) * 1.05).round())
+    path = tmp_path / "twins.csv"
+    pd.concat([stones, twins]).to_csv(path, index=False)
+    seen: dict[str, pd.DataFrame] = {}
+
+    def capture(validation, fit_part, holdout, **kwargs):
+        seen.update(fit_part=fit_part, holdout=holdout)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(train, "fit_and_register", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        train.train(path, promote_if_better=False, show_progress=False)
+    fit_keys, held_keys = (lineage.stone_keys(seen[k]) for k in ("fit_part", "holdout"))
+    assert not np.isin(held_keys, fit_keys).any()
+    assert len(seen["fit_part"]) + len(seen["holdout"]) == 800
+    assert 0.15 < len(seen["holdout"]) / 800 < 0.25
 
 
 def test_training_on_new_stones_is_judged_on_them(home_copy, public, tmp_path):

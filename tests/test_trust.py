@@ -136,46 +136,6 @@ def test_stones_the_champion_trained_on_never_judge(trained, public):
     )
 
 
-def test_cross_fitted_stones_are_priced_by_models_that_never_saw_them(public, monkeypatch):
-    """Each training stone judged in cross-fitting is priced by a refit without it or its twin."""
-    from appraiser import challenge, tuning
-
-    stones = public.sample(400, random_state=5).reset_index(drop=True)
-    stones = pd.concat([stones, stones.head(20)], ignore_index=True)  # twins, other prices
-    stones.loc[400:, "price"] = stones.loc[400:, "price"] * 1.1
-    fitted = tuning.fit(
-        stones,
-        public.sample(100, random_state=6),
-        final_stones=None,
-        source="test",
-        trials=1,
-        timeout=5,
-        candidates=["hedonic"],
-        show_progress=False,
-    )
-    seen: list[np.ndarray] = []
-    real = tuning.fit_model
-
-    def recording(results, weights, trained_on, *args, **kwargs):
-        seen.append(lineage.stone_keys(trained_on))
-        return real(results, weights, trained_on, *args, **kwargs)
-
-    monkeypatch.setattr(challenge, "fit_model", recording)  # where cross-fitting looks
-    judge = np.zeros(len(stones), dtype=bool)
-    judge[::2] = True
-    judge[400:] = True
-    priced = challenge.cross_fitted_prices(fitted, judge, folds=5)
-    assert len(priced) == int(judge.sum()) and len(seen) == 5
-    keys = lineage.stone_keys(priced)
-    for trained_keys in seen:  # every judged stone was left out of exactly one fold model
-        assert (~np.isin(keys, trained_keys)).sum() >= 1
-    left_out = sum((~np.isin(keys, t)).astype(int) for t in seen)
-    assert np.all(np.asarray(left_out) == 1)
-    prices = priced[["challenger_price", "challenger_low", "challenger_high"]]
-    assert prices.notna().to_numpy().all()
-    assert (priced["challenger_low"] < priced["challenger_high"]).all()
-
-
 def test_cross_fitted_stones_the_champion_saw_never_judge(trained, public):
     """Stones given cross-fitted prices still judge only when the champion never trained on them."""
     from appraiser.predict import Appraiser
@@ -293,7 +253,7 @@ def test_a_repriced_stone_keeps_its_role(public):
     assert (lineage.roles(stones) == lineage.roles(repriced)).all()
     assert (lineage.stone_keys(stones) == lineage.stone_keys(repriced)).all()
     shares = pd.Series(lineage.roles(public)).value_counts(normalize=True)
-    assert 0.04 < shares["sealed"] < 0.06 and 0.18 < shares["reference"] < 0.22
+    assert 0.04 < shares["sealed"] < 0.06 and set(shares.index) == {"train", "sealed"}
 
 
 def test_feedback_stones_take_their_role(with_champion, public, stone):
@@ -339,20 +299,17 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     v2 = retrain(trials=1, timeout=5, show_progress=False)
     decision = v2.gate
     assert decision is not None and decision.comparison is not None
-    # judged only on fresh stones, none of the collection's (v1 trained on all of them): the
-    # reference ones, and the fresh training stones, each priced by the challenger refitted
-    # without it (cross-fitted); never a sealed one
-    fresh_keys = lineage.stone_keys(fresh)
-    fresh_roles = lineage.roles(fresh_keys)
-    unseen = ~np.isin(fresh_keys, lineage.stone_keys(collection))  # the table has twins
-    assert decision.judged_on["cross_fitted"] == int(((fresh_roles == "train") & unseen).sum())
-    assert decision.judged_on["stones"] == int(((fresh_roles != "sealed") & unseen).sum())
-    assert decision.judged_on["batches"] == [2]
-    assert decision.judged_on["excluded_champion_trained"] == int(
-        (lineage.roles(collection) == "reference").sum()
-    )
+    # both trained on every stone but the sealed ones (no reference stones kept out), and every
+    # such stone judged, priced by both recipes refitted without it: the collection's too
+    store = pd.concat([collection, fresh], ignore_index=True)
+    unsealed = store[lineage.roles(store) != "sealed"].drop_duplicates()
+    trained_on = lineage.load(v2.version)
+    assert trained_on is not None and trained_on.trained_on(lineage.stone_keys(unsealed)).all()
+    assert decision.judged_on["stones"] == decision.judged_on["cross_fitted"] == len(unsealed)
+    assert decision.judged_on["stones"] >= 0.8 * len(store)
+    assert decision.judged_on["batches"] == [1, 2]
     assert f"on {decision.judged_on['stones']:,} stones no model had trained on" in v2.decision
-    assert "refitted without it" in v2.decision
+    assert "double cross-fitting" in v2.decision
     assert decision.automatic and decision.comparison.stones == decision.judged_on["stones"]
     if not v2.champion:  # the strict comparison may not resolve the gain (issue 9, still open):
         champion.promote(v2.version, actor="test")  # a person decides, as the README says

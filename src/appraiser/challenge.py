@@ -1,94 +1,96 @@
 """Judging a challenger against the champion: on which stones, priced how, and the gate's call.
 
-Held-out stones neither model trained on judge always; training stones the champion never saw
-judge too when tuning did not see them either (`tuning_mask`), each priced by the challenger's
-recipe refitted without it (`cross_fitted_prices`), so a real gain shows on enough stones.
+Double cross-fitting: every labelled stone that may judge (not sealed, not an expert's price) is
+priced by the champion's recipe and by the challenger's, each refitted on its own training stones
+without the fold that holds the stone (`cross_fitted_prices`). No stone then judges a model that
+trained on it, yet no stone has to be kept from training to judge: both models train on every
+non-sealed stone, and nearly every labelled stone judges. Both fold models miss the same tenth of
+the judged stones, so neither side is handicapped against the other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from appraiser import gate, lineage, registry
+from appraiser import gate, lineage, registry, schema
 from appraiser.gate import Decision
-from appraiser.models import ModelFormatError
-from appraiser.tuning import Fitted, fit_model, fold_groups, progress_bars
+from appraiser.models import ModelFormatError, PriceModel
+from appraiser.tuning import Fitted, fit_model, fold_groups, progress_bars, refit
 
-CROSS_FIT_FOLDS = 10  # each fold model misses 1/10 of the judged stones: less pessimism than 5
-MIN_TUNE_STONES = 1000  # fewer stones left to tune on: no cross-fitting, tune on all
+CROSS_FIT_FOLDS = 10  # each fold model misses 1/10 of the judged stones: little lost to either side
+
+Recipe = Callable[[pd.DataFrame], PriceModel]  # training stones -> a fitted model
+PRICED = ["champion_price", "challenger_price", "challenger_low", "challenger_high"]
 
 
-def stones_to_judge(fit_part: pd.DataFrame, champion_version: str | None) -> np.ndarray:
-    """The training stones that may judge a challenger cross-fitted: the champion never trained
-    on them, none is sealed, and none is an expert's price (given after seeing the champion's)."""
-    known = lineage.load(champion_version) if champion_version else None
-    if known is None:
-        return np.zeros(len(fit_part), dtype=bool)
-    keys = lineage.stone_keys(fit_part)
-    judge = ~known.trained_on(keys) & (lineage.roles(keys) != "sealed")
-    if "feedback_id" in fit_part:
-        judge &= fit_part["feedback_id"].isna().to_numpy()
+def may_judge(stones: pd.DataFrame) -> np.ndarray:
+    """The stones that may judge: none sealed (no decision reads those), and none an expert's price
+    (given after seeing the champion's)."""
+    if not len(stones):
+        return np.zeros(0, dtype=bool)
+    judge = lineage.roles(stones) != "sealed"
+    if "feedback_id" in stones:
+        judge &= stones["feedback_id"].isna().to_numpy()
     return np.asarray(judge)
 
 
-def tuning_mask(fit_part: pd.DataFrame, champion_version: str | None) -> np.ndarray | None:
-    """What to tune on so that the stones that judge never chose anything (hyperparameters,
-    blend, ranges): the stones the champion saw. None (tune on all, judge on held-out stones
-    only) when nothing could judge or too few stones would be left to tune on."""
-    judge = stones_to_judge(fit_part, champion_version)
-    if not judge.any() or int((~judge).sum()) < MIN_TUNE_STONES:
-        return None
-    return ~judge
+def challenger_recipe(fitted: Fitted) -> Recipe:
+    """The challenger's tuned recipe (parameters, blend, range), fitted on given stones."""
+    return lambda stones: fit_model(
+        fitted.results, fitted.weights, stones, fitted.intervals, {}, fitted.ranges
+    )
+
+
+def champion_recipe(model: PriceModel) -> Recipe:
+    """The champion's stored recipe, refitted as it is (no tuning) on given stones."""
+    return lambda stones: refit(model, stones)
 
 
 def cross_fitted_prices(
-    fitted: Fitted,
-    judge: np.ndarray,
+    judged: pd.DataFrame,
+    challenger: tuple[Recipe, pd.DataFrame],
+    champion: tuple[Recipe, pd.DataFrame],
     *,
     folds: int = CROSS_FIT_FOLDS,
     seed: int = 0,
     show_progress: bool = False,
 ) -> pd.DataFrame:
-    """The stones of `fitted.fit_part` where `judge` is True, each priced by the challenger's
-    recipe (its tuned parameters, blend and range) refitted on the training stones without the
-    fold that holds it: `challenger_price`, `challenger_low`, `challenger_high`.
+    """Each stone of `judged` priced by both recipes, each (recipe, its training stones) refitted
+    without the fold that holds the stone: `judged` plus `champion_price`, `challenger_price`,
+    `challenger_low` and `challenger_high`.
 
-    Identical stones share a fold, so no stone is priced by a model that saw its twin. Judged
-    stones must not have been tuned on (fit(..., tune_on=...)): then nothing about a judged stone
-    shaped the model that prices it. The fold models learn from (folds-1)/folds of the judged
-    stones, so they are a little worse than the challenger registered: the comparison leans
-    towards the champion (benchmarks/pipeline.py measures by how much).
+    Identical stones share a fold and leave both training sets together, so no stone is priced by
+    a model that saw it or its twin. A training stone that does not judge (an expert's price, a
+    sealed stone the champion trained on) stays in every fold model.
     """
-    stones = fitted.fit_part
-    columns = [*stones.columns, "challenger_price", "challenger_low", "challenger_high"]
-    rows = np.flatnonzero(judge)
-    if not len(rows):
+    columns = [*judged.columns, *PRICED]
+    if not len(judged):
         return pd.DataFrame(columns=columns)
-    keys = lineage.stone_keys(stones)  # once: the folds and the twins both need them
-    fold_of = fold_groups(keys[rows], seed) % folds
+    judged = judged.reset_index(drop=True)
+    keys = lineage.stone_keys(judged)
+    fold_of = fold_groups(keys, seed) % folds
+    sides = [
+        (recipe, stones, lineage.stone_keys(stones)) for recipe, stones in (champion, challenger)
+    ]
     parts = []
     with progress_bars(show_progress) as progress:
-        task = progress.add_task("cross-fitting", total=folds)
+        task = progress.add_task("cross-fitting (x2)", total=folds)
         for k in range(folds):
-            held = rows[fold_of == k]
+            held = np.flatnonzero(fold_of == k)
             if len(held):
-                keep = ~np.isin(keys, keys[held])  # twins of held stones leave with them
-                model = fit_model(
-                    fitted.results,
-                    fitted.weights,
-                    stones[keep],
-                    fitted.intervals,
-                    {},
-                    fitted.ranges,
-                )
-                priced = model.predict(stones.iloc[held])
-                part = stones.iloc[held].copy()
-                part["challenger_price"] = priced["price"].to_numpy()
-                part["challenger_low"] = priced["price_low"].to_numpy()
-                part["challenger_high"] = priced["price_high"].to_numpy()
+                out = [
+                    recipe(stones[~np.isin(trained, keys[held])]).predict(judged.iloc[held])
+                    for recipe, stones, trained in sides
+                ]
+                part = judged.iloc[held].copy()
+                part["champion_price"] = out[0]["price"].to_numpy()
+                part["challenger_price"] = out[1]["price"].to_numpy()
+                part["challenger_low"] = out[1]["price_low"].to_numpy()
+                part["challenger_high"] = out[1]["price_high"].to_numpy()
                 parts.append(part)
             progress.advance(task)
     return pd.concat(parts, ignore_index=True)[columns]
@@ -96,7 +98,7 @@ def cross_fitted_prices(
 
 def against_champion(
     fitted: Fitted,
-    pool: pd.DataFrame,
+    pool: pd.DataFrame | None,
     *,
     champion_version: str | None,
     cross_fit: bool = True,
@@ -104,21 +106,13 @@ def against_champion(
     **options: Any,
 ) -> Decision:
     """The gate's decision on `fitted` against `champion_version` (None: there is none), judged
-    on the stones of `pool` neither trained on and, with `cross_fit`, on the challenger's own
-    training stones the champion never saw, each priced by the challenger refitted without it
-    (reference stones alone are often too few to see a real gain); `options` go to gate.decide.
-    """
+    on the stones of `pool` (a holdout the challenger did not train on; None: there is none) and
+    of the challenger's training stones, each priced by both recipes refitted without it
+    (`cross_fit`; without it, only on the stones of `pool` neither model trained on). `options`
+    go to gate.decide."""
     current = champion_version
+    pool = pool if pool is not None else fitted.fit_part.iloc[:0]
     champion_lineage = lineage.load(current) if current else None
-    extra = None
-    if cross_fit and champion_lineage is not None:
-        # only stones that tuning never saw (fit with tune_on=tuning_mask(...)): a stone that
-        # helped choose the recipe would judge it with the choice in its favour
-        judge = ~fitted.tuned_on & stones_to_judge(fitted.fit_part, current)
-        if judge.any():
-            extra = cross_fitted_prices(
-                fitted, judge, seed=fitted.seed, show_progress=show_progress
-            )
     try:
         champion_model = registry.load_version(current)[1] if current else None
     except ModelFormatError as exc:  # saved by an older version of this code
@@ -129,6 +123,18 @@ def against_champion(
             current,
             automatic=False,
         )
+    extra = None
+    if cross_fit and champion_model is not None and champion_lineage is not None:
+        stones = pd.concat([pool, fitted.fit_part], ignore_index=True)
+        judged = stones[may_judge(stones)].drop_duplicates(list(schema.COLUMNS))
+        extra = cross_fitted_prices(
+            judged,
+            (challenger_recipe(fitted), fitted.fit_part),
+            (champion_recipe(champion_model), champion_model.reference),
+            seed=fitted.seed,
+            show_progress=show_progress,
+        )
+        pool = pool.iloc[:0]  # every judged stone is in `extra`, priced out of fold by both
     return gate.decide(
         fitted.evaluated,
         lineage.stone_keys(fitted.fit_part),

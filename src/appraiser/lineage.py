@@ -5,9 +5,9 @@ stone and keeps its role). The key decides, once and for all, the role a stored 
 
 - `sealed` (1 in 20): no model trains on it and no decision reads it; it only reports, over time,
   how good the champion really is (decisions made on a set wear it out, see Cawley & Talbot 2010);
-- `reference` (4 in 20): no retrain trains on it; champion and challenger are compared on it;
-- `train` (the rest): what retrains learn from; those the champion never saw also judge a
-  challenger, each priced by the challenger refitted without it (cross-fitting, gate.py).
+- `train` (the rest): what retrains learn from, and what judges a challenger: each such stone is
+  priced by the champion's recipe and the challenger's, both refitted without it (double
+  cross-fitting, challenge.py), so no stone has to be kept from training to judge.
 
 Every registered version records the keys of the stones it trained on (`model_versions` in the
 store, and an artifact of its MLflow run), so a comparison can keep only stones that neither model
@@ -30,8 +30,7 @@ from appraiser import schema, store
 
 BUCKETS = 20
 SEALED_BUCKETS = frozenset({0})
-REFERENCE_BUCKETS = frozenset({1, 2, 3, 4})
-ROLES = ("train", "reference", "sealed")
+ROLES = ("train", "sealed")
 
 
 def stone_keys(stones: pd.DataFrame) -> np.ndarray:
@@ -52,11 +51,10 @@ def stone_keys(stones: pd.DataFrame) -> np.ndarray:
 
 
 def roles(stones: pd.DataFrame | np.ndarray) -> np.ndarray:
-    """'train', 'reference' or 'sealed' for each stone (or key), fixed by the stone's features."""
+    """'train' or 'sealed' for each stone (or key), fixed by the stone's features."""
     keys = stones if isinstance(stones, np.ndarray) else stone_keys(stones)
     bucket = keys % np.uint64(BUCKETS)
     out = np.full(len(keys), "train", dtype=object)
-    out[np.isin(bucket, list(REFERENCE_BUCKETS))] = "reference"
     out[np.isin(bucket, list(SEALED_BUCKETS))] = "sealed"
     return out
 

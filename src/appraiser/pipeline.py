@@ -1,9 +1,10 @@
 """Retraining: a challenger on the store's stones, a gate that decides by evidence, a pass that
 remembers what it already tried.
 
-Every stored stone has a fixed role (lineage.py): `train` stones teach challengers, `reference`
-stones judge them against the champion (only those neither model trained on), `sealed` stones are
-never trained on nor used to decide, and only report how good the champion is over time. Batches
+Every stored stone has a fixed role (lineage.py): `train` stones teach challengers and judge them
+against the champion (each priced by both recipes refitted without it: challenge.py), `sealed`
+stones are never trained on nor used to decide, and only report how good the champion is over
+time. Batches
 held by the label-shift guard (screening.py) are left out of everything until an admin releases
 them.
 """
@@ -34,7 +35,7 @@ from appraiser import (
     schema,
     store,
 )
-from appraiser.challenge import against_champion, tuning_mask
+from appraiser.challenge import against_champion
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, RETRAIN_THRESHOLD
 from appraiser.gate import GatePolicy
 from appraiser.locking import BUSY, PipelineBusy, exclusive
@@ -45,9 +46,9 @@ from appraiser.tuning import Fitted, TrainingError
 __all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
 
 
-def in_reference_holdout(stones: pd.DataFrame) -> np.ndarray:
-    """True for the stones no retrain trains on (reference and sealed), fixed by their features."""
-    return np.asarray(lineage.roles(stones) != "train")
+def in_sealed_set(stones: pd.DataFrame) -> np.ndarray:
+    """True for the stones no retrain trains on (the sealed ones), fixed by their features."""
+    return np.asarray(lineage.roles(stones) == "sealed")
 
 
 def feedback_stones() -> pd.DataFrame:
@@ -168,23 +169,21 @@ def retrain(
         if len(fit_part) < MIN_STONES:
             raise TrainingError(
                 f"the store holds {len(fit_part)} training stones (need {MIN_STONES}; "
-                f"{len(known.stones)} labelled stones in all, a quarter of them never trained "
-                "on): ingest appraisals first with `appraiser ingest FILE`"
+                f"{len(known.stones)} labelled stones in all, 1 in 20 of them sealed): ingest "
+                "appraisals first with `appraiser ingest FILE`"
             )
-        reference, sealed = known.part("reference"), known.part("sealed")
-        # experts' prices were given after seeing the champion's: they never judge it
-        reference = reference[reference["batch_id"].notna()].reset_index(drop=True)
+        sealed = known.part("sealed")
         current = champion.current()  # the one judged against, read before training
         newest = known.newest_batch
 
         def decide(fitted: Fitted) -> gate.Decision:
+            # no holdout: every training stone judges, priced by both recipes refitted without it
             return against_champion(
                 fitted,
-                reference,
+                None,
                 champion_version=current,
                 policy=policy,
                 newest_batch=newest,
-                pool_name="reference stones",
                 show_progress=show_progress,
             )
 
@@ -199,8 +198,8 @@ def retrain(
         result = fit_and_register(
             validation,
             fit_part,
-            reference,
-            final_stones=None,  # the reference and sealed stones stay unseen by every model
+            None,  # measured out of fold: no stone is kept from training but the sealed ones
+            final_stones=None,  # the sealed stones stay unseen by every model
             source="store",
             trials=trials,
             timeout=timeout,
@@ -219,7 +218,6 @@ def retrain(
                 "batches": sorted(int(b) for b in batch_ids.unique()),
             },
             actor=actor,
-            tune_on=tuning_mask(fit_part.reset_index(drop=True), current),
         )
         result.feedback_used = feedback_used
         measured = None

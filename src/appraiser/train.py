@@ -2,14 +2,15 @@
 
 The protocol, in order:
 1. validate the table; rejected rows are saved with the run, never dropped silently;
-2. hold out 20% of the stones for the final, untouched evaluation;
+2. hold out 20% of the stones for the final, untouched evaluation (identical stones, perhaps
+   with other prices, all on one side: a twin across the line would leak its price);
 3. tune each candidate with Optuna on the other 80% (K-fold CV, MAPE in dollars), bounded by
    `trials` per candidate and a shared `timeout`; keep each candidate's out-of-fold predictions;
 4. blend the two best candidates in log space when that lowers the out-of-fold MAPE;
 5. take the 90% range half-width from the out-of-fold residuals (split conformal);
 6. fit on the 80%, measure on the holdout (metrics, slices, range coverage);
-7. refit on every accepted stone; the gate (gate.py) compares with the champion on stones neither
-   trained on (held-out stones, and training stones the champion never saw, cross-fitted); log
+7. refit on every accepted stone; the gate (gate.py) compares with the champion on the holdout
+   and training stones, each priced by both recipes refitted without it (challenge.py); log
    everything to MLflow (tracking.py), register, record the lineage, and move the champion if
    the gate agreed (champion.py).
 
@@ -26,16 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit
 
 from appraiser import audit, champion, data, fast, lineage, tracking
-from appraiser.challenge import against_champion, tuning_mask
+from appraiser.challenge import against_champion
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.gate import Decision, GatePolicy
 from appraiser.locking import PipelineBusy
-from appraiser.tuning import Fitted, TrainingError, fit
+from appraiser.tuning import Fitted, TrainingError, fit, fold_groups
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def train(
     """Train, evaluate and register a model on a table (the public table when no path is given);
     a promotion is audited under `actor` (the person who ran it; the system's gate by default).
 
-    The gate compares it with the champion on this file's holdout stones the champion did not
-    train on (none, when the champion trained on the same file: then a person decides).
+    The gate compares it with the champion on this file's stones (not the sealed ones), each
+    priced by both recipes refitted without it (challenge.against_champion).
     """
     seed = settings().seed if seed is None else seed
     checked = data.load(path)
@@ -131,7 +131,7 @@ def train(
             f"only {len(stones)} valid stones (need at least {MIN_STONES}); "
             f"{len(checked.rejected)} rows were rejected, see the quality report"
         )
-    fit_part, holdout = train_test_split(stones, test_size=HOLDOUT, random_state=seed)
+    fit_part, holdout = split_holdout(stones, seed)
     current = champion.current() if promote_if_better else None
 
     def decide(fitted: Fitted) -> Decision:
@@ -161,14 +161,21 @@ def train(
         decide=decide,
         kind="train",
         actor=actor,
-        tune_on=tuning_mask(fit_part.reset_index(drop=True), current),
     )
+
+
+def split_holdout(stones: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit part, holdout): about HOLDOUT of the stones held out, identical stones (the nine
+    features; tuning.fold_groups) on one side."""
+    split = GroupShuffleSplit(n_splits=1, test_size=HOLDOUT, random_state=seed)
+    fit_rows, held_rows = next(split.split(stones, groups=fold_groups(stones, seed)))
+    return stones.iloc[fit_rows], stones.iloc[held_rows]
 
 
 def fit_and_register(
     validation: data.ValidationResult,
     fit_part: pd.DataFrame,
-    holdout: pd.DataFrame,
+    holdout: pd.DataFrame | None,
     *,
     final_stones: pd.DataFrame | None,
     source: str,
@@ -182,7 +189,6 @@ def fit_and_register(
     tags: dict[str, str] | None = None,
     lineage_extra: dict[str, Any] | None = None,
     actor: str = audit.GATE,
-    tune_on: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit, decide, log to MLflow and register, record the lineage, then move the champion if the
     gate agreed (compare-and-set against the champion it judged).
@@ -202,7 +208,6 @@ def fit_and_register(
             candidates=candidates,
             seed=seed,
             show_progress=show_progress,
-            tune_on=tune_on,
         )
         decision = decide(fitted)
         logged = tracking.log_training(

@@ -22,7 +22,14 @@ from sklearn.model_selection import GroupKFold
 
 from appraiser import data, evaluate, explain, features, lineage, schema, screening
 from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
-from appraiser.models import CANDIDATES, MIN_CALIBRATION, AdaptiveRange, Candidate, PriceModel
+from appraiser.models import (
+    CANDIDATES,
+    MEMBER_TYPES,
+    MIN_CALIBRATION,
+    AdaptiveRange,
+    Candidate,
+    PriceModel,
+)
 
 FOLDS = 5
 COVERAGE = 0.9
@@ -209,6 +216,36 @@ def fit_model(
     )
 
 
+def refit(model: PriceModel, stones: pd.DataFrame) -> PriceModel:
+    """A saved model's recipe (each member's kind and parameters, the blend's weights, its range)
+    fitted again on `stones`, with no tuning: how the gate prices stones with the champion's
+    recipe refitted without them (challenge.cross_fitted_prices)."""
+    y_log = features.log_price(stones[schema.TARGET])
+    members = [MEMBER_TYPES[m.kind](m.params).fit(stones, y_log) for m in model.members]
+    return PriceModel(
+        members=members,
+        weights=list(model.weights),
+        intervals=model.intervals,
+        coverage=model.coverage,
+        reference=stones[list(schema.COLUMNS)].reset_index(drop=True),
+        info={},
+        ranges=model.ranges,
+    )
+
+
+def _priced(model: PriceModel, stones: pd.DataFrame, log_price: np.ndarray) -> pd.DataFrame:
+    """Prices and `model`'s range around given log prices (out-of-fold ones)."""
+    matrix = features.encode(stones).to_numpy(dtype=np.float64)
+    if model.ranges is not None:
+        low, high = model.ranges.bounds(matrix, log_price)
+    else:
+        width = np.asarray(model.intervals)[schema.carat_band_index(stones["carat"].to_numpy())]
+        low, high = log_price - width, log_price + width
+    return pd.DataFrame(
+        {"price": np.exp(log_price), "price_low": np.exp(low), "price_high": np.exp(high)}
+    )
+
+
 @dataclass
 class Fitted:
     """A tuned, blended model measured on a holdout: `evaluated` was fitted without the holdout
@@ -224,7 +261,6 @@ class Fitted:
     evaluated: PriceModel
     final: PriceModel
     fit_part: pd.DataFrame
-    tuned_on: np.ndarray  # the stones of fit_part that tuning, blending and ranges saw
     holdout: pd.DataFrame
     holdout_pred: pd.DataFrame
     holdout_metrics: dict[str, float]
@@ -239,7 +275,7 @@ class Fitted:
 
 def fit(
     fit_part: pd.DataFrame,
-    holdout: pd.DataFrame,
+    holdout: pd.DataFrame | None,
     *,
     final_stones: pd.DataFrame | None,
     source: str,
@@ -248,13 +284,12 @@ def fit(
     candidates: list[str] | None = None,
     seed: int = 42,
     show_progress: bool = True,
-    tune_on: np.ndarray | None = None,
 ) -> Fitted:
     """Tune every candidate on `fit_part`, blend, calibrate the range, measure on `holdout`, and
     refit on `final_stones` (None: `fit_part` is final, nothing is fitted twice).
 
-    `tune_on` (a mask of `fit_part`): tune and blend on those stones only; the others are then
-    fit on but chose no hyperparameter nor weight, so they can judge the challenger cross-fitted.
+    `holdout` None (a retrain: every stone but the sealed ones trains): measured out of fold
+    instead, each stone of `fit_part` priced by the tuning's fold models that did not see it.
     The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
     to the size of the model it serves.
     """
@@ -262,11 +297,10 @@ def fit(
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise TrainingError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
-    fit_part, holdout = fit_part.reset_index(drop=True), holdout.reset_index(drop=True)
+    fit_part = fit_part.reset_index(drop=True)
     stones = fit_part if final_stones is None else final_stones
     fingerprint = data.fingerprint(stones[list(schema.COLUMNS)])
-    tuned = np.ones(len(fit_part), dtype=bool) if tune_on is None else np.asarray(tune_on, bool)
-    tune_part = fit_part[tuned].reset_index(drop=True)
+    tune_part = fit_part
     y_log = features.log_price(tune_part[schema.TARGET])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -286,28 +320,10 @@ def fit(
     residuals = y_log - oof_blend
     intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
     # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
-    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's errors on every stone
-    # of fit_part (CV+). Tuning's folds are models of 4/5 of the stones tuned on; when those are
-    # only some of fit_part (a retrain: ~3,000 stones for a model of ~7,500), their larger errors
-    # would widen the range, so the recipe is cross-validated again on all of fit_part
+    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's out-of-fold errors on
+    # every stone of fit_part (CV+): tuning sees them all, so its fold models are 4/5 of the size
+    # of the model the range serves
     calibration_errors = residuals
-    if not tuned.all():
-        calibration_y = features.log_price(fit_part[schema.TARGET])
-        groups = fold_groups(fit_part, seed)
-        calibration_errors = calibration_y - np.asarray(
-            sum(
-                w
-                * cross_validate(
-                    CANDIDATES[n],
-                    results[n].params,
-                    fit_part,
-                    calibration_y,
-                    seed=seed,
-                    groups=groups,
-                )
-                for n, w in weights.items()
-            )
-        )
     ranges = (
         AdaptiveRange.fit(features.encode(fit_part).to_numpy(), calibration_errors, COVERAGE, seed)
         if np.isfinite(calibration_errors).sum() >= MIN_CALIBRATION
@@ -330,7 +346,11 @@ def fit(
         "residuals": screening.residual_sample(residuals, seed),
     }
     evaluated = fit_model(results, weights, fit_part, intervals, info, ranges)
-    holdout_pred = evaluated.predict(holdout)
+    if holdout is None:
+        holdout, holdout_pred = fit_part, _priced(evaluated, fit_part, oof_blend)
+    else:
+        holdout = holdout.reset_index(drop=True)
+        holdout_pred = evaluated.predict(holdout)
     holdout_metrics = evaluate.metrics(
         holdout[schema.TARGET],
         holdout_pred["price"],
@@ -353,7 +373,6 @@ def fit(
         evaluated=evaluated,
         final=final,
         fit_part=fit_part,
-        tuned_on=tuned,
         holdout=holdout,
         holdout_pred=holdout_pred,
         holdout_metrics=holdout_metrics,

@@ -157,9 +157,5 @@ def retrain(
     if as_json:
         print_json(result.to_dict())
         return
-    console.print(
-        metrics_table(
-            f"{result.model_name} on the reference stones", {"challenger": result.holdout}
-        )
-    )
+    console.print(metrics_table(f"{result.model_name} out of fold", {"challenger": result.holdout}))
     print_decision(result)

@@ -1,0 +1,113 @@
+"""The gate at full power (issue 23): double cross-fitting and the churn rule. Each test names
+the defect it guards against; each failed on the code before the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from appraiser import challenge, features, gate, lineage, schema
+from appraiser.models import CANDIDATES, PriceModel
+
+
+class Recorded:
+    """A fold model that remembers the stones it trained on and the stones it priced."""
+
+    def __init__(self, log: list, stones: pd.DataFrame) -> None:
+        y_log = features.log_price(stones[schema.TARGET])
+        member = CANDIDATES["hedonic"].build().fit(stones, y_log)
+        self.model = PriceModel(
+            [member], [1.0], [0.3] * len(schema.CARAT_LABELS), 0.9, stones[list(schema.COLUMNS)]
+        )
+        self.trained = lineage.stone_keys(stones)
+        self.log = log
+
+    def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
+        self.log.append((self.trained, lineage.stone_keys(stones)))
+        return self.model.predict(stones)
+
+
+def test_double_cross_fitting_prices_every_stone_twice_out_of_fold(public):
+    """Defect: the champion priced stones with itself, so the stones it had trained on (the whole
+    collection, on the README's flow) could never judge, and most labelled stones sat idle."""
+    judged = public.sample(400, random_state=5).reset_index(drop=True)
+    twins = judged.head(20).assign(price=judged["price"].head(20) * 1.1)  # other prices
+    judged = pd.concat([judged, twins], ignore_index=True)
+    others = public.drop(public.sample(400, random_state=5).index).sample(300, random_state=6)
+    champion_stones = pd.concat([judged.iloc[::2], others.iloc[:150]], ignore_index=True)
+    challenger_stones = pd.concat([judged, others.iloc[150:]], ignore_index=True)
+    logs: dict[str, list] = {"champion": [], "challenger": []}
+    priced = challenge.cross_fitted_prices(
+        judged,
+        (lambda s: Recorded(logs["challenger"], s), challenger_stones),  # type: ignore[arg-type,return-value]
+        (lambda s: Recorded(logs["champion"], s), champion_stones),  # type: ignore[arg-type,return-value]
+        folds=5,
+    )
+    assert len(priced) == len(judged)
+    assert priced[challenge.PRICED].notna().all().all()
+    assert (priced["champion_price"] != priced["challenger_price"]).all()  # two recipes' prices
+    keys = lineage.stone_keys(judged)
+    for side, log in logs.items():
+        assert len(log) == 5, side
+        priced_by = np.concatenate([p for _, p in log])
+        assert sorted(priced_by) == sorted(keys), side  # every stone priced once per side
+        for trained, priced_keys in log:  # never by a model that saw it or its twin
+            assert not np.isin(priced_keys, trained).any(), side
+        # a training stone that does not judge stays in every fold model
+        extra = lineage.stone_keys(others.iloc[:150] if side == "champion" else others.iloc[150:])
+        assert all(np.isin(extra, trained).all() for trained, _ in log), side
+
+
+def test_only_unsealed_appraisals_judge(public):
+    stones = public.sample(2000, random_state=3).assign(feedback_id=np.nan)
+    stones.iloc[:50, stones.columns.get_loc("feedback_id")] = 1.0
+    judge = challenge.may_judge(stones)
+    sealed = lineage.roles(stones) == "sealed"
+    assert not judge[:50].any() and not judge[sealed].any()
+    assert judge[50:][~sealed[50:]].all()
+
+
+class Priced:
+    """Prices each stone at its price times 1 + `error`, drawn per (depth, table): growing a stone
+    or raising a grade keeps them, so no price falls (the sanity checks pass)."""
+
+    def __init__(self, seed: int, shift: float) -> None:
+        self.seed, self.shift = seed, shift
+
+    def predict(self, stones: pd.DataFrame) -> pd.DataFrame:
+        shape = stones[["depth", "table"]].astype(float).round(6)
+        hashed = pd.util.hash_pandas_object(shape, index=False).to_numpy()
+        u = (hashed % np.uint64(1_000_003)).astype(float) / 1_000_003
+        v = (hashed % np.uint64(999_983)).astype(float) / 999_983
+        error = 0.02 + 0.08 * u - self.shift * (1 + 0.2 * (v - 0.5))
+        price = stones["price"].to_numpy(float) * (1 + error)
+        # 90% of the ranges hold the price (prices are above it: the others start above price)
+        holds = (hashed % np.uint64(1_009)).astype(float) / 1_009 < 0.9
+        return pd.DataFrame(
+            {
+                "price": price,
+                "price_low": np.where(holds, price / 1.25, price * 1.01),
+                "price_high": price * 1.25,
+            },
+            index=stones.index,
+        )
+
+
+def test_a_near_tie_is_not_promoted_however_narrow_its_interval(public):
+    """Defect (churn): a challenger 0.01 point better on thousands of stones cleared a lower
+    bound above 0 and replaced the champion, for a gain nobody could notice."""
+    stones = public.sample(4000, random_state=11)
+    decision = gate.decide(
+        Priced(0, shift=0.0001),  # type: ignore[arg-type]
+        np.empty(0, dtype=np.uint64),
+        stones,
+        champion_version="1",
+        champion=Priced(0, shift=0.0),  # type: ignore[arg-type]
+        champion_lineage=lineage.Lineage("1", np.empty(0, dtype=np.uint64), "t", [], None, None),
+    )
+    comparison = decision.comparison
+    assert comparison is not None and comparison.low > 0, decision.reason  # significant, tiny:
+    assert 0 < comparison.improvement < 0.02
+    assert not decision.promote
+    assert "blocked by improvement" in decision.reason and "reach 0.02" in decision.reason
+    assert gate.GatePolicy().min_gain == 0.02
