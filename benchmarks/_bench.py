@@ -210,3 +210,19 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
     print(f"\nFigures written to {path}")
+
+
+def wilson(k: int, n: int) -> tuple[float, float, float]:
+    """Rate and Wilson 95% interval, in percent (nan for no draws)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return 100 * k / n, 100 * ci.low, 100 * ci.high
+
+
+def rate(k: int, n: int) -> str:
+    """`12.5% (8.1-18.7), 25/200`: a rate, its Wilson 95% interval and its counts."""
+    r, low, high = wilson(k, n)
+    return f"{r:.1f}% ({low:.1f}-{high:.1f}), {k}/{n}"

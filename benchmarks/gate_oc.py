@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import format_table, write_json
+from _bench import format_table, wilson, write_json
 
 # No bagging: a fit is then fixed by its stones, not by the luck of one bagging draw, which no
 # estimate from other fits can see.
@@ -63,15 +63,6 @@ def _policy() -> Any:
 
 
 POLICY = _policy()
-
-
-def wilson(k: int, n: int) -> tuple[float, float, float]:
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return 100 * k / n, 100 * ci.low, 100 * ci.high
 
 
 def recipe(params: dict[str, Any], intervals: list[float]) -> Any:

@@ -25,20 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import format_table, write_json
-
-
-def wilson(k: int, n: int) -> tuple[float, float, float]:
-    """Rate and Wilson 95% interval, in percent."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return 100 * k / n, 100 * ci.low, 100 * ci.high
-
-
-def rate(k: int, n: int) -> str:
-    r, low, high = wilson(k, n)
-    return f"{r:.1f}% ({low:.1f}-{high:.1f}), {k}/{n}"
+from _bench import format_table, rate, wilson, write_json
 
 
 def champion(public: pd.DataFrame, size: int) -> tuple[Any, pd.DataFrame]:
