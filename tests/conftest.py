@@ -183,18 +183,25 @@ def free_port() -> int:
 API_KEY = "test-admin-key-0123456789abcdef"  # at least 24 characters, as serving requires
 
 
-@pytest.fixture
-def home_copy(trained_home: Path, tmp_path: Path) -> Path:
-    """A private copy of the trained home (its registry and model cache, an empty store), made
-    this test's APPRAISER_HOME: a test may promote, ingest and appraise without touching others."""
+def private_home(trained_home: Path, root: Path) -> Path:
+    """`root`/home: a copy of the trained home (its registry and model cache, the lineage, an
+    empty store otherwise)."""
     import shutil
 
-    home = tmp_path / "home"
+    home = root / "home"
     shutil.copytree(
         trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
     )
-    use_home(home)
     _copy_lineage(trained_home / "appraiser.db", home / "appraiser.db")
+    return home
+
+
+@pytest.fixture
+def home_copy(trained_home: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained home made this test's APPRAISER_HOME: a test may promote,
+    ingest and appraise without touching others."""
+    home = private_home(trained_home, tmp_path)
+    use_home(home)
     return home
 
 

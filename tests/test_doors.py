@@ -9,7 +9,6 @@ the test runs the real command; the batch places are the app's, tested under uvi
 from __future__ import annotations
 
 import http.client
-import shutil
 import socket
 import sys
 import time
@@ -26,7 +25,7 @@ from typer.testing import CliRunner
 from appraiser.api import create_app, deps
 from appraiser.cli import app as cli
 from appraiser.config import Settings, settings
-from tests.conftest import API_KEY, LiveServer, _copy_lineage, free_port
+from tests.conftest import API_KEY, LiveServer, free_port, private_home
 from tests.test_multiprocess import Process, base_env, call, get, wait_until_up
 
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
@@ -120,11 +119,7 @@ class Served:
 def serve(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`appraiser serve` (one worker) with a low rate limit and a metrics port, defaults else."""
     root = tmp_path_factory.mktemp("doors")
-    home = root / "home"
-    shutil.copytree(
-        trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
-    )
-    _copy_lineage(trained_home / "appraiser.db", home / "appraiser.db")
+    home = private_home(trained_home, root)
     port, metrics_port = free_port(), free_port()
     env = base_env(
         APPRAISER_HOME=str(home),

@@ -14,7 +14,6 @@ import http.client
 import json
 import logging
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import yaml
 
 from appraiser import schema
 from appraiser.api import metrics, request_log
-from tests.conftest import API_KEY, _copy_lineage, free_port
+from tests.conftest import API_KEY, free_port, private_home
 from tests.test_multiprocess import Process, base_env, call, get, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +46,7 @@ class Served:
 def two_workers(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`appraiser serve --workers 2` with JSON logs, on a private copy of the trained home."""
     root = tmp_path_factory.mktemp("observability")
-    home = root / "home"
-    shutil.copytree(
-        trained_home, home, ignore=shutil.ignore_patterns("appraiser.db*", "runs", "*.lock")
-    )
-    _copy_lineage(trained_home / "appraiser.db", home / "appraiser.db")
+    home = private_home(trained_home, root)
     port, metrics_port = free_port(), free_port()
     env = base_env(
         APPRAISER_HOME=str(home),
