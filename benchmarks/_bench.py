@@ -226,3 +226,20 @@ def rate(k: int, n: int) -> str:
     """`12.5% (8.1-18.7), 25/200`: a rate, its Wilson 95% interval and its counts."""
     r, low, high = wilson(k, n)
     return f"{r:.1f}% ({low:.1f}-{high:.1f}), {k}/{n}"
+
+
+def quick_model(stones: Any, timeout: float = 30) -> Any:
+    """A cheap champion for a benchmark: one LightGBM trial fitted on `stones`."""
+    from appraiser.tuning import fit
+
+    fitted = fit(
+        stones,
+        stones.head(50),
+        final_stones=None,
+        source="bench",
+        trials=1,
+        timeout=timeout,
+        candidates=["lightgbm"],
+        show_progress=False,
+    )
+    return fitted.final

@@ -25,27 +25,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import format_table, rate, wilson, write_json
+from _bench import format_table, quick_model, rate, wilson, write_json
 
 
 def champion(public: pd.DataFrame, size: int) -> tuple[Any, pd.DataFrame]:
     """(a model trained on `size` public stones, the public stones it never saw)."""
-    from appraiser.tuning import fit
 
     order = np.random.default_rng(7).permutation(len(public))
     train_part = public.iloc[order[:size]].reset_index(drop=True)
     unseen = public.iloc[order[size:]].reset_index(drop=True)
-    fitted = fit(
-        train_part,
-        train_part.head(50),
-        final_stones=None,
-        source="bench",
-        trials=1,
-        timeout=30,
-        candidates=["lightgbm"],
-        show_progress=False,
-    )
-    return fitted.final, unseen
+    return quick_model(train_part, timeout=30), unseen
 
 
 def quarter(factor: float) -> Callable[[pd.Series, np.random.Generator], np.ndarray]:

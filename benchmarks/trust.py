@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import format_table, rate, resolve_data, wilson, write_json
+from _bench import format_table, quick_model, rate, resolve_data, wilson, write_json
 
 from appraiser.challenge import CROSS_FIT_FOLDS
 
@@ -197,22 +197,11 @@ def gate_rates(
 
 def guard_rates(stones: pd.DataFrame, batches: int) -> dict[str, Any]:
     from appraiser import screening
-    from appraiser.tuning import fit
 
     order = np.random.default_rng(2).permutation(len(stones))
     train_part = stones.iloc[order[: len(stones) // 2]]
     fresh = stones.iloc[order[len(stones) // 2 :]]
-    fitted = fit(
-        train_part,
-        train_part.head(50),
-        final_stones=None,
-        source="bench",
-        trials=1,
-        timeout=10,
-        candidates=["lightgbm"],
-        show_progress=False,
-    )
-    model = fitted.final
+    model = quick_model(train_part, timeout=10)
     out: dict[str, Any] = {}
     rows = []
     for size in (50, 200, 1000):
