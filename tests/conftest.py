@@ -12,6 +12,7 @@ import pytest
 
 from appraiser import data, schema
 from appraiser.config import settings
+from tests import pg
 
 REPO = Path(__file__).resolve().parents[1]
 FRANCESCO = Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data" / "diamonds.csv"))
@@ -274,3 +275,22 @@ def lock_held_elsewhere() -> Iterator[None]:
     finally:
         release.set()
         thread.join()
+
+
+@pytest.fixture(params=pg.BACKENDS)
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """An empty default store on each backend (PostgreSQL when a server is at hand),
+    APPRAISER_HOME = tmp_path/home."""
+    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def with_champion(home_copy: Path, store_url: str, small_csv: Path) -> str:
+    """The trained champion (v1, trained on every stone of small_csv) in a private home, with its
+    lineage in this test's store (SQLite or PostgreSQL)."""
+    from appraiser import data, lineage
+
+    lineage.record("1", data.load(small_csv).clean, run_id="test", source="small", kind="train")
+    return "1"

@@ -38,7 +38,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from appraiser import store
-from tests.conftest import use_home
 from tests.system import in_ci
 
 BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
@@ -352,6 +351,8 @@ def backend_url(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     APPRAISER_HOME is `tmp_path / "home"` either way; the SQLite store is the default file there.
     """
+    from tests.conftest import use_home  # here: conftest imports this module for its fixtures
+
     use_home(tmp_path / "home")
     if backend == "sqlite":
         monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)

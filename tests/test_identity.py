@@ -19,18 +19,9 @@ from appraiser import archive, audit, auth, clock, feedback, ingest, pipeline, s
 from appraiser.api import create_app
 from appraiser.cli import app as cli
 from appraiser.config import settings
-from tests import pg
 from tests.conftest import API_KEY
 
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """An empty default store on each backend, APPRAISER_HOME = tmp_path/home."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture

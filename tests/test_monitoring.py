@@ -20,7 +20,6 @@ from appraiser import champion, feedback, monitoring, registry, schema, store
 from appraiser.api.routers.monitoring import quantile
 from appraiser.cli import app
 from appraiser.ingest import ingest_file
-from tests import pg
 from tests.conftest import API_KEY
 from tests.test_web import TIMEOUT_MS, expert_prices
 from tests.test_web import browser as browser  # the Chromium fixture (skipped without it)
@@ -28,12 +27,6 @@ from tests.test_web import browser as browser  # the Chromium fixture (skipped w
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 # appraisals of one stone at $1,000 (range $900 to $1,100), priced again by experts
 EXPERT_PRICES = [1050.0, 1200.0, 980.0]
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(request, tmp_path, monkeypatch):
-    """An empty default store on each backend, APPRAISER_HOME = tmp_path/home."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture

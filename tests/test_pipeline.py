@@ -13,7 +13,6 @@ from appraiser.ingest import ingest_file
 from appraiser.pipeline import in_sealed_set, retrain
 from appraiser.predict import Appraiser
 from appraiser.train import TrainingError
-from tests import pg
 from tests.conftest import lock_held_elsewhere, use_home
 
 
@@ -119,12 +118,6 @@ def test_a_second_pass_waits_for_the_lock(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(PipelineBusy, match="another pipeline pass"):
             run_pass(None, show_progress=False)
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(request, tmp_path, monkeypatch):
-    """An empty default store on each backend (PostgreSQL when a server is at hand)."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
 
 
 def test_one_pass_at_a_time_per_store(store_url):

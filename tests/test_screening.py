@@ -3,8 +3,6 @@ the defect it guards against; each failed on the code before the fix (checked ag
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,23 +10,6 @@ import pytest
 from appraiser import drift, ingest, lineage, pipeline, screening
 from appraiser.ingest import ingest_file
 from appraiser.pipeline import labelled_stones
-from tests import pg
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(request, tmp_path, monkeypatch):
-    """An empty default store on each backend, APPRAISER_HOME = tmp_path/home."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def with_champion(home_copy: Path, store_url: str, small_csv: Path) -> str:
-    """The trained champion (v1, trained on every stone of small_csv) in a private home, with its
-    lineage in this test's store (SQLite or PostgreSQL)."""
-    from appraiser import data
-
-    lineage.record("1", data.load(small_csv).clean, run_id="test", source="small", kind="train")
-    return "1"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -24,15 +24,6 @@ from sqlalchemy.pool import NullPool
 
 from appraiser import schema, store
 from appraiser.ingest import DUPLICATE_OF_STORE, accepted_stones, ingest_file, rejected
-from tests import pg
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """An empty default store on each backend, APPRAISER_HOME = tmp_path/home."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:

@@ -18,25 +18,7 @@ from appraiser.gate import GatePolicy
 from appraiser.ingest import ingest_file
 from appraiser.models import PriceModel
 from appraiser.pipeline import labelled_stones, retrain, run_pass
-from tests import pg
 from tests.conftest import lock_held_elsewhere
-
-
-@pytest.fixture(params=pg.BACKENDS)
-def store_url(request, tmp_path, monkeypatch):
-    """An empty default store on each backend, APPRAISER_HOME = tmp_path/home."""
-    yield from pg.backend_url(request.param, tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def with_champion(home_copy: Path, store_url: str, small_csv: Path) -> str:
-    """The trained champion (v1, trained on every stone of small_csv) in a private home, with its
-    lineage in this test's store (SQLite or PostgreSQL)."""
-    from appraiser import data
-
-    lineage.record("1", data.load(small_csv).clean, run_id="test", source="small", kind="train")
-    return "1"
-
 
 # --- the gate's statistics (no training) ---------------------------------------------------------
 
