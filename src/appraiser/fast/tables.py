@@ -22,7 +22,7 @@ every stone: O(leaves x depth^2) per tree, 0.6-3.7 ms per stone here for 600 tre
    added (`_groups`); down to single leaves if need be, whose grids have at least 2^d cells.
 A stone is then placed once in each feature's sorted thresholds (all trees'), which gives its cell
 in every group: one table row per group. The same numbers as LightGBM to rounding (1e-14 here),
-10-25 times faster here (benchmarks/serving_parts.py); `LeafTables.build` checks them against
+5-20 times faster here (benchmarks/serving_parts.py); `LeafTables.build` checks them against
 LightGBM on stones at and beside every threshold, and declines (LightGBM explains) a split it does
 not model or tables past the memory bounds below (at most 2M rows, 112 MB, and 40 MB of lookups).
 """
