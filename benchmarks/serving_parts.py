@@ -18,7 +18,7 @@ In this process, on 1,000 real public stones and on one, with the champion of --
    store.bulk_insert;
 5. one batch of 1,000 stones through the steps of POST /v1/appraisals/batch in process (no HTTP,
    the storing in 4), beside the bare endpoint's /batch steps (its booster is the one
-   benchmarks/serving.py saves as .appraiser/bare-xgboost-500.json).
+   benchmarks/serving.py saves in the home as bare-xgboost-500.json).
 6. the XGBoost trees of a small call (issue 22), the champion's XGBoost member or, when it has
    none, one fitted with the candidate's defaults on the 1,000 stones: for 1 and 4 stones,
    XGBoost against treelite's GTIL (boosters.SMALL_CALL_ROWS); for 8, the booster as loaded
@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[tuple[str, float, float]] = []
 
     for forest in native.forests(model):
-        compiled, booster = forest.holder.native, forest.booster
+        fast, booster = forest.holder.accelerated, forest.booster
+        compiled = fast.compiled if fast is not None else None
         if compiled is None:
             print(f"{forest.role}: not compiled on this machine (APPRAISER_NATIVE_TREES?)")
             continue
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     )
     print()
-    steps = batch_steps(appraiser, stones, args.repeats)
+    steps = batch_steps(appraiser, stones, args.repeats, args.home.expanduser().resolve())
     print(format_table(["step", "ms"], steps, title="One batch of 1,000 stones, in process"))
 
 
@@ -211,7 +212,7 @@ def shapes_only(shapes: list[str], repeats: int) -> None:
     )
 
 
-def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
+def batch_steps(appraiser: Any, stones: Any, repeats: int, home: Path) -> list[list[str]]:
     """Where POST /v1/appraisals/batch spends its CPU on 1,000 stones, without HTTP (the steps of
     routers.appraisals.appraise_batch and price_and_store), beside the bare endpoint's /batch."""
     import json
@@ -241,7 +242,7 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
 
     matrix = features.encode_stones(valid)
     booster = xgb.Booster()
-    booster.load_model(str(REPO / ".appraiser" / "bare-xgboost-500.json"))
+    booster.load_model(str(home / "bare-xgboost-500.json"))  # saved there by serving.py
     booster.set_param({"nthread": 1})
     bare_batch = bare_endpoint.Batch.model_validate_json(body)
     bare_matrix = np.asarray([bare_endpoint.row(d) for d in bare_batch.diamonds], np.float32)
