@@ -136,7 +136,7 @@ def compare(
             )
             continue
         nearest = min(refs, key=lambda r: abs(r.log_level - implied))
-        close = abs(nearest.log_level - implied) <= tolerance
+        close = bool(abs(nearest.log_level - implied) <= tolerance)
         verdict = close if mine.sum() >= min_stones else None
         # agreeing: judged around its own level; else around the market's
         centre[mine] = implied if close else nearest.log_level
