@@ -267,3 +267,39 @@ def test_approved_expert_prices_carry_the_day_they_were_sent(with_champion, ston
     (row,) = feedback.approved_stones().to_dict("records")
     assert row[schema.APPRAISED_AT] == clock.today() and row["price"] == 5100
     assert pipeline.labelled_stones().stones[schema.APPRAISED_AT].tolist() == [clock.today()]
+
+
+def test_an_upload_is_its_keys_persons_not_the_label_it_claims(
+    fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from appraiser import auth
+    from appraiser.api import create_app
+    from appraiser.config import settings
+    from tests.conftest import API_KEY
+
+    monkeypatch.setenv("APPRAISER_API_KEY", API_KEY)
+    settings.cache_clear()
+    key = auth.create_key("giulia-laptop", "admin", actor="test", person="Giulia")
+    rows = fresh.iloc[:12].to_dict(orient="records")
+    rows[0][schema.APPRAISED_AT] = "2025-03-14"
+    rows[1][schema.APPRAISED_AT] = "14/03/2025"
+    with TestClient(create_app()) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        sent = client.post(
+            "/v1/diamonds", json={"diamonds": rows, "source": "expert b"}, headers=headers
+        )
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["rows_accepted"] == 11
+        refused = sent.json()["rejected_rows"][0]
+        assert refused["line"] == 3 and refused["reasons"].startswith(schema.APPRAISED_AT_RULE)
+        rows[2][schema.APPRAISED_AT] = 20250314
+        number = client.post("/v1/diamonds", json={"diamonds": rows[2:]}, headers=headers)
+        assert number.status_code == 422
+        assert number.json()["message"].startswith(f"diamonds[0].{schema.APPRAISED_AT}:")
+    settings.cache_clear()
+    (batch,) = ingest.batches()
+    assert batch["source"] == "giulia" and batch["file_name"] == "expert b (JSON request)"
+    dated = stored_market.dated_stones()
+    assert dated[schema.APPRAISED_AT].iloc[0] == date(2025, 3, 14)
