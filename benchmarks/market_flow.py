@@ -54,8 +54,8 @@ def main() -> None:
     import os
 
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
+    from appraiser import audit, clock, data, ingest, pipeline, registry
     from appraiser import champion as champions
-    from appraiser import clock, data, ingest, pipeline, registry
     from appraiser.store import market as stored
     from appraiser.train import train
 
@@ -116,6 +116,11 @@ def main() -> None:
         }
         for source in (*HONEST, MARKING)
     }
+    released = [
+        batch_source[str(e["details"]["batch_id"])]
+        for e in audit.events(action="batch_released")
+        if e["actor"] == audit.GUARD
+    ]
     series = stored.load()
     current = series.current(today)
     truth_level = true_level(MONTHS)
@@ -124,7 +129,7 @@ def main() -> None:
     truth = now["price"].to_numpy() * truth_level
     base = model.predict(now)["price"].to_numpy()
     started_refresh = time.perf_counter()
-    stored.refresh(lambda s: model.predict(s)["price"].to_numpy(), "bench")
+    stored.refresh(lambda s: np.exp(model.predict_log(s)), "bench")
     refresh_seconds = time.perf_counter() - started_refresh
     print(
         json.dumps(
@@ -133,6 +138,7 @@ def main() -> None:
                 "per_month": args.per_month,
                 "batches": counts,
                 "goals": "honest: all accepted, none held; marking source: all held",
+                "released_by_the_guard": released,
                 "level_today": round(current.level, 4),
                 "interval": [round(current.low, 4), round(current.high, 4)],
                 "true_level_today": round(truth_level, 4),

@@ -165,8 +165,9 @@ def _months(stones: pd.DataFrame) -> np.ndarray:
 
 
 def _log_ratios(model: PriceModel, stones: pd.DataFrame) -> np.ndarray:
-    price = model.predict_matrix(features.encode(stones).to_numpy(dtype=float))[0]
-    return np.log(stones[schema.TARGET].to_numpy(dtype=float)) - np.log(price)
+    # the log price alone: the range is not needed, and costs as much again
+    predicted = model.predict_log_matrix(features.encode(stones).to_numpy(dtype=float))
+    return np.log(stones[schema.TARGET].to_numpy(dtype=float)) - predicted
 
 
 def view(
@@ -237,7 +238,7 @@ def _refresh(loaded: tuple[str, PriceModel], engine: Engine | None) -> market.Se
     from appraiser.store import market as stored
 
     version, model = loaded
-    return stored.refresh(lambda s: model.predict(s)["price"].to_numpy(), version, engine)
+    return stored.refresh(lambda s: np.exp(model.predict_log(s)), version, engine)
 
 
 def rescreen_held(loaded: tuple[str, PriceModel], engine: Engine | None = None) -> list[int]:

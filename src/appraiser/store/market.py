@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, delete, insert, select
 
@@ -148,4 +149,4 @@ def refresh_with_champion(engine: Engine | None = None) -> market.Series | None:
         return None
     version, model = registry.load_version(current)
     logger.info("market level refreshed against v%s", version)
-    return refresh(lambda stones: model.predict(stones)["price"].to_numpy(), version, engine)
+    return refresh(lambda stones: np.exp(model.predict_log(stones)), version, engine)
