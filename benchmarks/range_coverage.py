@@ -16,7 +16,8 @@ its 90% range calibrated three ways (models.AdaptiveRange), each priced on the t
   (CV+), what tuning.fit calibrates now in a first training and in a retrain.
 
 It prints the coverage of every cut, color and clarity level and carat band with a Wilson 95%
-interval, marking those outside 88-92% among levels of 500+ stones.
+interval, marking those outside 88-92% among levels of 500+ stones, and each calibration's mean
+price_high / price_low (how wide the range is).
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     coverage: dict[str, list[dict[str, Any]]] = {}
     overall: dict[str, float] = {}
+    ratio: dict[str, float] = {}  # mean price_high / price_low: how wide the range is
     for name, ranges in variants.items():
         low, high = ranges.bounds(test_matrix, log_price)
         predicted = pd.DataFrame({"price_low": np.exp(low), "price_high": np.exp(high)})
         coverage[name] = evaluate.grade_coverage(test, predicted)
         truth = np.log(test[schema.TARGET].to_numpy())
         overall[name] = float(100 * ((truth >= low) & (truth <= high)).mean())
+        ratio[name] = float(np.exp(high - low).mean())
 
     def cell(r: dict[str, Any]) -> str:
         out = r["stones"] >= MIN_LEVEL and not GOAL[0] <= r["coverage"] <= GOAL[1]
@@ -130,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, rows_ in coverage.items()
     }
     for name, levels in outside.items():
-        print(f"{name}: calibrated in {seconds[name]:.1f} s; outside: {', '.join(levels) or '-'}")
+        print(
+            f"{name}: calibrated in {seconds[name]:.1f} s; mean high/low {ratio[name]:.3f}; "
+            f"outside: {', '.join(levels) or '-'}"
+        )
     write_json(
         args.json,
         {
@@ -139,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "args": {k: str(v) for k, v in vars(args).items()},
             "coverage": coverage,
             "overall": overall,
+            "mean_high_over_low": ratio,
             "outside": outside,
             "calibration_seconds": seconds,
         },

@@ -1,6 +1,6 @@
 """Where a served price's time goes, part by part, before and after each speed-up of issue 12.
 
-    python benchmarks/serving_parts.py [--home DIR] [--repeats N]
+    python benchmarks/serving_parts.py [--home DIR] [--repeats N] [--shapes 600x15 322x45 ...]
 
 In this process, on 1,000 real public stones and on one, with the champion of --home (default
 .appraiser, the one `make run` trains; see benchmarks/serving.py for training one):
@@ -9,14 +9,16 @@ In this process, on 1,000 real public stones and on one, with the champion of --
    compile takes;
 2. the sparse-region check: the full 10-neighbour k-d tree query against the shortcut
    (ReferenceIndex.sparse), and whether their answers agree;
-3. the price model's exact contributions (TreeSHAP) for 8 stones (a micro-batch of explained
-   requests) and for one: LightGBM's against the tables of treeshap.py, their largest difference,
-   and how long making and checking the tables takes;
+3. the price model's exact contributions (TreeSHAP) for 64 stones, 8 (a micro-batch of explained
+   requests) and one: LightGBM's against the tables of fast/tables.py, their largest
+   difference, their size, and how long making and checking them takes; with --shapes, only this
+   part, on LightGBM members of those shapes (trees x leaves) fitted on the public stones with the
+   candidate's defaults otherwise, in place of the champion's;
 4. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
    store.bulk_insert;
 5. one batch of 1,000 stones through the steps of POST /v1/appraisals/batch in process (no HTTP,
    the storing in 4), beside the bare endpoint's /batch steps (its booster is the one
-   benchmarks/serving.py saves as .appraiser/bare-xgboost-500.json).
+   benchmarks/serving.py saves in the home as bare-xgboost-500.json).
 6. the XGBoost trees of a small call (issue 22), the champion's XGBoost member or, when it has
    none, one fitted with the candidate's defaults on the 1,000 stones: for 1 and 4 stones,
    XGBoost against treelite's GTIL (boosters.SMALL_CALL_ROWS); for 8, the booster as loaded
@@ -46,6 +48,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, default=REPO / ".appraiser", help="APPRAISER_HOME")
     parser.add_argument("--repeats", type=int, default=30, help="runs of each method")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="TREESxLEAVES",
+        help="only the explanations (item 3), on LightGBM members of these shapes",
+    )
     return parser.parse_args(argv)
 
 
@@ -64,6 +72,9 @@ def medians(methods: dict[str, Callable[[], Any]], repeats: int) -> dict[str, fl
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.shapes:
+        shapes_only(args.shapes, args.repeats)
+        return
     use_home(args.home.expanduser().resolve())
     from appraiser.predict import Appraiser
 
@@ -75,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[tuple[str, float, float]] = []
 
     for forest in native.forests(model):
-        compiled, booster = forest.holder.native, forest.booster
+        fast, booster = forest.holder.accelerated, forest.booster
+        compiled = fast.compiled if fast is not None else None
         if compiled is None:
             print(f"{forest.role}: not compiled on this machine (APPRAISER_NATIVE_TREES?)")
             continue
@@ -104,33 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from appraiser.models import LightGBMMember
 
-    for member in (m for m in model.members if isinstance(m, LightGBMMember)):
-        started = time.perf_counter()
-        tables = treeshap.LeafTables.build(member._fitted())
-        built_s = time.perf_counter() - started
-        if tables is None:
-            print(f"{member.kind}: no TreeSHAP tables (a split they do not model, or too large)")
-            continue
-        shap_gap = np.abs(
-            tables.contributions(matrix) - member._fitted().predict(matrix, pred_contrib=True)
-        ).max()
-        print(
-            f"{member.kind} TreeSHAP tables: made and checked in {built_s:.1f} s; largest "
-            f"difference from LightGBM's contributions on the 1,000 stones {shap_gap:.1e}"
-        )
-        for label, rows_in in (("8 stones", matrix[:8]), ("1 stone", one)):
-
-            def by_treeshap(m: np.ndarray = rows_in, b: Any = member._fitted()) -> Any:
-                return b.predict(m, pred_contrib=True, num_threads=1)
-
-            def by_tables(m: np.ndarray = rows_in, t: Any = tables) -> Any:
-                return t.contributions(m)
-
-            took = medians({"lightgbm": by_treeshap, "tables": by_tables}, args.repeats)
-            rows.append(
-                (f"explanation, {label} (LightGBM's TreeSHAP, 1 thread)", took["lightgbm"],
-                 took["tables"])
-            )  # fmt: skip
+    members = [m for m in model.members if isinstance(m, LightGBMMember)]
+    rows.extend(explanation_rows(members, matrix, args.repeats))
 
     index = appraiser.index
     points = index._points(matrix) / index._scale
@@ -155,11 +142,77 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     )
     print()
-    steps = batch_steps(appraiser, stones, args.repeats)
+    steps = batch_steps(appraiser, stones, args.repeats, args.home.expanduser().resolve())
     print(format_table(["step", "ms"], steps, title="One batch of 1,000 stones, in process"))
 
 
-def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
+def explanation_rows(
+    members: list[Any], matrix: np.ndarray, repeats: int
+) -> list[tuple[str, float, float]]:
+    """Item 3 for each LightGBM member: LightGBM's TreeSHAP against the tables."""
+    rows = []
+    for member in members:
+        booster = member._fitted()
+        trees = booster.num_trees()
+        started = time.perf_counter()
+        tables = treeshap.LeafTables.build(booster)
+        built_s = time.perf_counter() - started
+        if tables is None:
+            print(f"{member.kind} ({trees} trees): no TreeSHAP tables (a split they do not model, "
+                  f"or past the memory bounds; declined in {built_s:.1f} s)")  # fmt: skip
+            continue
+        shap_gap = np.abs(tables.contributions(matrix) - booster.predict(matrix, pred_contrib=True))
+        megabytes = (tables.table.nbytes + sum(x.nbytes for x in tables.lookup)) / 1e6
+        print(
+            f"{member.kind} TreeSHAP tables: {trees} trees as {len(tables.lookup[0]):,} groups, "
+            f"{len(tables.table):,} rows, {megabytes:.0f} MB; made and checked in {built_s:.1f} s; "
+            f"largest difference from LightGBM's contributions on the 1,000 stones "
+            f"{shap_gap.max():.1e}"
+        )
+        # one stone, 8 (a micro-batch of explained requests), and 64 different ones: repeating a
+        # call keeps its few table rows in the cache, which 64 stones' rows no longer fit
+        for label, rows_in in (("64 stones", matrix[:64]), ("8 stones", matrix[:8]),
+                               ("1 stone", matrix[:1])):  # fmt: skip
+
+            def by_treeshap(m: np.ndarray = rows_in, b: Any = booster) -> Any:
+                return b.predict(m, pred_contrib=True, num_threads=1)
+
+            def by_tables(m: np.ndarray = rows_in, t: Any = tables) -> Any:
+                return t.contributions(m)
+
+            took = medians({"lightgbm": by_treeshap, "tables": by_tables}, repeats)
+            rows.append(
+                (f"explanation, {label}, {trees} trees (LightGBM's TreeSHAP, 1 thread)",
+                 took["lightgbm"], took["tables"])
+            )  # fmt: skip
+    return rows
+
+
+def shapes_only(shapes: list[str], repeats: int) -> None:
+    """Item 3 alone, on LightGBM members of the given shapes fitted on the public stones."""
+    from appraiser.models import CANDIDATES
+
+    stones = data.load(None).clean
+    matrix = features.encode(stones.sample(1000, random_state=0)).to_numpy()
+    members = []
+    for shape in shapes:
+        trees, leaves = (int(n) for n in shape.lower().split("x"))
+        params = {"n_estimators": trees, "num_leaves": leaves}
+        started = time.perf_counter()
+        members.append(CANDIDATES["lightgbm"].build(params).fit(stones, np.log(stones["price"])))
+        print(f"{shape}: fitted on {len(stones):,} stones in {time.perf_counter() - started:.0f} s")
+    rows = explanation_rows(members, matrix, repeats)
+    print()
+    print(
+        format_table(
+            ["part", "before ms", "after ms", "speed-up"],
+            [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in rows],
+            title="Median milliseconds per call",
+        )
+    )
+
+
+def batch_steps(appraiser: Any, stones: Any, repeats: int, home: Path) -> list[list[str]]:
     """Where POST /v1/appraisals/batch spends its CPU on 1,000 stones, without HTTP (the steps of
     routers.appraisals.appraise_batch and price_and_store), beside the bare endpoint's /batch."""
     import json
@@ -189,7 +242,7 @@ def batch_steps(appraiser: Any, stones: Any, repeats: int) -> list[list[str]]:
 
     matrix = features.encode_stones(valid)
     booster = xgb.Booster()
-    booster.load_model(str(REPO / ".appraiser" / "bare-xgboost-500.json"))
+    booster.load_model(str(home / "bare-xgboost-500.json"))  # saved there by serving.py
     booster.set_param({"nthread": 1})
     bare_batch = bare_endpoint.Batch.model_validate_json(body)
     bare_matrix = np.asarray([bare_endpoint.row(d) for d in bare_batch.diamonds], np.float32)

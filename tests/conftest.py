@@ -95,6 +95,18 @@ def no_leaked_mlflow_uri() -> Iterator[None]:
     assert after == before, f"the test left MLflow's environment changed: {before} -> {after}"
 
 
+@pytest.fixture
+def one_candidate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Training and retraining tune LightGBM alone (APPRAISER_CANDIDATES), children included:
+    for tests of the loop, not of the candidates (test_train and test_models cover those), at
+    about a third of the cost of tuning all four."""
+    monkeypatch.setenv("APPRAISER_CANDIDATES", "lightgbm")
+    settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    settings.cache_clear()
+
+
 def use_home(path: Path) -> None:
     os.environ["APPRAISER_HOME"] = str(path)
     settings.cache_clear()

@@ -157,6 +157,7 @@ def test_one_price_per_appraisal_and_stone_per_expert_with_a_flag(
     assert flag and "above the appraisal" in flag and "90% range" in flag
 
 
+@pytest.mark.usefixtures("one_candidate")  # a test of the loop, not of the candidates
 def test_absurd_prices_stay_pending_and_approved_ones_teach(
     client: TestClient, public: pd.DataFrame
 ) -> None:

@@ -364,6 +364,7 @@ def test_a_marked_up_upload_is_held_until_released(
     assert client.post(f"/v1/batches/{body['batch_id']}/bless", headers=ADMIN).status_code == 422
 
 
+@pytest.mark.usefixtures("one_candidate")  # a test of the loop, not of the candidates
 def test_retrain_runs_as_a_job(client: TestClient, small_csv: Path) -> None:
     upload = client.post(
         "/v1/diamonds",

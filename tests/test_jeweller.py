@@ -4,6 +4,7 @@ along the path a real stone takes, reasons in a jeweller's terms, grade what-ifs
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,7 +116,9 @@ def test_the_range_holds_in_every_carat_band() -> None:
     chance = ranges.prob_above(test, zero, np.exp(high))  # P(above the range's top) ~ 5%
     for b in range(len(schema.CARAT_LABELS)):
         rows = band == b
-        assert abs(chance[rows].mean() - (truth[rows] > high[rows]).mean()) < 0.015, b
+        # within 3 standard errors of a 5% tail: the band's calibration scores and its test stones
+        se = np.sqrt(0.05 * 0.95 * (1 / len(ranges.band_scores[b]) + 1 / rows.sum()))
+        assert abs(chance[rows].mean() - (truth[rows] > high[rows]).mean()) < 3 * se, b
 
 
 def test_short_carat_bands_merge_into_their_smaller_neighbour() -> None:
@@ -139,33 +142,93 @@ def test_short_carat_bands_merge_into_their_smaller_neighbour() -> None:
     assert carat_bands(carats(60, 50, 40, 30, 10)) == []  # too few stones: one band
 
 
-def test_a_range_saved_before_the_bands_loads_and_prices_as_before(tmp_path: Path) -> None:
-    """A model saved with one list of scores keeps its one distribution: the same ends (the
-    conformal order statistics of all scores) and the same deal probabilities for every stone."""
+def _log_abs_booster(matrix: np.ndarray, errors: np.ndarray, path: Path) -> Any:
+    """A spread model as saved before E[r^2]: a LightGBM booster of log |r|, written to `path`."""
+    import lightgbm as lgb
+
+    booster = lgb.LGBMRegressor(n_estimators=30, num_leaves=8, verbose=-1).fit(
+        matrix, np.log(np.abs(errors) + 1e-3)
+    )
+    booster.booster_.save_model(str(path))
+    return booster.booster_
+
+
+def test_ranges_saved_in_older_formats_load_and_price_as_before(tmp_path: Path) -> None:
+    """A range saved with one list of scores keeps its one distribution, one saved with
+    "band_scores" its bands; both read their spread model as log |r| (sigma = exp of it): the
+    same ends (the conformal order statistics of the scores) and the same deal probabilities."""
+    matrix, errors, _ = _tails_by_carat(3000, 3)
+    banded = AdaptiveRange.fit(matrix, errors, 0.9, seed=0)
+    old_booster = _log_abs_booster(matrix, errors, tmp_path / "spread.txt")
+    test, _, _ = _tails_by_carat(500, 4)
+    sigma = np.exp(old_booster.predict(test))
+    asking = np.exp(np.random.default_rng(5).normal(0, 0.1, len(test)))
+    zero = np.zeros(len(test))
+
+    scores = np.sort(banded.scores)  # before the bands: one distribution
+    n = len(scores)
+    old = {"file": "spread.txt", "scores": [float(v) for v in scores], "coverage": 0.9}
+    loaded = AdaptiveRange.load(tmp_path, old)
+    low, high = scores[int(np.floor((n + 1) * 0.05)) - 1], scores[int(np.ceil((n + 1) * 0.95)) - 1]
+    got_low, got_high = loaded.bounds(test, zero)
+    np.testing.assert_allclose(got_low, sigma * low, rtol=1e-9)
+    np.testing.assert_allclose(got_high, sigma * high, rtol=1e-9)
+    above = n - np.searchsorted(scores, np.log(asking) / sigma, side="right")
+    np.testing.assert_allclose(loaded.prob_above(test, zero, asking), (above + 0.5) / (n + 1))
+
+    bands = [np.sort(b) for b in banded.band_scores]  # with the bands, before E[r^2]
+    edges = [0.5, 1.0, 1.5, 2.0]
+    assert banded.edges == edges
+    state = {"file": "spread.txt", "carat_edges": edges, "coverage": 0.9}
+    loaded = AdaptiveRange.load(tmp_path, {**state, "band_scores": [list(b) for b in bands]})
+    band = np.searchsorted(edges, test[:, 0], side="right")
+    tail = (1 - 0.9) / 2  # as the range computes it (0.05 less a rounding)
+    lows = np.array([b[int(np.floor((len(b) + 1) * tail)) - 1] for b in bands])
+    tops = np.array([b[int(np.ceil((len(b) + 1) * (1 - tail))) - 1] for b in bands])
+    got_low, got_high = loaded.bounds(test, zero)
+    np.testing.assert_allclose(got_low, sigma * lows[band], rtol=1e-9)
+    np.testing.assert_allclose(got_high, sigma * tops[band], rtol=1e-9)
+
+
+def test_a_saved_range_comes_back_as_it_was(tmp_path: Path) -> None:
     matrix, errors, _ = _tails_by_carat(3000, 3)
     banded = AdaptiveRange.fit(matrix, errors, 0.9, seed=0)
     state = banded.save(tmp_path)
-    assert len(state["band_scores"]) == 5 and state["carat_edges"] == [0.5, 1.0, 1.5, 2.0]
-    old = {"file": state["file"], "scores": [float(v) for v in banded.scores], "coverage": 0.9}
-    loaded = AdaptiveRange.load(tmp_path, old)
+    assert len(state["bands"]) == 5 and state["carat_edges"] == [0.5, 1.0, 1.5, 2.0]
+    assert state["spread"] == "squared" and "band_scores" not in state  # older readers fail
     test, _, _ = _tails_by_carat(500, 4)
-    sigma, scores = banded.sigma(test), np.sort(banded.scores)
-    n = len(scores)  # the order statistics as a single distribution gives them
-    low, high = scores[int(np.floor((n + 1) * 0.05)) - 1], scores[int(np.ceil((n + 1) * 0.95)) - 1]
-    got_low, got_high = loaded.bounds(test, np.zeros(len(test)))
-    np.testing.assert_allclose(got_low, sigma * low, rtol=1e-9)
-    np.testing.assert_allclose(got_high, sigma * high, rtol=1e-9)
-    asking = np.exp(np.random.default_rng(5).normal(0, 0.1, len(test)))
-    above = n - np.searchsorted(scores, np.log(asking) / sigma, side="right")
-    np.testing.assert_allclose(
-        loaded.prob_above(test, np.zeros(len(test)), asking), (above + 0.5) / (n + 1)
-    )
-    again = AdaptiveRange.load(tmp_path, state)  # and the banded state comes back banded
+    zero = np.zeros(len(test))
+    again = AdaptiveRange.load(tmp_path, state)
     assert again.edges == banded.edges
-    np.testing.assert_allclose(
-        again.bounds(test, np.zeros(len(test))), banded.bounds(test, np.zeros(len(test))), atol=1e-6
-    )
+    np.testing.assert_allclose(again.sigma(test), banded.sigma(test), rtol=1e-9)
+    np.testing.assert_allclose(again.bounds(test, zero), banded.bounds(test, zero), atol=1e-6)
     np.testing.assert_allclose(again.scores, banded.scores, atol=1e-6)
+
+
+def _tails_by_grade(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two cut grades whose typical error is alike but whose tails are not: normal errors for
+    one, Student t (4 df) for the other, as Ideal's tails are heavier than Premium's."""
+    rng = np.random.default_rng(seed)
+    matrix = np.zeros((n, len(features.ENCODED)))
+    matrix[:, features.ENCODED.index("carat")] = rng.uniform(0.3, 1.4, n)
+    grade = rng.integers(0, 2, n)
+    matrix[:, features.ENCODED.index("cut")] = grade
+    errors = np.where(grade == 1, 0.04 * rng.standard_t(4, n), rng.normal(0, 0.05, n))
+    return matrix, errors, grade
+
+
+def test_grades_with_heavier_tails_keep_their_coverage() -> None:
+    """Defect: sigma(x) learnt as the mean of log |r| follows a grade's many small errors, not
+    its tails, so the heavier-tailed grade got 88% and the other 92% (Ideal 87.6% against
+    Premium 91.8% on the collection); sigma(x)^2 = E[r^2 | x] weighs the tails."""
+    matrix, errors, _ = _tails_by_grade(6000, 0)
+    ranges = AdaptiveRange.fit(matrix, errors, 0.9, seed=0)
+    test, truth, grade = _tails_by_grade(30000, 100)
+    low, high = ranges.bounds(test, np.zeros(len(test)))
+    inside = (truth >= low) & (truth <= high)
+    normal, heavy = inside[grade == 0].mean(), inside[grade == 1].mean()  # 15,000 stones each
+    assert 0.88 <= normal <= 0.92 and 0.88 <= heavy <= 0.92, (normal, heavy)
+    assert abs(normal - heavy) <= 0.02, (normal, heavy)
 
 
 def test_verdicts() -> None:

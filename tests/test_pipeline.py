@@ -15,6 +15,9 @@ from appraiser.predict import Appraiser
 from appraiser.train import TrainingError
 from tests.conftest import lock_held_elsewhere, use_home
 
+# these tests exercise the loop, not the candidates
+pytestmark = pytest.mark.usefixtures("one_candidate")
+
 
 def test_sealed_set_is_fixed_by_the_stone(public):
     stones = public.head(2000)

@@ -39,6 +39,48 @@ def test_the_tables_give_lightgbms_contributions(stones: np.ndarray, params: dic
     )
 
 
+@pytest.fixture(scope="module")
+def big_trees(stones: np.ndarray) -> lgb.Booster:
+    """Trees of 48 leaves, the LightGBM candidate's largest: too large for one grid each."""
+    return booster(stones, num_leaves=48, min_child_samples=2)
+
+
+def test_trees_too_large_for_one_grid_are_tabulated_by_subtree(
+    stones: np.ndarray, big_trees: lgb.Booster
+) -> None:
+    dump = big_trees.dump_model()
+    leaves = [treeshap._leaves(tree) for tree in dump["tree_info"]]
+    assert max(len(found) for found in leaves if found) >= 40
+    tables = treeshap.LeafTables.build(big_trees)
+    assert tables is not None
+    assert len(tables.lookup[0]) > big_trees.num_trees()  # some trees were cut into subtrees
+    for rows in (stones[:1], stones[:9], stones, probes.stones(None, tables.cuts)):
+        expected = big_trees.predict(rows, pred_contrib=True)
+        np.testing.assert_allclose(tables.contributions(rows), expected, rtol=0, atol=1e-10)
+
+
+def test_the_memory_bounds_hold_or_lightgbm_explains(
+    stones: np.ndarray, big_trees: lgb.Booster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tables = treeshap.LeafTables.build(big_trees)
+    assert tables is not None
+    rows, groups = len(tables.table), len(tables.lookup[0])
+    assert rows <= treeshap.MAX_TABLE_ROWS
+    assert sum(lookup.size for lookup in tables.lookup) <= treeshap.MAX_LOOKUP
+    # a tighter bound on one group's work cuts more subtrees, and the answers stay exact
+    monkeypatch.setattr(treeshap, "MAX_GROUP_WORK", 10_000)
+    finer = treeshap.LeafTables.build(big_trees)
+    assert finer is not None and len(finer.lookup[0]) > groups
+    np.testing.assert_allclose(
+        finer.contributions(stones), tables.contributions(stones), rtol=0, atol=1e-10
+    )
+    monkeypatch.undo()
+    for bound, value in (("MAX_TABLE_ROWS", rows - 1), ("MAX_LOOKUP", groups)):
+        with monkeypatch.context() as patch:
+            patch.setattr(treeshap, bound, value)
+            assert treeshap.LeafTables.build(big_trees) is None, bound
+
+
 def test_a_categorical_split_is_left_to_lightgbm(stones: np.ndarray) -> None:
     codes = stones.copy()  # column 5 holds the color's code
     target = np.isin(np.round(codes[:, 5]), [1, 3]).astype(float)

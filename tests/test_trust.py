@@ -20,6 +20,9 @@ from appraiser.models import PriceModel
 from appraiser.pipeline import labelled_stones, retrain, run_pass
 from tests.conftest import lock_held_elsewhere
 
+# these tests exercise the loop, not the candidates
+pytestmark = pytest.mark.usefixtures("one_candidate")
+
 # --- the gate's statistics (no training) ---------------------------------------------------------
 
 

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         description="a tracking server; by default a SQLite file under `home`",
     )
     seed: int = 42
+    candidates: str = Field(
+        default="",
+        description=(
+            "comma-separated candidates that training and retraining tune when none are named "
+            "(`appraiser train --candidate`); empty: all of them. A small machine, or a test of "
+            "the loop rather than of the models, may keep one"
+        ),
+    )
     # the API (appraiser serve)
     api_key: SecretStr | None = Field(
         default=None,
@@ -211,6 +219,10 @@ class Settings(BaseSettings):
     @property
     def trusted_proxy_list(self) -> list[str]:
         return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @property
+    def candidate_list(self) -> list[str]:
+        return [c.strip() for c in self.candidates.split(",") if c.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.model_selection import GroupKFold
 
 from appraiser import data, evaluate, explain, features, lineage, schema, screening
-from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS
+from appraiser.config import DEFAULT_TIMEOUT, DEFAULT_TRIALS, settings
 from appraiser.models import (
     CANDIDATES,
     MEMBER_TYPES,
@@ -293,10 +293,13 @@ def fit(
     The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
     to the size of the model it serves.
     """
-    names = candidates or list(CANDIDATES)
+    names = candidates or settings().candidate_list or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
-        raise TrainingError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
+        raise TrainingError(
+            f"unknown candidate(s) {unknown} (the --candidate option or APPRAISER_CANDIDATES); "
+            f"choose from {list(CANDIDATES)}"
+        )
     fit_part = fit_part.reset_index(drop=True)
     stones = fit_part if final_stones is None else final_stones
     fingerprint = data.fingerprint(stones[list(schema.COLUMNS)])

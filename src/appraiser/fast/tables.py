@@ -1,8 +1,8 @@
-"""Exact TreeSHAP contributions of a LightGBM forest of small trees, read from tables made once.
+"""Exact TreeSHAP contributions of a LightGBM forest, read from tables made once.
 
 LightGBM's `predict(pred_contrib=True)` runs path-dependent TreeSHAP (Lundberg et al. 2020) for
-every stone: O(leaves x depth^2) per tree, 1.7-3.2 ms per stone for the default champion's 600
-trees of 15 leaves here, most of an explained request's cost. The same values can be tabulated:
+every stone: O(leaves x depth^2) per tree, 0.6-3.7 ms per stone here for 600 trees of 15 leaves or
+322 of 45, most of an explained request's cost. The same values can be tabulated:
 
 1. Per leaf (as in Fast TreeSHAP v2, Yang 2021). A leaf with value v whose path splits on the
    features U (d of them) is a game on its own: with o_j = 1 when the stone takes the leaf's side
@@ -13,14 +13,18 @@ trees of 15 leaves here, most of an explained request's cost. The same values ca
    The forest's game is the sum of its leaves' (that is what path-dependent TreeSHAP computes),
    and so are its Shapley values. With 7 features a leaf has at most 2^7 patterns of o: each is
    computed once (the coalition sums through elementary symmetric polynomials of the z's).
-2. Per tree. A stone's values matter to a tree only through which side of each of its thresholds
-   they fall, so a tree's contributions are tabulated per cell of its threshold grid (the sum of
-   its leaves' rows at one stone of the cell).
+2. Per group of leaves. A stone's values matter to a tree only through which side of each of its
+   thresholds they fall, so a tree's contributions are tabulated per cell of its threshold grid
+   (the sum of its leaves' rows at one stone of the cell). A grid has a cell per combination of
+   bins, so a tree of 45 leaves can have 10^4-10^6: such a tree is cut into subtrees, each
+   tabulated on the grid of the thresholds its leaves' paths cross (a subtree's leaves are a
+   game like any other set of leaves), where the cut costs fewer rows than GROUP_ROWS per group
+   added (`_groups`); down to single leaves if need be, whose grids have at least 2^d cells.
 A stone is then placed once in each feature's sorted thresholds (all trees'), which gives its cell
-in every tree: one table row per tree. The same numbers as LightGBM to rounding (1e-14 here),
-7-12 times faster here (benchmarks/serving_parts.py); `LeafTables.build` checks them against
+in every group: one table row per group. The same numbers as LightGBM to rounding (1e-14 here),
+5-20 times faster here (benchmarks/serving_parts.py); `LeafTables.build` checks them against
 LightGBM on stones at and beside every threshold, and declines (LightGBM explains) a split it does
-not model or a grid too large.
+not model or tables past the memory bounds below (at most 2M rows, 112 MB, and 40 MB of lookups).
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ from appraiser.fast import probe as probes
 
 logger = logging.getLogger(__name__)
 
-# Bounds on what a forest's tables may hold (rows of 7 floats: 2M rows are 110 MB); past them,
-# LightGBM explains. Every bound is checked from the dump, before anything is allocated.
-MAX_TABLE_ROWS = 2_000_000  # threshold-grid cells of all trees, and (leaf, pattern) rows
-MAX_TREE_WORK = 2_000_000  # one tree's cells x its splits or leaves (the arrays filling its cells)
-CHUNK = 64  # stones per gather (a chunk's table rows fit in a few MB)
+# Bounds on what a forest's tables may hold, checked from the dump before anything is allocated;
+# past them, LightGBM explains. Rows are 7 floats: 2M rows are 112 MB.
+MAX_TABLE_ROWS = 2_000_000  # grid cells of all groups, and (leaf, pattern) rows
+MAX_GROUP_WORK = 250_000  # one group's cells x its splits or leaves: 14 MB to fill them
+MAX_LOOKUP = 10_000_000  # groups x global bins: the int32 lookups (40 MB)
+# A group costs every stone one table row and a lookup per feature; a row costs only memory. A
+# group is split into its two subtrees when that saves more than this many rows.
+GROUP_ROWS = 256
+GATHER_ROWS = 65_536  # table rows gathered at once (3.7 MB): sets the stones per chunk
 
 
 @dataclass
@@ -82,6 +90,37 @@ def _leaves(tree: dict[str, Any]) -> list[_Leaf] | None:
             child_count = float(child.get("leaf_count", child.get("internal_count", 0)))
             stack.append((child, [*path, (feature, threshold, left, child_count / count)]))
     return out
+
+
+def _cuts(leaves: list[_Leaf]) -> dict[int, set[float]]:
+    found: dict[int, set[float]] = {}
+    for leaf in leaves:
+        for _, feature, threshold, _ in leaf.conditions:
+            found.setdefault(feature, set()).add(threshold)
+    return found
+
+
+def _groups(
+    leaves: list[_Leaf], depth: int = 0
+) -> tuple[float, list[list[_Leaf]], dict[int, set[float]]]:
+    """One tree's leaves (or a subtree's: they share their first `depth` splits) as groups, each
+    a whole subtree tabulated on its own threshold grid; their cost, cells plus GROUP_ROWS per
+    group, the least over the ways of cutting the tree into subtrees (a small tree stays whole;
+    past MAX_GROUP_WORK a group must be cut); and the thresholds the leaves' paths cross."""
+    if len(leaves) == 1:
+        parts: list[tuple[float, list[list[_Leaf]]]] = []
+        cuts = _cuts(leaves)
+    else:  # the next split parts the subtree in two; its thresholds are its halves' together
+        left = _groups([x for x in leaves if x.conditions[depth][3]], depth + 1)
+        right = _groups([x for x in leaves if not x.conditions[depth][3]], depth + 1)
+        parts = [left[:2], right[:2]]
+        cuts = {f: left[2].get(f, set()) | right[2].get(f, set()) for f in {*left[2], *right[2]}}
+    cells = math.prod(len(c) + 1 for c in cuts.values())
+    work = cells * max(sum(len(leaf.conditions) for leaf in leaves), len(leaves))
+    whole = cells + GROUP_ROWS if work <= MAX_GROUP_WORK else math.inf
+    if parts and parts[0][0] + parts[1][0] < whole:
+        return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1], cuts
+    return whole, [leaves], cuts
 
 
 def _weights(d: int) -> np.ndarray:
@@ -148,17 +187,14 @@ def _pattern_rows(leaves: list[_Leaf], features: int) -> tuple[np.ndarray, np.nd
     return table, offsets
 
 
-def _tree_cells(
+def _group_cells(
     leaves: list[_Leaf], offsets: np.ndarray, rows: np.ndarray, features: int
 ) -> tuple[np.ndarray, dict[int, np.ndarray], list[int]]:
-    """One tree's contributions per cell of its threshold grid (a stone's values matter to the
-    tree only through which side of each threshold they fall): (cells, features) phi from the
-    tree's (leaf, pattern) `rows` (its leaves' first rows: `offsets`), the tree's sorted
+    """A group's contributions per cell of its threshold grid (a stone's values matter to its
+    leaves only through which side of each threshold they fall): (cells, features) phi from the
+    group's (leaf, pattern) `rows` (its leaves' first rows: `offsets`), the group's sorted
     thresholds per feature it splits on, and the features' strides in the cell index."""
-    found: dict[int, set[float]] = {}
-    for leaf in leaves:
-        for _, feature, threshold, _ in leaf.conditions:
-            found.setdefault(feature, set()).add(threshold)
+    found = _cuts(leaves)
     cuts = {f: np.array(sorted(found[f])) for f in sorted(found)}
     used = list(cuts)
     sizes = [len(cuts[f]) + 1 for f in used]
@@ -202,64 +238,67 @@ def _tree_cells(
 
 
 class LeafTables:
-    """A forest's TreeSHAP contributions tabulated per tree and cell of its threshold grid;
+    """A forest's TreeSHAP contributions tabulated per group of leaves (a whole tree, or one of
+    its subtrees when that saves rows) and cell of the group's threshold grid;
     `contributions(matrix)` returns what LightGBM's predict(matrix, pred_contrib=True) does.
 
     A stone is placed once in each feature's sorted thresholds (all trees'), which gives, through
-    `lookup`, its cell in every tree at once: a stone costs one table row per tree."""
+    `lookup`, its cell in every group at once: a stone costs one table row per group."""
 
-    def __init__(self, trees: list[list[_Leaf]], features: int) -> None:
+    def __init__(self, groups: list[list[_Leaf]], features: int) -> None:
         self.features = features
-        self.expected = float(
-            sum(leaf.value * math.prod(leaf.zero) for tree in trees for leaf in tree)
-        )
-        everything = [leaf for tree in trees for leaf in tree]
-        rows, offsets = _pattern_rows(everything, features)  # all leaves of all trees at once
+        everything = [leaf for group in groups for leaf in group]
+        self.expected = float(sum(leaf.value * math.prod(leaf.zero) for leaf in everything))
+        rows, offsets = _pattern_rows(everything, features)  # all leaves of all groups at once
+        sizes = [math.prod(len(c) + 1 for c in _cuts(group).values()) for group in groups]
+        starts = np.cumsum([0, *sizes[:-1]])
+        self.table = np.empty((sum(sizes), features))  # filled in place: one group's cells extra
         built = []
         first = 0
-        for tree in trees:
-            built.append(_tree_cells(tree, offsets[first : first + len(tree)], rows, features))
-            first += len(tree)
-        self.table = np.concatenate([phi for phi, _, _ in built])
-        starts = np.cumsum([0] + [len(phi) for phi, _, _ in built[:-1]])
+        for group, start, size in zip(groups, starts, sizes, strict=True):
+            phi, cuts, strides = _group_cells(
+                group, offsets[first : first + len(group)], rows, features
+            )
+            self.table[start : start + size] = phi
+            built.append((cuts, strides))
+            first += len(group)
         self.cuts: list[np.ndarray] = []
-        self.lookup: list[np.ndarray] = []  # per feature: (trees, bins) -> row part
+        self.lookup: list[np.ndarray] = []  # per feature: (groups, bins) -> row part
         for f in range(features):
-            found = [c[f] for _, c, _ in built if f in c]
+            found = [c[f] for c, _ in built if f in c]
             every = np.unique(np.concatenate(found)) if found else np.empty(0)
             self.cuts.append(every)
-            lookup = np.zeros((len(trees), len(every) + 1), dtype=np.int64)
-            for t, (_, cuts, strides) in enumerate(built):
+            lookup = np.zeros((len(groups), len(every) + 1), dtype=np.int32)
+            for g, (cuts, strides) in enumerate(built):
                 if f in cuts:
                     stride = strides[sorted(cuts).index(f)]
-                    # a stone in global bin g lies below every cut >= every[g]
+                    # a stone in global bin b lies below every cut >= every[b]
                     local = np.searchsorted(cuts[f], every, side="left")
-                    lookup[t] = np.append(local, len(cuts[f])) * stride
+                    lookup[g] = np.append(local, len(cuts[f])) * stride
             self.lookup.append(lookup)
-        self.lookup[0] = self.lookup[0] + starts[:, None]  # each tree's first row, once
+        self.lookup[0] += starts[:, None].astype(np.int32)  # each group's first row, once
+        self.chunk = max(1, GATHER_ROWS // len(groups))  # stones per gather
 
     @classmethod
     def from_dump(cls, dump: dict[str, Any]) -> LeafTables | None:
-        trees: list[list[_Leaf]] = []
-        cells = patterns = 0
+        """Tables for a dumped forest, or None: a split they do not model, or past the bounds."""
+        groups: list[list[_Leaf]] = []
+        cells = patterns = 0.0
         for tree in dump["tree_info"]:
             found = _leaves(tree)
             if found is None:
                 return None
-            sizes: dict[int, set[float]] = {}
-            for leaf in found:
-                for _, feature, threshold, _ in leaf.conditions:
-                    sizes.setdefault(feature, set()).add(threshold)
-            tree_cells = math.prod(len(v) + 1 for v in sizes.values())
-            cells += tree_cells
+            cost, parts, _ = _groups(found)
+            cells += cost - GROUP_ROWS * len(parts)
             patterns += sum(1 << len(leaf.features) for leaf in found)
-            work = tree_cells * max(sum(len(leaf.conditions) for leaf in found), len(found))
-            if max(cells, patterns) > MAX_TABLE_ROWS or work > MAX_TREE_WORK:
+            if max(cells, patterns) > MAX_TABLE_ROWS:
+                logger.info("TreeSHAP tables would pass %d rows: LightGBM explains", MAX_TABLE_ROWS)
                 return None
-            trees.append(found)
-        if not trees:
+            groups += parts
+        bins = sum(len(cuts) + 1 for cuts in _cuts([x for g in groups for x in g]).values())
+        if not groups or len(groups) * bins > MAX_LOOKUP:
             return None
-        return cls(trees, int(dump["max_feature_idx"]) + 1)
+        return cls(groups, int(dump["max_feature_idx"]) + 1)
 
     @classmethod
     def build(cls, booster: Any, stones: np.ndarray | None = None) -> LeafTables | None:
@@ -287,11 +326,11 @@ class LeafTables:
         matrix = np.asarray(matrix, dtype=float)
         out = np.empty((len(matrix), self.features + 1))
         out[:, -1] = self.expected
-        for start in range(0, len(matrix), CHUNK):
-            part = matrix[start : start + CHUNK]
+        for start in range(0, len(matrix), self.chunk):
+            part = matrix[start : start + self.chunk]
             rows = self.lookup[0][:, np.searchsorted(self.cuts[0], part[:, 0], side="left")]
             for f in range(1, self.features):
                 bins = np.searchsorted(self.cuts[f], part[:, f], side="left")
                 rows = rows + self.lookup[f][:, bins]
-            out[start : start + CHUNK, :-1] = self.table[rows].sum(axis=0)
+            out[start : start + self.chunk, :-1] = self.table[rows].sum(axis=0)
         return out

@@ -17,6 +17,8 @@ SPREAD_FOLDS = 10  # cross-fitted calibration scores (AdaptiveRange.fit)
 MIN_CALIBRATION = 20  # scores a 90% two-sided range needs (each 5% tail one score at least)
 # scores a carat band needs of its own: each 5% tail then rests on 10 stones at least
 MIN_BAND_SCORES = 200
+SQUARED, LOG_ABS = "squared", "log_abs"  # what a spread model predicts (AdaptiveRange.spread)
+FLOOR = 1e-3  # log points: an error of exactly 0 (a stone's twin) still has a positive square
 
 
 def carat_bands(carat: np.ndarray, minimum: int = MIN_BAND_SCORES) -> list[float]:
@@ -42,7 +44,11 @@ class AdaptiveRange:
     A normalized split-conformal predictive system (Vovk et al.; what `crepes` calls a normalized
     CPS): a small LightGBM model learns each stone's difficulty sigma(x) from the out-of-fold
     errors of the training stones (it sees carat, shape and the grades, so an I1 or Fair stone
-    gets a wider range than an Ideal VS1). The calibration scores
+    gets a wider range than an Ideal VS1). sigma(x)^2 is the expected squared error, E[r^2 | x]
+    (gamma deviance, log link): a 90% range is about the tails, and the mean of log |r|, which a
+    grade's many small errors dominate, left grades whose tails are heavier than their typical
+    error under-covered (Ideal, VVS1) and lighter ones over-covered (Premium, Fair;
+    benchmarks/range_coverage.py, tests/test_jeweller.py). The calibration scores
     s_i = (log true price - log predicted) / sigma(x_i) are cross-fitted: stone i is scaled by a
     spread model of SPREAD_FOLDS that never saw it (nor its twins), so every stone calibrates and
     every stone teaches difficulty; the saved spread model is refitted on all of them. A single
@@ -50,7 +56,7 @@ class AdaptiveRange:
     (tests/test_jeweller.py::test_a_rare_hard_grade_keeps_its_coverage_whatever_the_seed).
     This is cross-validation conformal, not split conformal: the errors are out-of-fold errors of
     the tuned recipe, whose hyperparameters were chosen on the same stones, so there is no
-    finite-sample guarantee; coverage is measured instead (benchmarks/accuracy.py, per grade).
+    finite-sample guarantee; coverage is measured instead (benchmarks/range_coverage.py, per grade).
     Mondrian by carat band: sigma(x) evens out the scale of the errors but not the shape of
     their tails, and one distribution of s for all stones covered 97% of stones of 2 ct and more
     on public stones (docs/measurements.md); so each carat band (carat_bands: at least
@@ -61,11 +67,13 @@ class AdaptiveRange:
     microseconds from a saved model that holds no pickle.
     """
 
-    booster: Any  # lgb.Booster of log |residual|, or None: one width for every stone
+    booster: Any  # lgb.Booster of the spread (see `spread`), or None: one width for every stone
     scores: np.ndarray  # every calibration score, sorted (the label-shift guard reads them)
     coverage: float
     edges: list[float] = field(default_factory=list)  # carat edges between the bands
     band_scores: list[np.ndarray] = field(default_factory=list)  # sorted, per band; [] = `scores`
+    # what the booster predicts: SQUARED, E[r^2 | x]; LOG_ABS, E[log |r| | x] (models saved before)
+    spread: str = SQUARED
     # attached by appraiser.fast.accelerate (only `compiled`: a range is not explained)
     accelerated: Accelerated | None = field(default=None, repr=False, compare=False)
     FILE: ClassVar[str] = "spread.txt"
@@ -77,6 +85,8 @@ class AdaptiveRange:
             raise ValueError(f"{len(self.edges)} carat edges need {len(self.edges) + 1} bands")
         if not all(len(b) for b in self.band_scores):
             raise ValueError("every carat band needs calibration scores")
+        if self.spread not in (SQUARED, LOG_ABS):
+            raise ValueError(f"unknown spread model {self.spread!r}")
         tail = (1 - self.coverage) / 2
         # each band's ends, once: pricing a stone is then a searchsorted and two look-ups
         self._low = np.array([_quantile(b, tail) for b in self.band_scores])
@@ -121,7 +131,7 @@ class AdaptiveRange:
             )
         if len(residuals) < MIN_SPREAD_STONES:  # too few to learn difficulty: one width for all
             return cls.calibrated(None, residuals, matrix[:, CARAT], coverage)
-        target = np.log(np.abs(residuals) + 1e-3)
+        target = residuals**2 + FLOOR**2
         scores = np.empty(len(residuals))
         # identical stones share a fold: a stone's twin must not teach the model its difficulty
         _, twin = np.unique(matrix, axis=0, return_inverse=True)
@@ -129,17 +139,19 @@ class AdaptiveRange:
         for k in range(SPREAD_FOLDS):
             learn, calibrate = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             spread = cls._spread_model(matrix[learn], target[learn], seed)
-            scores[calibrate] = residuals[calibrate] / np.exp(
+            scores[calibrate] = residuals[calibrate] / np.sqrt(
                 spread.predict(matrix[calibrate], num_threads=1)
             )
         spread = cls._spread_model(matrix, target, seed)
         return cls.calibrated(spread, scores, matrix[:, CARAT], coverage)
 
     @staticmethod
-    def _spread_model(matrix: np.ndarray, log_abs_residuals: np.ndarray, seed: int) -> Any:
+    def _spread_model(matrix: np.ndarray, squared_residuals: np.ndarray, seed: int) -> Any:
+        """E[r^2 | x]: gamma deviance with a log link, so the prediction is always positive."""
         import lightgbm as lgb
 
         model = lgb.LGBMRegressor(
+            objective="gamma",
             n_estimators=150,
             learning_rate=0.05,
             num_leaves=8,
@@ -150,15 +162,17 @@ class AdaptiveRange:
             verbose=-1,
             random_state=seed,
         )
-        return model.fit(matrix, log_abs_residuals).booster_
+        return model.fit(matrix, squared_residuals).booster_
 
     def sigma(self, matrix: np.ndarray) -> np.ndarray:
         if self.booster is None:
             return np.ones(len(matrix))
         fast = self.accelerated  # compiled for this machine, when ready
         if fast is not None and fast.compiled is not None:
-            return np.exp(np.asarray(fast.compiled.predict(np.ascontiguousarray(matrix), n_jobs=1)))
-        return np.exp(np.asarray(self.booster.predict(matrix, num_threads=1), dtype=float))
+            raw = np.asarray(fast.compiled.predict(np.ascontiguousarray(matrix), n_jobs=1))
+        else:
+            raw = np.asarray(self.booster.predict(matrix, num_threads=1), dtype=float)
+        return np.sqrt(raw) if self.spread == SQUARED else np.exp(raw)
 
     def bounds(self, matrix: np.ndarray, log_price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The range's ends in log price: each tail of the stone's band holds (1 - coverage) / 2."""
@@ -185,24 +199,30 @@ class AdaptiveRange:
     def save(self, folder: Path) -> dict[str, Any]:
         if self.booster is not None:
             self.booster.save_model(str(folder / self.FILE))
-        # the bands' scores only (the pooled ones are their union): an older reader fails loudly
+        # the bands' scores only (the pooled ones are their union), under "bands": a reader from
+        # before the squared spread model looks for "band_scores" or "scores" and fails loudly
+        # rather than reading E[r^2] as E[log |r|]
         return {
             "file": self.FILE if self.booster is not None else None,
+            "spread": self.spread,
             "carat_edges": [float(e) for e in self.edges],
-            "band_scores": [[round(float(v), 6) for v in b] for b in self.band_scores],
+            "bands": [[round(float(v), 6) for v in b] for b in self.band_scores],
             "coverage": self.coverage,
         }
 
     @classmethod
     def load(cls, folder: Path, state: dict[str, Any]) -> AdaptiveRange:
-        """A saved range; one saved before the bands (a single `scores` list) is one band."""
+        """A saved range. Older ones predict log |r| (LOG_ABS): saved with "band_scores", or
+        before the bands with a single `scores` list (one band)."""
         booster = LazyBooster(folder / state["file"]) if state.get("file") else None
         coverage = float(state["coverage"])
-        if "band_scores" not in state:
-            return cls(booster, np.asarray(state["scores"], dtype=float), coverage)
-        bands = [np.asarray(b, dtype=float) for b in state["band_scores"]]
+        if "bands" not in state and "band_scores" not in state:
+            return cls(booster, np.asarray(state["scores"], dtype=float), coverage, spread=LOG_ABS)
+        saved = state["bands"] if "bands" in state else state["band_scores"]
+        spread = str(state.get("spread", SQUARED)) if "bands" in state else LOG_ABS
+        bands = [np.asarray(b, dtype=float) for b in saved]
         pooled = np.sort(np.concatenate(bands))
-        return cls(booster, pooled, coverage, list(state["carat_edges"]), bands)
+        return cls(booster, pooled, coverage, list(state["carat_edges"]), bands, spread=spread)
 
 
 def _quantile(scores: np.ndarray, level: float) -> float:
