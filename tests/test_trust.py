@@ -651,7 +651,7 @@ def test_an_unscreened_batch_is_held(with_champion, tmp_path, public, monkeypatc
     kept, held and says why."""
     from appraiser import screening
 
-    def down(stones):
+    def down(stones, **options):
         raise registry.RegistryUnavailable("the model registry cannot be read: connection refused")
 
     monkeypatch.setattr(screening, "screen_with_champion", down)

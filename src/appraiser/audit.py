@@ -10,7 +10,7 @@ Who acts, as the trail names them (`actor`):
 - a key's name (the API); the key's `person` is who holds it (auth.py);
 - `cli:<user>`, the operating-system user of the command line, whose person is `<user>`;
 - `system:<what>` for the system itself (`system:gate`, `system:inbox`, `system:pipeline`,
-  `system:job <id>`): no key's name may hold a ':', so none looks like one.
+  `system:guard`, `system:job <id>`): no key's name may hold a ':', so none looks like one.
 `person_of` answers who the person behind an actor is; `canonical` when two names are one.
 """
 
@@ -50,6 +50,7 @@ CLI = "cli:"  # a person at the command line
 GATE = SYSTEM + "gate"  # a retrain's promotion when nobody asked for it in person
 PIPELINE = SYSTEM + "pipeline"  # a scheduled pass (`appraiser pipeline run`, `watch`)
 INBOX = SYSTEM + "inbox"  # files dropped into the inbox
+GUARD = SYSTEM + "guard"  # a held batch released once another source corroborates it
 _SEPARATORS = re.compile(r"[\s._@-]+")
 
 

@@ -191,6 +191,9 @@ def _move_and_record(version: str, now: str | None, kind: str, reason: str, acto
         if moved and now is not None:  # the history could not be written: undo the move
             registry.set_champion_alias(now, f"restored: recording the move to v{version} failed")
         raise
+    from appraiser import market_loop
+
+    market_loop.after_promotion()  # the new champion's prices are the base the level measures
 
 
 def promote(

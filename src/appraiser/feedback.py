@@ -187,11 +187,17 @@ def _as_dict(row: store.Feedback, appraisal: store.Appraisal) -> dict[str, Any]:
 
 
 def approved_stones() -> pd.DataFrame:
-    """The approved expert prices as labelled stones with `feedback_id`, validated, one per stone
-    (the latest approved price when experts priced the same stone)."""
+    """The approved expert prices as labelled stones with `feedback_id` and `appraised_at` (the
+    UTC day the expert sent the price), validated, one per stone (the latest approved price when
+    experts priced the same stone)."""
     engine = store.ready()
     query = (
-        select(store.Appraisal.input, store.Feedback.price, store.Feedback.id)
+        select(
+            store.Appraisal.input,
+            store.Feedback.price,
+            store.Feedback.id,
+            store.Feedback.created_at,
+        )
         .join(store.Feedback, store.Feedback.appraisal_id == store.Appraisal.id)
         .where(store.Feedback.status == "approved")
         .order_by(store.Feedback.id)
@@ -199,11 +205,16 @@ def approved_stones() -> pd.DataFrame:
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     if not rows:
-        return pd.DataFrame(columns=[*schema.COLUMNS, "feedback_id"])
+        return pd.DataFrame(columns=[*schema.COLUMNS, "feedback_id", schema.APPRAISED_AT])
     frame = pd.DataFrame(
         [
-            {**json.loads(text), schema.TARGET: price, "feedback_id": fid}
-            for text, price, fid in rows
+            {
+                **json.loads(text),
+                schema.TARGET: price,
+                "feedback_id": fid,
+                schema.APPRAISED_AT: clock.utc(sent).date(),
+            }
+            for text, price, fid, sent in rows
         ]
     )
     keys = lineage.stone_keys(frame)
@@ -211,5 +222,8 @@ def approved_stones() -> pd.DataFrame:
     checked = data.validate(
         frame[list(schema.COLUMNS)].astype(str), dedupe=False, source="feedback"
     )
-    kept = frame.loc[checked.clean.index, "feedback_id"].to_numpy()
-    return checked.clean.assign(feedback_id=kept).reset_index(drop=True)
+    kept = frame.loc[checked.clean.index]
+    return checked.clean.assign(
+        feedback_id=kept["feedback_id"].to_numpy(),
+        **{schema.APPRAISED_AT: kept[schema.APPRAISED_AT].to_numpy()},
+    ).reset_index(drop=True)

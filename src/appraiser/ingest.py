@@ -51,6 +51,7 @@ class IngestReport:
     seconds: float = 0.0
     screening: Screening | None = None  # the champion's errors on the batch (None: no champion)
     not_screened: str | None = None  # why the champion could not screen it (then it is held)
+    released: list[int] = field(default_factory=list)  # held batches this one corroborated
 
     @property
     def hold_reasons(self) -> list[str]:
@@ -84,6 +85,9 @@ class IngestReport:
                 f"; {self.conflicts:,} stones at prices conflicting with known ones HELD for "
                 f"review as batch {self.conflict_batch}"
             )
+        if self.released:
+            shown = ", ".join(str(b) for b in self.released)
+            said += f"; the market it shows released held batch(es) {shown}"
         return said
 
 
@@ -227,36 +231,48 @@ def batches(status: str | None = None, engine: Engine | None = None) -> list[dic
 
 
 def set_batch_status(
-    batch_id: int, status: str, engine: Engine | None = None, *, actor: str = "unknown"
+    batch_id: int,
+    status: str,
+    engine: Engine | None = None,
+    *,
+    actor: str = "unknown",
+    note: str | None = None,
+    follow: bool = True,
 ) -> str:
     """Release a held or dropped batch (status `accepted`) or drop one (kept, never used); returns
     its former status. Under the pipeline lock, so no retrain runs on a batch as it changes; in
-    the audit trail under `actor`. KeyError for an unknown batch, ValueError for a move that
-    changes nothing."""
+    the audit trail under `actor`, with `note` (why). A release is an acceptance: with `follow`,
+    the market level is refreshed and held batches screened again (market_loop.py). KeyError for
+    an unknown batch, ValueError for a move that changes nothing."""
     from appraiser.locking import exclusive
 
     if status not in ("accepted", "dropped"):
         raise ValueError(f"a batch can be released (accepted) or dropped, not {status!r}")
     engine = engine or store.ready()
-    with exclusive(), Session(engine) as s, s.begin():
-        batch = s.get(Batch, batch_id)
-        if batch is None:
-            raise KeyError(f"no batch {batch_id}")
-        before = batch.status
-        if before == status:
-            raise ValueError(f"batch {batch_id} is already {status}")
-        batch.status = status
-        why = "released" if status == "accepted" else "dropped"
-        batch.status_reason = f"{why} by {actor} (was {before}: {batch.status_reason or 'ok'})"[
-            :5000
-        ]
-        audit.record(
-            actor,
-            "batch_released" if status == "accepted" else "batch_dropped",
-            session=s,
-            batch_id=batch_id,
-            previous=before,
-        )
+    with exclusive():
+        with Session(engine) as s, s.begin():
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise KeyError(f"no batch {batch_id}")
+            before = batch.status
+            if before == status:
+                raise ValueError(f"batch {batch_id} is already {status}")
+            batch.status = status
+            why = "released" if status == "accepted" else "dropped"
+            said = f"{why} by {actor}" + (f": {note}" if note else "")
+            batch.status_reason = f"{said} (was {before}: {batch.status_reason or 'ok'})"[:5000]
+            audit.record(
+                actor,
+                "batch_released" if status == "accepted" else "batch_dropped",
+                session=s,
+                batch_id=batch_id,
+                previous=before,
+                **({"note": note} if note else {}),
+            )
+        if status == "accepted" and follow:
+            from appraiser import market_loop
+
+            market_loop.after_acceptance(engine)
         return before
 
 
@@ -385,7 +401,7 @@ def ingest_file(
         from appraiser.screening import screen_with_champion
 
         try:
-            report.screening = screen_with_champion(clean)
+            report.screening = screen_with_champion(clean, source=source, engine=engine)
         except Exception as exc:  # registry down, model files broken: keep the batch, unchecked
             logger.warning("batch from %s not screened: %s", shown, exc)
             report.not_screened = (
@@ -446,5 +462,9 @@ def ingest_file(
         report = IngestReport(
             path=shown, file_hash=digest, batch_id=existing, already_ingested=True
         )
+    if screen and not report.already_ingested and report.rows_accepted and not report.held:
+        from appraiser import market_loop
+
+        report.released = market_loop.after_acceptance(engine)
     report.seconds = time.perf_counter() - started
     return report

@@ -31,6 +31,7 @@ from appraiser import (
     gate,
     ingest,
     lineage,
+    market_loop,
     registry,
     schema,
     store,
@@ -44,6 +45,10 @@ from appraiser.train import MIN_STONES, TrainResult, fit_and_register
 from appraiser.tuning import Fitted, TrainingError
 
 __all__ = ["BUSY", "GatePolicy", "PipelineBusy", "exclusive"]
+
+LEVELS_FILE = (
+    "market_levels.json"  # the run's artifact: the level each month's prices were divided by
+)
 
 
 def in_sealed_set(stones: pd.DataFrame) -> np.ndarray:
@@ -77,8 +82,12 @@ class LabelledStones:
 
 
 def labelled_stones() -> LabelledStones:
-    """The store's stones in use (batches not held or dropped) and the experts' prices."""
-    stored = ingest.accepted_stones()[[*schema.COLUMNS, "batch_id"]].astype({"batch_id": float})
+    """The store's stones in use (batches not held or dropped) and the experts' prices, each with
+    its `appraised_at` (the day its batch arrived when the file gave none)."""
+    from appraiser.store import market as stored_market
+
+    stored = stored_market.dated_stones()[[*schema.COLUMNS, schema.APPRAISED_AT, "batch_id"]]
+    stored = stored.astype({"batch_id": float})
     feedback = feedback_stones()
     parts = [stored.assign(feedback_id=np.nan)]
     if len(feedback):
@@ -165,6 +174,8 @@ def retrain(
     """
     with exclusive():
         known = labelled_stones()
+        # every price on the base level (the champion's, 1.0): eras do not blur (market_loop.py)
+        known.stones, levels = market_loop.deflate(known.stones, market_loop.training_series())
         fit_part = known.part("train")
         if len(fit_part) < MIN_STONES:
             raise TrainingError(
@@ -210,6 +221,7 @@ def retrain(
             tags={
                 "store_max_batch": str(int(batch_ids.max()) if len(batch_ids) else 0),
                 "feedback_used": str(feedback_used),
+                "market_levels": market_loop.levels_json(levels)[:5000],
             },
             lineage_extra={
                 "max_batch_id": int(batch_ids.max()) if len(batch_ids) else 0,
@@ -220,6 +232,7 @@ def retrain(
             actor=actor,
         )
         result.feedback_used = feedback_used
+        registry.client().log_text(result.run_id, market_loop.levels_json(levels), LEVELS_FILE)
         measured = None
         if result.champion:  # only champions are measured there: a challenger's sealed score
             _, model = registry.load_version(result.version)  # would invite choosing by it
@@ -237,6 +250,7 @@ def retrain(
 # --- one pass of the automated pipeline, and the folder watcher ----------------------------------
 
 INBOX_SUFFIXES = (".csv", ".parquet", ".pq")
+DONE = ("processed", "failed")  # the inbox's folders of files already handled
 
 
 def drift_stones(new: pd.DataFrame, version: str) -> pd.DataFrame:
@@ -335,18 +349,30 @@ def _move(path: Path, folder: Path) -> Path:
     return Path(shutil.move(str(path), target))
 
 
-def ingest_inbox(
-    inbox: Path, source: str = "inbox"
-) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
-    """Ingest every file in the inbox (audited as the system's `system:inbox`); move each to
-    processed/ or failed/ (with a .reason.txt)."""
+def inbox_files(inbox: Path) -> list[tuple[Path, str]]:
+    """The inbox's files with their source: a file in `inbox/<source>/` is that source's (the
+    folder's permissions say who may write there), one at the top `inbox`. `processed/` and
+    `failed/` hold what was done."""
+    found = [(p, "inbox") for p in sorted(inbox.iterdir()) if p.suffix.lower() in INBOX_SUFFIXES]
+    for folder in sorted(p for p in inbox.iterdir() if p.is_dir() and p.name not in DONE):
+        found += [
+            (p, folder.name[:200])
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in INBOX_SUFFIXES
+        ]
+    return found
+
+
+def ingest_inbox(inbox: Path) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
+    """Ingest every file in the inbox (audited as the system's `system:inbox`), each under its
+    source (`inbox_files`); move each to processed/ or failed/ (with a .reason.txt) beside it."""
     reports, failed = [], []
-    for path in sorted(p for p in inbox.iterdir() if p.suffix.lower() in INBOX_SUFFIXES):
+    for path, source in inbox_files(inbox):
         try:
             reports.append(ingest.ingest_file(path, source=source, actor=audit.INBOX))
-            _move(path, inbox / "processed")
+            _move(path, path.parent / "processed")
         except data.DataError as exc:
-            moved = _move(path, inbox / "failed")
+            moved = _move(path, path.parent / "failed")
             moved.with_name(moved.name + ".reason.txt").write_text(
                 f"{exc}\nNothing of this file was stored: fix it and drop it in the inbox again.\n"
             )
@@ -372,6 +398,8 @@ def run_pass(
     """
     with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
+        if any(b["screening"] for b in ingest.batches(status="held")):
+            market_loop.after_acceptance()  # what a busy moment left held, a market now backs
         current = champion.current()
         attempt = lineage.last_attempt()
         known = labelled_stones()
@@ -449,7 +477,7 @@ def watch(
     """Run a pass whenever files appear in the inbox (polling every `interval` seconds)."""
     done = 0
     while passes is None or done < passes:
-        if any(p.suffix.lower() in INBOX_SUFFIXES for p in inbox.iterdir()):
+        if inbox_files(inbox):
             report = run_pass(inbox, **options)
             if on_pass is not None:
                 on_pass(report)

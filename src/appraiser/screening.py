@@ -25,6 +25,11 @@ of the median |z| (spread) that chance alone produces, whatever the batch's mix 
 Stones the champion trained on (its lineage) are left out of the figures (their errors are
 in-sample, smaller than fresh stones'); only the far-off count reads them too, so a training stone
 sent again at five times its price is still seen. The measured rates: benchmarks/guard.py.
+
+The guard knows the market (market_loop.py): a batch's prices, month by month of `appraised_at`,
+are compared with what other sources show for the same months; where they agree the batch's errors
+are judged around that level (`level`), so a market move beyond HOLD_SHIFT is learned from once a
+second source shows it, and a source that departs from the others is held.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sqlalchemy import Engine
 
 from appraiser import features, schema
 from appraiser.models import PriceModel
@@ -127,6 +133,9 @@ class Screening:
     # per feature, the batch against the stones the champion learned from (drift.drift_report
     # rows), kept with the screening so drift can be followed batch by batch (monitoring.py)
     drift: list[dict[str, Any]] = field(default_factory=list)
+    # per month of appraised_at, the level the batch implies beside the market's (market_loop.py);
+    # empty: not compared. The figures above are then measured around those levels
+    market: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_held(self) -> bool:
@@ -136,13 +145,19 @@ class Screening:
         if self.stones and self.mape is not None and self.bias is not None:
             said = (
                 f"champion v{self.version} on {self.stones:,} stones: MAPE {self.mape:.2f}%, "
-                f"prices {100 * np.expm1(self.bias):+.1f}% (median) from its own, "
-                f"{self.coverage:.1f}% in its 90% range"
+                f"prices {100 * np.expm1(self.bias):+.1f}% (median) from its own"
+                + (" at the market's level" if self.expected.get("centred") else "")
+                + f", {self.coverage:.1f}% in its 90% range"
             )
         else:
             said = f"champion v{self.version}: no stone it did not train on"
         if self.excluded:
             said += f" ({self.excluded:,} stones it trained on left out)"
+        if self.market:
+            said += "; market level " + ", ".join(
+                f"{m['month'][:7]} {m['implied']:.3f} against {m['market']:.3f}"
+                for m in self.market[:4]
+            )
         if self.held:
             return f"{said}; held for review: " + "; ".join(self.held)
         if self.worse:
@@ -164,12 +179,18 @@ def screen(
     *,
     seed: int = 0,
     trained_on: np.ndarray | None = None,
+    level: np.ndarray | None = None,
 ) -> Screening:
     """Price a labelled batch with `model` and judge its errors against the expected ones.
-    `trained_on`: True for the stones the model trained on (left out of the figures)."""
+    `trained_on`: True for the stones the model trained on (left out of the figures). `level`:
+    each stone's log market level (market_loop.py): the champion's prices on the base level are
+    moved to it before the errors are judged (None: the base level)."""
     actual = stones[schema.TARGET].to_numpy(dtype=float)
     matrix = features.encode(stones).to_numpy(dtype=float)
     price, low, high = model.predict_matrix(matrix)
+    if level is not None:
+        moved_to = np.exp(np.asarray(level, dtype=float))
+        price, low, high = price * moved_to, low * moved_to, high * moved_to
     log_error = np.log(actual) - np.log(price)
     sigma = spread(model, matrix)
     fresh = np.ones(len(actual), bool) if trained_on is None else ~np.asarray(trained_on, bool)
@@ -189,7 +210,12 @@ def screen(
     result.far_off = int((np.abs(moved - centre) > far_at).sum())
     expected_far = max(float(np.mean(np.abs(pool - centre) > far_at)), 1 - FAR_QUANTILE)
     total = len(actual)
-    result.expected = {"far_off_at": far_at, "far_off_share": expected_far, "market": market}
+    result.expected = {
+        "far_off_at": far_at,
+        "far_off_share": expected_far,
+        "market": market,
+        "centred": float(level is not None),  # errors measured around the market's level
+    }
     if (
         stats.binom.sf(result.far_off - 1, total, expected_far) < FAR_ALPHA
         and result.far_off / total > expected_far + FAR_MARGIN
@@ -272,16 +298,18 @@ def _judge_medians(
         spread_z_worse=spread_worse,
     )
     shift = result.bias - expected_log
+    theirs = (
+        "the champion's at the market's level" if result.expected["centred"] else "the champion's"
+    )
     if not hold_lo <= bias_z <= hold_hi and abs(shift) > HOLD_SHIFT:
         result.held.append(
-            f"its prices run {_pct(result.bias)} (median) from the champion's, expected "
+            f"its prices run {_pct(result.bias)} (median) from {theirs}, expected "
             f"{_pct(expected_log)} for these stones, beyond chance and more than "
             f"{100 * HOLD_SHIFT:.0f}% (a markup, another currency or unit?)"
         )
     elif not worse_lo <= bias_z <= worse_hi and abs(shift) > WORSE_SHIFT:
         result.worse.append(
-            f"prices {_pct(result.bias)} (median) from the champion's, beyond chance for "
-            f"{n:,} stones"
+            f"prices {_pct(result.bias)} (median) from {theirs}, beyond chance for {n:,} stones"
         )
     if spread_moved > spread_hold:
         result.held.append(
@@ -299,8 +327,11 @@ def _pct(log_value: float) -> str:
     return f"{100 * np.expm1(log_value):+.1f}%"
 
 
-def screen_with_champion(stones: pd.DataFrame) -> Screening | None:
-    """The champion's screening of a labelled batch (None when there is no champion yet)."""
+def screen_with_champion(
+    stones: pd.DataFrame, *, source: str | None = None, engine: Engine | None = None
+) -> Screening | None:
+    """The champion's screening of a labelled batch (None when there is no champion yet); with
+    its `source`, against the market the other sources show (`guard`)."""
     from appraiser.config import settings
 
     cfg = settings()
@@ -312,8 +343,33 @@ def screen_with_champion(stones: pd.DataFrame) -> Screening | None:
     if version is None or stones.empty:
         return None
     version, model = registry.load_version(version)
-    result = screen(model, version, stones, trained_on=trained_on(version, stones))
+    result = guard(model, version, stones, source=source, engine=engine)
     result.drift = batch_drift(model, stones)
+    return result
+
+
+def guard(
+    model: PriceModel,
+    version: str,
+    stones: pd.DataFrame,
+    *,
+    source: str | None,
+    engine: Engine | None = None,
+    batch_id: int | None = None,
+) -> Screening:
+    """`screen` by `version`; with a `source`, around the market the other sources show for the
+    batch's months, holding a month that departs from them (market_loop.py). `batch_id`: the
+    stored batch being screened again (its own stones are no evidence)."""
+    known = trained_on(version, stones)
+    if source is None:
+        return screen(model, version, stones, trained_on=known)
+    from appraiser import market_loop
+
+    seen = market_loop.view(model, version, stones, source, engine=engine, batch_id=batch_id)
+    result = screen(
+        model, version, stones, trained_on=known, level=seen.centre if seen.referenced else None
+    )
+    seen.judge(result)
     return result
 
 

@@ -25,7 +25,10 @@ def ingest(
         typer.Argument(metavar="FILE...", help="CSV/Parquet paths or URLs (gs://, s3://, ...)"),
     ] = None,
     source: Annotated[
-        str, typer.Option(help="where the data comes from, kept with each batch")
+        str,
+        typer.Option(
+            help="who appraised these stones (kept with each batch; the guard compares sources)"
+        ),
     ] = "file",
     sql: Annotated[
         str | None, typer.Option(help="a SQL query whose rows are priced stones")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, delete, insert, select
 
@@ -39,10 +40,17 @@ def dated_stones(
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     names = [*schema.COLUMNS, schema.APPRAISED_AT, "batch_id", "source", "received_at"]
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
-    arrived = [clock.utc(moment).date() for moment in frame["received_at"]]
-    given = frame[schema.APPRAISED_AT].astype(object)
-    frame[schema.APPRAISED_AT] = given.where(given.notna(), pd.Series(arrived, dtype=object))
+    # column-wise, and each batch's day once: a retrain and every refresh read all the stones
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    frame = pd.DataFrame(
+        {n: pd.Series(list(c), dtype=object) for n, c in zip(names, columns, strict=True)}
+    )
+    arrivals = dict(zip(frame["batch_id"], frame["received_at"], strict=True))
+    days = {b: clock.utc(at).date() for b, at in arrivals.items()}
+    arrived = frame["batch_id"].map(days)
+    given = frame[schema.APPRAISED_AT]
+    frame[schema.APPRAISED_AT] = given.where(given.notna(), arrived).astype(object)
+    frame["batch_id"] = frame["batch_id"].astype("int64")
     for name in schema.NUMERIC_COLUMNS:
         frame[name] = frame[name].astype(float)
     return frame.drop(columns="received_at")
@@ -141,4 +149,4 @@ def refresh_with_champion(engine: Engine | None = None) -> market.Series | None:
         return None
     version, model = registry.load_version(current)
     logger.info("market level refreshed against v%s", version)
-    return refresh(lambda stones: model.predict(stones)["price"].to_numpy(), version, engine)
+    return refresh(lambda stones: np.exp(model.predict_log(stones)), version, engine)

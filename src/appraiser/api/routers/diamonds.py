@@ -55,7 +55,12 @@ async def similar(
                                 "items": {"type": "object"},
                                 "description": "stones with their price (all columns)",
                             },
-                            "source": {"type": "string", "maxLength": 200},
+                            "source": {
+                                "type": "string",
+                                "maxLength": 200,
+                                "description": "a label for the batch's name (its source is "
+                                "the key's person)",
+                            },
                         },
                     },
                     "example": {"diamonds": [{**schema.EXAMPLE_STONE, "price": 4900}]},
@@ -78,8 +83,14 @@ async def add_diamonds(request: Request, who: deps.Admin) -> dict[str, Any]:
     """Validated like every ingested file: bad rows are kept with their reasons (listed here and
     by `appraiser rejected`), good ones join the store for the next retrain; a batch whose
     prices the champion finds far from everything known is held. The same content sent twice is
-    stored once."""
-    content, source, name, ignored = await _ingest_payload(request)
+    stored once. A stone may carry `appraised_at` (YYYY-MM-DD: the day it was priced). The
+    batch's source is the key's person; `source` only labels the batch's name."""
+    content, label, name, ignored = await _ingest_payload(request)
+    # the batch's source is who sent it (the key's person): a client's label cannot make one
+    # person look like a second source that corroborates the first (market_loop.py)
+    source = who.person or who.name
+    if label:
+        name = f"{label} ({name})"
     report = await run_in_threadpool(_ingest_bytes, content, source, name, who.name)
     if ignored:
         report["message"] = (
@@ -89,16 +100,16 @@ async def add_diamonds(request: Request, who: deps.Admin) -> dict[str, Any]:
 
 
 async def _ingest_payload(request: Request) -> tuple[bytes, str, str, list[str]]:
-    """The CSV bytes to ingest, their source, a name for them (the uploaded file's name) and the
-    JSON fields ignored because no stone has them."""
+    """The CSV bytes to ingest, the client's label ('' without one), a name for them (the
+    uploaded file's name) and the JSON fields ignored because no stone has them."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "file: attach the CSV as the form field 'file'")
-        source = _printable(str(form.get("source") or "upload"))
-        return await upload.read(), source, _printable(upload.filename or "upload.csv"), []
+        label = _printable(str(form.get("source") or ""), fallback="")
+        return await upload.read(), label, _printable(upload.filename or "upload.csv"), []
     if kind == "application/json":
         try:
             body = json.loads(await request.body())
@@ -114,25 +125,32 @@ async def _ingest_payload(request: Request) -> tuple[bytes, str, str, list[str]]
 
         # only the stone's columns: one made-up key per row would otherwise make a table of
         # rows x distinct keys (10,000 x 10,000 cells from a 1 MB body)
-        columns = list(schema.COLUMNS)
+        columns = [*schema.COLUMNS, *schema.OPTIONAL_COLUMNS]  # appraised_at checked as in a file
         known = set(columns)
         unknown: set[str] = set()
         rows = []
-        for stone in stones:
+        for i, stone in enumerate(stones):
             unknown.update(k for k in stone if k not in known)
+            day = stone.get(schema.APPRAISED_AT)
+            if day is not None and not isinstance(day, str):  # JSON has no date type: text
+                raise HTTPException(
+                    422, f"diamonds[{i}].{schema.APPRAISED_AT}: {schema.APPRAISED_AT_RULE}"
+                )
             rows.append({c: stone.get(c) for c in columns})
         frame = pd.DataFrame(rows, columns=columns)
-        source = _printable(str(body.get("source") or "api"))
+        if frame[schema.APPRAISED_AT].isna().all():
+            frame = frame.drop(columns=schema.APPRAISED_AT)  # the file as before: no dates
+        label = _printable(str(body.get("source") or ""), fallback="")
         ignored = sorted(_printable(str(k), 40) for k in unknown)[:MAX_UNKNOWN_SHOWN]
-        return frame.to_csv(index=False).encode(), source, "JSON request", ignored
+        return frame.to_csv(index=False).encode(), label, "JSON request", ignored
     raise HTTPException(
         415, "send application/json ({'diamonds': [...]}) or multipart/form-data with a CSV 'file'"
     )
 
 
-def _printable(text: str, limit: int = 200) -> str:
+def _printable(text: str, limit: int = 200, fallback: str = "api") -> str:
     """A client's label as stored: printable characters only (no NUL, which PostgreSQL refuses)."""
-    return "".join(c for c in text if c.isprintable())[:limit] or "api"
+    return "".join(c for c in text if c.isprintable())[:limit] or fallback
 
 
 def _ingest_bytes(content: bytes, source: str, name: str, actor: str) -> dict[str, Any]:
