@@ -54,7 +54,7 @@ def main() -> None:
     import os
 
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
-    from appraiser import audit, clock, data, ingest, pipeline, registry
+    from appraiser import audit, batches, clock, data, ingest, pipeline, registry
     from appraiser import champion as champions
     from appraiser.store import market as stored
     from appraiser.train import train
@@ -106,7 +106,7 @@ def main() -> None:
         result = pipeline.retrain(trials=1, timeout=60, show_progress=False)
         retrained = {"version": result.version, "promoted": result.champion}
 
-    status = {str(b["id"]): b["status"] for b in ingest.batches()}
+    status = {str(b["id"]): b["status"] for b in batches.listed()}
     counts = {
         source: {
             "accepted": sum(

@@ -15,7 +15,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
-from appraiser import archive, audit, auth, clock, feedback, ingest, pipeline, store
+from appraiser import archive, audit, auth, batches, clock, feedback, ingest, pipeline, store
 from appraiser.api import create_app
 from appraiser.cli import app as cli
 from appraiser.config import settings
@@ -288,7 +288,7 @@ def test_a_failure_after_the_audit_row_rolls_both_back(
     with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="disk"):
         patched.setattr(ingest, "_insert_rejected", broken)
         ingest.ingest_file(path, actor="ana", action="upload", screen=False)
-    assert ingest.batches() == [] and audit.events() == []
+    assert batches.listed() == [] and audit.events() == []
     report = ingest.ingest_file(path, actor="ana", action="upload", screen=False)
     (event,) = audit.events()
     assert event["action"] == "upload" and event["details"]["batch_id"] == report.batch_id

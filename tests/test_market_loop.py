@@ -13,7 +13,18 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from appraiser import audit, champion, ingest, market, market_loop, pipeline, schema, store
+from appraiser import (
+    audit,
+    batches,
+    champion,
+    ingest,
+    market,
+    market_loop,
+    market_view,
+    pipeline,
+    schema,
+    store,
+)
 from appraiser.store import market as stored_market
 
 # --- the comparison itself ----------------------------------------------------------------------
@@ -28,8 +39,8 @@ def _ratios(level: float, n: int, seed: int) -> np.ndarray:
 def test_a_month_that_agrees_with_another_source_is_judged_around_its_own_level() -> None:
     months = np.array([MARCH] * 100, dtype=object)
     ratios = _ratios(1.2, 100, 1)
-    refs = {MARCH: [market_loop.Reference(np.log(1.19), "source 'b', 80 stones")]}
-    seen = market_loop.compare(months, ratios, refs, {})
+    refs = {MARCH: [market_view.Reference(np.log(1.19), "source 'b', 80 stones")]}
+    seen = market_view.compare(months, ratios, refs, {})
     (m,) = seen.months
     assert m.agrees is True and seen.departs == [] and seen.referenced
     assert np.allclose(seen.centre, np.median(ratios))
@@ -40,10 +51,10 @@ def test_a_month_that_departs_is_judged_around_the_markets_level() -> None:
     months = np.array([MARCH] * 60 + [APRIL] * 60, dtype=object)
     ratios = np.concatenate([_ratios(1.56, 60, 2), _ratios(1.2, 60, 3)])
     refs = {
-        MARCH: [market_loop.Reference(np.log(1.2), "a"), market_loop.Reference(np.log(1.0), "b")],
-        APRIL: [market_loop.Reference(np.log(1.21), "a")],
+        MARCH: [market_view.Reference(np.log(1.2), "a"), market_view.Reference(np.log(1.0), "b")],
+        APRIL: [market_view.Reference(np.log(1.21), "a")],
     }
-    seen = market_loop.compare(months, ratios, refs, {})
+    seen = market_view.compare(months, ratios, refs, {})
     assert [m.agrees for m in seen.months] == [False, True]
     assert seen.departs[0].market == pytest.approx(1.2)  # the nearest level the market shows
     assert np.allclose(seen.centre[:60], np.log(1.2))
@@ -51,7 +62,7 @@ def test_a_month_that_departs_is_judged_around_the_markets_level() -> None:
 
 def test_a_month_nobody_else_priced_is_shown_beside_the_base_level() -> None:
     months = np.array([MARCH] * 50, dtype=object)
-    seen = market_loop.compare(months, _ratios(1.2, 50, 4), {}, {})
+    seen = market_view.compare(months, _ratios(1.2, 50, 4), {}, {})
     (m,) = seen.months
     assert m.agrees is None and m.market == 1.0 and m.by == "the base level"
     assert not seen.referenced and not seen.centre.any()
@@ -59,8 +70,8 @@ def test_a_month_nobody_else_priced_is_shown_beside_the_base_level() -> None:
 
 def test_too_few_stones_give_no_verdict() -> None:
     months = np.array([MARCH] * 5, dtype=object)
-    refs = {MARCH: [market_loop.Reference(0.0, "a")]}
-    assert market_loop.compare(months, _ratios(1.5, 5, 5), refs, {}).months[0].agrees is None
+    refs = {MARCH: [market_view.Reference(0.0, "a")]}
+    assert market_view.compare(months, _ratios(1.5, 5, 5), refs, {}).months[0].agrees is None
 
 
 # --- the guard in the store ---------------------------------------------------------------------
@@ -189,7 +200,7 @@ def test_an_inbox_sub_folder_names_the_source(fresh, tmp_path) -> None:
     fresh.iloc[40:80].to_csv(inbox / "top.csv", index=False)
     reports, failed = pipeline.ingest_inbox(inbox)
     assert failed == [] and len(reports) == 2
-    assert {b["file_name"].split("/")[-1]: b["source"] for b in ingest.batches()} == {
+    assert {b["file_name"].split("/")[-1]: b["source"] for b in batches.listed()} == {
         "june.csv": "giulia",
         "top.csv": "inbox",
     }
@@ -299,7 +310,7 @@ def test_an_upload_is_its_keys_persons_not_the_label_it_claims(
         assert number.status_code == 422
         assert number.json()["message"].startswith(f"diamonds[0].{schema.APPRAISED_AT}:")
     settings.cache_clear()
-    (batch,) = ingest.batches()
+    (batch,) = batches.listed()
     assert batch["source"] == "giulia" and batch["file_name"] == "expert b (JSON request)"
     dated = stored_market.dated_stones()
     assert dated[schema.APPRAISED_AT].iloc[0] == date(2025, 3, 14)

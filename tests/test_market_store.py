@@ -141,7 +141,9 @@ def test_refresh_prices_the_stored_stones(url: str, tmp_path: Path) -> None:
 
 def test_refresh_without_a_champion_changes_nothing(url: str) -> None:
     stored_market.save(_series())
-    assert stored_market.refresh_with_champion() is None
+    from appraiser import champion, market_loop
+
+    assert market_loop.refresh(champion.loaded) is None
     assert len(stored_market.load().months) == 4
 
 

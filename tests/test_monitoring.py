@@ -309,7 +309,7 @@ def test_the_admin_page_draws_each_chart(browser, live_server, public, tmp_path)
 
 
 def store_batch_status(batch_id: int) -> str | None:
-    from appraiser import ingest
+    from appraiser.batches import listed
 
-    found = [b for b in ingest.batches() if b["id"] == batch_id]
+    found = [b for b in listed() if b["id"] == batch_id]
     return found[0]["status"] if found else None

@@ -197,7 +197,7 @@ def test_a_crash_in_training_changes_nothing_and_shows(tmp_path, public, monkeyp
     def boom(self, matrix, target):
         raise RuntimeError("the machine ran out of luck")
 
-    monkeypatch.setattr(models.XGBoostMember, "_fit_trees", boom)
+    monkeypatch.setattr(models.LightGBMMember, "_fit_trees", boom)  # the one candidate tuned
     with pytest.raises(TrainingError, match="champion is unchanged"):
         retrain(trials=1, timeout=1, show_progress=False)
     assert champion.current() == v1.version

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from appraiser import drift, ingest, lineage, pipeline, screening
+from appraiser import batches, drift, ingest, lineage, pipeline, screening
 from appraiser.ingest import ingest_file
 from appraiser.pipeline import labelled_stones
 
@@ -165,7 +165,7 @@ def test_a_known_stone_at_another_price_is_held_as_a_conflict(store_url, tmp_pat
     assert len(training) == 200 + 60  # the 30 re-priced stones wait for review
     assert second.conflicts == 30 and second.rows_accepted == 60
     assert f"HELD for review as batch {second.conflict_batch}" in second.summary()
-    (held,) = ingest.batches(status="held")
+    (held,) = batches.listed(status="held")
     assert held["id"] == second.conflict_batch and "conflicting price" in held["status_reason"]
     assert f"(batch {first.batch_id}), +50%" in held["status_reason"]
     assert not training["batch_id"].isin([second.conflict_batch]).any()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from appraiser import champion, gate, ingest, lineage, registry, schema
+from appraiser import batches, champion, gate, ingest, lineage, registry, schema
 from appraiser.cli import app
 from appraiser.drift import drift_report
 from appraiser.gate import GatePolicy
@@ -659,7 +659,7 @@ def test_an_unscreened_batch_is_held(with_champion, tmp_path, public, monkeypatc
     public.sample(100, random_state=3).to_csv(batch, index=False)
     report = ingest_file(batch)
     assert report.held and "not screened" in report.hold_reasons[0]
-    (stored,) = ingest.batches(status="held")
+    (stored,) = batches.listed(status="held")
     assert "connection refused" in stored["status_reason"]
     assert len(ingest.accepted_stones()) == 0
 

@@ -26,6 +26,7 @@ from appraiser.config import STORE_FILE, StoreSettings, settings
 from appraiser.model_cache import RegistryError
 
 if TYPE_CHECKING:
+    from appraiser.models import PriceModel
     from appraiser.registry import VersionInfo
 
 # Imported where used: `appraiser predict` asks current(registry=False) and must not pay for
@@ -70,6 +71,23 @@ def current(*, registry: bool = True) -> str | None:
 
 
 _warned: set[tuple[str, str | None]] = set()  # disagreements logged once each
+
+
+def loaded() -> tuple[str, PriceModel] | None:
+    """The champion's version and model (from the local cache), None when there is none; with no
+    tracking server and no local registry yet there is none, and MLflow (3 s to import) is not
+    imported to say so."""
+    from appraiser.config import settings
+
+    cfg = settings()
+    if not cfg.mlflow_tracking_uri and not (cfg.home / "mlflow.db").exists():
+        return None
+    version = current()
+    if version is None:
+        return None
+    from appraiser import registry
+
+    return registry.load_version(version)
 
 
 def _stored() -> str | None:
@@ -191,9 +209,10 @@ def _move_and_record(version: str, now: str | None, kind: str, reason: str, acto
         if moved and now is not None:  # the history could not be written: undo the move
             registry.set_champion_alias(now, f"restored: recording the move to v{version} failed")
         raise
-    from appraiser import market_loop
+    from appraiser import market_loop, registry
 
-    market_loop.after_promotion()  # the new champion's prices are the base the level measures
+    # the new champion's prices are the base the level measures
+    market_loop.after_promotion(lambda: registry.load_version(version))
 
 
 def promote(

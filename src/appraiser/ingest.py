@@ -199,37 +199,6 @@ def _evaluation(screening: Screening, batch_id: int) -> store.Evaluation:
     )
 
 
-def batches(status: str | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
-    """The store's batches (newest first), with their status and the champion's screening."""
-    engine = engine or store.ready()
-    query = select(Batch).order_by(Batch.id.desc())
-    if status is not None:
-        query = query.where(Batch.status == status)
-    with Session(engine) as s:
-        rows = s.scalars(query).all()
-        screened = {
-            e.batch_id: json.loads(e.details or "{}")
-            for e in s.scalars(
-                select(store.Evaluation).where(store.Evaluation.kind == "batch")
-            ).all()
-        }
-        return [
-            {
-                "id": b.id,
-                "source": b.source,
-                "file_name": b.file_name,
-                "received_at": b.received_at,
-                "rows_read": b.rows_read,
-                "rows_accepted": b.rows_accepted,
-                "rows_rejected": b.rows_rejected,
-                "status": b.status,
-                "status_reason": b.status_reason,
-                "screening": screened.get(b.id),
-            }
-            for b in rows
-        ]
-
-
 def set_batch_status(
     batch_id: int,
     status: str,
@@ -237,43 +206,18 @@ def set_batch_status(
     *,
     actor: str = "unknown",
     note: str | None = None,
-    follow: bool = True,
 ) -> str:
-    """Release a held or dropped batch (status `accepted`) or drop one (kept, never used); returns
-    its former status. Under the pipeline lock, so no retrain runs on a batch as it changes; in
-    the audit trail under `actor`, with `note` (why). A release is an acceptance: with `follow`,
-    the market level is refreshed and held batches screened again (market_loop.py). KeyError for
-    an unknown batch, ValueError for a move that changes nothing."""
+    """`batches.set_status`, and a release is an acceptance: the market level is refreshed and
+    held batches screened again (market_loop.py). Returns the batch's former status."""
+    from appraiser import batches, champion, market_loop
     from appraiser.locking import exclusive
 
-    if status not in ("accepted", "dropped"):
-        raise ValueError(f"a batch can be released (accepted) or dropped, not {status!r}")
     engine = engine or store.ready()
-    with exclusive():
-        with Session(engine) as s, s.begin():
-            batch = s.get(Batch, batch_id)
-            if batch is None:
-                raise KeyError(f"no batch {batch_id}")
-            before = batch.status
-            if before == status:
-                raise ValueError(f"batch {batch_id} is already {status}")
-            batch.status = status
-            why = "released" if status == "accepted" else "dropped"
-            said = f"{why} by {actor}" + (f": {note}" if note else "")
-            batch.status_reason = f"{said} (was {before}: {batch.status_reason or 'ok'})"[:5000]
-            audit.record(
-                actor,
-                "batch_released" if status == "accepted" else "batch_dropped",
-                session=s,
-                batch_id=batch_id,
-                previous=before,
-                **({"note": note} if note else {}),
-            )
-        if status == "accepted" and follow:
-            from appraiser import market_loop
-
-            market_loop.after_acceptance(engine)
-        return before
+    with exclusive():  # the release and what it sets off, with no retrain in between
+        before = batches.set_status(batch_id, status, engine, actor=actor, note=note)
+        if status == "accepted":
+            market_loop.after_acceptance(champion.loaded, engine)
+    return before
 
 
 def is_url(location: str | Path) -> bool:
@@ -398,10 +342,13 @@ def ingest_file(
     report.reasons = reasons
     report.duplicates_of_store = int(is_dup.sum())
     if screen and len(clean):
+        from appraiser import champion
         from appraiser.screening import screen_with_champion
 
         try:
-            report.screening = screen_with_champion(clean, source=source, engine=engine)
+            report.screening = screen_with_champion(
+                clean, champion=champion.loaded, source=source, engine=engine
+            )
         except Exception as exc:  # registry down, model files broken: keep the batch, unchecked
             logger.warning("batch from %s not screened: %s", shown, exc)
             report.not_screened = (
@@ -463,8 +410,8 @@ def ingest_file(
             path=shown, file_hash=digest, batch_id=existing, already_ingested=True
         )
     if screen and not report.already_ingested and report.rows_accepted and not report.held:
-        from appraiser import market_loop
+        from appraiser import champion, market_loop
 
-        report.released = market_loop.after_acceptance(engine)
+        report.released = market_loop.after_acceptance(champion.loaded, engine)
     report.seconds = time.perf_counter() - started
     return report

@@ -338,7 +338,7 @@ def rejected_by_reason(engine: Engine, since: datetime) -> dict[str, Any]:
 def held_batches(engine: Engine) -> list[dict[str, Any]]:
     """Batches the label-shift guard held, newest first: they train nothing until an admin
     releases (or drops) them."""
-    from appraiser import ingest
+    from appraiser import batches
 
     return [
         {
@@ -350,7 +350,7 @@ def held_batches(engine: Engine) -> list[dict[str, Any]]:
             "reason": b["status_reason"],
             "summary": (b["screening"] or {}).get("summary"),
         }
-        for b in ingest.batches(status="held", engine=engine)
+        for b in batches.listed(status="held", engine=engine)
     ]
 
 

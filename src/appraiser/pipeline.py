@@ -24,6 +24,7 @@ import pandas as pd
 
 from appraiser import (
     audit,
+    batches,
     champion,
     clock,
     data,
@@ -175,7 +176,8 @@ def retrain(
     with exclusive():
         known = labelled_stones()
         # every price on the base level (the champion's, 1.0): eras do not blur (market_loop.py)
-        known.stones, levels = market_loop.deflate(known.stones, market_loop.training_series())
+        series = market_loop.training_series(champion.loaded)
+        known.stones, levels = market_loop.deflate(known.stones, series)
         fit_part = known.part("train")
         if len(fit_part) < MIN_STONES:
             raise TrainingError(
@@ -260,7 +262,7 @@ def drift_stones(new: pd.DataFrame, version: str) -> pd.DataFrame:
     moves = champion.history()
     since = clock.utc(moves[-1]["at"]) if moves else None
     if since is not None:
-        received = {b["id"]: clock.utc(b["received_at"]) for b in ingest.batches()}
+        received = {b["id"]: clock.utc(b["received_at"]) for b in batches.listed()}
         later = [i for i, at in received.items() if at is not None and at > since]
         new = new[new["batch_id"].isin(later)]
     known = lineage.load(version)
@@ -398,8 +400,9 @@ def run_pass(
     """
     with exclusive():
         reports, failed = ingest_inbox(inbox) if inbox is not None else ([], [])
-        if any(b["screening"] for b in ingest.batches(status="held")):
-            market_loop.after_acceptance()  # what a busy moment left held, a market now backs
+        if any(b["screening"] for b in batches.listed(status="held")):
+            # what a busy moment left held, a market may now back
+            market_loop.after_acceptance(champion.loaded)
         current = champion.current()
         attempt = lineage.last_attempt()
         known = labelled_stones()
@@ -416,7 +419,7 @@ def run_pass(
             retrain_reason=None,
             result=None,
             new_feedback=new_feedback,
-            held=ingest.batches(status="held"),
+            held=batches.listed(status="held"),
         )
         reasons: list[str] = []
         champion_model = registry.load_version(current)[1] if current else None
@@ -424,7 +427,7 @@ def run_pass(
             reasons.append("no champion yet")
         else:
             new_batches = {int(b) for b in new["batch_id"].unique()}
-            for batch in ingest.batches(status="accepted"):
+            for batch in batches.listed(status="accepted"):
                 screened = batch["screening"]
                 if batch["id"] in new_batches and screened and screened.get("worse"):
                     report.signals.append(

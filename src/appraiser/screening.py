@@ -26,7 +26,7 @@ Stones the champion trained on (its lineage) are left out of the figures (their 
 in-sample, smaller than fresh stones'); only the far-off count reads them too, so a training stone
 sent again at five times its price is still seen. The measured rates: benchmarks/guard.py.
 
-The guard knows the market (market_loop.py): a batch's prices, month by month of `appraised_at`,
+The guard knows the market (market_view.py): a batch's prices, month by month of `appraised_at`,
 are compared with what other sources show for the same months; where they agree the batch's errors
 are judged around that level (`level`), so a market move beyond HOLD_SHIFT is learned from once a
 second source shows it, and a source that departs from the others is held.
@@ -35,6 +35,7 @@ second source shows it, and a source that departs from the others is held.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,7 +134,7 @@ class Screening:
     # per feature, the batch against the stones the champion learned from (drift.drift_report
     # rows), kept with the screening so drift can be followed batch by batch (monitoring.py)
     drift: list[dict[str, Any]] = field(default_factory=list)
-    # per month of appraised_at, the level the batch implies beside the market's (market_loop.py);
+    # per month of appraised_at, the level the batch implies beside the market's (market_view.py);
     # empty: not compared. The figures above are then measured around those levels
     market: list[dict[str, Any]] = field(default_factory=list)
 
@@ -183,7 +184,7 @@ def screen(
 ) -> Screening:
     """Price a labelled batch with `model` and judge its errors against the expected ones.
     `trained_on`: True for the stones the model trained on (left out of the figures). `level`:
-    each stone's log market level (market_loop.py): the champion's prices on the base level are
+    each stone's log market level (market_view.py): the champion's prices on the base level are
     moved to it before the errors are judged (None: the base level)."""
     actual = stones[schema.TARGET].to_numpy(dtype=float)
     matrix = features.encode(stones).to_numpy(dtype=float)
@@ -328,21 +329,18 @@ def _pct(log_value: float) -> str:
 
 
 def screen_with_champion(
-    stones: pd.DataFrame, *, source: str | None = None, engine: Engine | None = None
+    stones: pd.DataFrame,
+    *,
+    champion: Callable[[], tuple[str, PriceModel] | None],
+    source: str | None = None,
+    engine: Engine | None = None,
 ) -> Screening | None:
     """The champion's screening of a labelled batch (None when there is no champion yet); with
     its `source`, against the market the other sources show (`guard`)."""
-    from appraiser.config import settings
-
-    cfg = settings()
-    if not cfg.mlflow_tracking_uri and not (cfg.home / "mlflow.db").exists():
-        return None  # no local registry yet, so no champion (importing MLflow alone takes 3 s)
-    from appraiser import champion, registry
-
-    version = champion.current()
-    if version is None or stones.empty:
+    loaded = champion() if not stones.empty else None
+    if loaded is None:
         return None
-    version, model = registry.load_version(version)
+    version, model = loaded
     result = guard(model, version, stones, source=source, engine=engine)
     result.drift = batch_drift(model, stones)
     return result
@@ -358,14 +356,14 @@ def guard(
     batch_id: int | None = None,
 ) -> Screening:
     """`screen` by `version`; with a `source`, around the market the other sources show for the
-    batch's months, holding a month that departs from them (market_loop.py). `batch_id`: the
+    batch's months, holding a month that departs from them (market_view.py). `batch_id`: the
     stored batch being screened again (its own stones are no evidence)."""
     known = trained_on(version, stones)
     if source is None:
         return screen(model, version, stones, trained_on=known)
-    from appraiser import market_loop
+    from appraiser import market_view
 
-    seen = market_loop.view(model, version, stones, source, engine=engine, batch_id=batch_id)
+    seen = market_view.view(model, version, stones, source, engine=engine, batch_id=batch_id)
     result = screen(
         model, version, stones, trained_on=known, level=seen.centre if seen.referenced else None
     )

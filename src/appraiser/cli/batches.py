@@ -113,7 +113,7 @@ def batches(
     """The store's batches, newest first: status (held ones wait for review) and screening."""
     if ctx.invoked_subcommand is not None:
         return
-    from appraiser.ingest import batches as list_batches
+    from appraiser.batches import listed as list_batches
 
     found = list_batches(status=status.value if status else None)
     if as_json:

@@ -29,13 +29,13 @@ def market_cmd(
     ] = False,
 ) -> None:
     """The market level: per month, with its 90% interval and the stones behind it."""
-    from appraiser import clock
+    from appraiser import champion, clock, market_loop
     from appraiser.store import market as stored
 
     day = as_of.date() if as_of else clock.today()
     if day > clock.today():
         raise fail(f"--as-of must not be after today ({clock.today().isoformat()}, UTC)", 2)
-    if refresh and stored.refresh_with_champion() is None:
+    if refresh and market_loop.refresh(champion.loaded) is None:
         raise fail("no champion to price the stones with yet: run `appraiser train`")
     series = stored.load()
     if as_json:

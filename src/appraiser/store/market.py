@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, delete, insert, select
 
@@ -133,20 +132,3 @@ def refresh(
     series = market.estimate(stones, model_version=version)
     save(series, engine)
     return series
-
-
-def refresh_with_champion(engine: Engine | None = None) -> market.Series | None:
-    """`refresh` with the champion's prices; None, changing nothing, when there is no champion."""
-    from appraiser.config import settings
-
-    cfg = settings()
-    if not cfg.mlflow_tracking_uri and not (cfg.home / "mlflow.db").exists():
-        return None  # no local registry yet, so no champion (as screening.screen_with_champion)
-    from appraiser import champion, registry
-
-    current = champion.current()
-    if current is None:
-        return None
-    version, model = registry.load_version(current)
-    logger.info("market level refreshed against v%s", version)
-    return refresh(lambda stones: np.exp(model.predict_log(stones)), version, engine)

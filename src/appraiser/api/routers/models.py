@@ -124,9 +124,9 @@ async def list_batches(
 ) -> list[dict[str, Any]]:
     """Newest first, with the champion's screening of each: held batches train nothing until
     released."""
-    from appraiser import ingest
+    from appraiser import batches
 
-    return await run_in_threadpool(ingest.batches, status)
+    return await run_in_threadpool(batches.listed, status)
 
 
 @router.post(
