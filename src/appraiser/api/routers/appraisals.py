@@ -104,15 +104,14 @@ async def appraise(
         int, Query(ge=0, le=MAX_COMPARABLES, description="add this many similar stones")
     ] = 0,
     as_of: AsOf = None,
-) -> dict[str, Any] | Response:
+) -> Response:
     """The price as of a day (today by default), its 90% range, the market level it stands on,
     the model version and any warnings. The appraisal is stored; its `id` fetches it later or
     carries an expert's price."""
     answer = await ctx.batcher.price(diamond.model_dump(), explain, comparables, as_of)
-    if explain or comparables:  # nested parts: the response model drops their empty fields
-        return answer
-    # a plain answer is built to AppraisalOut's schema with nothing empty in it: written as JSON
-    # in one go (Rust), as batches are, rather than validated a second time
+    # the answer is built to AppraisalOut's schema, parts left out rather than null (but the
+    # base level's month, which is null): written as JSON in one go (Rust), as batches are,
+    # rather than validated a second time
     return Response(to_json(answer), media_type="application/json")
 
 

@@ -1,5 +1,6 @@
 """The monitoring view's figures (admin key): traffic, latency, the champion's history, its
-accuracy, drift, refused rows and held batches, as one JSON document (see monitoring.py)."""
+accuracy, drift, refused rows, held batches and the market level, as one JSON document (see
+monitoring.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from appraiser import monitoring
 from appraiser.api import deps
 from appraiser.api.metrics import metrics_registry
-from appraiser.api.schemas import ERRORS, Timestamp
+from appraiser.api.schemas import ERRORS, MarketOut, Timestamp
 
 router = APIRouter(tags=["admin"], responses=ERRORS)
 
@@ -185,6 +186,11 @@ class MonitoringOut(BaseModel):
     drift: DriftFigures
     rejected: RejectedFigures
     held_batches: list[HeldBatch] = Field(description="newest first; release or drop each")
+    market: MarketOut | None = Field(
+        default=None,
+        description="the market level this server prices with, month by month with its 90% "
+        "interval (as GET /v1/market gives it; `current` is today's)",
+    )
 
 
 # --- request latency from the Prometheus histogram --------------------------------------------
@@ -273,4 +279,5 @@ async def monitoring_view(
         monitoring.overview, hours, champion=served.version if served else None
     )
     figures["requests"] = request_latency()
+    figures["market"] = ctx.champions.market.series.to_dict()  # in memory: what prices use
     return figures
