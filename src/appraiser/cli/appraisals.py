@@ -145,9 +145,9 @@ def explain_cmd(
         MARKET_TERM: f"level {market.factor:.3f} on {market.day.isoformat()}",
     }
     why = Table(title="Why: dollars each reason adds to the average stone's price")
-    why.add_column("")
+    why.add_column("", no_wrap=True)  # the reasons' names whole, the values may wrap
     why.add_column("value")
-    why.add_column("$", justify="right")
+    why.add_column("$", justify="right", no_wrap=True)
     why.add_column("one grade better / worse")
     why.add_row("average stone", "", f"{result.baseline:,.0f}", "")
     # the stone's reasons by size, then the market since the collection: the same last step
