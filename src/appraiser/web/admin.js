@@ -810,19 +810,20 @@
       return;
     }
     const W = 1040, H = 240, left = 56, right = 20, top = 16, bottom = 30;
-    let lo = Math.min(1, ...months.map((m) => m.low));
-    let hi = Math.max(1, ...months.map((m) => m.high));
-    const pad = Math.max((hi - lo) * 0.08, 0.01);
-    lo -= pad;
-    hi += pad;
+    // the axis on round levels (0.02, 0.05, 0.1... apart), the base level always on it
+    const raw = Math.max(Math.max(1, ...months.map((m) => m.high)) - Math.min(1, ...months.map((m) => m.low)), 0.02) / 4;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map((k) => k * power).find((v) => v >= raw);
+    const lo = Math.floor(Math.min(1, ...months.map((m) => m.low)) / step) * step;
+    const hi = Math.max(Math.ceil(Math.max(1, ...months.map((m) => m.high)) / step) * step, lo + step);
     const n = months.length;
     const x = (i) => (n === 1 ? (left + W - right) / 2 : left + (i * (W - left - right)) / (n - 1));
     const y = (v) => top + ((hi - v) / (hi - lo)) * (H - top - bottom);
     const now = market.current;
     const chart = chartSvg(W, H, "Market level per month, with its 90% interval", `${plural(n, "month", "months")}; the level today is ${num(now.level, 3)} (90% interval ${num(now.low, 3)} to ${num(now.high, 3)}); 1.00 is the base level.`, "market");
     const axis = svg("g", { class: "axis", "aria-hidden": "true" });
-    for (let t = 0; t <= 4; t += 1) {
-      const v = lo + ((hi - lo) * t) / 4;
+    for (let t = 0; t <= Math.round((hi - lo) / step); t += 1) {
+      const v = lo + t * step;
       axis.append(svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: "gridline" }));
       axis.append(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(2)));
     }
