@@ -230,11 +230,8 @@ class Appraiser:
                 # the baseline takes the cents lost to rounding, so the parts add up exactly
                 answer["baseline"] = round(price[i] - sum(parts.values()), 2)
                 answer["contributions"] = parts
-            if what_if is not None:  # the end of a scale is left out, not null
-                answer["what_if"] = {
-                    grade: {side: other for side, other in sides.items() if other is not None}
-                    for grade, sides in what_if[i].items()
-                }
+            if what_if is not None:
+                answer["what_if"] = what_if[i]
             if deals[i] is not None:
                 answer["deal"] = deals[i]
             if comparables > 0:

@@ -109,9 +109,14 @@ async def appraise(
     the model version and any warnings. The appraisal is stored; its `id` fetches it later or
     carries an expert's price."""
     answer = await ctx.batcher.price(diamond.model_dump(), explain, comparables, as_of)
-    # the answer is built to AppraisalOut's schema, parts left out rather than null (but the
-    # base level's month, which is null): written as JSON in one go (Rust), as batches are,
-    # rather than validated a second time
+    if "what_if" in answer:  # the end of a scale is left out, not null
+        answer["what_if"] = {
+            grade: {side: other for side, other in sides.items() if other is not None}
+            for grade, sides in answer["what_if"].items()
+        }
+    # the answer is built to AppraisalOut's schema, what is absent left out (only the base
+    # level's month is null): written as JSON in one go (Rust), as batches are, rather than
+    # validated a second time
     return Response(to_json(answer), media_type="application/json")
 
 
