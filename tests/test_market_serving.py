@@ -201,7 +201,12 @@ def test_the_server_keeps_the_series_in_memory_and_follows_a_refresh(
     settings.cache_clear()
     loads: list[int] = []
     real_load = stored_market.load
-    monkeypatch.setattr(stored_market, "load", lambda *a: loads.append(1) or real_load(*a))
+
+    def counted_load(*args: object) -> market.Series:
+        loads.append(1)
+        return real_load(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stored_market, "load", counted_load)
     stored_market.save(SERIES)
     with TestClient(create_app()) as client:
         watched = client.app.state.ctx.champions.market  # type: ignore[attr-defined]
@@ -243,7 +248,7 @@ def test_the_level_of_a_day_follows_a_new_series() -> None:
     assert levels.on(day).is_base and levels.on(day) is levels.on(day)
     levels.series = SERIES
     found = levels.on(day)
-    assert found.factor == 1.25 and found.field()["month"] == "2025-03-01"
+    assert found.factor == 1.25 and found.field["month"] == "2025-03-01"
     assert "the estimate of 2025-03" in found.describe()
     assert "the base" in MarketDay(day).describe()
 

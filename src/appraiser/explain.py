@@ -351,7 +351,7 @@ class Explanation:
     comparables: pd.DataFrame
     warnings: list[str]
     what_if: dict[str, dict[str, Any]]
-    market_level: dict[str, Any] | None = None  # MarketDay.field(): the level the price is at
+    market_level: dict[str, Any] | None = None  # MarketDay.field: the level the price is at
 
     def as_dict(self) -> dict:
         return {
@@ -404,7 +404,7 @@ def explain_stones(
                 comparables=index.comparables(stone, n_comparables),
                 warnings=index.warnings(stone),
                 what_if=what_ifs[i],
-                market_level=market.field() if market is not None else None,
+                market_level=market.field if market is not None else None,
             )
         )
     return out

@@ -10,6 +10,7 @@ are exactly the model's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -39,9 +40,11 @@ class MarketDay:
     def is_base(self) -> bool:
         return self.level.level == 1.0
 
+    @functools.cached_property
     def field(self) -> dict[str, Any]:
         """The `market_level` of an answer: the level, its 90% interval, the month it is the
-        estimate of (None: the base level) and the day the price is for."""
+        estimate of (None: the base level) and the day the price is for. Made once per day and
+        shared by the answers (never changed)."""
         return {
             "level": self.level.level,
             "low": self.level.low,

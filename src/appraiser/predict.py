@@ -204,7 +204,7 @@ class Appraiser:
         )
         warnings = self.index.warnings_all(matrix, stones)
         what_if = grade_what_ifs(self.model, matrix, factor) if explain else None
-        level = market.field()
+        level = market.field
         deals: list[dict[str, Any] | None] = [None] * len(stones)
         asked = [i for i, a in enumerate(asking_prices or []) if a is not None]
         if asked:

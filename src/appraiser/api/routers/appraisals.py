@@ -287,7 +287,7 @@ def _price_list(current: Any, content: bytes, market: MarketDay) -> dict[str, An
         "refused": int((~good).sum()),
         "model_version": current.version,
         "currency": CURRENCY,
-        "market_level": market.field(),
+        "market_level": market.field,
     }
 
 
