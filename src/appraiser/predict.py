@@ -296,6 +296,7 @@ class ChampionWatcher:
     Requests read `current` once and use that Appraiser to the end, so a swap never fails or
     mixes a request; the old model is dropped when its last request ends. A version that fails
     to load is logged and tried again at the next poll, while the old champion keeps serving.
+    The same poll follows the market level's series (`market`, market_day.MarketLevels).
     """
 
     def __init__(self, interval: float = 2.0, settle_heap: bool = False) -> None:

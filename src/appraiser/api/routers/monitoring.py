@@ -273,7 +273,8 @@ async def monitoring_view(
     """Appraisals per hour and request latency; the champion's promotions and rollbacks (who,
     why); its accuracy and 90%-range coverage per version from approved expert prices and from
     each newly labelled batch; drift per feature batch by batch; rejected rows by reason; batches
-    held for review. What the admin page's Monitoring section draws."""
+    held for review; the market level this server prices with. What the admin page's Monitoring
+    section draws."""
     served = ctx.champions.current
     figures = await run_in_threadpool(
         monitoring.overview, hours, champion=served.version if served else None
