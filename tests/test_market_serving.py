@@ -253,6 +253,28 @@ def test_the_level_of_a_day_follows_a_new_series() -> None:
     assert "the base" in MarketDay(day).describe()
 
 
+def test_the_level_read_without_sqlalchemy_is_the_stores(
+    home_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`appraiser predict` reads the default SQLite store's levels with sqlite3 (start-up): the
+    same months as store.market.load reads through SQLAlchemy; the base with no store or table."""
+    from appraiser import store
+    from appraiser.market_day import _levels_sqlite, stored_on
+
+    monkeypatch.delenv("APPRAISER_DATABASE_URL", raising=False)
+    store.ready()
+    assert stored_on(date(2025, 2, 3)).is_base  # a store with no series yet
+    stored_market.save(SERIES)
+    fast = _levels_sqlite(home_copy / "appraiser.db")
+    assert fast.months == stored_market.load().months == SERIES.months
+    assert stored_on(date(2025, 2, 3)).level == SERIES.months[1]
+    monkeypatch.setenv("APPRAISER_DATABASE_URL", store.database_url())  # the same file
+    assert stored_on(date(2025, 2, 3)).level == SERIES.months[1]  # now through SQLAlchemy
+    assert _levels_sqlite(tmp_path / "none.db").months == ()
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert _levels_sqlite(tmp_path / "empty.db").months == ()
+
+
 def _predict(source: Path, target: Path, *args: str) -> pd.DataFrame:
     done = runner.invoke(cli, ["predict", str(source), "-o", str(target), *args])
     assert done.exit_code == 0, done.output

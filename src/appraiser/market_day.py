@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from appraiser import clock, market
@@ -71,13 +74,47 @@ def on(series: market.Series, day: date | None = None) -> MarketDay:
     return MarketDay(day, series.level_at(day))
 
 
-def stored_on(day: date | None = None, url: str | None = None) -> MarketDay:
+def stored_on(day: date | None = None) -> MarketDay:
     """The stored series' level on `day`: one read of the store (for a command that prices
     once; a server keeps the series in memory, MarketLevels)."""
-    from appraiser.store import market as stored
-    from appraiser.store import ready
+    from appraiser.config import STORE_FILE, StoreSettings, settings
 
-    return on(stored.load(ready(url)), day)
+    if not StoreSettings().database_url:  # the default SQLite store, as store.database_url
+        return on(_levels_sqlite(settings().home.resolve() / STORE_FILE), day)
+    from appraiser.store import market as stored
+
+    return on(stored.load(), day)
+
+
+def _levels_sqlite(path: Path) -> market.Series:
+    """The default SQLite store's monthly levels, read with the standard library's driver
+    (read-only), as champion._stored_sqlite reads the champion: SQLAlchemy's import would be a
+    third of `appraiser predict`'s start-up. The months only (what prices need; the sources left
+    out stay with store.market.load); an empty series with no store or no table yet."""
+    if not path.exists():
+        return market.Series()
+    query = "SELECT month, level, low, high, stones, observed, excluded FROM market_levels"
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            rows = connection.execute(f"{query} ORDER BY month").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return market.Series()
+        raise
+    return market.Series(
+        tuple(
+            market.Level(
+                month=date.fromisoformat(str(month)[:10]),
+                level=level,
+                low=low,
+                high=high,
+                stones=stones,
+                observed=observed,
+                excluded=excluded,
+            )
+            for month, level, low, high, stones, observed, excluded in rows
+        )
+    )
 
 
 class MarketLevels:
