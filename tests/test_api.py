@@ -63,6 +63,7 @@ def test_appraisal_is_priced_and_stored(client: TestClient, stone: dict) -> None
         "coverage",
         "currency",
         "model_version",
+        "market_level",
         "warnings",
     }
     assert body["price_low"] < body["price"] < body["price_high"]

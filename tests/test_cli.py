@@ -88,7 +88,8 @@ def test_predict_scores_a_file_and_flags_bad_rows(trained, public, tmp_path):
     assert result.exit_code == 0, result.output
     out = pd.read_csv(target, keep_default_na=False)
     assert len(out) == 250
-    assert list(out.columns) == [*schema.FEATURES, "price", "price_low", "price_high", "error"]
+    priced_as = ["price", "price_low", "price_high", "market_level", "as_of"]
+    assert list(out.columns) == [*schema.FEATURES, *priced_as, "error"]
     assert "cut must be one of" in out.loc[7, "error"]
     assert "x must be > 0" in out.loc[9, "error"]
     priced = out[out["error"] == ""]

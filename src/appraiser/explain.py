@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from appraiser import features, schema
+from appraiser.market_day import MARKET_TERM, MarketDay
 from appraiser.models import BASELINE, CONTRIBUTION_COLUMNS, PriceModel
 
 
@@ -92,9 +93,12 @@ def dollar_contributions(log_contribs: pd.DataFrame) -> pd.DataFrame:
     return dollars[[BASELINE, *features.REASONS]]
 
 
-def grade_what_ifs(model: PriceModel, matrix: np.ndarray) -> list[dict[str, dict[str, Any]]]:
+def grade_what_ifs(
+    model: PriceModel, matrix: np.ndarray, factor: float = 1.0
+) -> list[dict[str, dict[str, Any]]]:
     """For each stone (encoded) and grade: the grade one step better and one worse, and the price
-    the model gives the same stone with it (None at the end of a scale). One model call."""
+    the model gives the same stone with it, times `factor` (the market level; None at the end of
+    a scale). One model call."""
     variants = []
     where: list[tuple[int, str, str, float]] = []  # stone, grade, "better"/"worse", code
     for grade in schema.GRADE_COLUMNS:
@@ -111,7 +115,7 @@ def grade_what_ifs(model: PriceModel, matrix: np.ndarray) -> list[dict[str, dict
         {g: {"better": None, "worse": None} for g in schema.GRADE_COLUMNS} for _ in matrix
     ]
     if variants:
-        prices = np.exp(model.predict_log_matrix(np.vstack(variants)))  # no ranges needed
+        prices = np.exp(model.predict_log_matrix(np.vstack(variants))) * factor  # no ranges
         for (row, grade, side, code), price in zip(where, prices.tolist(), strict=True):
             out[row][grade][side] = {
                 "grade": schema.GRADES[grade][int(code)],
@@ -347,9 +351,11 @@ class Explanation:
     comparables: pd.DataFrame
     warnings: list[str]
     what_if: dict[str, dict[str, Any]]
+    market_level: dict[str, Any] | None = None  # MarketDay.field: the level the price is at
 
     def as_dict(self) -> dict:
         return {
+            "market_level": self.market_level,
             "stone": self.stone,
             "price": self.price,
             "price_low": self.price_low,
@@ -368,16 +374,24 @@ def explain_stones(
     stones: Sequence[Mapping[str, Any]],
     n_comparables: int = 5,
     index: ReferenceIndex | None = None,
+    market: MarketDay | None = None,
 ) -> list[Explanation]:
     """Explain validated stones (mappings of schema.FEATURES): price, range, dollars, comparables,
-    warnings. Pass the model's `index` when explaining often (building it scans the collection)."""
+    warnings. Pass the model's `index` when explaining often (building it scans the collection).
+    With a `market` level other than 1.0, the prices are the model's times the level and the
+    contributions gain `market`, price on the base level x (level - 1), so they still add up."""
     index = index or ReferenceIndex(model.reference)
     matrix = features.encode_stones(stones)
-    price, low, high = model.predict_matrix(matrix)
-    dollars = dollars_from_log(model.contributions_matrix(matrix), np.log(price))
-    what_ifs = grade_what_ifs(model, matrix)
+    factor = market.factor if market is not None else 1.0
+    base, low, high = model.predict_matrix(matrix)
+    dollars = dollars_from_log(model.contributions_matrix(matrix), np.log(base))
+    what_ifs = grade_what_ifs(model, matrix, factor)
+    price, low, high = base * factor, low * factor, high * factor
     out = []
     for i, stone in enumerate(stones):
+        reasons = {k: float(dollars[i, j]) for j, k in enumerate(features.REASONS)}
+        if factor != 1.0:
+            reasons[MARKET_TERM] = float(base[i] * (factor - 1))
         out.append(
             Explanation(
                 stone={k: stone[k] for k in schema.FEATURES},
@@ -386,10 +400,11 @@ def explain_stones(
                 price_high=float(high[i]),
                 coverage=model.coverage,
                 baseline=float(dollars[i, -1]),
-                contributions={k: float(dollars[i, j]) for j, k in enumerate(features.REASONS)},
+                contributions=reasons,
                 comparables=index.comparables(stone, n_comparables),
                 warnings=index.warnings(stone),
                 what_if=what_ifs[i],
+                market_level=market.field if market is not None else None,
             )
         )
     return out

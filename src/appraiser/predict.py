@@ -19,9 +19,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from appraiser import champion, data, explain, fast, features, model_cache, schema
+from appraiser import champion, clock, data, explain, fast, features, model_cache, schema
 from appraiser import explain as explain_module
 from appraiser.explain import dollars_from_log, grade_what_ifs
+from appraiser.market_day import MARKET_TERM, MarketDay, MarketLevels
 from appraiser.models import PriceModel
 from appraiser.scoring import score_frame
 
@@ -59,9 +60,13 @@ def score_file(
     target: Path,
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
+    market: MarketDay | None = None,
 ) -> BatchSummary:
-    """Score a CSV/Parquet file into a CSV, chunk by chunk so memory stays flat on large files."""
+    """Score a CSV/Parquet file into a CSV, chunk by chunk so memory stays flat on large files:
+    prices as of `market`'s day (today's base level by default), which every row names in its
+    `market_level` and `as_of` columns."""
     source = data.usable_file(source)
+    market = market or MarketDay(clock.today())
     target.parent.mkdir(parents=True, exist_ok=True)
     rows = priced = 0
     partial = target.with_name(target.name + ".partial")
@@ -70,7 +75,10 @@ def score_file(
     pending: Future[None] | None = None
     with partial.open("wb") as out, ThreadPoolExecutor(max_workers=1) as writer:
         for chunk in _chunks(source, chunk_rows):
-            scored = score_frame(model, chunk, first_line=rows + 2)
+            scored = score_frame(model, chunk, first_line=rows + 2, level=market.factor)
+            after = scored.columns.get_loc("price_high") + 1  # beside the prices they qualify
+            scored.insert(after, "market_level", market.factor)
+            scored.insert(after + 1, "as_of", market.day.isoformat())
             # the input's text passes through: kept from running as a spreadsheet formula
             table = pa.Table.from_pandas(data.formula_safe_frame(scored), preserve_index=False)
             options = pa_csv.WriteOptions(include_header=rows == 0, quoting_style="needed")
@@ -160,33 +168,50 @@ class Appraiser:
         explain: bool = False,
         comparables: int = 0,
         asking_prices: Sequence[float | None] | None = None,
+        market: MarketDay | None = None,
     ) -> list[dict[str, Any]]:
         """Validated stones (mappings of schema.FEATURES) -> one answer each, in order.
 
-        Every answer has price, price_low, price_high (USD, to the cent) and warnings; with
-        `explain`, the baseline and the dollars each reason adds (size, each grade, proportions:
-        baseline + contributions = price, to the cent) and `what_if`, the price one grade better
-        and one worse; with `comparables`, that many similar stones of the collection; with an
-        asking price, the deal check (`deal`: the probability the market pays more, a verdict).
+        Every answer has price, price_low, price_high (USD, to the cent: the model's price on the
+        base level times the `market` level, today's base level by default), `market_level` and
+        warnings; with `explain`, the baseline and the dollars each reason adds (size, each grade,
+        proportions, and `market`, the level's share, when it is not 1.0: baseline +
+        contributions = price, to the cent) and `what_if`, the price one grade better and one
+        worse; with `comparables`, that many similar stones of the collection (their recorded
+        prices); with an asking price, the deal check (`deal`: the probability the market pays
+        more, a verdict).
         """
+        market = market or MarketDay(clock.today())
+        factor = market.factor
         matrix = features.encode_stones(stones)
-        exact = self.model.predict_matrix(matrix)
+        base_price, base_low, base_high = self.model.predict_matrix(matrix)
+        # at the base level the prices are the model's, untouched
+        exact = (base_price, base_low, base_high)
+        if factor != 1.0:
+            exact = (base_price * factor, base_low * factor, base_high * factor)
         price, low, high = (np.round(v, 2).tolist() for v in exact)
         dollars = (
             np.round(
-                dollars_from_log(self.model.contributions_matrix(matrix), np.log(exact[0])), 2
+                dollars_from_log(self.model.contributions_matrix(matrix), np.log(base_price)), 2
             ).tolist()
             if explain
             else None
         )
+        moved = (
+            np.round(base_price * (factor - 1), 2).tolist()
+            if explain and not market.is_base
+            else None
+        )
         warnings = self.index.warnings_all(matrix, stones)
-        what_if = grade_what_ifs(self.model, matrix) if explain else None
+        what_if = grade_what_ifs(self.model, matrix, factor) if explain else None
+        level = market.field
         deals: list[dict[str, Any] | None] = [None] * len(stones)
         asked = [i for i, a in enumerate(asking_prices or []) if a is not None]
         if asked:
             assert asking_prices is not None
             wanted = np.asarray([float(asking_prices[i]) for i in asked])  # type: ignore[arg-type]
-            chances = self.model.prob_above_matrix(matrix[asked], wanted)
+            # P(level x price on the base level > asking) = P(base price > asking / level)
+            chances = self.model.prob_above_matrix(matrix[asked], wanted / factor)
             for i, asking, chance in zip(asked, wanted.tolist(), chances.tolist(), strict=True):
                 deals[i] = explain_module.deal(asking, chance)
         out = []
@@ -195,10 +220,13 @@ class Appraiser:
                 "price": price[i],
                 "price_low": low[i],
                 "price_high": high[i],
+                "market_level": level,
                 "warnings": warnings[i],
             }
             if dollars is not None:
                 parts = dict(zip(features.REASONS, dollars[i][:-1], strict=True))
+                if moved is not None:
+                    parts[MARKET_TERM] = moved[i]
                 # the baseline takes the cents lost to rounding, so the parts add up exactly
                 answer["baseline"] = round(price[i] - sum(parts.values()), 2)
                 answer["contributions"] = parts
@@ -211,15 +239,25 @@ class Appraiser:
             out.append(answer)
         return out
 
-    def explain(self, stone: schema.Diamond, n_comparables: int = 5) -> explain.Explanation:
+    def explain(
+        self, stone: schema.Diamond, n_comparables: int = 5, market: MarketDay | None = None
+    ) -> explain.Explanation:
         return explain.explain_stones(
-            self.model, [stone.model_dump()], n_comparables, index=self.index
+            self.model,
+            [stone.model_dump()],
+            n_comparables,
+            index=self.index,
+            market=market or MarketDay(clock.today()),
         )[0]
 
     def score_file(
-        self, source: Path, target: Path, progress: Callable[[int], None] | None = None
+        self,
+        source: Path,
+        target: Path,
+        progress: Callable[[int], None] | None = None,
+        market: MarketDay | None = None,
     ) -> BatchSummary:
-        return score_file(self.model, source, target, progress=progress)
+        return score_file(self.model, source, target, progress=progress, market=market)
 
 
 YOUNG_GENERATION = 20_000  # objects allocated between collections of the youngest generation
@@ -258,6 +296,7 @@ class ChampionWatcher:
     Requests read `current` once and use that Appraiser to the end, so a swap never fails or
     mixes a request; the old model is dropped when its last request ends. A version that fails
     to load is logged and tried again at the next poll, while the old champion keeps serving.
+    The same poll follows the market level's series (`market`, market_day.MarketLevels).
     """
 
     def __init__(self, interval: float = 2.0, settle_heap: bool = False) -> None:
@@ -271,6 +310,7 @@ class ChampionWatcher:
         self._thread: threading.Thread | None = None
         self.tables_thread: threading.Thread | None = None  # the last model's TreeSHAP tables
         self.settling: threading.Thread | None = None
+        self.market = MarketLevels()  # the market level's series, followed by the same poll
 
     def check(self) -> bool:
         """Poll once: load the champion if it changed. True when a new model was swapped in."""
@@ -311,6 +351,7 @@ class ChampionWatcher:
     def start(self) -> None:
         self._stop.clear()  # an app's lifespan may run more than once (tests)
         self.check()
+        self.market.check()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
         self._thread.start()
 
@@ -322,3 +363,4 @@ class ChampionWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.check()
+            self.market.check()

@@ -13,9 +13,12 @@ from appraiser import data, features, schema
 from appraiser.models import PriceModel
 
 
-def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd.DataFrame:
+def score_frame(
+    model: PriceModel, raw: pd.DataFrame, first_line: int = 2, level: float = 1.0
+) -> pd.DataFrame:
     """Price every row of a raw table: the input columns plus price, price_low, price_high, error
-    (and bargain_probability when the table has an asking_price column).
+    (and bargain_probability when the table has an asking_price column). The prices are the
+    model's times `level`, the market level of the day they are for (1.0: the base level).
 
     A row that fails validation gets NaN prices and its reasons in `error`; the others are priced.
     Raises DataError only when a required column is missing (nothing could be priced).
@@ -28,7 +31,7 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
     for column in ("price", "price_low", "price_high"):
         values = np.full(len(out), np.nan)
         if prices is not None:
-            values[good] = prices[column].to_numpy().round(2)
+            values[good] = (prices[column].to_numpy() * level).round(2)
         out[column] = values
     if ASKING in out.columns:  # the deal check for rows with an asking price
         from appraiser.explain import verdict
@@ -44,7 +47,8 @@ def score_frame(model: PriceModel, raw: pd.DataFrame, first_line: int = 2) -> pd
         usable = valid[rows]
         if usable.any():
             matrix = features.encode(checked.clean).to_numpy()[usable]
-            found = model.prob_above_matrix(matrix, asking[rows[usable]])
+            # P(level x price on the base level > asking) = P(base price > asking / level)
+            found = model.prob_above_matrix(matrix, asking[rows[usable]] / level)
             chance[rows[usable]] = np.clip(found, 0.001, 0.999).round(3)
             # from the unrounded probability, as the single-stone answer does
             verdicts[rows[usable]] = [verdict(p) for p in found.tolist()]

@@ -12,7 +12,9 @@ class Overloaded(RuntimeError):
     """Too much is waiting already: the client should retry shortly (503 with Retry-After)."""
 
 
-Pending = tuple[dict[str, Any], bool, int, "asyncio.Future[dict[str, Any]]"]
+# a stone, how it is to be priced (explain, comparables, then any further options such as the
+# day), and the future its answer goes to
+Pending = tuple[dict[str, Any], tuple[Any, ...], "asyncio.Future[dict[str, Any]]"]
 
 
 class MicroBatcher:
@@ -32,7 +34,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        price: Callable[[list[dict[str, Any]], bool, int], list[dict[str, Any]]],
+        price: Callable[..., list[dict[str, Any]]],  # (stones, explain, comparables, *more)
         max_queued: int = 2000,
         alone: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -46,14 +48,18 @@ class MicroBatcher:
         self._thread: ThreadPoolExecutor | None = None  # made when first needed (and again
         # after close: an app's lifespan may run more than once)
 
-    async def price(self, stone: dict[str, Any], explain: bool, comparables: int) -> dict:
+    async def price(
+        self, stone: dict[str, Any], explain: bool, comparables: int, *more: Any
+    ) -> dict:
+        """The stone's answer; `more`, further options passed on to the price function (stones
+        asked with different options are priced in separate calls)."""
         if len(self._queue) >= self.max_queued:  # a bounded wait: past it, say so at once
             raise Overloaded(f"{len(self._queue):,} stones are waiting to be priced")
         if not (self._running or self._queue or explain or comparables) and self._alone():
             self.inline += 1
-            return self._price([stone], explain, comparables)[0]
+            return self._price([stone], explain, comparables, *more)[0]
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((stone, explain, comparables, future))
+        self._queue.append((stone, (explain, comparables, *more), future))
         if not self._running:
             self._running = True
             self._task = asyncio.get_running_loop().create_task(self._drain())  # keep a reference
@@ -82,11 +88,11 @@ class MicroBatcher:
     def _price_all(self, batch: list[Pending]) -> list[dict[str, Any]]:
         """Price the batch, one model call per kind of request (explained or not...)."""
         answers: list[dict[str, Any] | None] = [None] * len(batch)
-        kinds: dict[tuple[bool, int], list[int]] = {}
-        for i, (_, explain, comparables, _) in enumerate(batch):
-            kinds.setdefault((explain, comparables), []).append(i)
-        for (explain, comparables), positions in kinds.items():
-            priced = self._price([batch[i][0] for i in positions], explain, comparables)
+        kinds: dict[tuple[Any, ...], list[int]] = {}
+        for i, (_, options, _) in enumerate(batch):
+            kinds.setdefault(options, []).append(i)
+        for options, positions in kinds.items():
+            priced = self._price([batch[i][0] for i in positions], *options)
             for i, answer in zip(positions, priced, strict=True):
                 answers[i] = answer
         return [a for a in answers if a is not None]

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from appraiser import clock, schema
@@ -39,7 +40,7 @@ class Comparable(BaseModel):
     x: float
     y: float
     z: float
-    price: float = Field(description="its appraised price, USD")
+    price: float = Field(description="its recorded price, USD (as appraised, not moved)")
     carat_difference: float = Field(description="its carat minus the asked carat")
 
 
@@ -57,8 +58,40 @@ class GradeWhatIf(BaseModel):
     )
 
 
+AsOf = Annotated[
+    date | None,
+    Query(
+        description="the day the prices are for (YYYY-MM-DD): they stand on the market level of "
+        "that day (a day after the last estimate carries it forward); today, UTC, by default"
+    ),
+]
+
+
+class PriceLevel(BaseModel):
+    """The market level a price stands on: prices are the model's prices on the base level (the
+    collection it learned from) times `level`."""
+
+    level: float = Field(description="1.0 = the base level; 1.2 = prices 20% above it")
+    low: float = Field(description="the level's 90% interval, lower end")
+    high: float = Field(description="its upper end")
+    month: date | None = Field(
+        description="the month whose estimate it is (its first day); null: the base level"
+    )
+    as_of: date = Field(description="the day the price is for")
+
+
+BASE_LEVEL_EXAMPLE: dict[str, Any] = {
+    "level": 1.0,
+    "low": 1.0,
+    "high": 1.0,
+    "month": None,
+    "as_of": "2026-12-06",
+}
+
+
 class AppraisalOut(BaseModel):
-    """A price with its 90% range; with ?explain=true the dollars behind it."""
+    """A price with its 90% range and the market level it stands on; with ?explain=true the
+    dollars behind it."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -71,6 +104,7 @@ class AppraisalOut(BaseModel):
                     "coverage": 0.9,
                     "currency": "USD",
                     "model_version": "3",
+                    "market_level": BASE_LEVEL_EXAMPLE,
                     "warnings": [],
                 }
             ]
@@ -78,12 +112,15 @@ class AppraisalOut(BaseModel):
     )
 
     id: str = Field(description="keep it to fetch this appraisal or give the expert's price")
-    price: float = Field(description="the appraised price")
+    price: float = Field(description="the appraised price, as of `market_level.as_of`")
     price_low: float = Field(description="low end of the range that holds the true price 90%")
     price_high: float = Field(description="high end of that range")
     coverage: float = Field(description="how often the range holds the true price (0.9 = 90%)")
     currency: str = CURRENCY
     model_version: str = Field(description="registry version of the model that priced it")
+    market_level: PriceLevel = Field(
+        description="the market level the price and its range stand on, and the day they are for"
+    )
     warnings: list[str] = Field(description="why to treat this price with care, if anything")
     baseline: float | None = Field(
         default=None, description="the average stone's price (?explain=true)"
@@ -92,17 +129,20 @@ class AppraisalOut(BaseModel):
         default=None,
         description="dollars each reason adds to the baseline (?explain=true): `size` (the "
         "weight; measurements that grow with it change nothing else), `cut`, `color`, `clarity`, "
-        "`proportions` (the shape from x, y, z: spread for the weight, length/width, depth/width); "
-        "baseline + contributions = price",
+        "`proportions` (the shape from x, y, z: spread for the weight, length/width, depth/width), "
+        "and `market`, what the market level adds since the collection (the price on the base "
+        "level x (level - 1); left out at level 1.0); baseline + contributions = price",
     )
     what_if: dict[str, GradeWhatIf] | None = Field(
         default=None,
-        description="per grade, the price of the same stone one grade better and one worse "
-        "(?explain=true); left out at the end of a scale",
+        description="per grade, the price of the same stone one grade better and one worse, on "
+        "the same market level (?explain=true); left out at the end of a scale",
     )
     deal: Deal | None = Field(default=None, description="the deal check, when asking_price is sent")
     comparables: list[Comparable] | None = Field(
-        default=None, description="similar stones of the collection (?comparables=N)"
+        default=None,
+        description="similar stones of the collection (?comparables=N), at their recorded prices "
+        "(not moved to the market level)",
     )
 
 
@@ -148,6 +188,7 @@ class PriceListOut(BaseModel):
     refused: int
     model_version: str
     currency: str = CURRENCY
+    market_level: PriceLevel = Field(description="the market level every row's price stands on")
 
 
 class StoredAppraisal(BaseModel):

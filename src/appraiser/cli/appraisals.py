@@ -4,6 +4,7 @@ start-up is benchmarked: the scoring modules are imported inside the commands.""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -15,12 +16,25 @@ from rich.table import Table
 from appraiser import data, schema
 from appraiser.cli.render import console, err, fail, labelled, literal, validation_message
 
+AsOfOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--as-of",
+        formats=["%Y-%m-%d"],
+        help="the day the prices are for (YYYY-MM-DD), on that day's market level; today (UTC)",
+    ),
+]
+
 
 def predict(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet of stones")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write")],
+    as_of: AsOfOption = None,
 ) -> None:
-    """Price every stone of a file; bad rows get a message in an `error` column."""
+    """Price every stone of a file as of a day (today by default: the model's prices times the
+    market level of that day, named in the `market_level` and `as_of` columns); bad rows get a
+    message in an `error` column."""
+    from appraiser.market_day import stored_on
     from appraiser.model_cache import RegistryError
     from appraiser.predict import Appraiser, boosters_without_estimators
 
@@ -32,6 +46,7 @@ def predict(
             appraiser = Appraiser.for_scoring()
         except RegistryError as exc:
             raise fail(str(exc)) from exc
+        market = stored_on(as_of.date() if as_of else None)
         total = None
         if input_path.suffix.lower() == ".csv" and input_path.exists():
             with input_path.open("rb") as fh:
@@ -46,14 +61,15 @@ def predict(
             task = progress.add_task("scoring", total=total)
             try:
                 summary = appraiser.score_file(
-                    input_path, output, lambda n: progress.advance(task, n)
+                    input_path, output, lambda n: progress.advance(task, n), market=market
                 )
             except data.DataError as exc:
                 raise fail(str(exc)) from exc
     console.print(
         literal(
             f"{summary.rows:,} rows: {summary.priced:,} priced, {summary.errors:,} with an "
-            f"error (see the `error` column) -> {output} (model v{appraiser.version})"
+            f"error (see the `error` column) -> {output} (model v{appraiser.version}; "
+            f"{market.describe()})"
         )
     )
 
@@ -70,8 +86,11 @@ def explain_cmd(
     z: Annotated[float, typer.Option(help=schema.DESCRIPTIONS["z"])],
     comparables: Annotated[int, typer.Option(min=0, max=50, help="how many comparable stones")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    as_of: AsOfOption = None,
 ) -> None:
-    """Price one stone and say why: range, dollar contributions, comparable stones."""
+    """Price one stone as of a day (today by default) and say why: range, dollar contributions
+    (the market level's among them), comparable stones."""
+    from appraiser.market_day import MARKET_TERM, stored_on
     from appraiser.predict import Appraiser
     from appraiser.registry import RegistryError
 
@@ -93,7 +112,8 @@ def explain_cmd(
         appraiser = Appraiser.champion()
     except RegistryError as exc:
         raise fail(str(exc)) from exc
-    result = appraiser.explain(stone, comparables)
+    market = stored_on(as_of.date() if as_of else None)
+    result = appraiser.explain(stone, comparables, market=market)
     from appraiser import store
 
     appraisal_id = store.record_appraisal(
@@ -111,6 +131,7 @@ def explain_cmd(
         f"[bold]${result.price:,.0f}[/]  (90% range ${result.price_low:,.0f} to "
         f"${result.price_high:,.0f}; model v{appraiser.version})"
     )
+    console.print(market.describe().capitalize() + ".")
     console.print(
         f"Appraisal {appraisal_id}: an expert's price for it can be given with "
         f"`appraiser feedback send {appraisal_id} PRICE`."
@@ -121,20 +142,27 @@ def explain_cmd(
         f"{stone_dict['z']:g} mm",
         "proportions": f"depth {stone_dict['depth']:g}%, table {stone_dict['table']:g}%",
         **{g: str(stone_dict[g]) for g in schema.GRADE_COLUMNS},
+        MARKET_TERM: f"level {market.factor:.3f} on {market.day.isoformat()}",
     }
     why = Table(title="Why: dollars each reason adds to the average stone's price")
-    why.add_column("")
+    why.add_column("", no_wrap=True)  # the reasons' names whole, the values may wrap
     why.add_column("value")
-    why.add_column("$", justify="right")
+    why.add_column("$", justify="right", no_wrap=True)
     why.add_column("one grade better / worse")
     why.add_row("average stone", "", f"{result.baseline:,.0f}", "")
-    for name, dollars in sorted(result.contributions.items(), key=lambda kv: -abs(kv[1])):
+    # the stone's reasons by size, then the market since the collection: the same last step
+    # whatever the stone
+    reasons = sorted(
+        result.contributions.items(), key=lambda kv: (kv[0] == MARKET_TERM, -abs(kv[1]))
+    )
+    for name, dollars in reasons:
         other = result.what_if.get(name, {})
         neighbours = " / ".join(
             f"{o['grade']} ${o['price']:,.0f}" if o else "-"
             for o in (other.get("better"), other.get("worse"))
         )
-        why.add_row(name, shown[name], f"{dollars:+,.0f}", neighbours if other else "")
+        label = "market since the collection" if name == MARKET_TERM else name
+        why.add_row(label, shown[name], f"{dollars:+,.0f}", neighbours if other else "")
     why.add_row("[bold]price[/]", "", f"[bold]{result.price:,.0f}[/]", "")
     console.print(why)
     if not result.comparables.empty:

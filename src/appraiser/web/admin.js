@@ -1,7 +1,7 @@
 // The admin page: the API key (session storage only), the review queue of experts' prices
 // (approve or reject each), CSV upload with its ingestion report, the model versions with their
 // metrics and a Promote button, a background retrain with its status polled every 2 s, and the
-// monitoring view (GET /v1/monitoring drawn as inline SVG).
+// monitoring view (GET /v1/monitoring drawn as inline SVG, the market level among it).
 // Plain ES2020, no dependencies.
 "use strict";
 
@@ -794,6 +794,68 @@
     );
   }
 
+  const monthLabel = (iso) => {
+    const date = new Date(`${iso}T00:00:00Z`);
+    return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleDateString(undefined, { month: "short", year: "numeric", timeZone: "UTC" });
+  };
+
+  // the market level per month: the level as a line through its 90% interval (a band), the
+  // base level (1.0, the prices the champion learned) dashed
+  function drawMarket(figures) {
+    const box = $("mon-market-body");
+    const market = figures.market;
+    const months = (market && market.series) || [];
+    if (!months.length) {
+      box.replaceChildren(empty("No market level estimated yet: prices stand on the base level (1.00), the prices the champion learned."));
+      return;
+    }
+    const W = 1040, H = 240, left = 56, right = 20, top = 16, bottom = 30;
+    // the axis on round levels (0.02, 0.05, 0.1... apart), the base level always on it
+    const raw = Math.max(Math.max(1, ...months.map((m) => m.high)) - Math.min(1, ...months.map((m) => m.low)), 0.02) / 4;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map((k) => k * power).find((v) => v >= raw);
+    const lo = Math.floor(Math.min(1, ...months.map((m) => m.low)) / step) * step;
+    const hi = Math.max(Math.ceil(Math.max(1, ...months.map((m) => m.high)) / step) * step, lo + step);
+    const n = months.length;
+    const x = (i) => (n === 1 ? (left + W - right) / 2 : left + (i * (W - left - right)) / (n - 1));
+    const y = (v) => top + ((hi - v) / (hi - lo)) * (H - top - bottom);
+    const now = market.current;
+    const chart = chartSvg(W, H, "Market level per month, with its 90% interval", `${plural(n, "month", "months")}; the level today is ${num(now.level, 3)} (90% interval ${num(now.low, 3)} to ${num(now.high, 3)}); 1.00 is the base level.`, "market");
+    const axis = svg("g", { class: "axis", "aria-hidden": "true" });
+    for (let t = 0; t <= Math.round((hi - lo) / step); t += 1) {
+      const v = lo + t * step;
+      axis.append(svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: "gridline" }));
+      axis.append(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(2)));
+    }
+    const every = Math.max(1, Math.ceil(n / 12));
+    months.forEach((m, i) => {
+      if (i % every === 0 || i === n - 1) axis.append(svg("text", { x: x(i), y: H - 8, "text-anchor": n === 1 ? "middle" : i === 0 ? "start" : i === n - 1 ? "end" : "middle" }, monthLabel(m.month)));
+    });
+    chart.append(axis);
+    const upper = months.map((m, i) => `${x(i)},${y(m.high)}`);
+    const lower = months.map((m, i) => `${x(i)},${y(m.low)}`).reverse();
+    chart.append(svg("polygon", { class: "band", points: [...upper, ...lower].join(" "), "data-kind": "interval" }));
+    chart.append(svg("line", { x1: left, x2: W - right, y1: y(1), y2: y(1), class: "nominal" }));
+    chart.append(svg("text", { x: W - right, y: y(1) - 4, "text-anchor": "end", class: "nominal-label" }, "base level 1.00"));
+    chart.append(svg("polyline", { class: "level", points: months.map((m, i) => `${x(i)},${y(m.level)}`).join(" ") }));
+    const points = svg("g", { class: "points" });
+    months.forEach((m, i) => {
+      const point = svg("circle", { class: m.stones ? "point" : "point carried", cx: x(i), cy: y(m.level), r: 4, "data-month": m.month, "data-level": m.level, "data-low": m.low, "data-high": m.high });
+      const left_ = m.excluded ? `; ${plural(m.excluded, "stone", "stones")} left out` : "";
+      point.append(svg("title", {}, `${monthLabel(m.month)}: level ${num(m.level, 3)} (90% ${num(m.low, 3)} to ${num(m.high, 3)}), ${m.stones ? plural(m.stones, "stone", "stones") : "no stones: carried forward"}${left_}`));
+      points.append(point);
+    });
+    chart.append(points);
+    const gone = (market.excluded || []).map((e) => `${monthLabel(e.month)}: ${e.source} left out (${plural(e.stones, "stone", "stones")} at ${num(e.level, 3)}; the others ${num(e.market, 3)})`);
+    const said = now.month ? `Today's prices stand on level ${num(now.level, 3)} (90% interval ${num(now.low, 3)} to ${num(now.high, 3)}), the estimate of ${monthLabel(now.month)}.` : "Today's prices stand on the base level (1.00).";
+    box.replaceChildren(
+      el("div", { className: "monitor-scroll" }, chart),
+      el("ul", { className: "monitor-legend" }, el("li", {}, el("span", { className: "swatch level" }), "level (prices over the champion's on the base level)"), el("li", {}, el("span", { className: "swatch band" }), "its 90% interval")),
+      el("p", { className: "hint", id: "mon-market-now", text: said }),
+      ...gone.map((text) => el("p", { className: "hint", text }))
+    );
+  }
+
   // held batches: release or drop each
   function drawHeld(figures) {
     const box = $("mon-held-body");
@@ -862,7 +924,7 @@
       return;
     }
     if (run !== monitorRun) return;
-    for (const draw of [drawHours, drawLatency, drawRejected, drawHistory, drawAccuracy, drawDrift, drawHeld]) draw(figures);
+    for (const draw of [drawHours, drawLatency, drawRejected, drawHistory, drawAccuracy, drawDrift, drawMarket, drawHeld]) draw(figures);
     $("monitor-body").hidden = false;
     $("monitor-body").dataset.generated = figures.generated_at;
     $("monitor-status").textContent = note || `Figures as of ${fmtDate(figures.generated_at)}.`;

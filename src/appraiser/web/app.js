@@ -241,6 +241,7 @@
       " \u2013 ",
       el("strong", { text: fmtMoney(answer.price_high) })
     );
+    $("as-of").textContent = marketText(answer.market_level);
     $("model-version").textContent = `version ${answer.model_version}`;
     $("appraisal-id").textContent = answer.id;
 
@@ -280,10 +281,33 @@
     box.hidden = false;
   }
 
+  const MARKET = "market"; // the reason the market level adds since the collection
+
+  /** "6 Dec 2026" for an ISO day, whatever the browser's time zone. */
+  function fmtDay(iso) {
+    const date = new Date(`${iso}T00:00:00Z`);
+    return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleDateString("en-GB", { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" });
+  }
+
+  const fmtLevel = (v) => (isNum(v) ? v.toFixed(2) : "\u2014");
+
+  /** Which day's prices these are and the market level they stand on, in one line. */
+  function marketText(level) {
+    if (!level) return "";
+    const said = `Prices as of ${fmtDay(level.as_of)}, market level ${fmtLevel(level.level)}`;
+    if (!level.month) return `${said} (base)`;
+    const month = new Date(`${level.month}T00:00:00Z`).toLocaleDateString("en-GB", { month: "short", year: "numeric", timeZone: "UTC" });
+    return `${said} (90% interval ${fmtLevel(level.low)} to ${fmtLevel(level.high)}, the estimate of ${month})`;
+  }
+
   /** A reason's label in a jeweller's words, with this stone's values for it. */
-  function reasonLabel(name, stone) {
+  function reasonLabel(name, stone, answer) {
     const has = (key) => stone && stone[key] !== undefined && stone[key] !== null;
     switch (name) {
+      case MARKET: {
+        const level = answer && answer.market_level;
+        return level ? `Market since the collection (level ${fmtLevel(level.level)})` : "Market since the collection";
+      }
       case "size": {
         if (!has("carat")) return "Size";
         const mm = ["x", "y", "z"].every(has) ? `, ${fmtMm(stone.x)} \u00d7 ${fmtMm(stone.y)} \u00d7 ${fmtMm(stone.z)} mm` : "";
@@ -339,9 +363,11 @@
     }
     const rows = [{ kind: "base", name: "baseline", label: "Average stone", start: 0, end: answer.baseline, value: answer.baseline }];
     let running = answer.baseline;
-    const parts = Object.entries(contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+    // the stone's reasons, largest first, then the market since the collection: the last step
+    // from the price on the base level to the price of the day
+    const parts = Object.entries(contributions).sort((a, b) => (a[0] === MARKET) - (b[0] === MARKET) || Math.abs(b[1]) - Math.abs(a[1]));
     for (const [name, dollars] of parts) {
-      rows.push({ kind: dollars >= 0 ? "pos" : "neg", name, label: reasonLabel(name, stone), start: running, end: running + dollars, value: dollars });
+      rows.push({ kind: dollars >= 0 ? "pos" : "neg", name, label: reasonLabel(name, stone, answer), start: running, end: running + dollars, value: dollars });
       running += dollars;
     }
     rows.push({ kind: "total", name: "price", label: "This stone", start: 0, end: answer.price, value: answer.price });
@@ -698,7 +724,7 @@
     if (asked) parts.push(`${fmtNum(bargains, 0)} below market`);
     $("list-summary").replaceChildren(
       el("strong", { text: parts.join(", ") }),
-      ` \u2014 model version ${answer.model_version}. Nothing was stored.`
+      ` \u2014 model version ${answer.model_version}. ${marketText(answer.market_level)}. Nothing was stored.`
     );
     drawListHead();
     drawListBody();

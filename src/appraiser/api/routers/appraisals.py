@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -23,6 +24,7 @@ from appraiser.api.schemas import (
     MAX_COMPARABLES,
     AppraisalId,
     AppraisalOut,
+    AsOf,
     BatchIn,
     BatchOut,
     DiamondIn,
@@ -32,6 +34,7 @@ from appraiser.api.schemas import (
     StoredAppraisal,
 )
 from appraiser.config import MAX_BATCH
+from appraiser.market_day import MarketDay
 
 router = APIRouter(prefix="/v1/appraisals", tags=["appraisals"], responses=ERRORS)
 
@@ -43,9 +46,11 @@ def price_and_store(
     stones: list[dict[str, Any]],
     explain: bool,
     comparables: int,
+    as_of: date | None = None,
     endpoint: str = "single",
 ) -> list[dict[str, Any]]:
-    """Price stones with the champion, give each answer its id, and queue the rows for storing."""
+    """Price stones with the champion as of a day (today, UTC, by default), give each answer its
+    id, and queue the rows for storing."""
     start = time.perf_counter()
     current = deps.current_appraiser(ctx)
     asking = [stone.pop("asking_price", None) for stone in stones]  # not part of the stone
@@ -54,6 +59,7 @@ def price_and_store(
         explain=explain,
         comparables=comparables,
         asking_prices=asking if any(a is not None for a in asking) else None,
+        market=ctx.champions.market.on(as_of),
     )
     latency_ms = round((time.perf_counter() - start) * 1000 / max(len(stones), 1), 3)
     now = clock.now()
@@ -97,14 +103,20 @@ async def appraise(
     comparables: Annotated[
         int, Query(ge=0, le=MAX_COMPARABLES, description="add this many similar stones")
     ] = 0,
-) -> dict[str, Any] | Response:
-    """The price, its 90% range, the model version and any warnings. The appraisal is stored;
-    its `id` fetches it later or carries an expert's price."""
-    answer = await ctx.batcher.price(diamond.model_dump(), explain, comparables)
-    if explain or comparables:  # nested parts: the response model drops their empty fields
-        return answer
-    # a plain answer is built to AppraisalOut's schema with nothing empty in it: written as JSON
-    # in one go (Rust), as batches are, rather than validated a second time
+    as_of: AsOf = None,
+) -> Response:
+    """The price as of a day (today by default), its 90% range, the market level it stands on,
+    the model version and any warnings. The appraisal is stored; its `id` fetches it later or
+    carries an expert's price."""
+    answer = await ctx.batcher.price(diamond.model_dump(), explain, comparables, as_of)
+    if "what_if" in answer:  # the end of a scale is left out, not null
+        answer["what_if"] = {
+            grade: {side: other for side, other in sides.items() if other is not None}
+            for grade, sides in answer["what_if"].items()
+        }
+    # the answer is built to AppraisalOut's schema, what is absent left out (only the base
+    # level's month is null): written as JSON in one go (Rust), as batches are, rather than
+    # validated a second time
     return Response(to_json(answer), media_type="application/json")
 
 
@@ -152,10 +164,13 @@ def _validated_by_pydantic(body: bytes) -> list[dict[str, Any]]:
         }
     },
 )
-async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> Response:
-    """One appraisal per stone, in the order sent. A bad stone fails the whole request (422, its
-    index in `detail[].loc`); over the limit is 413; too many batches at once, 503; a body
-    that does not arrive within APPRAISER_REQUEST_BODY_SECONDS, 408."""
+async def appraise_batch(
+    request: Request, ctx: deps.Ctx, _: deps.Appraising, as_of: AsOf = None
+) -> Response:
+    """One appraisal per stone, in the order sent, all as of one day (today by default). A bad
+    stone fails the whole request (422, its index in `detail[].loc`); over the limit is 413; too
+    many batches at once, 503; a body that does not arrive within APPRAISER_REQUEST_BODY_SECONDS,
+    408."""
     # the body is read here rather than declared (FastAPI's generic path costs twice as much),
     # whole and in time before a place is taken: a slow sender must not hold one
     body = await deps.body_in_time(ctx, request.body())
@@ -167,7 +182,7 @@ async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) ->
         stones = batch_input.valid_stones(body)
         if stones is None:
             stones = _validated_by_pydantic(body)
-        answers = await run_in_threadpool(price_and_store, ctx, stones, False, 0, "batch")
+        answers = await run_in_threadpool(price_and_store, ctx, stones, False, 0, as_of, "batch")
     # the answers are built to BatchOut's schema: written as JSON in one go (Rust), where
     # FastAPI's validation and encoding of 1,000 answers would cost more than pricing them
     return Response(to_json({"appraisals": answers}), media_type="application/json")
@@ -192,10 +207,13 @@ async def appraise_batch(request: Request, ctx: deps.Ctx, _: deps.Appraising) ->
         }
     },
 )
-async def price_list(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> dict[str, Any]:
-    """Each row priced with its range and warnings, or refused with its reasons (`error`); an
-    `asking_price` column adds the deal check (`bargain_probability`, `verdict`). For looking at
-    a list before buying: nothing joins the collection and no appraisal is stored."""
+async def price_list(
+    request: Request, ctx: deps.Ctx, _: deps.Appraising, as_of: AsOf = None
+) -> dict[str, Any]:
+    """Each row priced as of a day (today by default; `market_level` says the level) with its
+    range and warnings, or refused with its reasons (`error`); an `asking_price` column adds the
+    deal check (`bargain_probability`, `verdict`). For looking at a list before buying: nothing
+    joins the collection and no appraisal is stored."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise HTTPException(415, "send multipart/form-data with the CSV as the field 'file'")
@@ -207,11 +225,12 @@ async def price_list(request: Request, ctx: deps.Ctx, _: deps.Appraising) -> dic
     current = deps.current_appraiser(ctx)
     if ctx.batch_slots.locked():  # a list costs what a batch does: the same cap
         raise Overloaded(f"{ctx.config.max_batch_calls} batch calls are being priced")
+    market = ctx.champions.market.on(as_of)
     async with ctx.batch_slots:
-        return await run_in_threadpool(_price_list, current, content)
+        return await run_in_threadpool(_price_list, current, content, market)
 
 
-def _price_list(current: Any, content: bytes) -> dict[str, Any]:
+def _price_list(current: Any, content: bytes, market: MarketDay) -> dict[str, Any]:
     import io
 
     import numpy as np
@@ -240,7 +259,7 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
     if raw.empty:
         raise HTTPException(422, "file: the CSV has no rows")
     try:
-        scored = score_frame(current.model, raw)
+        scored = score_frame(current.model, raw, level=market.factor)
     except data.DataError as exc:
         raise HTTPException(422, f"file: {exc}") from exc
     good = (scored["error"] == "").to_numpy()
@@ -268,6 +287,7 @@ def _price_list(current: Any, content: bytes) -> dict[str, Any]:
         "refused": int((~good).sum()),
         "model_version": current.version,
         "currency": CURRENCY,
+        "market_level": market.field,
     }
 
 

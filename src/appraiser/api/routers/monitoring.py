@@ -1,5 +1,6 @@
 """The monitoring view's figures (admin key): traffic, latency, the champion's history, its
-accuracy, drift, refused rows and held batches, as one JSON document (see monitoring.py)."""
+accuracy, drift, refused rows, held batches and the market level, as one JSON document (see
+monitoring.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from appraiser import monitoring
 from appraiser.api import deps
 from appraiser.api.metrics import metrics_registry
-from appraiser.api.schemas import ERRORS, Timestamp
+from appraiser.api.schemas import ERRORS, MarketOut, Timestamp
 
 router = APIRouter(tags=["admin"], responses=ERRORS)
 
@@ -185,6 +186,11 @@ class MonitoringOut(BaseModel):
     drift: DriftFigures
     rejected: RejectedFigures
     held_batches: list[HeldBatch] = Field(description="newest first; release or drop each")
+    market: MarketOut | None = Field(
+        default=None,
+        description="the market level this server prices with, month by month with its 90% "
+        "interval (as GET /v1/market gives it; `current` is today's)",
+    )
 
 
 # --- request latency from the Prometheus histogram --------------------------------------------
@@ -267,10 +273,12 @@ async def monitoring_view(
     """Appraisals per hour and request latency; the champion's promotions and rollbacks (who,
     why); its accuracy and 90%-range coverage per version from approved expert prices and from
     each newly labelled batch; drift per feature batch by batch; rejected rows by reason; batches
-    held for review. What the admin page's Monitoring section draws."""
+    held for review; the market level this server prices with. What the admin page's Monitoring
+    section draws."""
     served = ctx.champions.current
     figures = await run_in_threadpool(
         monitoring.overview, hours, champion=served.version if served else None
     )
     figures["requests"] = request_latency()
+    figures["market"] = ctx.champions.market.series.to_dict()  # in memory: what prices use
     return figures
