@@ -47,7 +47,7 @@ typecheck: install  ## mypy
 # One pytest-xdist session, a worker per core, runs the tests and the notebooks (nbmake); a worker
 # takes the next test when it is free, the slow ones first (tests/conftest.py: SLOW_FIRST).
 pytest: install  ## the test suite and the notebooks, in parallel
-	$(BIN)/pytest -n auto --dist worksteal tests --nbmake notebooks
+	$(BIN)/pytest -n auto --dist worksteal tests --nbmake notebooks --durations=15
 
 notebooks: install  ## execute the notebooks (they must run clean)
 	$(BIN)/pytest --nbmake notebooks -p no:cacheprovider

@@ -269,8 +269,8 @@ def test_the_readme_flow_compares_fairly_and_promotes(store_url, tmp_path, publi
     stones promoted by chance, and a marked-up batch would have been learned from."""
     from appraiser.train import train
 
-    collection = public.sample(1500, random_state=21)
-    fresh = public.drop(collection.index).sample(3000, random_state=22)
+    collection = public.sample(1000, random_state=21)
+    fresh = public.drop(collection.index).sample(2000, random_state=22)
     more = public.drop(collection.index).drop(fresh.index)
     files = {}
     for name, frame in {"collection": collection, "fresh": fresh}.items():
