@@ -44,6 +44,17 @@ from appraiser.fast import compiled as native
 from appraiser.fast import tables as treeshap
 
 
+def print_parts(rows: list[tuple[str, float, float]]) -> None:
+    """Each part's median before and after, and the speed-up."""
+    print(
+        format_table(
+            ["part", "before ms", "after ms", "speed-up"],
+            [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in rows],
+            title="Median milliseconds per call",
+        )
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, default=REPO / ".appraiser", help="APPRAISER_HOME")
@@ -134,13 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows.append(("store 1,000 appraisals (SQLite)", *store_rows(args.repeats)))
     rows.extend(xgboost_rows(model, stones, args.repeats))
     print()
-    print(
-        format_table(
-            ["part", "before ms", "after ms", "speed-up"],
-            [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in rows],
-            title="Median milliseconds per call",
-        )
-    )
+    print_parts(rows)
     print()
     steps = batch_steps(appraiser, stones, args.repeats, args.home.expanduser().resolve())
     print(format_table(["step", "ms"], steps, title="One batch of 1,000 stones, in process"))
@@ -203,13 +208,7 @@ def shapes_only(shapes: list[str], repeats: int) -> None:
         print(f"{shape}: fitted on {len(stones):,} stones in {time.perf_counter() - started:.0f} s")
     rows = explanation_rows(members, matrix, repeats)
     print()
-    print(
-        format_table(
-            ["part", "before ms", "after ms", "speed-up"],
-            [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in rows],
-            title="Median milliseconds per call",
-        )
-    )
+    print_parts(rows)
 
 
 def batch_steps(appraiser: Any, stones: Any, repeats: int, home: Path) -> list[list[str]]:
