@@ -8,8 +8,8 @@ sources and one that marks up +30%), but every step is the product's own:
    5,000 stones) with one LightGBM trial; the collection is then ingested as source `collection`,
    dated the month before the first batch, so the store knows the base level's stones;
 2. month k = 1..8 (month 8 is this month), each source's --per-month fresh public stones at that
-   month's level (4% noise; the marking source x1.30), dropped in `inbox/<source>/` and ingested
-   by `pipeline.ingest_inbox` (the guard screens each batch against the market; the level is
+   month's level (4% noise; the marking source x1.30), ingested under its source's name as
+   `appraiser ingest --source` does (the guard screens each batch against the market; the level is
    refreshed on each acceptance; held batches are screened again). In month 1 the order is
    honest A, the marking source, honest B: a first jump from one source, then a second source;
 3. with --retrain, `pipeline.retrain` (one trial per candidate) on the deflated store;
@@ -76,6 +76,7 @@ def main() -> None:
     trained_at = time.perf_counter() - started
 
     inbox = home / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
     used = args.today  # the first --today stones are priced today, never appraised
     batch_source: dict[str, str] = {}
     for k in range(1, MONTHS + 1):
@@ -92,12 +93,12 @@ def main() -> None:
             markup = MARKUP if source == MARKING else 1.0
             noise = np.exp(rng.normal(0, NOISE, len(stones)))
             stones["price"] = (stones["price"] * true_level(k) * markup * noise).round()
-            folder = inbox / source
-            folder.mkdir(parents=True, exist_ok=True)
-            stones.to_csv(folder / f"month{k}.csv", index=False)
-            # one file at a time, in this order: which source arrives first matters
-            (report,), failed = pipeline.ingest_inbox(inbox)
-            assert not failed, failed
+            path = inbox / f"{source}-month{k}.csv"
+            stones.to_csv(path, index=False)
+            # one file at a time, in this order: which source arrives first matters; each under
+            # its appraiser's name, as `appraiser ingest --source` or an expert's API key gives it
+            # (the inbox is one source: anyone who may write there may write any name)
+            report = ingest.ingest_file(path, source=source, actor=audit.INBOX)
             batch_source[str(report.batch_id)] = source
     ingested_at = time.perf_counter() - started
 

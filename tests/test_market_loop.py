@@ -170,6 +170,22 @@ def test_a_marked_up_source_stays_held_with_both_levels(fresh, tmp_path) -> None
     assert "more than 10% apart" in reason
 
 
+def test_a_source_never_corroborates_itself_through_the_stored_level(fresh, tmp_path) -> None:
+    """Review: the stored level, mostly one source's own stones, counted as "other sources" once
+    any other source had a stone that month, so one source could walk the level up alone."""
+    day = _last_month()
+    few = ingest.ingest_file(_batch(tmp_path / "b.csv", fresh.iloc[:5], 1.0, day), source="b")
+    assert not few.held, few.summary()
+    first = ingest.ingest_file(_batch(tmp_path / "a.csv", fresh.iloc[5:205], 1.2, day), source="a")
+    assert first.held and first.batch_id is not None
+    ingest.set_batch_status(first.batch_id, "accepted", actor="admin")
+    assert stored_market.load().level_at(day).level == pytest.approx(1.2, rel=0.06)
+    again = ingest.ingest_file(
+        _batch(tmp_path / "a2.csv", fresh.iloc[205:405], 1.2, day), source="a"
+    )
+    assert again.held, again.summary()  # judged on the base level: a jump nobody else shows
+
+
 def test_an_undated_marked_up_batch_is_held_beside_another_sources_stones(fresh, tmp_path) -> None:
     ingest.ingest_file(_batch(tmp_path / "honest.csv", fresh.iloc[:300], 1.0, None), source="a")
     marked = ingest.ingest_file(
@@ -193,18 +209,18 @@ def test_a_release_and_a_promotion_refresh_the_level(fresh, tmp_path) -> None:
 # --- sources ------------------------------------------------------------------------------------
 
 
-def test_an_inbox_sub_folder_names_the_source(fresh, tmp_path) -> None:
+def test_inbox_files_are_one_source_whatever_their_names(fresh, tmp_path) -> None:
+    """Review: sub-folders named the source, so one supplier who may write to the inbox wrote
+    two folders that corroborated each other's markup."""
     inbox = tmp_path / "inbox"
     (inbox / "giulia").mkdir(parents=True)
     fresh.iloc[:40].to_csv(inbox / "giulia" / "june.csv", index=False)
     fresh.iloc[40:80].to_csv(inbox / "top.csv", index=False)
+    fresh.iloc[80:120].to_csv(inbox / "giulia.csv", index=False)
     reports, failed = pipeline.ingest_inbox(inbox)
     assert failed == [] and len(reports) == 2
-    assert {b["file_name"].split("/")[-1]: b["source"] for b in batches.listed()} == {
-        "june.csv": "giulia",
-        "top.csv": "inbox",
-    }
-    assert (inbox / "giulia" / "processed" / "june.csv").exists()
+    assert {b["source"] for b in batches.listed()} == {"inbox"}
+    assert (inbox / "giulia" / "june.csv").exists()  # a folder is no inbox of its own
     assert pipeline.inbox_files(inbox) == []
 
 

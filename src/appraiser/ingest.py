@@ -207,16 +207,16 @@ def set_batch_status(
     actor: str = "unknown",
     note: str | None = None,
 ) -> str:
-    """`batches.set_status`, and a release is an acceptance: the market level is refreshed and
-    held batches screened again (market_loop.py). Returns the batch's former status."""
+    """`batches.set_status`, then the market level refreshed and held batches screened again
+    (market_loop.py): a release adds stones, a drop may take some away. Returns the batch's
+    former status."""
     from appraiser import batches, champion, market_loop
     from appraiser.locking import exclusive
 
     engine = engine or store.ready()
     with exclusive():  # the release and what it sets off, with no retrain in between
         before = batches.set_status(batch_id, status, engine, actor=actor, note=note)
-        if status == "accepted":
-            market_loop.after_acceptance(champion.loaded, engine)
+        market_loop.after_acceptance(champion.loaded, engine)
     return before
 
 

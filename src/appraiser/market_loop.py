@@ -100,17 +100,21 @@ def after_acceptance(champion: Champion, engine: Engine | None = None) -> list[i
     """Stones were accepted: refresh the stored level against `champion()`, release the held
     batches the market now backs (refreshing again if any), and return them. Never raises: the
     stones stand whatever happens here, and the next acceptance or pipeline pass tries again."""
-    from appraiser.locking import PipelineBusy
+    from appraiser.locking import PipelineBusy, exclusive
 
     try:
-        loaded = champion()
-        if loaded is None:
-            return []
-        _refresh(loaded, engine)
-        released = rescreen_held(loaded, engine)
-        if released:
+        # under the lock: two refreshes at once would each replace the series (on PostgreSQL the
+        # second insert collides), and a promotion between loading and saving would leave it
+        # estimated against the old champion
+        with exclusive():
+            loaded = champion()
+            if loaded is None:
+                return []
             _refresh(loaded, engine)
-        return released
+            released = rescreen_held(loaded, engine)
+            if released:
+                _refresh(loaded, engine)
+            return released
     except PipelineBusy:
         logger.info("held batches not screened again: the pipeline is busy (next pass will)")
         return []
@@ -122,10 +126,13 @@ def after_acceptance(champion: Champion, engine: Engine | None = None) -> list[i
 def after_promotion(champion: Champion) -> None:
     """A new champion: its prices are the new base, so the level is estimated again (a failure
     is logged: the move stands, the next acceptance refreshes)."""
+    from appraiser.locking import exclusive
+
     try:
-        loaded = champion()
-        if loaded is not None:
-            _refresh(loaded, None)
+        with exclusive():  # a promotion holds it already (re-entrant); see after_acceptance
+            loaded = champion()
+            if loaded is not None:
+                _refresh(loaded, None)
     except Exception as exc:
         logger.warning("market level not refreshed after the champion moved: %s", exc)
 

@@ -4,11 +4,14 @@ the market shows for the same months (market_loop.py acts on it).
 **The guard's view** (`view`, used by screening.guard). A batch's implied level in a month is the
 median of log(price / champion's price) over its stones appraised that month (`appraised_at`, else
 the day it arrives). It is compared with what the market shows for the same month:
-- each other source's stones of that month, accepted or held (at least MIN_SOURCE_STONES of them):
-  two sources that agree corroborate each other, whichever arrived first;
-- the stored series' level for that month (store/market.py), when it was estimated by this
-  champion and the month's estimate (or the last month with stones before it, carried forward)
-  rests on stones of other sources: a source never corroborates itself.
+- each other source's stones of that month, accepted or held by the guard (at least
+  MIN_SOURCE_STONES of them): two sources that agree corroborate each other, whichever arrived
+  first;
+- for a source with no such stones that month, its last accepted month before it, carried
+  forward (a market drifting 1% a month stays within reach).
+Only other sources' stones count, never the stored series (whose months mix every source's
+stones, the batch's own source's earlier batches included): a source never corroborates itself,
+however many batches it sends.
 A month agrees when its implied level is within market.TOLERANCE of one of those levels: a market
 move, and the batch's errors are judged around its own level (the far-off, spread and coverage
 checks stay). A month that departs from all of them is held, the reason showing the level it
@@ -165,40 +168,60 @@ def view(
     batch_id: int | None = None,
 ) -> MarketView:
     """The batch of `source` against the market the store shows for its months (module doc)."""
+    from appraiser import batches
     from appraiser.store import market as stored
 
     months = _months(stones)
     wanted = set(months.tolist())
     accepted = stored.dated_stones(engine)
     held = stored.dated_stones(engine, statuses=("held",))
+    # held stones speak only from batches the guard held (not conflicts or unscreened ones)
+    screened = {b["id"] for b in batches.listed("held", engine) if b["screening"]}
+    held = held[held["batch_id"].isin(screened)]
     both = pd.concat([accepted.assign(_accepted=True), held.assign(_accepted=False)])
     others = both[(both["source"] != source) & (both["batch_id"] != (batch_id or -1))]
     others = others.assign(_month=[market.month_of(d) for d in others[schema.APPRAISED_AT]])
-    backed = set(others.loc[others["_accepted"], "_month"])  # months other sources' stones back
-    near = others[others["_month"].isin(wanted)].reset_index(drop=True)
+    sizes = others.groupby(["source", "_month"]).size()
+    groups = sizes[sizes >= market.MIN_SOURCE_STONES]
+    last_accepted = others[others["_accepted"]].groupby(["source", "_month"]).size()
+    last_accepted = last_accepted[last_accepted >= market.MIN_SOURCE_STONES]
+    # each month's references: every other source's stones of that month, else that source's
+    # last accepted month before it (a level carried forward, as the series does); never the
+    # batch's own source, so no source corroborates itself however many batches it sends
+    picked: dict[date, list[tuple[str, date]]] = {}
+    for month in wanted:
+        for name in sorted(set(others["source"])):
+            if (name, month) in groups.index:
+                picked.setdefault(month, []).append((name, month))
+                continue
+            before = [m for (n, m) in last_accepted.index if n == name and m < month]
+            if before:
+                picked.setdefault(month, []).append((name, max(before)))
     references: dict[date, list[Reference]] = {}
-    if len(near):
+    needed = {pair for pairs in picked.values() for pair in pairs}
+    if needed:
+        keys = list(zip(others["source"], others["_month"], strict=True))
+        near = others[[k in needed for k in keys]].reset_index(drop=True)
         near = near.assign(_ratio=_log_ratios(model, near))
-        for (month, name), group in near.groupby(["_month", "source"], sort=True):
-            if len(group) >= market.MIN_SOURCE_STONES:
-                references.setdefault(month, []).append(
-                    Reference(
-                        float(np.median(group["_ratio"])), f"source {name!r}, {len(group)} stones"
-                    )
-                )
+        medians = {
+            (name, m): (float(np.median(group["_ratio"])), len(group))
+            for (name, m), group in near.groupby(["source", "_month"], sort=True)
+        }
+        for month, pairs in picked.items():
+            for name, m in pairs:
+                level, count = medians[(name, m)]
+                said = f"source {name!r}, {count} stones"
+                if m != month:
+                    said += f" of {m:%Y-%m}, carried forward"
+                references.setdefault(month, []).append(Reference(level, said))
+    # the stored level is named beside a month nothing else speaks for, never counted as agreement
     shown: dict[date, Reference] = {}
     series = stored.load(engine)
     if series.months and series.model_version == version:
-        with_stones = [m.month for m in series.months if m.stones and m.month is not None]
         for month in wanted:
-            level = series.level_at(month)
-            if level.month is None:
-                continue
-            rests = [m for m in with_stones if m <= month]
-            said = Reference(math.log(level.level), f"the stored level of {level.month:%Y-%m}")
-            shown[month] = said
-            if rests and rests[-1] in backed:
-                references.setdefault(month, []).append(
-                    Reference(said.log_level, said.by + " (other sources)")
+            stored_level = series.level_at(month)
+            if stored_level.month is not None:
+                shown[month] = Reference(
+                    math.log(stored_level.level), f"the stored level of {stored_level.month:%Y-%m}"
                 )
     return compare(months, _log_ratios(model, stones), references, shown)

@@ -351,30 +351,25 @@ def _move(path: Path, folder: Path) -> Path:
     return Path(shutil.move(str(path), target))
 
 
-def inbox_files(inbox: Path) -> list[tuple[Path, str]]:
-    """The inbox's files with their source: a file in `inbox/<source>/` is that source's (the
-    folder's permissions say who may write there), one at the top `inbox`. `processed/` and
-    `failed/` hold what was done."""
-    found = [(p, "inbox") for p in sorted(inbox.iterdir()) if p.suffix.lower() in INBOX_SUFFIXES]
-    for folder in sorted(p for p in inbox.iterdir() if p.is_dir() and p.name not in DONE):
-        found += [
-            (p, folder.name[:200])
-            for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in INBOX_SUFFIXES
-        ]
-    return found
+def inbox_files(inbox: Path) -> list[Path]:
+    """The files waiting at the top of the inbox (`processed/` and `failed/` hold what was done)."""
+    return sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() in INBOX_SUFFIXES)
 
 
-def ingest_inbox(inbox: Path) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
-    """Ingest every file in the inbox (audited as the system's `system:inbox`), each under its
-    source (`inbox_files`); move each to processed/ or failed/ (with a .reason.txt) beside it."""
+def ingest_inbox(
+    inbox: Path, source: str = "inbox"
+) -> tuple[list[ingest.IngestReport], list[tuple[str, str]]]:
+    """Ingest every file in the inbox (audited as the system's `system:inbox`), all under one
+    `source`: whoever may write to the inbox may write any name in it, so a file's folder or name
+    never claims an appraiser (the guard would count two folders as two sources that agree);
+    move each to processed/ or failed/ (with a .reason.txt)."""
     reports, failed = [], []
-    for path, source in inbox_files(inbox):
+    for path in inbox_files(inbox):
         try:
             reports.append(ingest.ingest_file(path, source=source, actor=audit.INBOX))
-            _move(path, path.parent / "processed")
+            _move(path, inbox / "processed")
         except data.DataError as exc:
-            moved = _move(path, path.parent / "failed")
+            moved = _move(path, inbox / "failed")
             moved.with_name(moved.name + ".reason.txt").write_text(
                 f"{exc}\nNothing of this file was stored: fix it and drop it in the inbox again.\n"
             )

@@ -40,7 +40,10 @@ class Comparable(BaseModel):
     x: float
     y: float
     z: float
-    price: float = Field(description="its recorded price, USD (as appraised, not moved)")
+    price: float = Field(
+        description="its price on the base level, USD: as the model learned it (a retrain divides "
+        "each price by its month's market level)"
+    )
     carat_difference: float = Field(description="its carat minus the asked carat")
 
 
@@ -141,8 +144,9 @@ class AppraisalOut(BaseModel):
     deal: Deal | None = Field(default=None, description="the deal check, when asking_price is sent")
     comparables: list[Comparable] | None = Field(
         default=None,
-        description="similar stones of the collection (?comparables=N), at their recorded prices "
-        "(not moved to the market level)",
+        description="similar stones of the collection (?comparables=N), at their prices on "
+        "the base level (the collection's), as the model learned them: multiply by "
+        "market_level.level for the day's",
     )
 
 
