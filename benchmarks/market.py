@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _bench import others_shuffled, resolve_data
+from _bench import others_shuffled, quick_model, resolve_data
 
 JUMP, DRIFT, MONTHS, MARKUP, NOISE = 1.20, 1.01, 8, 1.30, 0.04
 COLLECTION_MONTH = date(2025, 1, 1)
@@ -78,7 +78,6 @@ def main() -> None:
     os.environ["APPRAISER_HOME"] = tempfile.mkdtemp(prefix="appraiser-market-")
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
     from appraiser import data, market
-    from appraiser.tuning import fit
 
     public = data.load(None).clean
     path = resolve_data(args.data, required=False)
@@ -87,17 +86,7 @@ def main() -> None:
     pool = others_shuffled(public, collection, args.seed)
     rng = np.random.default_rng(args.seed)
 
-    champion = fit(
-        collection,
-        pool.head(100),
-        final_stones=None,
-        source="collection",
-        trials=1,
-        timeout=60,
-        candidates=["lightgbm"],
-        seed=42,
-        show_progress=False,
-    ).evaluated
+    champion = quick_model(collection, timeout=60)
     dated = appraisals(pool.iloc[args.today :], args.per_month, rng)
     dated["predicted"] = champion.predict(dated)["price"].to_numpy()
 

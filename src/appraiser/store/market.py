@@ -5,7 +5,6 @@ estimates; this module reads and writes)."""
 from __future__ import annotations
 
 import json
-import logging
 
 import pandas as pd
 from sqlalchemy import Engine, delete, insert, select
@@ -13,8 +12,6 @@ from sqlalchemy import Engine, delete, insert, select
 from appraiser import clock, market, schema
 from appraiser.store.migrate import ready
 from appraiser.store.tables import Base, MarketLevel
-
-logger = logging.getLogger(__name__)
 
 
 def dated_stones(
