@@ -12,12 +12,14 @@ commands run with chroot as the image's user, with the image's environment and w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ STAND_IN_PACKAGES = "python3,python3-venv,python-is-python3,libgomp1,ca-certific
 # what the machine's pip reads to reach the package registry, given to the build as it is
 BUILD_MOUNTS = ("/etc/pip.conf", "/etc/ssl/certs")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# one build at a time on this machine (xdist workers, concurrent sessions): a build prunes what
+# earlier builds left, which must not be a running build's stages
+BUILD_LOCK = Path(tempfile.gettempdir()) / "appraiser-image-build.lock"
 
 
 def missing_tools() -> list[str]:
@@ -81,17 +86,25 @@ def ensure_base() -> None:
 
 
 def build(tag: str = TAG, target: str | None = None) -> None:
-    """`podman build` of the repository's Dockerfile (chroot isolation: no user namespaces)."""
-    ensure_base()
+    """`podman build` of the repository's Dockerfile (chroot isolation: no user namespaces).
+
+    Then the untagged images earlier builds left are pruned (the image a tag moved from, stages
+    built from older sources): each build left about 2 GB, which filled this machine's disk after
+    a few dozen runs. This build's own layers stay, the cache of the next one."""
     command = ["build", "--isolation", "chroot", "--pull=never", "--format", "docker", "-t", tag]
     for path in BUILD_MOUNTS:
         if Path(path).exists():
             command += ["-v", f"{path}:{path}:ro"]
     if target:
         command += ["--target", target]
-    done = podman(*command, str(REPO), timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"podman build failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    with BUILD_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_base()
+        started = int(time.time())
+        done = podman(*command, str(REPO), timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"podman build failed:\n{(done.stdout + done.stderr)[-4000:]}")
+        podman("image", "prune", "--force", "--filter", f"until={started}")
 
 
 @dataclass(frozen=True)
