@@ -32,26 +32,31 @@ RUN pip install --require-hashes --only-binary :all: -r requirements-bootstrap.t
 COPY requirements-runtime.txt ./
 RUN pip install --require-hashes --only-binary :all: -r requirements-runtime.txt
 
-# the project itself, built by the pinned setuptools (in requirements-runtime.txt) without reaching
-# for an unpinned build environment
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN pip install --no-deps --no-build-isolation . \
-    && appraiser --help >/dev/null
-
 # what only building or testing the libraries needs leaves each final virtualenv: their own test
 # suites, C, C++ and Cython sources and headers, and the installer (deploy/slim-venv.sh)
 COPY deploy/slim-venv.sh ./
 
-# --- the app's virtualenv ---------------------------------------------------------------------------
-FROM builder AS app-venv
-RUN sh slim-venv.sh /opt/venv
-
-# --- the MLflow server's virtualenv: the same, plus the server and its UI --------------------------
-FROM builder AS mlflow-venv
+# --- the MLflow server's dependencies: the app's, plus the server and its UI -----------------------
+FROM builder AS mlflow-deps
 COPY requirements-mlflow.txt ./
 RUN pip install --require-hashes --only-binary :all: -r requirements-mlflow.txt \
-    && mlflow server --help >/dev/null \
+    && mlflow server --help >/dev/null
+
+# --- each virtualenv then takes the project, last: editing the code reinstalls no dependency ------
+# (built by the pinned setuptools in requirements-runtime.txt, without reaching for an unpinned
+# build environment), and is slimmed
+FROM builder AS app-venv
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-deps --no-build-isolation . \
+    && appraiser --help >/dev/null \
+    && sh slim-venv.sh /opt/venv
+
+FROM mlflow-deps AS mlflow-venv
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-deps --no-build-isolation . \
+    && appraiser --help >/dev/null \
     && sh slim-venv.sh /opt/venv
 
 # --- base: the OpenMP runtime LightGBM needs, a non-root user --------------------------------------

@@ -344,12 +344,37 @@ def test_every_copy_source_exists_and_is_in_the_build_context(dockerfile):
         assert not left_out, f"COPY {source}: .dockerignore leaves out {left_out[:5]}"
 
 
-def test_the_build_copies_what_pip_install_dot_needs(dockerfile):
-    builder = next(s for s in dockerfile if re.search(r"pip install[^&;|]* \.(\s|$)", s.run_text()))
-    copied = {Path(s).as_posix() for f, ss, _ in copies(builder) if "from" not in f for s in ss}
+PROJECT_INSTALL = re.compile(r"pip install[^&;|]* \.(\s|$)")
+
+
+@pytest.fixture(scope="module")
+def project_stages(dockerfile: list[Stage]) -> list[Stage]:
+    """The stages that install the project (`pip install .`): each virtualenv's, last."""
+    found = [s for s in dockerfile if PROJECT_INSTALL.search(s.run_text())]
+    assert found, "no stage installs the project"
+    return found
+
+
+def test_the_build_copies_what_pip_install_dot_needs(project_stages):
     needed = {"pyproject.toml", PYPROJECT["project"]["readme"]}
     needed |= set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["where"])
-    assert needed <= copied, needed - copied
+    for stage in project_stages:
+        copied = {Path(s).as_posix() for f, ss, _ in copies(stage) if "from" not in f for s in ss}
+        assert needed <= copied, (stage.name, needed - copied)
+
+
+def test_both_images_take_the_project_after_their_dependencies(dockerfile, project_stages):
+    """Editing the code must not reinstall a dependency: in each stage that installs the project
+    (with the stages it is built from), every requirement file is installed before, and both
+    final images copy a venv that has the project."""
+    for stage in project_stages:
+        runs = stage.all("RUN")
+        project = next(i for i, run in enumerate(runs) if PROJECT_INSTALL.search(run.args))
+        later = Stage(stage.image, stage.name, runs[project:])
+        assert not installed_requirement_files(later), stage.name
+        assert installed_requirement_files(stage), stage.name
+    copied_from = {f["from"] for s in dockerfile for f, _, _ in copies(s) if "from" in f}
+    assert copied_from <= {s.name for s in project_stages}, copied_from
 
 
 # --- requirements ---------------------------------------------------------------------------------
@@ -485,8 +510,8 @@ def test_runtime_pins_cover_the_dependencies_and_leave_out_the_dev_extra(runtime
     assert not leaked, f"dev-only packages in the image: {leaked}"
 
 
-def test_the_build_backend_is_pinned_when_build_isolation_is_off(builder, runtime_pins):
-    if "--no-build-isolation" not in builder.run_text():
+def test_the_build_backend_is_pinned_when_build_isolation_is_off(project_stages, runtime_pins):
+    if not all("--no-build-isolation" in s.run_text() for s in project_stages):
         pytest.skip("pip builds the project in an isolated environment")
     for spec in map(Requirement, PYPROJECT["build-system"]["requires"]):
         pin = runtime_pins.get(canonicalize_name(spec.name))
@@ -515,11 +540,11 @@ def test_pinned_requirements_parser_rejects_loose_lines(tmp_path):
         pins(loose)
 
 
-def test_the_builders_install_ships_every_package_file(tmp_path, builder):
+def test_the_builders_install_ships_every_package_file(tmp_path, project_stages):
     """Replay `pip install .` on exactly the files the Dockerfile copies: every file of the
     package (migrations, templates, web assets) must land in the wheel, with the entry point."""
     context = tmp_path / "context"
-    for flags, sources, _ in copies(builder):
+    for flags, sources, _ in copies(project_stages[0]):
         for source in sources if "from" not in flags else []:
             for name in context_files(source):
                 (context / name).parent.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,16 @@ KEY = "image-test-admin-key-0123456789"  # long enough for any key rule
 
 
 @pytest.fixture(scope="module")
-def built() -> str:
+def can_build() -> None:
     missing = image.missing_tools()
     if missing:
         unavailable(
             f"the image test needs {', '.join(missing)}", "apt-get install podman debootstrap"
         )
+
+
+@pytest.fixture(scope="module")
+def built(can_build: None) -> str:
     image.build()
     return image.TAG
 
@@ -110,7 +114,7 @@ def test_the_image_trains_serves_and_prices(
         image.stop(server)
 
 
-def test_the_mlflow_target_builds_and_runs_the_server(built: str) -> None:
+def test_the_mlflow_target_builds_and_runs_the_server(can_build: None) -> None:
     """The Dockerfile's `mlflow` target (compose's and the cloud's MLflow server): the app's
     virtualenv plus the server, started here as the image's user far enough to answer --help."""
     tag = "localhost/appraiser-mlflow:test"
