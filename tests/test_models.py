@@ -41,6 +41,17 @@ def test_member_roundtrip_and_contributions(name, stones, tmp_path):
     np.testing.assert_allclose(loaded.predict_log(stones), predicted, rtol=1e-6)
 
 
+def test_the_served_lightgbm_uses_advanced_monotone_constraints():
+    """tests/conftest.py trains this process's LightGBM with "basic" constraints for speed; the
+    product's default, what a fresh interpreter (the CLI, the server) uses, stays "advanced"."""
+    import subprocess
+    import sys
+
+    code = "from appraiser.models.boosters import LightGBMMember as M; print(M.monotone_method)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "advanced"
+
+
 def test_price_model_roundtrip(stones, tmp_path):
     y = features.log_price(stones["price"])
     members = [
