@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from appraiser import data, schema
+from appraiser import challenge, data, schema
 from appraiser.config import settings
 from appraiser.models.boosters import LightGBMMember
 from tests import pg
@@ -30,6 +30,10 @@ os.environ["APPRAISER_SETTLE_HEAP"] = "false"
 # accuracy.py measures it); tests/test_models.py checks it stays the default, and the tests
 # that run `appraiser` in a child process, and the notebooks, train with it.
 LightGBMMember.monotone_method = "basic"
+# The gate's double cross-fitting refits both recipes once per fold, more than half of a retrain's
+# time: 5 folds here instead of 10 (every judged stone is still priced by models that never saw
+# it; tests/test_gate.py::test_the_gate_cross_fits_on_ten_folds_by_default pins the product's 10).
+challenge.CROSS_FIT_FOLDS = 5
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -58,6 +58,17 @@ def test_double_cross_fitting_prices_every_stone_twice_out_of_fold(public):
         assert all(np.isin(extra, trained).all() for trained, _ in log), side
 
 
+def test_the_gate_cross_fits_on_ten_folds_by_default():
+    """tests/conftest.py lowers the folds to 5 in this process for speed; the product's gate, what
+    a fresh interpreter runs, refits each recipe on 10 folds."""
+    import subprocess
+    import sys
+
+    code = "from appraiser import challenge; print(challenge.CROSS_FIT_FOLDS)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "10"
+
+
 def test_only_unsealed_appraisals_judge(public):
     stones = public.sample(2000, random_state=3).assign(feedback_id=np.nan)
     stones.iloc[:50, stones.columns.get_loc("feedback_id")] = 1.0
