@@ -13,7 +13,7 @@
 # /var/lib/appraiser: mount a volume there, or point APPRAISER_DATABASE_URL and MLFLOW_TRACKING_URI
 # at PostgreSQL and an MLflow server (compose.yaml does).
 
-# --- builder: a virtualenv with the pinned dependencies and the project ----------------------------
+# --- builder: a virtualenv with the pinned dependencies --------------------------------------------
 FROM python:3.11-slim AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -42,22 +42,25 @@ COPY requirements-mlflow.txt ./
 RUN pip install --require-hashes --only-binary :all: -r requirements-mlflow.txt \
     && mlflow server --help >/dev/null
 
-# --- each virtualenv then takes the project, last: editing the code reinstalls no dependency ------
-# (built by the pinned setuptools in requirements-runtime.txt, without reaching for an unpinned
-# build environment), and is slimmed
+# --- each image's dependencies, slimmed: unchanged by a code change, so cached -------------------
 FROM builder AS app-venv
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN pip install --no-deps --no-build-isolation . \
-    && appraiser --help >/dev/null \
-    && sh slim-venv.sh /opt/venv
+RUN sh slim-venv.sh /opt/venv
 
 FROM mlflow-deps AS mlflow-venv
+RUN sh slim-venv.sh /opt/venv
+
+# --- the project, built by the pinned setuptools (in requirements-runtime.txt) without reaching
+# for an unpinned build environment; its installed files are set apart in /project, which both
+# images copy over their virtualenv as a small last layer: a code change rebuilds only that -------
+FROM builder AS project
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-deps --no-build-isolation . \
     && appraiser --help >/dev/null \
-    && sh slim-venv.sh /opt/venv
+    && site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && mkdir -p /project/site-packages /project/bin \
+    && cp -a "$site"/appraiser "$site"/appraiser-*.dist-info /project/site-packages/ \
+    && cp -a /opt/venv/bin/appraiser /project/bin/
 
 # --- base: the OpenMP runtime LightGBM needs, a non-root user --------------------------------------
 FROM python:3.11-slim AS base
@@ -84,6 +87,8 @@ WORKDIR /app
 FROM base AS mlflow
 
 COPY --from=mlflow-venv /opt/venv /opt/venv
+COPY --from=project /project/site-packages/ /opt/venv/lib/python3.11/site-packages/
+COPY --from=project /project/bin/ /opt/venv/bin/
 USER appraiser
 EXPOSE 5000
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
@@ -92,6 +97,8 @@ CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
 FROM base AS runtime
 
 COPY --from=app-venv /opt/venv /opt/venv
+COPY --from=project /project/site-packages/ /opt/venv/lib/python3.11/site-packages/
+COPY --from=project /project/bin/ /opt/venv/bin/
 USER appraiser
 
 EXPOSE 8000
