@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ STAND_IN_PACKAGES = "python3,python3-venv,python-is-python3,libgomp1,ca-certific
 # what the machine's pip reads to reach the package registry, given to the build as it is
 BUILD_MOUNTS = ("/etc/pip.conf", "/etc/ssl/certs")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-# one build at a time on this machine (xdist workers, concurrent sessions): a build prunes what
-# earlier builds left, which must not be a running build's stages
+# one build at a time on this machine (xdist workers, concurrent sessions): the second reuses the
+# first's layers instead of building the same stages beside it
 BUILD_LOCK = Path(tempfile.gettempdir()) / "appraiser-image-build.lock"
 
 
@@ -85,12 +84,17 @@ def ensure_base() -> None:
             raise RuntimeError(f"podman import failed: {imported.stderr[-2000:]}")
 
 
+def image_id(tag: str) -> str | None:
+    done = podman("image", "inspect", "--format", "{{.Id}}", tag)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def build(tag: str = TAG, target: str | None = None) -> None:
     """`podman build` of the repository's Dockerfile (chroot isolation: no user namespaces).
 
-    Then the untagged images earlier builds left are pruned (the image a tag moved from, stages
-    built from older sources): each build left about 2 GB, which filled this machine's disk after
-    a few dozen runs. This build's own layers stay, the cache of the next one."""
+    The image the tag moves away from is removed: each code change left one (about 1 GB of its
+    own, the virtualenv's copy), and a few dozen runs filled this machine's disk. Nothing else is
+    pruned: the untagged stage images are the next build's cache."""
     command = ["build", "--isolation", "chroot", "--pull=never", "--format", "docker", "-t", tag]
     for path in BUILD_MOUNTS:
         if Path(path).exists():
@@ -100,11 +104,12 @@ def build(tag: str = TAG, target: str | None = None) -> None:
     with BUILD_LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ensure_base()
-        started = int(time.time())
+        before = image_id(tag)
         done = podman(*command, str(REPO), timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(f"podman build failed:\n{(done.stdout + done.stderr)[-4000:]}")
-        podman("image", "prune", "--force", "--filter", f"until={started}")
+        if before and before != image_id(tag):
+            podman("rmi", before)  # refused, and kept, while a container still uses it
 
 
 @dataclass(frozen=True)

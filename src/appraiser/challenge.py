@@ -67,7 +67,9 @@ def cross_fitted_prices(
     a model that saw it or its twin. A training stone that does not judge (an expert's price, a
     sealed stone the champion trained on) stays in every fold model.
     """
-    folds = folds or CROSS_FIT_FOLDS  # read here: tests/conftest.py lowers it
+    folds = CROSS_FIT_FOLDS if folds is None else folds  # read here: tests/conftest.py lowers it
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, not {folds}")
     columns = [*judged.columns, *PRICED]
     if not len(judged):
         return pd.DataFrame(columns=columns)
