@@ -260,10 +260,47 @@ def summarise(rows: pd.DataFrame) -> dict[str, Any]:
         f"with the estimate's SE alone {d['z_est_only_mean']:+.2f} / {d['z_est_only_sd']:.2f}; "
         f"mean bias {d['mean_bias_points']:+.3f} points, mean SE {d['mean_estimate_se']:.3f}"
     )
+    out["frontier"] = frontier(rows)
     blocked = rows.loc[~rows["promote"] & rows["improvement_rule"], "blocked_by"]
     if len(blocked):
         print(f"blocked by another check after passing the improvement rule: {blocked.tolist()}")
     return out
+
+
+def frontier(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """What any rule "promote when the estimate is at least t" could do on these draws: for each
+    t, (A) and (B) together. When no t meets both, no choice of threshold can: the estimate's miss
+    of each draw's true gain, not the rule, is what must shrink."""
+    null, better = rows["true_gain"] <= 0, rows["true_gain"] >= 0.10
+    points = []
+    for t in np.round(np.arange(0.0, 0.251, 0.01), 2):
+        promoted = rows["estimate"] >= t
+        a = wilson(int(promoted[null].sum()), int(null.sum()))
+        b = wilson(int(promoted[better].sum()), int(better.sum()))
+        points.append({"threshold": float(t), "A": a, "B": b})
+    meets_a = [p for p in points if p["A"][0] <= 2.5 and p["A"][2] <= 5.0]
+    best = max(meets_a, key=lambda p: p["B"][0]) if meets_a else None
+    rows_printed = [
+        [
+            f"{p['threshold']:.2f}",
+            f"{p['A'][0]:.1f}% ({p['A'][1]:.1f}-{p['A'][2]:.1f})",
+            f"{p['B'][0]:.1f}% ({p['B'][1]:.1f}-{p['B'][2]:.1f})",
+        ]
+        for p in points[::2]
+    ]
+    print(
+        format_table(
+            ["estimate >= t", "(A) gain <= 0", "(B) gain >= 0.10"],
+            rows_printed,
+            "Any threshold on the estimate, on these draws",
+        )
+    )
+    if best:
+        print(
+            f"best (B) among thresholds meeting (A): t = {best['threshold']:.2f}, "
+            f"(B) {best['B'][0]:.1f}% ({best['B'][1]:.1f}-{best['B'][2]:.1f})"
+        )
+    return points
 
 
 def main() -> None:
