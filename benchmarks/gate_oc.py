@@ -272,7 +272,7 @@ def frontier(rows: pd.DataFrame) -> list[dict[str, Any]]:
     t, (A) and (B) together. When no t meets both, no choice of threshold can: the estimate's miss
     of each draw's true gain, not the rule, is what must shrink."""
     null, better = rows["true_gain"] <= 0, rows["true_gain"] >= 0.10
-    points = []
+    points: list[dict[str, Any]] = []
     for t in np.round(np.arange(0.0, 0.251, 0.01), 2):
         promoted = rows["estimate"] >= t
         a = wilson(int(promoted[null].sum()), int(null.sum()))
