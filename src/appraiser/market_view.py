@@ -110,24 +110,14 @@ def compare(
         mine = months == month
         implied = float(np.median(ratios[mine]))
         refs = references.get(month, [])
-        if not refs:
-            fallback = shown.get(month, Reference(0.0, "the base level"))
-            out.append(
-                MonthView(
-                    month,
-                    int(mine.sum()),
-                    math.exp(implied),
-                    math.exp(fallback.log_level),
-                    fallback.by,
-                    None,
-                )
-            )
-            continue
-        nearest = min(refs, key=lambda r: abs(r.log_level - implied))
-        close = bool(abs(nearest.log_level - implied) <= tolerance)
-        verdict = close if mine.sum() >= min_stones else None
-        # agreeing: judged around its own level; else around the market's
-        centre[mine] = implied if close else nearest.log_level
+        if refs:
+            nearest = min(refs, key=lambda r: abs(r.log_level - implied))
+            close = bool(abs(nearest.log_level - implied) <= tolerance)
+            verdict = close if mine.sum() >= min_stones else None
+            # agreeing: judged around its own level; else around the market's
+            centre[mine] = implied if close else nearest.log_level
+        else:  # nothing to compare with: the level named for the month, and no verdict
+            nearest, verdict = shown.get(month, Reference(0.0, "the base level")), None
         out.append(
             MonthView(
                 month,
