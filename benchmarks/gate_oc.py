@@ -100,20 +100,25 @@ def registered(fit: Any, stones: pd.DataFrame, bag: int, seed: int) -> Any:
     return PriceModel(members, [1.0 / bag] * bag, fits[0].intervals, 0.9, stones)
 
 
-def calibrated_intervals(public: pd.DataFrame) -> list[float]:
+def calibrated_intervals(public: pd.DataFrame, base: dict[str, Any]) -> list[float]:
     """The recipe's 90% half-widths per carat band, from its errors on stones it did not see
     (once, on stones apart from every draw's): the ranges the coverage check judges."""
     from appraiser import explain, features, schema
 
     sample = public.sample(8000, random_state=999)
-    model = recipe(RECIPE, [0.2] * len(schema.CARAT_LABELS))(sample.iloc[:3000])
+    model = recipe(base, [0.2] * len(schema.CARAT_LABELS))(sample.iloc[:3000])
     rest = sample.iloc[3000:]
     residuals = features.log_price(rest[schema.TARGET]) - model.predict_log(rest)
     return list(explain.banded_halfwidths(residuals, rest["carat"].to_numpy(), 0.9))
 
 
 def one_draw(
-    draw: int, base_seed: int, collection_size: int, intervals: list[float], bag: int = 1
+    draw: int,
+    base_seed: int,
+    collection_size: int,
+    intervals: list[float],
+    bag: int = 1,
+    base: dict[str, Any] | None = None,
 ) -> dict:
     from appraiser import challenge, explain, gate, lineage, schema
 
@@ -129,10 +134,12 @@ def one_draw(
     order = rng.permutation(len(public))
     collection = public.iloc[order[:collection_size]]
     fresh = public.iloc[order[collection_size : collection_size + fresh_n]]
-    champion_params, challenger_params = dict(RECIPE), dict(RECIPE)
+    base = base or RECIPE
+    champion_params, challenger_params = dict(base), dict(base)
     if kind == "weaker":
         # a little weaker: true gains near zero, where the null is hard (far below it is easy)
-        challenger_params["n_estimators"] = int(rng.integers(110, 150))
+        fewer = int(rng.integers(110, 150))  # of 150: the same share of --trees
+        challenger_params["n_estimators"] = round(fewer * base["n_estimators"] / 150)
     store = pd.concat([collection, fresh], ignore_index=True)
     unsealed = store[lineage.roles(store) != "sealed"].reset_index(drop=True)
     champion_fit, challenger_fit = (
@@ -353,18 +360,25 @@ def main() -> None:
         help="register the average of this many fold fits instead of one fit (a design option, "
         "not the product: see docs/measurements.md)",
     )
+    parser.add_argument(
+        "--trees",
+        type=int,
+        default=150,
+        help="the recipe's trees: 150 is cheap but not converged (benchmarks/fit_modes.py)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     draws = 6 if args.smoke else args.draws
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
     print("command: python " + " ".join(sys.argv), flush=True)
     started = time.perf_counter()
-    intervals = calibrated_intervals(_public())
+    base = {**RECIPE, "n_estimators": args.trees}
+    intervals = calibrated_intervals(_public(), base)
     rows: list[dict] = []
     deadline = started + 60 * args.minutes if args.minutes else float("inf")
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = [
-            pool.submit(one_draw, d, args.seed, args.collection, intervals, args.bag)
+            pool.submit(one_draw, d, args.seed, args.collection, intervals, args.bag, base)
             for d in range(draws)
         ]
         for i, job in enumerate(jobs):
