@@ -86,9 +86,9 @@ def recipe(params: dict[str, Any], intervals: list[float]) -> Any:
 
 def registered(fit: Any, stones: pd.DataFrame, bag: int, seed: int) -> Any:
     """The model registered from `stones`: one fit of the recipe (the product today), or with
-    `bag` > 1 the average in log price of `bag` fits, each without one fold (twins together) --
-    the models cross-fitting judges, averaged, so that what is judged is what would be served."""
-    from appraiser import lineage
+    `bag` > 1 the average in log price of `bag` fits, each without one fold (twins together): for
+    a challenger with `bag` = 10 and seed = draw, the very fold models cross-fitting judges."""
+    from appraiser import lineage, schema
     from appraiser.models import PriceModel
     from appraiser.tuning import fold_groups
 
@@ -97,7 +97,8 @@ def registered(fit: Any, stones: pd.DataFrame, bag: int, seed: int) -> Any:
     fold_of = fold_groups(lineage.stone_keys(stones), seed) % bag
     fits = [fit(stones[fold_of != k]) for k in range(bag)]
     members = [m for one in fits for m in one.members]
-    return PriceModel(members, [1.0 / bag] * bag, fits[0].intervals, 0.9, stones)
+    reference = stones[list(schema.COLUMNS)]
+    return PriceModel(members, [1.0 / bag] * bag, fits[0].intervals, 0.9, reference)
 
 
 def calibrated_intervals(public: pd.DataFrame, base: dict[str, Any]) -> list[float]:
@@ -364,7 +365,8 @@ def main() -> None:
         "--trees",
         type=int,
         default=150,
-        help="the recipe's trees: 150 is cheap but not converged (benchmarks/fit_modes.py)",
+        help="the recipe's trees (150: cheap, but fits can jump between two modes, see "
+        "benchmarks/fit_modes.py; with more, the weaker kind's fewer trees may be better)",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
