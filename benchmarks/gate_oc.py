@@ -368,6 +368,12 @@ def main() -> None:
         help="the recipe's trees (150: cheap, but fits can jump between two modes, see "
         "benchmarks/fit_modes.py; with more, the weaker kind's fewer trees may be better)",
     )
+    parser.add_argument(
+        "--served-defaults",
+        action="store_true",
+        help="the LightGBM candidate's defaults instead of the cheap recipe (--trees ignored; "
+        "about 4 times slower)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     draws = 6 if args.smoke else args.draws
@@ -375,6 +381,10 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv), flush=True)
     started = time.perf_counter()
     base = {**RECIPE, "n_estimators": args.trees}
+    if args.served_defaults:  # the served recipe before tuning: near-L1, 600 x 15, bagging 0.7
+        from appraiser.models import CANDIDATES
+
+        base = dict(CANDIDATES["lightgbm"].defaults)
     intervals = calibrated_intervals(_public(), base)
     rows: list[dict] = []
     deadline = started + 60 * args.minutes if args.minutes else float("inf")
