@@ -216,44 +216,6 @@ def fit_model(
     )
 
 
-def blended_oof(
-    results: dict[str, CandidateResult],
-    weights: dict[str, float],
-    stones: pd.DataFrame,
-    y_log: np.ndarray,
-    seed: int,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """The blend's out-of-fold log prices on `stones`: each tuned member cross-validated with its
-    parameters (FOLDS folds, twins together), weighted as in the blend."""
-    task = progress.add_task("cross-fitting the range", total=len(weights)) if progress else None
-    oof = np.zeros(len(stones))
-    groups = fold_groups(stones, seed)
-    for name, weight in weights.items():
-        oof_member = cross_validate(
-            CANDIDATES[name], results[name].params, stones, y_log, seed=seed, groups=groups
-        )
-        oof += weight * oof_member
-        if progress is not None and task is not None:
-            progress.advance(task)
-    return oof
-
-
-def _range_from(
-    stones: pd.DataFrame, residuals: np.ndarray, seed: int
-) -> tuple[list[float], AdaptiveRange | None, list[float]]:
-    """From the out-of-fold log errors of `stones`: the carat-band half-widths, the range each
-    stone gets (its difficulty learnt from those errors, its scores cross-fitted, per carat band:
-    models.AdaptiveRange; None with too few stones) and the sample the label-shift guard keeps."""
-    intervals = explain.banded_halfwidths(residuals, stones["carat"].to_numpy(), COVERAGE)
-    ranges = (
-        AdaptiveRange.fit(features.encode(stones).to_numpy(), residuals, COVERAGE, seed)
-        if np.isfinite(residuals).sum() >= MIN_CALIBRATION
-        else None  # too few stones: the carat-band widths
-    )
-    return intervals, ranges, screening.residual_sample(residuals, seed)
-
-
 def refit(model: PriceModel, stones: pd.DataFrame) -> PriceModel:
     """A saved model's recipe (each member's kind and parameters, the blend's weights, its range)
     fitted again on `stones`, with no tuning: how the gate prices stones with the champion's
@@ -328,9 +290,8 @@ def fit(
 
     `holdout` None (a retrain: every stone but the sealed ones trains): measured out of fold
     instead, each stone of `fit_part` priced by the tuning's fold models that did not see it.
-    The range is calibrated on the out-of-fold errors of every stone its model trains on (CV+):
-    the tuning's in a retrain; with `final_stones`, the tuned blend cross-fitted on them (FOLDS
-    more fits of each member), so that the fold models are 4/5 of the size of the model served.
+    The range is calibrated on every stone of `fit_part` (CV+), so that its fold models are close
+    to the size of the model it serves.
     """
     names = candidates or settings().candidate_list or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -360,7 +321,17 @@ def fit(
     oof_blend = sum(w * results[n].oof_log for n, w in weights.items())
     assert isinstance(oof_blend, np.ndarray)
     residuals = y_log - oof_blend
-    intervals, ranges, info_residuals = _range_from(fit_part, residuals, seed)
+    intervals = explain.banded_halfwidths(residuals, tune_part["carat"].to_numpy(), COVERAGE)
+    # the range each stone gets: its difficulty learnt from out-of-fold errors, its scores
+    # cross-fitted, per carat band (models.AdaptiveRange), from the recipe's out-of-fold errors on
+    # every stone of fit_part (CV+): tuning sees them all, so its fold models are 4/5 of the size
+    # of the model the range serves
+    calibration_errors = residuals
+    ranges = (
+        AdaptiveRange.fit(features.encode(fit_part).to_numpy(), calibration_errors, COVERAGE, seed)
+        if np.isfinite(calibration_errors).sum() >= MIN_CALIBRATION
+        else None  # too few stones: the carat-band widths
+    )
     model_name = (
         " + ".join(f"{w:g} {n}" for n, w in weights.items())
         if len(weights) > 1
@@ -375,18 +346,9 @@ def fit(
         "rows": len(stones),
         "seed": seed,
         # what the label-shift guard expects of this model's errors (screening.py)
-        "residuals": info_residuals,
+        "residuals": screening.residual_sample(residuals, seed),
     }
     evaluated = fit_model(results, weights, fit_part, intervals, info, ranges)
-    if final_stones is not None:
-        # the model served trains on every stone, so its range is calibrated on the out-of-fold
-        # errors of fold models of 4/5 of them, as a retrain's is, not on the tuning's of 4/5 of
-        # the fit part: those were worse than the model served (90% ranges covered 91.1%,
-        # Premium and color G 92.4%; docs/measurements.md#accuracy)
-        final_log = features.log_price(final_stones[schema.TARGET])
-        with progress_bars(show_progress) as progress:
-            final_oof = blended_oof(results, weights, final_stones, final_log, seed, progress)
-        intervals, ranges, info_residuals = _range_from(final_stones, final_log - final_oof, seed)
     if holdout is None:
         holdout, holdout_pred = fit_part, _priced(evaluated, fit_part, oof_blend)
     else:
@@ -401,9 +363,7 @@ def fit(
     final = (
         evaluated
         if final_stones is None
-        else fit_model(
-            results, weights, final_stones, intervals, {**info, "residuals": info_residuals}, ranges
-        )
+        else fit_model(results, weights, final_stones, intervals, info, ranges)
     )
     return Fitted(
         model_name=model_name,
