@@ -201,7 +201,8 @@ def test_the_api_serves_the_figures_to_admins_only(client, public, tmp_path):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["hours"] == 12 and len(body["appraisals"]["per_hour"]) == 12
-    assert body["champion"] == "1"
+    # the shared API home's champion: v1, or a later version when a test before it promoted one
+    assert body["champion"] == champion.current() is not None
     assert [b["batch_id"] for b in body["held_batches"]] == [happened["held"]]
     assert body["accuracy"]["feedback"][0]["n"] == 3
     appraising = body["requests"]["appraising"]
