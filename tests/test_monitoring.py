@@ -188,6 +188,9 @@ def test_the_api_serves_the_figures_to_admins_only(client, public, tmp_path):
     from appraiser import auth
 
     happened = events(public, tmp_path)
+    # the server follows the champion by polling: its poll may have caught v2 between the
+    # promotion and the rollback and be serving it still; one poll now (after any load under way)
+    client.app.state.ctx.champions.check()
     for _ in range(3):
         assert client.post("/v1/appraisals", json=schema.example_stone()).status_code == 200
 
@@ -201,8 +204,7 @@ def test_the_api_serves_the_figures_to_admins_only(client, public, tmp_path):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["hours"] == 12 and len(body["appraisals"]["per_hour"]) == 12
-    # the shared API home's champion: v1, or a later version when a test before it promoted one
-    assert body["champion"] == champion.current() is not None
+    assert body["champion"] == "1" == champion.current()
     assert [b["batch_id"] for b in body["held_batches"]] == [happened["held"]]
     assert body["accuracy"]["feedback"][0]["n"] == 3
     appraising = body["requests"]["appraising"]
