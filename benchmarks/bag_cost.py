@@ -28,20 +28,23 @@ from _bench import format_table, use_home
 
 
 def fitted(stones: pd.DataFrame, shape: tuple[int, int], bag: int, seed: int) -> Any:
-    from appraiser import features, lineage, schema
+    from gate_oc import registered
+
+    from appraiser import features, schema
     from appraiser.models import CANDIDATES, PriceModel
-    from appraiser.tuning import fold_groups
 
     trees, leaves = shape
     params = {"n_estimators": trees, "num_leaves": leaves, "learning_rate": 0.05}
-    fold_of = fold_groups(lineage.stone_keys(stones), seed) % max(bag, 2)
-    members = []
-    for k in range(bag):
-        part = stones[fold_of != k] if bag > 1 else stones
-        member = CANDIDATES["lightgbm"].build(params)
-        members.append(member.fit(part, features.log_price(part[schema.TARGET])))
     widths = [0.2] * len(schema.CARAT_LABELS)
-    return PriceModel(members, [1.0 / bag] * bag, widths, 0.9, stones[list(schema.COLUMNS)])
+
+    def fit(part: pd.DataFrame) -> Any:
+        member = CANDIDATES["lightgbm"].build(params)
+        member.fit(part, features.log_price(part[schema.TARGET]))
+        return PriceModel([member], [1.0], widths, 0.9, part[list(schema.COLUMNS)])
+
+    # one fit, or the average of `bag` fits each without one fold: what gate_oc.py --bag registers
+    model = registered(fit, stones, bag, seed)
+    return PriceModel(model.members, model.weights, widths, 0.9, stones[list(schema.COLUMNS)])
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:
