@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _bench import format_table, wilson, write_json
+from scipy import stats
 
 # No bagging: a fit is then fixed by its stones, not by the luck of one bagging draw, which no
 # estimate from other fits can see.
@@ -52,6 +53,7 @@ RECIPE = {
 KINDS = ("tie", "weaker", "few fresh", "many fresh")
 KIND_SHARES = (0.35, 0.30, 0.20, 0.15)  # ties and weaker challengers: the null needs most draws
 TRUTH_STONES = 30_000
+RULES = ("promote", "improvement_rule", "lower_bound_rule", "promote_before")
 
 
 def _policy() -> Any:
@@ -184,6 +186,18 @@ def one_draw(
         gate.ape(priced["price"].to_numpy(float), priced["challenger_price"].to_numpy())
     )
     comparison = decision.comparison
+    luck = comparison.fit_luck if comparison else 0.0
+    # the interval before fit luck was added (the stones' noise alone): the gate until 2026-12-07
+    z = float(stats.norm.ppf(0.5 + POLICY.confidence / 2))
+    noise_low = (
+        comparison.improvement
+        - np.sqrt(max(0.0, (comparison.improvement - comparison.low) ** 2 - (z * luck) ** 2))
+        if comparison
+        else float("nan")
+    )
+    others_pass = all(c.passed for c in decision.checks if c.name != "improvement")
+    folds = pd.DataFrame({"fold": priced["fold"].to_numpy(), "d": paired})
+    by_fold = folds.groupby("fold")["d"].agg(["mean", "var", "size"])
     return {
         "draw": draw,
         "kind": kind,
@@ -194,6 +208,17 @@ def one_draw(
             comparison is not None and comparison.low > 0 and comparison.improvement >= 0.02
         ),
         "lower_bound_rule": bool(comparison is not None and comparison.low > 0),
+        "promote_before": bool(
+            comparison is not None
+            and noise_low > 0
+            and comparison.improvement >= POLICY.min_gain
+            and others_pass
+        ),
+        "noise_low": float(noise_low),
+        "fit_luck": float(luck),
+        "fold_gains": by_fold["mean"].round(5).tolist(),
+        "fold_vars": by_fold["var"].round(5).tolist(),
+        "fold_sizes": by_fold["size"].tolist(),
         "estimate": float(paired.mean()),
         "estimate_se": float(paired.std(ddof=1) / np.sqrt(len(paired))),
         "low": comparison.low if comparison else float("nan"),
@@ -244,13 +269,13 @@ def summarise(rows: pd.DataFrame) -> dict[str, Any]:
     for label, mask in groups.items():
         n = int(mask.sum())
         figures = {}
-        for rule in ("promote", "improvement_rule", "lower_bound_rule"):
+        for rule in RULES:
             k = int(rows.loc[mask, rule].sum())
             figures[rule] = wilson(k, n)
         out[label] = {"draws": n, **figures}
         cells = [
             f"{figures[r][0]:.1f}% ({figures[r][1]:.1f}-{figures[r][2]:.1f})" if n else "-"
-            for r in ("promote", "improvement_rule", "lower_bound_rule")
+            for r in RULES
         ]
         table.append([label, n, *cells, goals[label]])
     print(
@@ -260,16 +285,21 @@ def summarise(rows: pd.DataFrame) -> dict[str, Any]:
                 "n",
                 "promoted (gate.decide)",
                 "improvement rule alone",
-                "lower bound > 0 alone (before)",
+                "lower bound > 0 alone",
+                "promoted, stones' noise only (before)",
                 "goal",
             ],
             table,
             "P(promote | true gain), Wilson 95% intervals",
         )
     )
-    both = np.sqrt(rows["estimate_se"] ** 2 + rows["true_se"] ** 2)
+    # the SE the gate now uses (stones' noise and fit luck), with the truth's own SE
+    luck = rows["fit_luck"]
+    both = np.sqrt(rows["estimate_se"] ** 2 + luck**2 + rows["true_se"] ** 2)
     z = (rows["estimate"] - rows["true_gain"]) / both
-    z_est = (rows["estimate"] - rows["true_gain"]) / rows["estimate_se"]
+    z_est = (rows["estimate"] - rows["true_gain"]) / np.sqrt(
+        rows["estimate_se"] ** 2 + rows["true_se"] ** 2
+    )
     n = len(z)
     out["(D) calibration"] = {
         "draws": n,
@@ -280,14 +310,16 @@ def summarise(rows: pd.DataFrame) -> dict[str, Any]:
         "z_est_only_sd": float(z_est.std(ddof=1)) if n > 1 else float("nan"),
         "mean_bias_points": float((rows["estimate"] - rows["true_gain"]).mean()),
         "mean_estimate_se": float(rows["estimate_se"].mean()),
+        "mean_fit_luck": float(np.mean(luck)),
         "miss_sd_points": float((rows["estimate"] - rows["true_gain"]).std(ddof=1)),
     }
     d = out["(D) calibration"]
     print(
         f"(D) calibration over {n} draws: (estimate - truth) / SE has mean {d['z_mean']:+.2f} "
         f"(SE {d['z_mean_se']:.2f}; goal within +-0.3) and SD {d['z_sd']:.2f} (goal 0.8-1.2); "
-        f"with the estimate's SE alone {d['z_est_only_mean']:+.2f} / {d['z_est_only_sd']:.2f}; "
+        f"with the stones' noise alone {d['z_est_only_mean']:+.2f} / {d['z_est_only_sd']:.2f}; "
         f"mean bias {d['mean_bias_points']:+.3f} points, mean SE {d['mean_estimate_se']:.3f}, "
+        f"mean fit luck {d['mean_fit_luck']:.3f}, "
         f"SD of estimate - truth {d['miss_sd_points']:.3f}"
     )
     # how far the estimate lands from the truth, by kind of draw: the part no SE sees shows here

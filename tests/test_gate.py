@@ -122,3 +122,71 @@ def test_a_near_tie_is_not_promoted_however_narrow_its_interval(public):
     assert not decision.promote
     assert "blocked by improvement" in decision.reason and "reach 0.02" in decision.reason
     assert gate.GatePolicy().min_gain == 0.02
+
+
+def _cross_fitted(public: pd.DataFrame, fold_gains: list[float]) -> pd.DataFrame:
+    """3,000 stones as cross_fitted_prices returns them: the champion's fold models price each
+    stone 5-9% off, the challenger's better by its fold pair's gain (points) and a little noise."""
+    stones = public.sample(3000, random_state=21).reset_index(drop=True)
+    rng = np.random.default_rng(21)
+    fold = np.arange(len(stones)) % len(fold_gains)
+    champion_off = rng.uniform(0.05, 0.09, len(stones))
+    challenger_off = (
+        champion_off - (np.asarray(fold_gains)[fold] + rng.normal(0, 0.5, len(stones))) / 100
+    )
+    price = stones["price"].to_numpy(float)
+    return stones.assign(
+        champion_price=price * (1 + champion_off),
+        challenger_price=price * (1 + challenger_off),
+        challenger_low=price * 0.8,
+        challenger_high=price * 1.2,
+        fold=fold,
+    )
+
+
+def _decide_on(priced: pd.DataFrame) -> gate.Decision:
+    return gate.decide(
+        Priced(0, shift=0.0),  # type: ignore[arg-type]  # only the sanity checks price with it
+        lineage.stone_keys(priced),
+        priced.iloc[:0],
+        champion_version="1",
+        champion=Priced(0, shift=0.0),  # type: ignore[arg-type]
+        champion_lineage=lineage.Lineage("1", np.empty(0, dtype=np.uint64), "t", [], None, None),
+        cross_fitted=priced,
+        policy=gate.GatePolicy(coverage_band=(0.0, 100.0)),
+    )
+
+
+def test_the_interval_carries_the_fit_luck_the_fold_pairs_show(public):
+    """Defect: the interval covered the judged stones' noise only, not the luck of the two
+    registered fits (which stones, which bagging draw), so at Francesco's size 7.8% of challengers
+    no better than the champion were promoted (benchmarks/gate_oc.py, 218 such draws; goal 2.5%).
+    Here the ten fold pairs' gains differ far beyond their stones' noise (SD 0.4 point around
+    +0.2): one registered pair may as well be 0.4 point worse, so it must not be promoted."""
+    lucky = _decide_on(
+        _cross_fitted(public, [0.6, -0.4, 0.5, -0.3, 0.7, -0.2, 0.4, -0.1, 0.6, 0.2])
+    )
+    c = lucky.comparison
+    assert c is not None and 0.15 < c.improvement < 0.25
+    assert 0.3 < c.fit_luck < 0.6  # tau ~0.39, times sqrt(1 + 10 x 0.1^2)
+    assert c.low < 0 < c.high, lucky.reason
+    assert not lucky.promote and "fit luck" in lucky.reason
+    steady = _decide_on(_cross_fitted(public, [0.2] * 10))  # the same gain, no luck between pairs
+    s = steady.comparison
+    assert s is not None and s.fit_luck < 0.05 and s.low > 0.1, steady.reason
+    assert steady.promote, steady.reason
+
+
+def test_fit_luck_recovers_the_spread_between_fold_pairs():
+    """The random-effects estimate recovers a known between-pair SD, and finds ~none in noise."""
+    rng = np.random.default_rng(3)
+    fold = np.repeat(np.arange(10), 2000)
+    found = []
+    for _ in range(200):
+        shifts = rng.normal(0, 0.1, 10)
+        found.append(gate.fit_luck(shifts[fold] + rng.normal(0, 2, len(fold)), fold))
+    # tau^2 (1 + 0.1) with tau = 0.1: the SD's estimate is noisy with 10 pairs, its mean square not
+    assert 0.8 < np.mean(np.square(found)) / (0.01 * 1.1) < 1.25
+    noise = [gate.fit_luck(rng.normal(0, 2, len(fold)), fold) for _ in range(200)]
+    assert np.mean(np.square(noise)) < 0.1 * 0.01 * 1.1  # pure stone noise: hardly any luck
+    assert gate.fit_luck(rng.normal(0, 2, 50), np.full(50, -1)) == 0.0  # nothing cross-fitted

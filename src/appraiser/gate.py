@@ -9,11 +9,14 @@ The headline is the paired difference of per-stone absolute percentage errors (c
 challenger, in points of MAPE): a paired test, because both models price the same stones and most
 of a stone's error is shared, so pairing removes most of the noise. Its 95% interval comes from a
 BCa bootstrap (scipy.stats.bootstrap): per-stone errors are skewed (a few stones are priced 40% off)
-and the bootstrap does not assume them normal. The challenger must improve with the interval's
-lower bound above `margin` (default 0) and by at least `min_gain` (0.02 point) as estimated: the
-first keeps challengers that are not better out (a one-sided 2.5% test), the second near-ties
-that would only churn the champion. benchmarks/gate_oc.py measures both error rates, each against
-the true gain on unseen stones.
+and the bootstrap does not assume them normal. The stones' noise is not all: the registered models
+are two fits, each with its own luck (which stones, which bagging draw), that fold models do not
+share, so the interval also carries the fit luck the ten pairs of fold models show among
+themselves (`fit_luck`, a random-effects variance; benchmarks/gate_oc.py measures the need).
+The challenger must improve with the interval's lower bound above `margin` (default 0) and by at
+least `min_gain` (0.02 point) as estimated: the first keeps challengers that are not better out (a
+one-sided 2.5% test), the second near-ties that would only churn the champion.
+benchmarks/gate_oc.py measures both error rates, each against the true gain on unseen stones.
 
 Then checks that can only block:
 - slices (carat band, cut, color, clarity): a slice of 200+ stones must show it is not worse than
@@ -28,7 +31,7 @@ Then checks that can only block:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,12 +70,14 @@ class Comparison:
     improvement: float  # champion MAPE minus challenger MAPE, points
     low: float  # the improvement's confidence interval
     high: float
+    fit_luck: float = 0.0  # SD, points, of the registered fits' luck the interval also carries
 
     def describe(self) -> str:
+        luck = f", fit luck {self.fit_luck:.2f} included" if self.fit_luck > 0 else ""
         return (
             f"MAPE {self.challenger_mape:.2f}% vs {self.champion_mape:.2f}% on {self.stones:,} "
             f"stones: improvement {self.improvement:+.2f} points "
-            f"(95% CI {self.low:+.2f} to {self.high:+.2f})"
+            f"(95% CI {self.low:+.2f} to {self.high:+.2f}{luck})"
         )
 
 
@@ -149,6 +154,45 @@ def paired_improvement(
         improvement=float(diff.mean()) if n else float("nan"),
         low=low,
         high=high,
+    )
+
+
+def fit_luck(diff: np.ndarray, fold: np.ndarray) -> float:
+    """The SD, in points, by which the registered pair's true gain may stray from the pooled
+    cross-fitted estimate through fit luck alone.
+
+    Each pair of fold models has its own luck (a gain of its own, u_k, around the recipes'); the
+    stones' noise alone would make the folds' gains differ by their SEs, and what they differ by
+    beyond that is the luck's variance tau^2 (DerSimonian-Laird's moment estimate, from the folds
+    of 2+ stones; `fold` < 0: not cross-fitted). The registered pair has a luck of its own, and the
+    estimate carries the folds' average one, so the miss's variance is tau^2 (1 + sum of squared
+    fold shares).
+    """
+    diff, fold = np.asarray(diff, dtype=float), np.asarray(fold)
+    folds = [diff[fold == k] for k in np.unique(fold[fold >= 0])]
+    folds = [d for d in folds if len(d) >= 2 and d.var(ddof=1) > 0]
+    if len(folds) < 3:
+        return 0.0
+    gains = np.array([d.mean() for d in folds])
+    weights = np.array([len(d) / d.var(ddof=1) for d in folds])  # 1 / each fold's squared SE
+    pooled = (weights * gains).sum() / weights.sum()
+    q = (weights * (gains - pooled) ** 2).sum()
+    tau2 = max(0.0, (q - (len(folds) - 1)) / (weights.sum() - (weights**2).sum() / weights.sum()))
+    shares = np.array([len(d) for d in folds]) / sum(len(d) for d in folds)
+    return float(np.sqrt(tau2 * (1 + (shares**2).sum())))
+
+
+def with_fit_luck(comparison: Comparison, luck: float, confidence: float) -> Comparison:
+    """The comparison's interval widened by the fit luck's SD (added in quadrature on each side)."""
+    if not luck > 0:
+        return comparison
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    mid = comparison.improvement
+    return replace(
+        comparison,
+        low=mid - float(np.hypot(mid - comparison.low, z * luck)),
+        high=mid + float(np.hypot(comparison.high - mid, z * luck)),
+        fit_luck=luck,
     )
 
 
@@ -355,6 +399,7 @@ def decide(
     ours = challenger.predict(judged)[list(PRICE_COLUMNS)] if len(judged) else None
     theirs = champion.predict(judged)["price"].to_numpy() if len(judged) else np.empty(0)
     extra = 0
+    fold = np.full(len(judged), -1)  # which pair of fold models priced each stone (-1: none)
     both = cross_fitted is not None and "champion_price" in cross_fitted
     if cross_fitted is not None and len(cross_fitted):
         extra_keys = lineage.stone_keys(cross_fitted)
@@ -372,6 +417,8 @@ def decide(
             else champion.predict(more)["price"].to_numpy()
         )
         theirs = np.concatenate([theirs, more_theirs])
+        more_fold = more["fold"].to_numpy(dtype=int) if "fold" in more else np.full(extra, -1)
+        fold = np.concatenate([fold, more_fold])
         shared = pool.columns.intersection(more.columns) if len(pool.columns) else more.columns
         judged = pd.concat([judged, more[shared]], ignore_index=True)
     batches = (
@@ -406,6 +453,8 @@ def decide(
         resamples=policy.resamples,
         seed=policy.seed,
     )
+    luck = fit_luck(ape(actual, theirs) - ape(actual, ours["price"].to_numpy()), fold)
+    comparison = with_fit_luck(comparison, luck, policy.confidence)
     checks = [
         Check(
             "improvement",
