@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _bench import format_table, wilson, write_json
-from scipy import stats
 
 # No bagging: a fit is then fixed by its stones, not by the luck of one bagging draw, which no
 # estimate from other fits can see.
@@ -187,17 +186,14 @@ def one_draw(
     )
     comparison = decision.comparison
     luck = comparison.fit_luck if comparison else 0.0
-    # the interval before fit luck was added (the stones' noise alone): the gate until 2026-12-07
-    z = float(stats.norm.ppf(0.5 + POLICY.confidence / 2))
+    # the lower bound without the fit luck (the stones' noise alone: the gate until 2026-12-07)
+    grow = np.sqrt(1 + POLICY.fit_luck_ratio**2)
     noise_low = (
-        comparison.improvement
-        - np.sqrt(max(0.0, (comparison.improvement - comparison.low) ** 2 - (z * luck) ** 2))
+        comparison.improvement - (comparison.improvement - comparison.low) / grow
         if comparison
         else float("nan")
     )
     others_pass = all(c.passed for c in decision.checks if c.name != "improvement")
-    folds = pd.DataFrame({"fold": priced["fold"].to_numpy(), "d": paired})
-    by_fold = folds.groupby("fold")["d"].agg(["mean", "var", "size"])
     return {
         "draw": draw,
         "kind": kind,
@@ -216,9 +212,6 @@ def one_draw(
         ),
         "noise_low": float(noise_low),
         "fit_luck": float(luck),
-        "fold_gains": by_fold["mean"].round(5).tolist(),
-        "fold_vars": by_fold["var"].round(5).tolist(),
-        "fold_sizes": by_fold["size"].tolist(),
         "estimate": float(paired.mean()),
         "estimate_se": float(paired.std(ddof=1) / np.sqrt(len(paired))),
         "low": comparison.low if comparison else float("nan"),

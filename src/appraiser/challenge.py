@@ -61,8 +61,7 @@ def cross_fitted_prices(
 ) -> pd.DataFrame:
     """Each stone of `judged` priced by both recipes, each (recipe, its training stones) refitted
     without the fold that holds the stone: `judged` plus `champion_price`, `challenger_price`,
-    `challenger_low`, `challenger_high` and `fold` (which pair of fold models priced it: the
-    gate reads the fit luck from how much the folds' gains differ).
+    `challenger_low` and `challenger_high`.
 
     Identical stones share a fold and leave both training sets together, so no stone is priced by
     a model that saw it or its twin. A training stone that does not judge (an expert's price, a
@@ -71,7 +70,7 @@ def cross_fitted_prices(
     folds = CROSS_FIT_FOLDS if folds is None else folds  # read here: tests/conftest.py lowers it
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, not {folds}")
-    columns = [*judged.columns, *PRICED, "fold"]
+    columns = [*judged.columns, *PRICED]
     if not len(judged):
         return pd.DataFrame(columns=columns)
     judged = judged.reset_index(drop=True)
@@ -95,7 +94,6 @@ def cross_fitted_prices(
                 part["challenger_price"] = out[1]["price"].to_numpy()
                 part["challenger_low"] = out[1]["price_low"].to_numpy()
                 part["challenger_high"] = out[1]["price_high"].to_numpy()
-                part["fold"] = k
                 parts.append(part)
             progress.advance(task)
     return pd.concat(parts, ignore_index=True)[columns]

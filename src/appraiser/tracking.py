@@ -53,7 +53,15 @@ def decision_metrics(decision: Decision) -> dict[str, float]:
     out: dict[str, float] = {}
     for prefix, comparison in (("gate", decision.comparison), ("forward", decision.forward)):
         if comparison is not None:
-            for key in ("stones", "champion_mape", "challenger_mape", "improvement", "low", "high"):
+            for key in (
+                "stones",
+                "champion_mape",
+                "challenger_mape",
+                "improvement",
+                "low",
+                "high",
+                "fit_luck",
+            ):
                 value = float(getattr(comparison, key))
                 if np.isfinite(value):
                     out[f"{prefix}_{key}"] = value
