@@ -20,8 +20,9 @@ Draws mix four kinds so true gains spread from clearly worse to clearly better: 
 fresh stones (a near-tie), a weaker challenger (fewer trees) with a few fresh stones, a few fresh
 stones, many fresh stones. Printed, conditional on the true gain (Wilson 95%):
 (A) P(promote | gain <= 0), (B) P(promote | gain >= 0.10), (C) P(promote | |gain| <= 0.02), and
-(D) the calibration of the estimate: (estimate - truth) / SE over all draws, mean and SD (SE of
-the paired estimate and of the truth, combined).
+(D) the calibration of the estimate: (estimate - truth) / SE over all draws, mean and SD (the SE
+the gate uses, the stones' and the fit luck's, with the truth's own). Each draw also records the
+rule before the fit luck was added (`promote_before`: the stones' noise alone).
 """
 
 from __future__ import annotations
