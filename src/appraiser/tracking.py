@@ -62,6 +62,8 @@ def decision_metrics(decision: Decision) -> dict[str, float]:
                 "high",
                 "fit_luck",
             ):
+                if key == "fit_luck" and prefix != "gate":
+                    continue  # only the headline is widened for it
                 value = float(getattr(comparison, key))
                 if np.isfinite(value):
                     out[f"{prefix}_{key}"] = value
