@@ -7,16 +7,11 @@ the champion's recipe and the challenger's, both refitted without the fold holdi
 real gain of ~0.1 point shows.
 The headline is the paired difference of per-stone absolute percentage errors (champion minus
 challenger, in points of MAPE): a paired test, because both models price the same stones and most
-of a stone's error is shared, so pairing removes most of the noise. Its 95% interval comes from a
-BCa bootstrap (scipy.stats.bootstrap): per-stone errors are skewed (a few stones are priced 40% off)
-and the bootstrap does not assume them normal. The stones' noise is not all: fold models price the
-stones, and the registered models are two other fits, each with a luck of its own (which stones,
-which bagging draw) that moves its true MAPE by a few hundredths of a point. So the interval is
-widened by that luck, `fit_luck_ratio` times the stones' SE in quadrature: benchmarks/gate_oc.py
-measured the estimate missing the registered pair's true gain by 1.4 to 1.6 times that SE beyond
-it (1.8 times the SE in all) with every recipe and size tried but one that jumps between modes.
-(The slices' and the newest batch's checks are not widened: they can only block, and a narrower
-interval blocks more, not less.)
+of a stone's error is shared, so pairing removes most of the noise. Its 95% interval is a
+bootstrap's (BCa up to 5,000 stones): per-stone errors are skewed, and it does not assume them
+normal. It is then widened for the registered fits' own luck (which stones, which bagging draw),
+which the fold models that priced the stones do not share: `fit_luck_ratio` times the stones' SE
+in quadrature (benchmarks/gate_oc.py measures it; the blocking checks below are not widened).
 The challenger must improve with the interval's lower bound above `margin` (default 0) and by at
 least `min_gain` (0.02 point) as estimated: the first keeps challengers that are not better out (a
 one-sided 2.5% test), the second near-ties that would only churn the champion.
@@ -36,6 +31,7 @@ Then checks that can only block:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -54,9 +50,8 @@ class GatePolicy:
     # points of MAPE the improvement itself must reach: a near-tie whose interval happens to
     # clear the margin is churn, not progress (benchmarks/gate_oc.py measures both rates)
     min_gain: float = 0.02
-    # the registered fits' luck, which fold models do not share, as a multiple of the stones' SE
-    # (benchmarks/gate_oc.py measured 1.4-1.6 beyond it; 1.5 then met (A), (C) and (D) on 335
-    # fresh draws): the interval is sqrt(1 + 1.5^2) = 1.8 times as wide as the stones' noise
+    # the fit luck as a multiple of the stones' SE (gate_oc.py measured 1.4-1.6; 1.5 then met
+    # (A), (C) and (D) on fresh draws): the interval is sqrt(1 + 1.5^2) = 1.8 times as wide
     fit_luck_ratio: float = 1.5
     slice_tolerance: float = 1.0  # points of MAPE a slice may lose before it can block
     min_slice_stones: int = 30  # smaller slices are not judged at all
@@ -428,14 +423,13 @@ def decide(
             judged_on=judged_on,
         )
     actual = judged[schema.TARGET].to_numpy(dtype=float)
-    comparison = paired_improvement(
-        actual,
-        theirs,
-        ours["price"].to_numpy(),
+    compare = partial(
+        paired_improvement,
         confidence=policy.confidence,
         resamples=policy.resamples,
         seed=policy.seed,
     )
+    comparison = compare(actual, theirs, ours["price"].to_numpy())
     # fit luck only where fold models priced: on the rest each registered model priced itself.
     # In proportion to their share, a heuristic: every path of the product has all or none
     luck = policy.fit_luck_ratio * extra / len(judged)
@@ -455,14 +449,7 @@ def decide(
     if newest_batch is not None and "batch_id" in judged:
         newest = (judged["batch_id"] == newest_batch).to_numpy()
         if newest.sum() >= policy.min_slice_stones:
-            forward = paired_improvement(
-                actual[newest],
-                theirs[newest],
-                ours["price"].to_numpy()[newest],
-                confidence=policy.confidence,
-                resamples=policy.resamples,
-                seed=policy.seed,
-            )
+            forward = compare(actual[newest], theirs[newest], ours["price"].to_numpy()[newest])
             checks.append(
                 Check(
                     "newest batch",
