@@ -53,20 +53,12 @@ def decision_metrics(decision: Decision) -> dict[str, float]:
     out: dict[str, float] = {}
     for prefix, comparison in (("gate", decision.comparison), ("forward", decision.forward)):
         if comparison is not None:
-            for key in (
-                "stones",
-                "champion_mape",
-                "challenger_mape",
-                "improvement",
-                "low",
-                "high",
-                "fit_luck",
-            ):
-                if key == "fit_luck" and prefix != "gate":
-                    continue  # only the headline is widened for it
+            for key in ("stones", "champion_mape", "challenger_mape", "improvement", "low", "high"):
                 value = float(getattr(comparison, key))
                 if np.isfinite(value):
                     out[f"{prefix}_{key}"] = value
+            if comparison.fit_luck > 0:  # only the headline is widened for it
+                out[f"{prefix}_fit_luck"] = comparison.fit_luck
     return out
 
 
