@@ -142,11 +142,15 @@ def _cross_fitted(public: pd.DataFrame, gain: float, noise: float) -> pd.DataFra
     )
 
 
-def _decide_on(priced: pd.DataFrame, pool: pd.DataFrame | None = None) -> gate.Decision:
+def _decide_on(
+    priced: pd.DataFrame | None, pool: pd.DataFrame | None = None, shift: float = 0.0
+) -> gate.Decision:
+    """The gate on cross-fitted `priced` stones and on a `pool` the models price themselves (the
+    challenger `shift` better there)."""
     return gate.decide(
-        Priced(0, shift=0.0),  # type: ignore[arg-type]  # only the sanity checks price with it
-        lineage.stone_keys(priced),
-        priced.iloc[:0] if pool is None else pool,
+        Priced(0, shift=shift),  # type: ignore[arg-type]
+        lineage.stone_keys(priced) if priced is not None else np.empty(0, dtype=np.uint64),
+        pool if pool is not None else priced.iloc[:0],  # type: ignore[union-attr]
         champion_version="1",
         champion=Priced(0, shift=0.0),  # type: ignore[arg-type]
         champion_lineage=lineage.Lineage("1", np.empty(0, dtype=np.uint64), "t", [], None, None),
@@ -177,15 +181,7 @@ def test_only_what_fold_models_priced_carries_fit_luck(public):
     """Stones each registered model priced itself (a holdout neither trained on) measure the
     registered pair directly: their interval is the stones' alone."""
     priced = _cross_fitted(public, gain=0.055, noise=1.1)
-    alone = gate.decide(  # the registered models price the pool themselves
-        Priced(0, shift=0.001),  # type: ignore[arg-type]
-        np.empty(0, dtype=np.uint64),
-        priced,
-        champion_version="1",
-        champion=Priced(0, shift=0.0),  # type: ignore[arg-type]
-        champion_lineage=lineage.Lineage("1", np.empty(0, dtype=np.uint64), "t", [], None, None),
-        policy=gate.GatePolicy(coverage_band=(0.0, 100.0)),
-    )
+    alone = _decide_on(None, pool=priced, shift=0.001)  # the registered models price it
     c = alone.comparison
     assert c is not None and c.low < c.high and c.fit_luck == 0.0, alone.reason
     half = _decide_on(priced.iloc[:1500], pool=priced.iloc[1500:])
