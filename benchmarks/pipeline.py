@@ -1,6 +1,7 @@
 """Pipeline benchmark: the flow of issue 9 on Francesco's collection and fresh public stones.
 
-    python benchmarks/pipeline.py [--data CSV] [--fresh 5000] [--seed 0] [--json out.json]
+    python benchmarks/pipeline.py [--data CSV] [--fresh 5000] [--seed 0] [--through-v2]
+                                  [--json out.json]
 
 In a fresh APPRAISER_HOME, with the default tuning budget:
 1. `train --data collection` -> v1 (trained on every stone of the collection);
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0, help="draw of the fresh stones")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--through-v2", action="store_true", help="stop after step 2 (v2's error, for a rate)"
+    )
     args = parser.parse_args()
     path = resolve_data(args.data, required=True)
     assert path is not None
@@ -103,6 +107,9 @@ def main() -> None:
             f"{m2:.2f}%: judged {judged - m2:+.2f} points from its true error"
         )
         results["v2_judged_minus_true"] = judged - m2
+    if args.through_v2:
+        write_json(args.json, results)
+        return
     for i in range(2):
         extra = work / f"extra{i}.csv"
         spare.iloc[200 * i : 200 * (i + 1)].to_csv(extra, index=False)

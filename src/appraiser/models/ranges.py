@@ -131,19 +131,27 @@ class AdaptiveRange:
             )
         if len(residuals) < MIN_SPREAD_STONES:  # too few to learn difficulty: one width for all
             return cls.calibrated(None, residuals, matrix[:, CARAT], coverage)
-        target = residuals**2 + FLOOR**2
-        scores = np.empty(len(residuals))
+        scores = cls.cross_fitted_scores(matrix, residuals, seed)
+        spread = cls._spread_model(matrix, residuals**2 + FLOOR**2, seed)
+        return cls.calibrated(spread, scores, matrix[:, CARAT], coverage)
+
+    @classmethod
+    def cross_fitted_scores(
+        cls, matrix: np.ndarray, log_residuals: np.ndarray, seed: int
+    ) -> np.ndarray:
+        """Each stone's score r / sigma(x), sigma from a spread model that never saw the stone."""
+        target = log_residuals**2 + FLOOR**2
+        scores = np.empty(len(log_residuals))
         # identical stones share a fold: a stone's twin must not teach the model its difficulty
         _, twin = np.unique(matrix, axis=0, return_inverse=True)
         fold = np.random.default_rng(seed).permutation(int(twin.max()) + 1)[twin] % SPREAD_FOLDS
         for k in range(SPREAD_FOLDS):
             learn, calibrate = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             spread = cls._spread_model(matrix[learn], target[learn], seed)
-            scores[calibrate] = residuals[calibrate] / np.sqrt(
+            scores[calibrate] = log_residuals[calibrate] / np.sqrt(
                 spread.predict(matrix[calibrate], num_threads=1)
             )
-        spread = cls._spread_model(matrix, target, seed)
-        return cls.calibrated(spread, scores, matrix[:, CARAT], coverage)
+        return scores
 
     @staticmethod
     def _spread_model(matrix: np.ndarray, squared_residuals: np.ndarray, seed: int) -> Any:
