@@ -48,12 +48,17 @@ def grade_scale(
     train: pd.DataFrame, matrix: np.ndarray, errors: np.ndarray, ranges: AdaptiveRange, seed: int
 ) -> Callable[[pd.DataFrame, np.ndarray], np.ndarray]:
     """Tried, not adopted: a scale on sigma(x) per carat band and cut, color and clarity level, so
-    that 90% of each group's calibration scores fall inside (Gibbs, Cherian and Candes'
-    group-conditional conformal: a 90% linear quantile regression on the groups' indicators).
-    t_i = how far stone i's score reaches towards its band's ends (inside when t <= 1)."""
+    that 90% of each group's calibration scores fall inside (a 90% linear quantile regression on
+    the groups' indicators: Gibbs, Cherian and Candes' group-conditional conformal in its
+    unaugmented form, without their finite-sample guarantee). t_i = how far stone i's score
+    reaches towards its band's ends (inside when t <= 1). Prints the groups' in-sample coverage."""
     from sklearn.linear_model import QuantileRegressor
 
-    scores = AdaptiveRange.cross_fitted_scores(matrix, errors, seed)
+    finite = np.isfinite(errors)  # as AdaptiveRange.fit keeps them
+    train, matrix = train[finite].reset_index(drop=True), matrix[finite]
+    scores = AdaptiveRange.cross_fitted_scores(matrix, errors[finite], seed)
+    # the scores `ranges` was calibrated on, stone by stone
+    assert np.array_equal(np.sort(scores), ranges.scores), "not the range's calibration scores"
     sigma = ranges.sigma(matrix)  # each stone's band's score quantiles, from its range's ends:
     low, high = (end / sigma for end in ranges.bounds(matrix, np.zeros(len(matrix))))
     reach = np.maximum(scores / high, scores / low)
@@ -67,8 +72,22 @@ def grade_scale(
             columns += [(stones[grade].astype(str) == level).to_numpy(float) for level in levels]
         return np.column_stack(columns)
 
+    groups = indicators(train, matrix)
     fit = QuantileRegressor(quantile=0.9, alpha=0.0, fit_intercept=False, solver="highs")
-    fit.fit(indicators(train, matrix), np.log(np.maximum(reach, 1e-9)))
+    fit.fit(groups, np.log(np.maximum(reach, 1e-9)))
+    inside = reach <= np.exp(groups @ fit.coef_) * (1 + 1e-9)
+    band = ranges.band(matrix)
+    masks = [band == b for b in range(len(ranges.band_scores))]
+    masks += [
+        (train[g].astype(str) == v).to_numpy()
+        for g in schema.GRADE_COLUMNS
+        for v in schema.GRADES[g]
+    ]
+    shares = [100 * inside[m].mean() for m in masks if m.any()]
+    print(
+        f"grade scale: calibration stones inside, all {100 * inside.mean():.1f}%, "
+        f"each band or level {min(shares):.1f}-{max(shares):.1f}%"
+    )
     return lambda stones, encoded: np.exp(indicators(stones, encoded) @ fit.coef_)
 
 

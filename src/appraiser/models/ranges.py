@@ -13,7 +13,7 @@ from appraiser.models.boosters import Accelerated, LazyBooster
 from appraiser.models.members import CARAT, THREADS
 
 MIN_SPREAD_STONES = 400  # below this many out-of-fold errors, one width for all stones
-SPREAD_FOLDS = 10  # cross-fitted calibration scores (AdaptiveRange.fit)
+SPREAD_FOLDS = 10  # cross-fitted calibration scores (AdaptiveRange.cross_fitted_scores)
 MIN_CALIBRATION = 20  # scores a 90% two-sided range needs (each 5% tail one score at least)
 # scores a carat band needs of its own: each 5% tail then rests on 10 stones at least
 MIN_BAND_SCORES = 200
@@ -132,15 +132,16 @@ class AdaptiveRange:
         if len(residuals) < MIN_SPREAD_STONES:  # too few to learn difficulty: one width for all
             return cls.calibrated(None, residuals, matrix[:, CARAT], coverage)
         scores = cls.cross_fitted_scores(matrix, residuals, seed)
-        spread = cls._spread_model(matrix, residuals**2 + FLOOR**2, seed)
+        spread = cls._spread_model(matrix, _squared(residuals), seed)
         return cls.calibrated(spread, scores, matrix[:, CARAT], coverage)
 
     @classmethod
     def cross_fitted_scores(
         cls, matrix: np.ndarray, log_residuals: np.ndarray, seed: int
     ) -> np.ndarray:
-        """Each stone's score r / sigma(x), sigma from a spread model that never saw the stone."""
-        target = log_residuals**2 + FLOOR**2
+        """Each stone's score r / sigma(x) (finite residuals), sigma from a spread model that never
+        saw the stone: SPREAD_FOLDS of them."""
+        target = _squared(log_residuals)
         scores = np.empty(len(log_residuals))
         # identical stones share a fold: a stone's twin must not teach the model its difficulty
         _, twin = np.unique(matrix, axis=0, return_inverse=True)
@@ -231,6 +232,11 @@ class AdaptiveRange:
         bands = [np.asarray(b, dtype=float) for b in saved]
         pooled = np.sort(np.concatenate(bands))
         return cls(booster, pooled, coverage, list(state["carat_edges"]), bands, spread=spread)
+
+
+def _squared(log_residuals: np.ndarray) -> np.ndarray:
+    """What a spread model learns: r^2, kept above 0 (a twin's error of exactly 0)."""
+    return log_residuals**2 + FLOOR**2
 
 
 def _quantile(scores: np.ndarray, level: float) -> float:
