@@ -3,6 +3,7 @@
     python benchmarks/gate_oc.py [--draws 1200] [--workers 1] [--seed 0] [--json out.json]
     python benchmarks/gate_oc.py --smoke          # 6 draws: the script works, no figure
     python benchmarks/gate_oc.py --bag 10         # each model registered as 10 fold fits' average
+    python benchmarks/gate_oc.py --seeds 2        # ... as the average of 2 bagging seeds' fits
 
 Each draw, from the public table (53,940 stones), with a cheap fixed recipe (LightGBM, 150 trees
 of 7 leaves, monotone, fixed parameters) so that many draws fit:
@@ -103,6 +104,23 @@ def registered(fit: Any, stones: pd.DataFrame, bag: int, seed: int) -> Any:
     return PriceModel(members, [1.0 / bag] * bag, fits[0].intervals, 0.9, reference)
 
 
+def seed_average(
+    params: dict[str, Any], intervals: list[float], stones: pd.DataFrame, seeds: int
+) -> Any:
+    """The model registered as the average in log price of `seeds` fits of the recipe on every
+    stone, each with its own bagging seed (the first LightGBM's default): a design option
+    (docs/measurements.md, "Where the fit luck comes from"); the fold fits stay single fits."""
+    from appraiser import schema
+    from appraiser.models import PriceModel
+
+    fits = [
+        recipe({**params, **({"random_state": s} if s else {})}, intervals)(stones)
+        for s in range(seeds)
+    ]
+    members = [m for one in fits for m in one.members]
+    return PriceModel(members, [1.0 / seeds] * seeds, intervals, 0.9, stones[list(schema.COLUMNS)])
+
+
 def calibrated_intervals(public: pd.DataFrame, base: dict[str, Any]) -> list[float]:
     """The recipe's 90% half-widths per carat band, from its errors on stones it did not see
     (once, on stones apart from every draw's): the ranges the coverage check judges."""
@@ -122,6 +140,7 @@ def one_draw(
     intervals: list[float],
     bag: int = 1,
     base: dict[str, Any] | None = None,
+    seeds: int = 1,
 ) -> dict:
     from appraiser import challenge, explain, gate, lineage, schema
 
@@ -149,8 +168,12 @@ def one_draw(
         recipe(p, intervals) for p in (champion_params, challenger_params)
     )
     started = time.perf_counter()
-    champion = registered(champion_fit, collection, bag, seed=draw + 7919)
-    challenger = registered(challenger_fit, unsealed, bag, seed=draw)
+    if seeds > 1:
+        champion = seed_average(champion_params, intervals, collection, seeds)
+        challenger = seed_average(challenger_params, intervals, unsealed, seeds)
+    else:
+        champion = registered(champion_fit, collection, bag, seed=draw + 7919)
+        challenger = registered(challenger_fit, unsealed, bag, seed=draw)
     judged = unsealed[challenge.may_judge(unsealed)].drop_duplicates()
     priced = challenge.cross_fitted_prices(
         judged, (challenger_fit, unsealed), (champion_fit, collection), seed=draw
@@ -388,6 +411,13 @@ def main() -> None:
         "not the product: see docs/measurements.md)",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="register the average of this many fits of different bagging seeds, on every stone "
+        "(a design option, not the product; --bag ignored)",
+    )
+    parser.add_argument(
         "--trees",
         type=int,
         default=150,
@@ -416,7 +446,9 @@ def main() -> None:
     deadline = started + 60 * args.minutes if args.minutes else float("inf")
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = [
-            pool.submit(one_draw, d, args.seed, args.collection, intervals, args.bag, base)
+            pool.submit(
+                one_draw, d, args.seed, args.collection, intervals, args.bag, base, args.seeds
+            )
             for d in range(draws)
         ]
         for i, job in enumerate(jobs):
