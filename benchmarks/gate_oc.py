@@ -415,7 +415,8 @@ def main() -> None:
         type=int,
         default=1,
         help="register the average of this many fits of different bagging seeds, on every stone "
-        "(a design option, not the product; --bag ignored)",
+        "(a design option, not the product; --bag ignored; only --served-defaults bags: the "
+        "cheap recipe's fits would all be the same)",
     )
     parser.add_argument(
         "--trees",
