@@ -3,7 +3,7 @@
     python benchmarks/gate_oc.py [--draws 1200] [--workers 1] [--seed 0] [--json out.json]
     python benchmarks/gate_oc.py --smoke          # 6 draws: the script works, no figure
     python benchmarks/gate_oc.py --bag 10         # each model registered as 10 fold fits' average
-    python benchmarks/gate_oc.py --seeds 2        # ... as the average of 2 bagging seeds' fits
+    python benchmarks/gate_oc.py --served-defaults --collection 5000 --seeds 2   # the product's
 
 Each draw, from the public table (53,940 stones), with a cheap fixed recipe (LightGBM, 150 trees
 of 7 leaves, monotone, fixed parameters) so that many draws fit:
@@ -51,8 +51,10 @@ RECIPE = {
     "min_child_samples": 20,
     "subsample": 1.0,
 }
-KINDS = ("tie", "weaker", "few fresh", "many fresh")
-KIND_SHARES = (0.35, 0.30, 0.20, 0.15)  # ties and weaker challengers: the null needs most draws
+KINDS = ("tie", "weaker", "few fresh", "many fresh", "second collection")
+# ties and weaker challengers: the null needs most draws; a second collection's worth of fresh
+# stones (the README's flow) only with --kinds: most such challengers are better by 0.10+ (B)
+KIND_SHARES = (0.35, 0.30, 0.20, 0.15, 0.0)
 TRUTH_STONES = 30_000
 RULES = ("promote", "improvement_rule", "lower_bound_rule", "promote_before")
 
@@ -107,18 +109,15 @@ def registered(fit: Any, stones: pd.DataFrame, bag: int, seed: int) -> Any:
 def seed_average(
     params: dict[str, Any], intervals: list[float], stones: pd.DataFrame, seeds: int
 ) -> Any:
-    """The model registered as the average in log price of `seeds` fits of the recipe on every
-    stone, each with its own bagging seed (the first LightGBM's default): a design option
-    (docs/measurements.md, "Where the fit luck comes from"); the fold fits stay single fits."""
-    from appraiser import schema
-    from appraiser.models import PriceModel
+    """The model registered as the product registers it (tuning.REGISTERED_SEEDS): one LightGBM
+    member, the mean of `seeds` fits of the recipe on every stone with different bagging seeds
+    (LightGBMMember.fit_averaged); the fold fits stay single fits."""
+    from appraiser import features, schema
+    from appraiser.models import CANDIDATES, PriceModel
 
-    fits = [
-        recipe({**params, **({"random_state": s} if s else {})}, intervals)(stones)
-        for s in range(seeds)
-    ]
-    members = [m for one in fits for m in one.members]
-    return PriceModel(members, [1.0 / seeds] * seeds, intervals, 0.9, stones[list(schema.COLUMNS)])
+    member = CANDIDATES["lightgbm"].build(params)
+    member.fit_averaged(stones, features.log_price(stones[schema.TARGET]), seeds)
+    return PriceModel([member], [1.0], intervals, 0.9, stones[list(schema.COLUMNS)])
 
 
 def calibrated_intervals(public: pd.DataFrame, base: dict[str, Any]) -> list[float]:
@@ -141,17 +140,19 @@ def one_draw(
     bag: int = 1,
     base: dict[str, Any] | None = None,
     seeds: int = 1,
+    shares: tuple[float, ...] | None = None,
 ) -> dict:
     from appraiser import challenge, explain, gate, lineage, schema
 
     public, public_keys = _public(), _public_keys()
     rng = np.random.default_rng([base_seed, draw])
-    kind = KINDS[rng.choice(len(KINDS), p=KIND_SHARES)]
+    kind = KINDS[rng.choice(len(KINDS), p=shares or KIND_SHARES)]
     fresh_n = {
         "tie": int(rng.integers(20, 200)),
         "weaker": int(rng.integers(100, 1000)),
         "few fresh": int(rng.integers(100, 800)),
         "many fresh": int(rng.integers(1000, 3000)),
+        "second collection": int(rng.integers(4000, 6000)),
     }[kind]
     order = rng.permutation(len(public))
     collection = public.iloc[order[:collection_size]]
@@ -415,8 +416,8 @@ def main() -> None:
         type=int,
         default=1,
         help="register the average of this many fits of different bagging seeds, on every stone "
-        "(a design option, not the product; --bag ignored; only --served-defaults bags: the "
-        "cheap recipe's fits would all be the same)",
+        "(the product registers tuning.REGISTERED_SEEDS = 2; --bag ignored; only "
+        "--served-defaults bags: the cheap recipe's fits would all be the same)",
     )
     parser.add_argument(
         "--trees",
@@ -431,8 +432,21 @@ def main() -> None:
         help="the LightGBM candidate's defaults instead of the cheap recipe (--trees ignored; "
         "about 4 times slower)",
     )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=None,
+        help="draw only these kinds, in equal shares (default: the mix; e.g. 'second collection' "
+        "for (B), 'tie' 'weaker' for (A))",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    shares = (
+        tuple(1 / len(args.kinds) if k in args.kinds else 0.0 for k in KINDS)
+        if args.kinds
+        else None
+    )
     draws = 6 if args.smoke else args.draws
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
     print("command: python " + " ".join(sys.argv), flush=True)
@@ -448,7 +462,15 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = [
             pool.submit(
-                one_draw, d, args.seed, args.collection, intervals, args.bag, base, args.seeds
+                one_draw,
+                d,
+                args.seed,
+                args.collection,
+                intervals,
+                args.bag,
+                base,
+                args.seeds,
+                shares,
             )
             for d in range(draws)
         ]

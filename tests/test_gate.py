@@ -165,13 +165,14 @@ def test_the_interval_carries_the_registered_fits_luck(public):
     size 7.8% of challengers no better than the champion were promoted (benchmarks/gate_oc.py, 218
     such draws; goal 2.5%; 7.1% of 126 fresh ones). A gain whose noise-only interval just clears
     zero is now not enough."""
+    ratio = gate.GatePolicy().fit_luck_ratio
     decision = _decide_on(_cross_fitted(public, gain=0.055, noise=1.1))
     c = decision.comparison
     assert c is not None and 0.04 < c.improvement < 0.07
-    noise_low = c.improvement - (c.improvement - c.low) / np.sqrt(1 + 1.5**2)
+    noise_low = c.improvement - (c.improvement - c.low) / np.sqrt(1 + ratio**2)
     assert noise_low > 0 > c.low, decision.reason  # the stones alone would have promoted it
-    se = (c.high - c.low) / (2 * 1.96) / np.sqrt(1 + 1.5**2)  # the stones' SE, before widening
-    assert c.fit_luck == pytest.approx(1.5 * se, rel=1e-3)
+    se = (c.high - c.low) / (2 * 1.96) / np.sqrt(1 + ratio**2)  # the stones' SE, before widening
+    assert c.fit_luck == pytest.approx(ratio * se, rel=1e-3)
     assert not decision.promote and f"fit luck {c.fit_luck:.2f} included" in decision.reason
     clear = _decide_on(_cross_fitted(public, gain=0.15, noise=1.1))
     assert clear.promote, clear.reason  # a clear gain still passes
@@ -188,8 +189,9 @@ def test_only_what_fold_models_priced_carries_fit_luck(public):
     c = half.comparison
     assert c is not None and c.stones == 3000
     # half the stones fold-priced: half the luck
-    se = (c.high - c.low) / (2 * 1.96) / np.sqrt(1 + 0.75**2)
-    assert c.fit_luck == pytest.approx(0.75 * se, rel=1e-3)
+    half_ratio = gate.GatePolicy().fit_luck_ratio / 2
+    se = (c.high - c.low) / (2 * 1.96) / np.sqrt(1 + half_ratio**2)
+    assert c.fit_luck == pytest.approx(half_ratio * se, rel=1e-3)
 
 
 def test_widening_keeps_the_bootstraps_asymmetry():

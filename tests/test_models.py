@@ -41,6 +41,36 @@ def test_member_roundtrip_and_contributions(name, stones, tmp_path):
     np.testing.assert_allclose(loaded.predict_log(stones), predicted, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
+def test_a_registered_booster_is_the_mean_of_two_seeds_fits(name, stones, tmp_path):
+    """What tuning.REGISTERED_SEEDS registers: one booster of both fits' trees whose prices and
+    reasons are the two fits' mean (and not either fit's), as saved and loaded."""
+    small = {"n_estimators": 40}
+    y = features.log_price(stones["price"])
+    averaged = CANDIDATES[name].build(small).fit_averaged(stones, y, 2)
+    first = CANDIDATES[name].build(small).fit(stones, y)
+    second = CANDIDATES[name].build({**small, "random_state": 1}).fit(stones, y)
+    assert np.abs(first.predict_log(stones) - second.predict_log(stones)).max() > 0.01
+    mean = (first.predict_log(stones) + second.predict_log(stones)) / 2
+    np.testing.assert_allclose(averaged.predict_log(stones), mean, rtol=0, atol=1e-6)
+    reasons = (first.contributions(stones) + second.contributions(stones)) / 2
+    np.testing.assert_allclose(averaged.contributions(stones), reasons, rtol=0, atol=1e-6)
+    loaded = type(averaged).load(
+        tmp_path / averaged.save(tmp_path), averaged.params, averaged.state()
+    )
+    np.testing.assert_allclose(loaded.predict_log(stones), mean, rtol=0, atol=1e-6)
+    assert "random_state" not in loaded.params  # refitted (the gate's folds): one fit again
+
+
+def test_a_random_forest_is_not_averaged_again(stones):
+    """A forest is already a mean of bagged trees: registered, it is one fit."""
+    small = {"n_estimators": 20, "num_leaves": 31}
+    y = features.log_price(stones["price"])
+    registered = CANDIDATES["random_forest"].build(small).fit_averaged(stones, y, 2)
+    once = CANDIDATES["random_forest"].build(small).fit(stones, y)
+    np.testing.assert_array_equal(registered.predict_log(stones), once.predict_log(stones))
+
+
 def test_the_served_lightgbm_uses_advanced_monotone_constraints():
     """tests/conftest.py trains this process's LightGBM with "basic" constraints for speed; the
     product's default, what a fresh interpreter (the CLI, the server) uses, stays "advanced"."""

@@ -9,6 +9,11 @@ from hypothesis import strategies as st
 from appraiser import champion, features, registry, schema
 from appraiser.predict import Appraiser
 
+TREES = {  # a booster's trees, in all
+    "lightgbm": lambda m: m.booster.num_trees(),
+    "xgboost": lambda m: m.booster.num_boosted_rounds(),
+}
+
 
 def test_training_registers_a_champion_with_its_artifacts(trained):
     infos = champion.versions()
@@ -25,6 +30,11 @@ def test_training_registers_a_champion_with_its_artifacts(trained):
         "holdout_slices.png",
     ):
         assert (run_dirs[0] / name).exists(), name
+    # each booster registered is the mean of tuning.REGISTERED_SEEDS seeds' fits: twice its trees
+    boosters = [m for m in Appraiser.champion().model.members if m.kind in TREES]
+    assert boosters
+    for member in boosters:
+        assert TREES[member.kind](member) == 2 * member.params["n_estimators"]
     run = registry.client().get_run(infos[0].run_id)
     assert run.data.tags["data_fingerprint"]
     assert run.data.params["data_rows_rejected"] == "3"

@@ -39,6 +39,21 @@ def test_the_tables_give_lightgbms_contributions(stones: np.ndarray, params: dic
     )
 
 
+def test_the_tables_explain_a_mean_of_boosters(stones: np.ndarray) -> None:
+    """A registered booster is the mean of two seeds' fits (boosters.average_forests)."""
+    from appraiser.models.boosters import average_forests
+
+    bagged = {"bagging_fraction": 0.7, "bagging_freq": 1}
+    fits = [booster(stones, **bagged, seed=s) for s in (1, 2)]
+    mean = lgb.Booster(model_str=average_forests([f.model_to_string() for f in fits]))
+    assert mean.num_trees() == 120
+    tables = treeshap.LeafTables.build(mean)
+    assert tables is not None
+    expected = np.mean([f.predict(stones, pred_contrib=True) for f in fits], axis=0)
+    np.testing.assert_allclose(mean.predict(stones, pred_contrib=True), expected, atol=1e-10)
+    np.testing.assert_allclose(tables.contributions(stones), expected, rtol=0, atol=1e-10)
+
+
 @pytest.fixture(scope="module")
 def big_trees(stones: np.ndarray) -> lgb.Booster:
     """Trees of 48 leaves, the LightGBM candidate's largest: too large for one grid each."""

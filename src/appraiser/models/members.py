@@ -58,6 +58,12 @@ class Member(ABC):
         """Log-price contributions, one column per reason (features.REASONS) then the baseline,
         for encoded stones; each row sums to predict_log_matrix."""
 
+    def fit_averaged(self, stones: pd.DataFrame, log_price: np.ndarray, seeds: int) -> Member:
+        """Fitted as the average of `seeds` fits that differ only in their random seed: the
+        registered model, so that less of its accuracy is the luck of one draw. Here one fit: a
+        member that draws nothing at random has nothing to average."""
+        return self.fit(stones, log_price)
+
     def predict_log(self, stones: pd.DataFrame) -> np.ndarray:
         return self.predict_log_matrix(_matrix(stones))
 
