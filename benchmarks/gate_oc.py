@@ -442,11 +442,8 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    shares = (
-        tuple(1 / len(args.kinds) if k in args.kinds else 0.0 for k in KINDS)
-        if args.kinds
-        else None
-    )
+    kinds = set(args.kinds or ())
+    shares = tuple(1 / len(kinds) if k in kinds else 0.0 for k in KINDS) if kinds else None
     draws = 6 if args.smoke else args.draws
     os.environ["APPRAISER_NATIVE_TREES"] = "false"  # nothing here is served
     print("command: python " + " ".join(sys.argv), flush=True)

@@ -4,6 +4,7 @@ import pytest
 
 from appraiser import features, schema
 from appraiser.models import BASELINE, CANDIDATES, PriceModel
+from appraiser.models.boosters import LightGBMMember
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,15 @@ def test_a_registered_booster_is_the_mean_of_two_seeds_fits(name, stones, tmp_pa
     )
     np.testing.assert_allclose(loaded.predict_log(stones), mean, rtol=0, atol=1e-6)
     assert "random_state" not in loaded.params  # refitted (the gate's folds): one fit again
+
+
+def test_a_recipe_that_samples_nothing_is_not_doubled(stones):
+    """Without bagging or column sampling every seed fits the same trees: one fit is kept."""
+    plain = {"n_estimators": 30, "subsample": 1.0, "colsample_bytree": 1.0}
+    y = features.log_price(stones["price"])
+    registered = CANDIDATES["lightgbm"].build(plain).fit_averaged(stones, y, 2)
+    assert isinstance(registered, LightGBMMember) and registered.booster is not None
+    assert registered.booster.num_trees() == 30
 
 
 def test_a_random_forest_is_not_averaged_again(stones):

@@ -38,6 +38,7 @@ def test_training_registers_a_champion_with_its_artifacts(trained):
     run = registry.client().get_run(infos[0].run_id)
     assert run.data.tags["data_fingerprint"]
     assert run.data.params["data_rows_rejected"] == "3"
+    assert run.data.params["registered_seeds"] == "2"
     assert "holdout_coverage" in run.data.metrics
 
 

@@ -120,6 +120,7 @@ def log_training(
                 "holdout_rows": len(fitted.holdout),
                 "training_stones": len(fitted.final_stones),
                 "seed": fitted.seed,
+                "registered_seeds": fitted.final.info["registered_seeds"],
                 "data_rows_read": validation.total,
                 "data_rows_accepted": len(validation.clean),
                 "data_rows_rejected": len(validation.rejected),

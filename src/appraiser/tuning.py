@@ -355,6 +355,7 @@ def fit(
         "fingerprint": fingerprint,
         "rows": len(stones),
         "seed": seed,
+        "registered_seeds": REGISTERED_SEEDS,  # each booster's trees: the mean of this many fits
         # what the label-shift guard expects of this model's errors (screening.py)
         "residuals": screening.residual_sample(residuals, seed),
     }

@@ -116,7 +116,11 @@ class BoosterMember(Member):
                 type(self)({**self.params, "random_state": first + k}).fit(stones, log_price)
                 for k in range(1, seeds)
             ]  # the same stones: the same centre and mean log carat
-            self._average_with(others)
+            matrix = _matrix(stones)
+            mine = self.predict_log_matrix(matrix)
+            # a recipe that samples nothing fits the same trees whatever the seed: kept single
+            if any(not np.array_equal(o.predict_log_matrix(matrix), mine) for o in others):
+                self._average_with(others)
         return self
 
     @abstractmethod
@@ -191,6 +195,10 @@ class XGBoostMember(BoosterMember):
 
         boosters = [m._fitted() for m in (self, *others)]  # type: ignore[attr-defined]
         models = [json.loads(b.save_raw("json")) for b in boosters]
+        for model in models:  # one tree per round, one output: what the merge below assumes
+            forest = model["learner"]["gradient_booster"]["model"]
+            if forest["gbtree_model_param"]["num_parallel_tree"] != "1" or any(forest["tree_info"]):
+                raise ValueError("an XGBoost forest of parallel trees or several outputs")
         trees: list[dict[str, Any]] = []
         for model in models:
             for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
@@ -269,6 +277,9 @@ def average_forests(texts: list[str]) -> str:
     output is their mean: every tree kept, renumbered, its leaf and node values divided by the
     number of boosters. TreeSHAP values add over trees: the reasons are the boosters' mean too."""
     head, _, tail = _split_trees(texts[0])
+    for text in texts:  # what dividing leaf values would not average
+        if "\naverage_output\n" in text or "\nis_linear=1\n" in text:
+            raise ValueError("a random forest or linear trees: their mean is not their trees'")
     trees = [
         "\n".join(_scaled(line, len(texts)) for line in tree.split("\n")[1:])  # not "Tree=i"
         for text in texts
