@@ -4,6 +4,7 @@
     python benchmarks/gate_oc.py --smoke          # 6 draws: the script works, no figure
     python benchmarks/gate_oc.py --bag 10         # each model registered as 10 fold fits' average
     python benchmarks/gate_oc.py --served-defaults --collection 5000 --seeds 2   # the product's
+                                                    # way: 2 seeds' fits registered
 
 Each draw, from the public table (53,940 stones), with a cheap fixed recipe (LightGBM, 150 trees
 of 7 leaves, monotone, fixed parameters) so that many draws fit:

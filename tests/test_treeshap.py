@@ -54,6 +54,16 @@ def test_the_tables_explain_a_mean_of_boosters(stones: np.ndarray) -> None:
     np.testing.assert_allclose(tables.contributions(stones), expected, rtol=0, atol=1e-10)
 
 
+def test_boosters_of_other_shapes_are_not_averaged(stones: np.ndarray) -> None:
+    """Trees of other features or another objective cannot join: the merge refuses them."""
+    from appraiser.models.boosters import average_forests
+
+    fit = booster(stones).model_to_string()
+    for other in (booster(stones[:, :-1]), booster(stones, objective="huber")):
+        with pytest.raises(ValueError, match="other shapes"):
+            average_forests([fit, other.model_to_string()])
+
+
 @pytest.fixture(scope="module")
 def big_trees(stones: np.ndarray) -> lgb.Booster:
     """Trees of 48 leaves, the LightGBM candidate's largest: too large for one grid each."""

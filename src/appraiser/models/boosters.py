@@ -199,6 +199,10 @@ class XGBoostMember(BoosterMember):
             forest = model["learner"]["gradient_booster"]["model"]
             if forest["gbtree_model_param"]["num_parallel_tree"] != "1" or any(forest["tree_info"]):
                 raise ValueError("an XGBoost forest of parallel trees or several outputs")
+            # the first model's base score, features and objective stand for all
+            for key in ("learner_model_param", "objective", "feature_names"):
+                if model["learner"].get(key) != models[0]["learner"].get(key):
+                    raise ValueError(f"XGBoost boosters whose {key} differ")
         trees: list[dict[str, Any]] = []
         for model in models:
             for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
@@ -280,6 +284,8 @@ def average_forests(texts: list[str]) -> str:
     for text in texts:  # what dividing leaf values would not average
         if "\naverage_output\n" in text or "\nis_linear=1\n" in text:
             raise ValueError("a random forest or linear trees: their mean is not their trees'")
+        if _shape(text) != _shape(texts[0]):
+            raise ValueError(f"boosters of other shapes: {_shape(text)} != {_shape(texts[0])}")
     trees = [
         "\n".join(_scaled(line, len(texts)) for line in tree.split("\n")[1:])  # not "Tree=i"
         for text in texts
@@ -289,6 +295,21 @@ def average_forests(texts: list[str]) -> str:
     sizes = "tree_sizes=" + " ".join(str(len(tree.encode())) for tree in numbered)
     head = re.sub(r"^tree_sizes=.*$", sizes, head, count=1, flags=re.MULTILINE)
     return head + "".join(numbered) + tail
+
+
+_SHAPE_KEYS = (
+    "max_feature_idx",
+    "feature_names",
+    "num_class",
+    "num_tree_per_iteration",
+    "objective",
+)
+
+
+def _shape(text: str) -> dict[str, str]:
+    """What must be alike for a LightGBM text's trees to join another's."""
+    lines = (line.split("=", 1) for line in text[: text.index("\nTree=0\n")].splitlines())
+    return {kv[0]: kv[1] for kv in lines if len(kv) == 2 and kv[0] in _SHAPE_KEYS}
 
 
 def _split_trees(text: str) -> tuple[str, list[str], str]:

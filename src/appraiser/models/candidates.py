@@ -69,7 +69,8 @@ def _forest_space(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 # Francesco's collection: 600 trees at a 0.05 learning rate score as well as 1,500 at 0.02
 # (XGBoost 6.73% vs 6.72% CV MAPE) and price 2.7x faster; tree counts are capped at 900 a fit so
 # that one fit's batch scoring stays above 100,000 stones/s (a registered booster holds two fits'
-# trees, tuning.REGISTERED_SEEDS). 300 s of Optuna did not beat XGBoost's defaults.
+# trees, tuning.REGISTERED_SEEDS: up to 1,800, in twice one fit's scoring time). 300 s of Optuna
+# did not beat XGBoost's defaults.
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
