@@ -355,7 +355,8 @@ def fit(
         "fingerprint": fingerprint,
         "rows": len(stones),
         "seed": seed,
-        "registered_seeds": REGISTERED_SEEDS,  # each booster's trees: the mean of this many fits
+        # a booster that samples: the mean of this many fits (a forest, or one sampling nothing: 1)
+        "registered_seeds": REGISTERED_SEEDS,
         # what the label-shift guard expects of this model's errors (screening.py)
         "residuals": screening.residual_sample(residuals, seed),
     }
