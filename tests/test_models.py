@@ -4,7 +4,7 @@ import pytest
 
 from appraiser import features, schema
 from appraiser.models import BASELINE, CANDIDATES, PriceModel
-from appraiser.models.boosters import LightGBMMember
+from appraiser.models.boosters import LightGBMMember, XGBoostMember
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,18 @@ def test_a_registered_booster_is_the_mean_of_two_seeds_fits(name, stones, tmp_pa
     )
     np.testing.assert_allclose(loaded.predict_log(stones), mean, rtol=0, atol=1e-6)
     assert "random_state" not in loaded.params  # refitted (the gate's folds): one fit again
+
+
+def test_xgboost_fits_of_another_base_score_are_not_averaged(stones):
+    """The merge keeps the first model's base score: another one would shift every price."""
+    y = features.log_price(stones["price"])
+    first = CANDIDATES["xgboost"].build({"n_estimators": 10}).fit(stones, y)
+    other = CANDIDATES["xgboost"].build({"n_estimators": 10, "random_state": 1}).fit(stones, y)
+    assert isinstance(first, XGBoostMember) and isinstance(other, XGBoostMember)
+    assert other.booster is not None
+    other.booster.set_param({"base_score": 0.5})
+    with pytest.raises(ValueError, match="learner_model_param differ"):
+        first._average_with([other])
 
 
 def test_a_recipe_that_samples_nothing_is_not_doubled(stones):
