@@ -9,7 +9,7 @@ The protocol, in order:
 4. blend the two best candidates in log space when that lowers the out-of-fold MAPE;
 5. take the 90% range half-width from the out-of-fold residuals (split conformal);
 6. fit on the 80%, measure on the holdout (metrics, slices, range coverage);
-7. refit on every accepted stone; the gate (gate.py) compares with the champion on the holdout
+7. refit on every accepted stone; the gate (gate/) compares with the champion on the holdout
    and training stones, each priced by both recipes refitted without it (challenge.py); log
    everything to MLflow (tracking.py), register, record the lineage, and move the champion if
    the gate agreed (champion.py).

@@ -1,36 +1,8 @@
-"""The gate: a challenger replaces the champion only on evidence, never on noise.
-
-Both models are judged on the same stones, each priced by a model that never trained on it: the
-stones that may judge (every labelled stone but the sealed ones and experts' prices) are priced by
-the champion's recipe and the challenger's, both refitted without the fold holding the stone
-(double cross-fitting, challenge.cross_fitted_prices), so nearly every labelled stone judges and a
-real gain of ~0.1 point shows.
-The headline is the paired difference of per-stone absolute percentage errors (champion minus
-challenger, in points of MAPE): a paired test, because both models price the same stones and most
-of a stone's error is shared, so pairing removes most of the noise. Its 95% interval is a
-bootstrap's (BCa up to 5,000 stones): per-stone errors are skewed, and it does not assume them
-normal. It is then widened for the registered fits' own luck (which stones, which bagging draw),
-which the fold models that priced the stones do not share: `fit_luck_ratio` times the stones' SE
-in quadrature (benchmarks/gate_oc.py measures it; the blocking checks below are not widened).
-The challenger must improve with the interval's lower bound above `margin` (default 0) and by at
-least `min_gain` (0.02 point) as estimated: the first keeps challengers that are not better out (a
-one-sided 2.5% test), the second near-ties that would only churn the champion.
-benchmarks/gate_oc.py measures both error rates, each against the true gain on unseen stones.
-
-Then checks that can only block:
-- slices (carat band, cut, color, clarity): a slice of 200+ stones must show it is not worse than
-  `slice_tolerance` points (non-inferiority: upper 95% bound of the loss below it); a slice of
-  30-199 stones, too small to show that, blocks when it is *significantly* worse than the
-  tolerance (one-sided paired t-test, Holm over those slices): noise alone cannot block;
-- range coverage, overall and per slice: blocks when it is significantly outside 85-95% (exact
-  binomial test, Holm over the slices): the band is about what people need, the test about noise;
-- the newest batch (forward-looking): blocks when the challenger is significantly worse on it;
-- sanity: finite prices, no price that falls when carat or a grade goes up.
-"""
+"""The gate's policy, its checks and its decision (the package docstring says how it judges)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -39,7 +11,17 @@ import pandas as pd
 from scipy import stats
 
 from appraiser import evaluate, features, lineage, schema
+from appraiser.gate.statistics import (
+    Comparison,
+    ape,
+    coverage_p_value,
+    holm,
+    paired_improvement,
+    with_fit_luck,
+)
 from appraiser.models import PriceModel
+
+PRICE_COLUMNS = ("price", "price_low", "price_high")
 
 
 @dataclass(frozen=True)
@@ -61,27 +43,6 @@ class GatePolicy:
     confidence: float = 0.95  # of the improvement's interval
     resamples: int = 2000  # bootstrap resamples
     seed: int = 0
-
-
-@dataclass
-class Comparison:
-    """Champion against challenger on the same stones: MAPEs and the paired improvement."""
-
-    stones: int
-    champion_mape: float
-    challenger_mape: float
-    improvement: float  # champion MAPE minus challenger MAPE, points
-    low: float  # the improvement's confidence interval
-    high: float
-    fit_luck: float = 0.0  # SD, points, of the registered fits' luck the interval carries too
-
-    def describe(self) -> str:
-        luck = f", fit luck {self.fit_luck:.2f} included" if self.fit_luck > 0 else ""
-        return (
-            f"MAPE {self.challenger_mape:.2f}% vs {self.champion_mape:.2f}% on {self.stones:,} "
-            f"stones: improvement {self.improvement:+.2f} points "
-            f"(95% CI {self.low:+.2f} to {self.high:+.2f}{luck})"
-        )
 
 
 @dataclass
@@ -108,85 +69,7 @@ class Decision:
         return asdict(self)
 
 
-# --- the statistics ------------------------------------------------------------------------------
-
-
-def ape(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Absolute percentage error per stone, in points."""
-    actual = np.asarray(actual, dtype=float)
-    return 100 * np.abs(np.asarray(predicted, dtype=float) - actual) / actual
-
-
-BCA_STONES = 5000
-PRICE_COLUMNS = ("price", "price_low", "price_high")
-
-
-def paired_improvement(
-    actual: np.ndarray,
-    champion: np.ndarray,
-    challenger: np.ndarray,
-    *,
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> Comparison:
-    """The challenger's paired improvement in MAPE over the champion, with a BCa interval."""
-    a, b = ape(actual, champion), ape(actual, challenger)
-    diff = a - b
-    n = len(diff)
-    low = high = float("nan")
-    if n >= 2 and np.ptp(diff) > 0:
-        ci = stats.bootstrap(
-            (diff,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=resamples,
-            # BCa corrects for the skew of per-stone errors; its jackknife costs n^2, and past
-            # 5,000 stones the skew correction is negligible, so the percentile interval serves
-            method="BCa" if n <= BCA_STONES else "percentile",
-            batch=200,  # bounds memory: BCa's jackknife is n x n without it
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        low, high = float(ci.low), float(ci.high)
-    elif n >= 1:
-        low = high = float(diff.mean())
-    return Comparison(
-        stones=n,
-        champion_mape=float(a.mean()) if n else float("nan"),
-        challenger_mape=float(b.mean()) if n else float("nan"),
-        improvement=float(diff.mean()) if n else float("nan"),
-        low=low,
-        high=high,
-    )
-
-
-def with_fit_luck(comparison: Comparison, ratio: float, confidence: float) -> Comparison:
-    """The comparison's interval widened for fit luck of SD `ratio` times the interval's SE: each
-    side's half-width times sqrt(1 + ratio^2), so the bootstrap's asymmetry is kept (it is slight
-    at the thousands of stones that judge)."""
-    if not ratio > 0 or not np.isfinite(comparison.low):
-        return comparison
-    grow = float(np.sqrt(1 + ratio**2))
-    mid = comparison.improvement
-    se = (comparison.high - comparison.low) / (2 * float(stats.norm.ppf(0.5 + confidence / 2)))
-    return replace(
-        comparison,
-        low=mid - max(mid - comparison.low, 0.0) * grow,
-        high=mid + max(comparison.high - mid, 0.0) * grow,
-        fit_luck=ratio * se,
-    )
-
-
-def holm(p_values: list[float], alpha: float) -> list[bool]:
-    """Which hypotheses Holm's step-down procedure rejects at family-wise level alpha."""
-    order = np.argsort(p_values)
-    rejected = [False] * len(p_values)
-    for rank, index in enumerate(order):
-        if p_values[index] <= alpha / (len(p_values) - rank):
-            rejected[index] = True
-        else:
-            break
-    return rejected
+# --- the checks -----------------------------------------------------------------------------------
 
 
 def _slices(stones: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
@@ -255,14 +138,6 @@ def slice_check(
     if worst is not None:
         detail += f" (largest loss {worst[3]:+.2f} points, {worst[0]}={worst[1]}, n={worst[2]})"
     return Check("slices", True, detail)
-
-
-def coverage_p_value(inside: int, n: int, band: tuple[float, float]) -> float:
-    """p-value of 'the true coverage lies in the band' (percent) given `inside` of `n` covered."""
-    low, high = band[0] / 100, band[1] / 100
-    below = stats.binom.cdf(inside, n, low)  # this few inside is unlikely if coverage >= low
-    above = stats.binom.sf(inside - 1, n, high)  # this many is unlikely if coverage <= high
-    return float(min(1.0, 2 * min(below, above)))
 
 
 def coverage_check(
