@@ -23,7 +23,8 @@ price_high / price_low (how wide the range is).
 
 `--draws N` (public training stones only): the product's calibration alone on N draws (seeds S to
 S+N-1), since one draw's coverage of a level is one outcome of a noisy procedure. Per level: the
-mean coverage over the draws (a level the method treats fairly sits near 90%), its spread, and
+mean coverage over the draws (a level the method treats fairly sits near 90%), the mean share of
+the level's calibration scores inside its range (what the calibration itself shows), the spread,
 the share of draws in 88-92% with a Wilson interval; then how many cut, color and clarity levels
 of 500+ test stones fall outside 88-92% a draw, and the share of draws where none does.
 """
@@ -140,7 +141,18 @@ def product_coverage(
     predicted = pd.DataFrame({"price_low": np.exp(low), "price_high": np.exp(high)})
     truth = np.log(test[schema.TARGET].to_numpy())
     overall = float(100 * ((truth >= low) & (truth <= high)).mean())
-    return evaluate.grade_coverage(test, predicted), overall
+    rows = evaluate.grade_coverage(test, predicted)
+    # the same levels among the calibration stones: the share of their (cross-fitted) scores
+    # inside their band's ends, which the range was calibrated to hold at 90% over all of them
+    scores = AdaptiveRange.cross_fitted_scores(matrix, y - oof, seed)
+    sigma = ranges.sigma(matrix)
+    ends = ranges.bounds(matrix, np.zeros(len(matrix)))
+    inside = (scores >= ends[0] / sigma) & (scores <= ends[1] / sigma)
+    for row in rows:
+        if row["slice"] in schema.GRADE_COLUMNS:
+            mask = (train[row["slice"]].astype(str) == row["level"]).to_numpy()
+            row["calibration"] = 100 * float(inside[mask].mean()) if mask.any() else float("nan")
+    return rows, overall
 
 
 def _judged_outside(row: dict[str, Any]) -> bool:
@@ -168,7 +180,9 @@ def many_draws(args: argparse.Namespace) -> int:
         stones = int(np.mean([draw[i]["stones"] for draw in per_draw]))
         inside = int(((values >= GOAL[0]) & (values <= GOAL[1])).sum())
         low, high = evaluate.wilson(inside, len(values))
+        calibration = np.array([draw[i].get("calibration", np.nan) for draw in per_draw])
         level = {
+            "calibration": float(np.nanmean(calibration)) if calibration.size else float("nan"),
             "slice": first["slice"],
             "level": first["level"],
             "stones": stones,
@@ -185,6 +199,7 @@ def many_draws(args: argparse.Namespace) -> int:
                 first["level"],
                 f"{stones:,}",
                 f"{level['mean']:.1f}",
+                f"{level['calibration']:.1f}" if np.isfinite(level["calibration"]) else "",
                 f"{level['sd']:.1f}",
                 f"{level['min']:.1f}-{level['max']:.1f}",
                 f"{inside}/{len(values)} ({low:.0f}-{high:.0f}%)",
@@ -192,7 +207,16 @@ def many_draws(args: argparse.Namespace) -> int:
         )
     print(
         format_table(
-            ("slice", "level", "test stones", "mean %", "SD", "range", "draws in 88-92%"),
+            (
+                "slice",
+                "level",
+                "test stones",
+                "mean %",
+                "calibration stones %",
+                "SD",
+                "range",
+                "draws in 88-92%",
+            ),
             table,
             f"the product's calibration over {args.draws} draws of {args.stones:,} public stones",
         )
