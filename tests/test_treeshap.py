@@ -39,6 +39,24 @@ def test_the_tables_give_lightgbms_contributions(stones: np.ndarray, params: dic
     )
 
 
+def test_small_trees_share_grids_and_give_the_same_contributions(stones: np.ndarray) -> None:
+    """Consecutive trees (or subtrees) whose joined threshold grid costs fewer rows than a group
+    are tabulated as one group: a stone gathers fewer rows, the values are LightGBM's."""
+    model = booster(stones, bagging_fraction=0.7, bagging_freq=1)
+    dump = model.dump_model()
+    alone = [g for tree in dump["tree_info"] for g in treeshap._groups(treeshap._leaves(tree))[1]]
+    tables = treeshap.LeafTables.build(model)
+    assert tables is not None
+    groups = len(tables.lookup[0])  # one lookup row per group
+    assert groups < 0.75 * len(alone), (groups, len(alone))
+    expected = model.predict(stones, pred_contrib=True)
+    np.testing.assert_allclose(tables.contributions(stones), expected, rtol=0, atol=1e-10)
+    for group in treeshap._packed(alone):  # no group past the work bound
+        cells = treeshap._cells(treeshap._cuts(group))
+        splits = sum(len(leaf.conditions) for leaf in group)
+        assert cells * max(splits, len(group)) <= treeshap.MAX_GROUP_WORK
+
+
 def test_the_tables_explain_a_mean_of_boosters(stones: np.ndarray) -> None:
     """A registered booster is the mean of two seeds' fits (boosters.average_forests)."""
     from appraiser.models.boosters import average_forests
@@ -102,10 +120,21 @@ def test_the_memory_bounds_hold_or_lightgbm_explains(
         finer.contributions(stones), tables.contributions(stones), rtol=0, atol=1e-10
     )
     monkeypatch.undo()
-    for bound, value in (("MAX_TABLE_ROWS", rows - 1), ("MAX_LOOKUP", groups)):
+    # the groups unpacked (_packed joins them when that saves rows, at up to GROUP_ROWS each)
+    alone = [
+        group
+        for tree in big_trees.dump_model()["tree_info"]
+        for group in treeshap._groups(treeshap._leaves(tree))[1]
+    ]
+    fewest = min(rows, sum(treeshap._cells(treeshap._cuts(group)) for group in alone))
+    for bound, value in (("MAX_TABLE_ROWS", fewest - 1), ("MAX_LOOKUP", groups)):
         with monkeypatch.context() as patch:
             patch.setattr(treeshap, bound, value)
             assert treeshap.LeafTables.build(big_trees) is None, bound
+    with monkeypatch.context() as patch:  # packed past the bound, unpacked within: unpacked
+        patch.setattr(treeshap, "MAX_TABLE_ROWS", rows - 1)
+        within = treeshap.LeafTables.build(big_trees)
+        assert within is None or len(within.table) <= rows - 1
 
 
 def test_a_categorical_split_is_left_to_lightgbm(stones: np.ndarray) -> None:
