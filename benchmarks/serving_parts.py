@@ -11,9 +11,10 @@ In this process, on 1,000 real public stones and on one, with the champion of --
    (ReferenceIndex.sparse), and whether their answers agree;
 3. the price model's exact contributions (TreeSHAP) for 64 stones, 8 (a micro-batch of explained
    requests) and one: LightGBM's against the tables of fast/tables.py, their largest
-   difference, their size, and how long making and checking them takes; with --shapes, only this
-   part, on LightGBM members of those shapes (trees x leaves) fitted on the public stones with the
-   candidate's defaults otherwise, in place of the champion's;
+   difference, their size, and how long making and checking them takes; then the tables as each
+   tree's own groups against the tables served (consecutive groups joined: `_packed`); with
+   --shapes, only this part, on LightGBM members of those shapes (trees x leaves) fitted on the
+   public stones with the candidate's defaults otherwise, in place of the champion's;
 4. storing 1,000 appraisal rows in a fresh SQLite store: SQLAlchemy's executemany against
    store.bulk_insert;
 5. one batch of 1,000 stones through the steps of POST /v1/appraisals/batch in process (no HTTP,
@@ -190,6 +191,41 @@ def explanation_rows(
                 (f"explanation, {label}, {trees} trees (LightGBM's TreeSHAP, 1 thread)",
                  took["lightgbm"], took["tables"])
             )  # fmt: skip
+        rows.extend(packing_rows(booster, tables, matrix, repeats))
+    return rows
+
+
+def packing_rows(
+    booster: Any, tables: Any, matrix: np.ndarray, repeats: int
+) -> list[tuple[str, float, float]]:
+    """The tables as each tree's own groups (before tables._packed joined them) against the
+    tables served: what the joining pays for."""
+    dump = booster.dump_model()
+    alone = []
+    for tree in dump["tree_info"]:
+        leaves = treeshap._leaves(tree)
+        assert leaves is not None  # the tables were made: they model every split
+        alone += treeshap._groups(leaves)[1]
+    unpacked = treeshap.LeafTables(alone, int(dump["max_feature_idx"]) + 1)
+    gap = np.abs(unpacked.contributions(matrix) - tables.contributions(matrix)).max()
+    print(
+        f"  unpacked: {len(alone):,} groups, {len(unpacked.table):,} rows; packed: "
+        f"{len(tables.lookup[0]):,} groups, {len(tables.table):,} rows; "
+        f"largest difference {gap:.1e}"
+    )
+    rows = []
+    for label, rows_in in (("8 stones", matrix[:8]), ("1 stone", matrix[:1])):
+
+        def before(m: np.ndarray = rows_in) -> Any:
+            return unpacked.contributions(m)
+
+        def after(m: np.ndarray = rows_in) -> Any:
+            return tables.contributions(m)
+
+        took = medians({"unpacked": before, "packed": after}, repeats)
+        rows.append(
+            (f"explanation, {label}: tables unpacked -> packed", took["unpacked"], took["packed"])
+        )
     return rows
 
 

@@ -19,6 +19,16 @@ def stones(public: pd.DataFrame) -> np.ndarray:
     return features.encode(public.sample(3000, random_state=3)).to_numpy()
 
 
+def each_trees_groups(model: lgb.Booster) -> list[Any]:
+    """The groups of every tree on its own, before tables._packed joins them."""
+    groups = []
+    for tree in model.dump_model()["tree_info"]:
+        leaves = treeshap._leaves(tree)
+        assert leaves is not None
+        groups += treeshap._groups(leaves)[1]
+    return groups
+
+
 def booster(stones: np.ndarray, **params: object) -> lgb.Booster:
     target = stones[:, 0] * 2 + stones[:, 1] * 0.1 + np.sin(stones[:, 4])
     settings = {"num_leaves": 15, "learning_rate": 0.1, "verbose": -1, **params}
@@ -43,8 +53,7 @@ def test_small_trees_share_grids_and_give_the_same_contributions(stones: np.ndar
     """Consecutive trees (or subtrees) whose joined threshold grid costs fewer rows than a group
     are tabulated as one group: a stone gathers fewer rows, the values are LightGBM's."""
     model = booster(stones, bagging_fraction=0.7, bagging_freq=1)
-    dump = model.dump_model()
-    alone = [g for tree in dump["tree_info"] for g in treeshap._groups(treeshap._leaves(tree))[1]]
+    alone = each_trees_groups(model)
     tables = treeshap.LeafTables.build(model)
     assert tables is not None
     groups = len(tables.lookup[0])  # one lookup row per group
@@ -121,11 +130,7 @@ def test_the_memory_bounds_hold_or_lightgbm_explains(
     )
     monkeypatch.undo()
     # the groups unpacked (_packed joins them when that saves rows, at up to GROUP_ROWS each)
-    alone = [
-        group
-        for tree in big_trees.dump_model()["tree_info"]
-        for group in treeshap._groups(treeshap._leaves(tree))[1]
-    ]
+    alone = each_trees_groups(big_trees)
     fewest = min(rows, sum(treeshap._cells(treeshap._cuts(group)) for group in alone))
     for bound, value in (("MAX_TABLE_ROWS", fewest - 1), ("MAX_LOOKUP", groups)):
         with monkeypatch.context() as patch:
