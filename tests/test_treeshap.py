@@ -60,10 +60,19 @@ def test_small_trees_share_grids_and_give_the_same_contributions(stones: np.ndar
     assert groups < 0.75 * len(alone), (groups, len(alone))
     expected = model.predict(stones, pred_contrib=True)
     np.testing.assert_allclose(tables.contributions(stones), expected, rtol=0, atol=1e-10)
-    for group in treeshap._packed(alone):  # no group past the work bound
-        cells = treeshap._cells(treeshap._cuts(group))
+    packed = treeshap._packed(alone)
+    assert len(packed) == groups  # the groups the tables use
+
+    def cells(group: list[Any]) -> int:
+        return treeshap._cells(treeshap._cuts(group))
+
+    assert len(tables.table) == sum(cells(group) for group in packed)
+    # each join paid: grids plus a group's cost, summed, fell
+    cost = sum(cells(g) for g in alone) + treeshap.GROUP_ROWS * len(alone)
+    assert sum(cells(g) for g in packed) + treeshap.GROUP_ROWS * len(packed) < cost
+    for group in packed:  # no group past the work bound
         splits = sum(len(leaf.conditions) for leaf in group)
-        assert cells * max(splits, len(group)) <= treeshap.MAX_GROUP_WORK
+        assert cells(group) * max(splits, len(group)) <= treeshap.MAX_GROUP_WORK
 
 
 def test_the_tables_explain_a_mean_of_boosters(stones: np.ndarray) -> None:
@@ -129,17 +138,19 @@ def test_the_memory_bounds_hold_or_lightgbm_explains(
         finer.contributions(stones), tables.contributions(stones), rtol=0, atol=1e-10
     )
     monkeypatch.undo()
-    # the groups unpacked (_packed joins them when that saves rows, at up to GROUP_ROWS each)
+    # the groups unpacked (_packed joins them when a join pays, at fewer than GROUP_ROWS rows more)
     alone = each_trees_groups(big_trees)
-    fewest = min(rows, sum(treeshap._cells(treeshap._cuts(group)) for group in alone))
-    for bound, value in (("MAX_TABLE_ROWS", fewest - 1), ("MAX_LOOKUP", groups)):
+    unpacked_rows = sum(treeshap._cells(treeshap._cuts(group)) for group in alone)
+    for bound, value in (("MAX_TABLE_ROWS", min(rows, unpacked_rows) - 1), ("MAX_LOOKUP", groups)):
         with monkeypatch.context() as patch:
             patch.setattr(treeshap, bound, value)
             assert treeshap.LeafTables.build(big_trees) is None, bound
+    assert unpacked_rows < rows  # packing these trees adds rows (each join fewer than GROUP_ROWS)
     with monkeypatch.context() as patch:  # packed past the bound, unpacked within: unpacked
         patch.setattr(treeshap, "MAX_TABLE_ROWS", rows - 1)
         within = treeshap.LeafTables.build(big_trees)
-        assert within is None or len(within.table) <= rows - 1
+        assert within is not None
+        assert len(within.lookup[0]) == len(alone) and len(within.table) == unpacked_rows
 
 
 def test_a_categorical_split_is_left_to_lightgbm(stones: np.ndarray) -> None:
