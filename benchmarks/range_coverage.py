@@ -56,7 +56,8 @@ PRODUCT = "bands, tuning folds, all"  # what tuning.fit calibrates
 GRADE_SCALE = "bands + grade scale (tried)"
 # partial pooling: a level's own scale counts n / (n + POOLING_STONES) of its deviation from its
 # grade's mean, so a level needs about this many calibration stones for half its own scale: at
-# 500, a level's 90% point is known to about +-1.3 points of coverage, the size of the biases seen
+# 500, a level's 90% point has a standard error of about 1.3 points of coverage, the size of the
+# biases seen
 POOLING_STONES = 500
 POOLED = f"bands + pooled grade scale (k={POOLING_STONES})"
 
@@ -112,6 +113,8 @@ def grade_scale(
             coef[0] += pooled[0]  # the first level's effect moves into the intercept
             coef[start : start + size] = pooled[1:] - pooled[0]
             start += size
+        # shrinking moves the stone-weighted mean: the intercept again covers 90% of the stones
+        coef[0] += float(np.quantile(np.log(np.maximum(reach, 1e-9)) - groups @ coef, 0.9))
     inside = reach <= np.exp(groups @ coef) * (1 + 1e-9)
     band = ranges.band(matrix)
     masks = [band == b for b in range(len(ranges.band_scores))]
@@ -122,7 +125,8 @@ def grade_scale(
     ]
     shares = [100 * inside[m].mean() for m in masks if m.any()]
     print(
-        f"grade scale: calibration stones inside, all {100 * inside.mean():.1f}%, "
+        f"grade scale{' (pooled)' if pooling else ''}: calibration stones inside, all "
+        f"{100 * inside.mean():.1f}%, "
         f"each band or level {min(shares):.1f}-{max(shares):.1f}%"
     )
     return lambda stones, encoded: np.exp(indicators(stones, encoded) @ coef)
@@ -158,9 +162,9 @@ def product_coverage(
     train: pd.DataFrame, test: pd.DataFrame, name: str, seed: int
 ) -> dict[str, tuple[list[dict[str, Any]], float]]:
     """The product's calibration (bands, scores from 5-fold models of every training stone) on
-    one model of `name`'s defaults, and the same with the grade scale (tried): for each, the
-    coverage per level and overall (%). The product's rows also hold each grade level's share of
-    calibration stones inside."""
+    one model of `name`'s defaults, and the same with the grade scales (plain and pooled): for
+    each, the coverage per level and overall (%). The product's rows also hold each grade
+    level's share of calibration stones inside."""
     candidate = CANDIDATES[name]
     y = features.log_price(train[schema.TARGET])
     model = candidate.build(candidate.defaults).fit(train, y)
@@ -174,9 +178,9 @@ def product_coverage(
     truth = np.log(test[schema.TARGET].to_numpy())
     out = {}
     variants = {PRODUCT: (low, high)}
-    for name, pooling in ((GRADE_SCALE, None), (POOLED, POOLING_STONES)):
+    for scaled, pooling in ((GRADE_SCALE, None), (POOLED, POOLING_STONES)):
         factor = grade_scale(train, matrix, y - oof, ranges, seed, pooling)(test, test_matrix)
-        variants[name] = (
+        variants[scaled] = (
             log_price + factor * (low - log_price),
             log_price + factor * (high - log_price),
         )
@@ -272,12 +276,22 @@ def many_draws(args: argparse.Namespace) -> int:
         every = counts[variant].count(0)
         low, high = evaluate.wilson(every, n)
         judged = [v for v in summaries[variant] if v["slice"] != "carat band"]
+        misses = [r["coverage"] for draw in draws for r in draw if _judged_outside(r)]
         print(
             f"{variant}: overall {np.mean(overall[variant]):.2f}%; cut, color and clarity "
             f"levels of {MIN_LEVEL}+ test stones outside {GOAL[0]:g}-{GOAL[1]:g}%: "
-            f"{np.mean(counts[variant]):.2f} a draw, none in {every}/{n} draws "
+            f"{np.mean(counts[variant]):.2f} a draw ({sum(m < GOAL[0] for m in misses)} below, "
+            f"{sum(m > GOAL[1] for m in misses)} above, in all), none in {every}/{n} draws "
             f"({low:.0f}-{high:.0f}%); their mean RMS from 90: "
             f"{np.mean([v['rms_from_90'] for v in judged]):.2f} points"
+        )
+    for variant in list(counts)[1:]:  # paired, draw by draw: mean +- 1.96 SE (normal)
+        diff = np.array(counts[variant]) - np.array(counts[PRODUCT])
+        half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+        print(
+            f"{variant} minus the product, levels outside a draw: {diff.mean():+.2f} "
+            f"({diff.mean() - half:+.2f} to {diff.mean() + half:+.2f}); fewer in "
+            f"{(diff < 0).sum()} draws, more in {(diff > 0).sum()}"
         )
     write_json(
         args.json,

@@ -67,7 +67,7 @@ def test_small_trees_share_grids_and_give_the_same_contributions(stones: np.ndar
         return treeshap._cells(treeshap._cuts(group))
 
     assert len(tables.table) == sum(cells(group) for group in packed)
-    # each join paid: grids plus a group's cost, summed, fell
+    # the joins paid, in total: grids plus a group's cost each, summed, fell
     cost = sum(cells(g) for g in alone) + treeshap.GROUP_ROWS * len(alone)
     assert sum(cells(g) for g in packed) + treeshap.GROUP_ROWS * len(packed) < cost
     for group in packed:  # no group past the work bound
@@ -141,11 +141,11 @@ def test_the_memory_bounds_hold_or_lightgbm_explains(
     # the groups unpacked (_packed joins them when a join pays, at fewer than GROUP_ROWS rows more)
     alone = each_trees_groups(big_trees)
     unpacked_rows = sum(treeshap._cells(treeshap._cuts(group)) for group in alone)
-    for bound, value in (("MAX_TABLE_ROWS", min(rows, unpacked_rows) - 1), ("MAX_LOOKUP", groups)):
+    assert unpacked_rows < rows  # packing these trees adds rows (each join fewer than GROUP_ROWS)
+    for bound, value in (("MAX_TABLE_ROWS", unpacked_rows - 1), ("MAX_LOOKUP", groups)):
         with monkeypatch.context() as patch:
             patch.setattr(treeshap, bound, value)
             assert treeshap.LeafTables.build(big_trees) is None, bound
-    assert unpacked_rows < rows  # packing these trees adds rows (each join fewer than GROUP_ROWS)
     with monkeypatch.context() as patch:  # packed past the bound, unpacked within: unpacked
         patch.setattr(treeshap, "MAX_TABLE_ROWS", rows - 1)
         within = treeshap.LeafTables.build(big_trees)
