@@ -62,12 +62,30 @@ POOLING_STONES = 500
 POOLED = f"bands + pooled grade scale (k={POOLING_STONES})"
 
 
+def calibration_scores(
+    matrix: np.ndarray, errors: np.ndarray, ranges: AdaptiveRange, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(which stones calibrated, their scores in order): the cross-fitted scores `ranges` was
+    calibrated on (AdaptiveRange.fit keeps the finite errors), computed again stone by stone."""
+    finite = np.isfinite(errors)
+    scores = AdaptiveRange.cross_fitted_scores(matrix[finite], errors[finite], seed)
+    assert np.array_equal(np.sort(scores), ranges.scores), "not the range's calibration scores"
+    return finite, scores
+
+
+def scaled(
+    log_price: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], factor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The log range's ends moved `factor` times as far from the price."""
+    low, high = bounds
+    return log_price + factor * (low - log_price), log_price + factor * (high - log_price)
+
+
 def grade_scale(
     train: pd.DataFrame,
     matrix: np.ndarray,
-    errors: np.ndarray,
+    scores: np.ndarray,
     ranges: AdaptiveRange,
-    seed: int,
     pooling: int | None = None,
 ) -> Callable[[pd.DataFrame, np.ndarray], np.ndarray]:
     """Tried, not adopted: a scale on sigma(x) per carat band and cut, color and clarity level, so
@@ -75,15 +93,11 @@ def grade_scale(
     the groups' indicators: Gibbs, Cherian and Candes' group-conditional conformal in its
     unaugmented form, without their finite-sample guarantee). t_i = how far stone i's score
     reaches towards its band's ends (inside when t <= 1). Prints the groups' in-sample coverage.
+    `train`, `matrix`: the calibrated stones; `scores`: theirs (calibration_scores).
     `pooling` k: each grade's level effects shrunk towards their stone-weighted mean by
     n / (n + k) (partial pooling, as an empirical-Bayes estimate would for a level of n stones)."""
     from sklearn.linear_model import QuantileRegressor
 
-    finite = np.isfinite(errors)  # as AdaptiveRange.fit keeps them
-    train, matrix = train[finite].reset_index(drop=True), matrix[finite]
-    scores = AdaptiveRange.cross_fitted_scores(matrix, errors[finite], seed)
-    # the scores `ranges` was calibrated on, stone by stone
-    assert np.array_equal(np.sort(scores), ranges.scores), "not the range's calibration scores"
     sigma = ranges.sigma(matrix)  # each stone's band's score quantiles, from its range's ends:
     low, high = (end / sigma for end in ranges.bounds(matrix, np.zeros(len(matrix))))
     reach = np.maximum(scores / high, scores / low)
@@ -176,27 +190,24 @@ def product_coverage(
     log_price = model.predict_log_matrix(test_matrix)
     low, high = ranges.bounds(test_matrix, log_price)
     truth = np.log(test[schema.TARGET].to_numpy())
+    finite, scores = calibration_scores(matrix, y - oof, ranges, seed)
+    calibrated, encoded = train[finite].reset_index(drop=True), matrix[finite]
     out = {}
     variants = {PRODUCT: (low, high)}
-    for scaled, pooling in ((GRADE_SCALE, None), (POOLED, POOLING_STONES)):
-        factor = grade_scale(train, matrix, y - oof, ranges, seed, pooling)(test, test_matrix)
-        variants[scaled] = (
-            log_price + factor * (low - log_price),
-            log_price + factor * (high - log_price),
-        )
+    for variant, pooling in ((GRADE_SCALE, None), (POOLED, POOLING_STONES)):
+        scale = grade_scale(calibrated, encoded, scores, ranges, pooling)
+        variants[variant] = scaled(log_price, (low, high), scale(test, test_matrix))
     for variant, (lo, hi) in variants.items():
         predicted = pd.DataFrame({"price_low": np.exp(lo), "price_high": np.exp(hi)})
         overall = float(100 * ((truth >= lo) & (truth <= hi)).mean())
         out[variant] = (evaluate.grade_coverage(test, predicted), overall)
     # the same levels among the calibration stones: the share of their (cross-fitted) scores
     # inside their band's ends, which the range was calibrated to hold at 90% over all of them
-    scores = AdaptiveRange.cross_fitted_scores(matrix, y - oof, seed)
-    assert np.array_equal(np.sort(scores), ranges.scores), "not the range's calibration scores"
-    band = ranges.band(matrix)  # compared in score units: the ends are some of these scores
+    band = ranges.band(encoded)  # compared in score units: the ends are some of these scores
     inside = (scores >= ranges._low[band]) & (scores <= ranges._high[band])
     for row in out[PRODUCT][0]:
         if row["slice"] in schema.GRADE_COLUMNS:
-            mask = (train[row["slice"]].astype(str) == row["level"]).to_numpy()
+            mask = (calibrated[row["slice"]].astype(str) == row["level"]).to_numpy()
             row["calibration"] = 100 * float(inside[mask].mean()) if mask.any() else float("nan")
     return out
 
@@ -349,14 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bounds = {name: r.bounds(test_matrix, log_price) for name, r in variants.items()}
     started = time.perf_counter()
-    scale = grade_scale(train, matrix, all_errors, variants[PRODUCT], seed)
-    seconds[GRADE_SCALE] = time.perf_counter() - started
-    low, high = bounds[PRODUCT]
-    factor = scale(test, test_matrix)  # the log range's half-widths, scaled about the price
-    bounds[GRADE_SCALE] = (
-        log_price + factor * (low - log_price),
-        log_price + factor * (high - log_price),
+    finite, scores = calibration_scores(matrix, all_errors, variants[PRODUCT], seed)
+    scale = grade_scale(
+        train[finite].reset_index(drop=True), matrix[finite], scores, variants[PRODUCT]
     )
+    seconds[GRADE_SCALE] = time.perf_counter() - started
+    bounds[GRADE_SCALE] = scaled(log_price, bounds[PRODUCT], scale(test, test_matrix))
 
     coverage: dict[str, list[dict[str, Any]]] = {}
     overall: dict[str, float] = {}
